@@ -1,0 +1,115 @@
+"""Our own model files: `config.json` ({"qknorm_config": {...}}) + `model.safetensors` in a directory.
+
+`save_model` writes both atomically (temporary name, fsync, rename), so an interrupted save never leaves a
+half-written file under the final name. `load_model` rebuilds the model and checks every key and shape.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, Union
+
+import torch
+
+from .config import ModelConfig
+from .errors import CheckpointError, ConfigError
+from .model import TransformerLM
+
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same directory, fsync, then rename over the target."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def state_dict_for_save(model: TransformerLM) -> Dict[str, torch.Tensor]:
+    """Contiguous CPU tensors; the tied head is not stored twice (it is the embedding)."""
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def save_model(model: TransformerLM, out_dir: Union[str, Path]) -> Path:
+    from safetensors.torch import save
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / WEIGHTS_NAME, save(state_dict_for_save(model), metadata={"format": "pt"}))
+    atomic_write_bytes(out / CONFIG_NAME, model.config.to_json().encode())
+    return out
+
+
+def read_config(path: Union[str, Path]) -> ModelConfig:
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not a readable JSON config ({e.__class__.__name__}: {e})") from None
+    if not isinstance(raw, dict) or "qknorm_config" not in raw:
+        raise CheckpointError(f"{path}: not a qknorm config (no 'qknorm_config' key); for HF use qknorm.from_hf")
+    try:
+        return ModelConfig.from_dict(raw["qknorm_config"], source=str(path))
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{path}: invalid config: {e}") from None
+
+
+def read_safetensors(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from None
+
+
+def load_state_checked(model: torch.nn.Module, state: Dict[str, torch.Tensor], *, source: str) -> None:
+    """Load `state` into `model`, failing with the first missing/unexpected key or shape mismatch named."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing:
+        raise CheckpointError(f"{source}: missing key {missing[0]!r} ({len(missing)} missing); "
+                              "was it saved from a different config?")
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected); "
+                              "was it saved from a different config?")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise CheckpointError(f"{source}: key {k!r} has shape {tuple(v.shape)}, the model expects "
+                                  f"{tuple(own[k].shape)}")
+    model.load_state_dict(state, strict=True)
+
+
+def load_model(path: Union[str, Path], *, device=None, dtype=None) -> TransformerLM:
+    """Load a directory written by `save_model` (or `qknorm train`)."""
+    d = Path(path)
+    if not d.is_dir():
+        raise CheckpointError(f"{d}: not a directory holding {CONFIG_NAME} and {WEIGHTS_NAME}")
+    config = read_config(d / CONFIG_NAME)
+    state = read_safetensors(d / WEIGHTS_NAME)
+    model = TransformerLM(config)
+    load_state_checked(model, state, source=str(d / WEIGHTS_NAME))
+    return model.to(device=device, dtype=dtype)

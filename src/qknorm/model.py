@@ -1,0 +1,104 @@
+"""TransformerLM: embeddings -> N decoder blocks -> final norm -> LM head.
+
+One model class serves every family; the config says which norms exist and where (nn/block.py), whether and
+how q/k are normalized (nn/attention.py), which layers use a sliding window and which RoPE theta each uses.
+`model(input_ids)` returns logits (B, T, vocab).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Dict, Iterator, List
+
+import torch
+from torch import nn
+
+from .config import SLIDING, ModelConfig, Placement
+from .nn.block import Block
+from .nn.norm import RMSNorm, build_norm
+from .nn.rope import RotaryEmbedding
+
+
+class TransformerLM(nn.Module):
+    def __init__(self, config: ModelConfig, *, device=None, dtype=None):
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"TransformerLM expects a ModelConfig, got {type(config).__name__}")
+        if dtype is not None:
+            config.warn_if_unsafe_dtype(dtype)
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.d_model, device=device, dtype=dtype)
+        self.layers = nn.ModuleList(Block(c, i, device=device, dtype=dtype) for i in range(c.n_layers))
+        # post-LN blocks end with a norm already; the other placements need a final one
+        self.norm = nn.Identity() if c.placement is Placement.POST else build_norm(c, device=device, dtype=dtype)
+        self.lm_head = None if c.tie_embeddings else nn.Linear(c.d_model, c.vocab_size, bias=False,
+                                                                device=device, dtype=dtype)
+        self.rope_global = RotaryEmbedding(c.head_dim, theta=c.rope_theta, scaling=c.rope_scaling)
+        self.rope_local = RotaryEmbedding(c.head_dim, theta=c.rope_local_theta or c.rope_theta)
+        self._layer_is_sliding = [t == SLIDING for t in c.resolved_layer_types()]
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, T) int -> (B, T, vocab)
+        x = self.embed(input_ids)  # (B, T, d)
+        if self.config.embed_scale:
+            x = x * torch.tensor(self.config.d_model ** 0.5, dtype=x.dtype)
+        T, dev = input_ids.shape[1], input_ids.device
+        rope_g = self.rope_global(T, dev)
+        rope_l = self.rope_local(T, dev) if any(self._layer_is_sliding) else rope_g
+        for layer, sliding in zip(self.layers, self._layer_is_sliding):
+            x = layer(x, rope_l if sliding else rope_g)
+        return self.logits(self.norm(x))
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, T, vocab)
+        w = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        out = nn.functional.linear(h, w)
+        cap = self.config.final_softcap
+        return out if cap is None else torch.tanh(out / cap) * cap
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) for matrices, output projections scaled by 1/sqrt(2 n_layers); norms at identity."""
+        std = self.config.init_std
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear):
+                s = std / math.sqrt(2 * self.config.n_layers) if name.endswith(("o_proj", "down_proj")) else std
+                nn.init.normal_(m.weight, 0.0, s)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, 0.0, std)
+            elif isinstance(m, (RMSNorm, nn.LayerNorm)):
+                m.reset_parameters()
+
+    # ------------------------------------------------------------------ diagnostics
+    @contextmanager
+    def recording_attention_stats(self) -> Iterator[List[Dict[str, torch.Tensor]]]:
+        """Within the block every attention layer records its stats; yields the per-layer list after forward.
+
+            with model.recording_attention_stats() as stats:
+                model(ids)
+            stats[i]["max_logit"]
+        """
+        attns = [layer.attn for layer in self.layers]
+        out: List[Dict[str, torch.Tensor]] = []
+        for a in attns:
+            a.record_stats, a.stats = True, {}
+        try:
+            yield out
+        finally:
+            for a in attns:
+                a.record_stats = False
+                out.append(a.stats)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def no_decay_param_names(self) -> List[str]:
+        """Names of parameters that should not be weight-decayed: every norm gain (QK-norm too), biases, embeddings."""
+        names = []
+        for name, p in self.named_parameters():
+            if p.ndim < 2 or name.startswith("embed."):
+                names.append(name)
+        return names

@@ -1,0 +1,47 @@
+"""A decoder block with one of four norm placements around its two sub-layers f (attention, then MLP):
+
+  pre        h = x + f(norm_in(x))                     Llama, Qwen3
+  reordered  h = x + norm_out(f(x))                    OLMo 2 (no input norm; HF post_attention_layernorm)
+  sandwich   h = x + norm_out(f(norm_in(x)))           Gemma 3 (four norms per layer)
+  post       h = norm_out(x + f(x))                    classic post-LN
+
+Unused norms are nn.Identity, resolved at construction, so forward() is the same two lines for all.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig, Placement
+from .attention import Attention
+from .mlp import GatedMLP
+from .norm import build_norm
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int, *, device=None, dtype=None):
+        super().__init__()
+        p = config.placement
+        has_in = p in (Placement.PRE, Placement.SANDWICH)
+        has_out = p in (Placement.REORDERED, Placement.SANDWICH, Placement.POST)
+
+        def norm(present: bool) -> nn.Module:
+            return build_norm(config, device=device, dtype=dtype) if present else nn.Identity()
+
+        self.attn_norm_in, self.attn_norm_out = norm(has_in), norm(has_out)
+        self.mlp_norm_in, self.mlp_norm_out = norm(has_in), norm(has_out)
+        self.attn = Attention(config, layer_idx, device=device, dtype=dtype)
+        self.mlp = GatedMLP(config, device=device, dtype=dtype)
+        self.post = p is Placement.POST
+
+    def forward(self, x: torch.Tensor, rope: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        # x (B, T, d) -> (B, T, d); rope = (cos, sin), each (T, head_dim), for this layer's attention type
+        x = self._residual(x, lambda h: self.attn(h, *rope), self.attn_norm_in, self.attn_norm_out)
+        return self._residual(x, self.mlp, self.mlp_norm_in, self.mlp_norm_out)
+
+    def _residual(self, x, f, norm_in, norm_out):
+        if self.post:
+            return norm_out(x + f(x))
+        return x + norm_out(f(norm_in(x)))

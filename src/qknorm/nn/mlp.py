@@ -1,0 +1,23 @@
+"""Gated MLP: down(act(gate(x)) * up(x)); SiLU gives SwiGLU (Llama, Qwen3, OLMo 2), tanh-GELU gives GeGLU (Gemma)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import Activation, ModelConfig
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, config: ModelConfig, *, device=None, dtype=None):
+        super().__init__()
+        kw = dict(bias=False, device=device, dtype=dtype)
+        self.gate_proj = nn.Linear(config.d_model, config.d_ff, **kw)
+        self.up_proj = nn.Linear(config.d_model, config.d_ff, **kw)
+        self.down_proj = nn.Linear(config.d_ff, config.d_model, **kw)
+        self.tanh_gelu = config.activation is Activation.GELU_TANH
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, T, d)
+        g = self.gate_proj(x)
+        g = F.gelu(g, approximate="tanh") if self.tanh_gelu else F.silu(g)
+        return self.down_proj(g * self.up_proj(x))

@@ -1,0 +1,48 @@
+"""Normalization layers with the exact numerics of each family.
+
+RMSNorm(x) = x * rsqrt(mean(x^2) + eps) computed in fp32, then scaled by a learned gain g:
+  norm_cast="input" (Llama, Qwen3):   g * x_hat.to(input_dtype)              g = w, init 1
+  norm_cast="fp32"  (OLMo 2):         (g.float() * x_hat).to(input_dtype)    g = w, init 1
+  offset=1.0        (Gemma 3):        (x_hat * (1 + w.float())).to(dtype)    w init 0 (stored as HF stores it)
+LayerNorm (classic post-LN baseline) is torch's, with bias.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig, NormCast, NormType
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dimension with an explicit cast order and an optional weight offset."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-6, offset: float = 0.0, cast: NormCast = NormCast.INPUT,
+                 device=None, dtype=None):
+        super().__init__()
+        self.eps, self.offset, self.cast = float(eps), float(offset), NormCast.parse("norm_cast", cast)
+        init = torch.zeros if offset else torch.ones
+        self.weight = nn.Parameter(init(dim, device=device, dtype=dtype))
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight) if self.offset else nn.init.ones_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        xf = x.float()
+        x_hat = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.cast is NormCast.INPUT and not self.offset:
+            return self.weight * x_hat.to(dtype)
+        return (x_hat * (self.offset + self.weight.float())).to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, offset={self.offset}, cast={self.cast.value}"
+
+
+def build_norm(config: ModelConfig, dim: int | None = None, *, device=None, dtype=None) -> nn.Module:
+    """The block/final norm the config asks for (RMSNorm with its numerics, or LayerNorm with bias)."""
+    dim = dim or config.d_model
+    if config.norm_type is NormType.LAYERNORM:
+        return nn.LayerNorm(dim, eps=config.norm_eps, device=device, dtype=dtype)
+    return RMSNorm(dim, eps=config.norm_eps, offset=config.norm_offset, cast=config.norm_cast,
+                   device=device, dtype=dtype)

@@ -1,0 +1,52 @@
+"""RMSNorm numerics bit-match the HF transformers classes of each family, in fp32 and bf16."""
+import pytest
+import torch
+
+from qknorm.nn.norm import RMSNorm
+
+hf_qwen3 = pytest.importorskip("transformers.models.qwen3.modeling_qwen3", reason="transformers not installed")
+from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm  # noqa: E402
+from transformers.models.llama.modeling_llama import LlamaRMSNorm  # noqa: E402
+from transformers.models.olmo2.modeling_olmo2 import Olmo2RMSNorm  # noqa: E402
+
+CASES = [
+    (LlamaRMSNorm, dict(cast="input", offset=0.0), 1e-5),
+    (hf_qwen3.Qwen3RMSNorm, dict(cast="input", offset=0.0), 1e-6),
+    (Olmo2RMSNorm, dict(cast="fp32", offset=0.0), 1e-6),
+    (Gemma3RMSNorm, dict(cast="fp32", offset=1.0), 1e-6),
+]
+
+
+@pytest.mark.parametrize("hf_cls,kw,eps", CASES, ids=lambda c: getattr(c, "__name__", ""))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bit_exact_against_hf(hf_cls, kw, eps, dtype):
+    torch.manual_seed(0)
+    dim = 48
+    hf = hf_cls(dim, eps=eps).to(dtype)
+    ours = RMSNorm(dim, eps=eps, **kw).to(dtype)
+    with torch.no_grad():
+        w = torch.randn(dim).to(dtype) * 0.5 + (0.0 if kw["offset"] else 1.0)
+        hf.weight.copy_(w)
+        ours.weight.copy_(w)
+    x = (torch.randn(3, 7, dim) * 3).to(dtype)
+    assert torch.equal(ours(x), hf(x))
+
+
+def test_cast_order_matters_in_bf16():
+    # the two orders give different bf16 results: a test that mixes them up would fail
+    torch.manual_seed(0)
+    a, b = RMSNorm(64, cast="input"), RMSNorm(64, cast="fp32")
+    with torch.no_grad():
+        w = torch.randn(64) * 0.3 + 1
+        a.weight.copy_(w)
+        b.weight.copy_(w)
+    a, b = a.bfloat16(), b.bfloat16()
+    x = torch.randn(64, 64).bfloat16()
+    assert not torch.equal(a(x), b(x))
+
+
+def test_offset_norm_starts_at_identity_scale():
+    n = RMSNorm(8, offset=1.0)
+    assert torch.equal(n.weight, torch.zeros(8))
+    x = torch.randn(4, 8, dtype=torch.float64)
+    torch.testing.assert_close(n.double()(x), x / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt())
