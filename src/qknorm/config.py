@@ -110,7 +110,8 @@ class ModelConfig:
     norm_cast: NormCast = NormCast.INPUT
 
     # --- attention
-    attention_bias: bool = False
+    attention_bias: bool = False  # bias on q/k/v projections (Qwen2 style)
+    o_proj_bias: bool = False  # bias on the output projection too (HF Llama/Qwen3/OLMo 2/Gemma 3 attention_bias)
     query_pre_attn_scalar: Optional[float] = None  # scores scaled by this**-0.5; None = head_dim (Gemma 3: 256/168)
     attn_softcap: Optional[float] = None  # tanh(s/c)*c on scores before the mask (Gemma 2 style)
     sliding_window: Optional[int] = None  # W: key kept if q-W < k <= q on sliding layers
@@ -201,6 +202,7 @@ class ModelConfig:
         """Parameter count computed from the shape (matches `sum(p.numel())` of the built model)."""
         d, h, hkv, hd = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim
         attn = d * hd * (2 * h + 2 * hkv) + (hd * (h + 2 * hkv) if self.attention_bias else 0)
+        attn += d if self.o_proj_bias else 0
         if self.qk_norm is QKNormScope.HEAD:
             attn += 2 * hd
         elif self.qk_norm is QKNormScope.FULL:

@@ -37,7 +37,7 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(c.d_model, c.n_heads * c.head_dim, **kw)
         self.k_proj = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, **kw)
         self.v_proj = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, **kw)
-        self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=False, device=device, dtype=dtype)
+        self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=c.o_proj_bias, device=device, dtype=dtype)
         self.q_norm = self.k_norm = None
         if c.qk_norm is not QKNormScope.NONE:
             full = c.qk_norm is QKNormScope.FULL
