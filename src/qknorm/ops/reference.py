@@ -59,8 +59,10 @@ def rms_norm_rope_ref(
     s = sin.to(cd).unsqueeze(-2)
     y1, y2 = y.chunk(2, dim=-1)
     out = y * c + torch.cat((-y2, y1), dim=-1) * s  # (B, T, n, D)
-    # one copy: the cast and the (B, T, n, D) -> (B, n, T, D) transpose together
-    return out.transpose(1, 2).to(x.dtype, memory_format=torch.contiguous_format)
+    out = out.transpose(1, 2)  # (B, n, T, D), strided
+    if out.dtype == x.dtype:
+        return out.contiguous()
+    return out.to(x.dtype, memory_format=torch.contiguous_format)  # the cast and the transpose in one copy
 
 
 def qk_norm_rope_ref(

@@ -33,6 +33,18 @@ _SCOPE_ID = {"none": 0, "head": 1, "full": 2}
 
 # ----------------------------------------------------------------------------------------------- kernels
 @triton.jit
+def _cast(x, DT: tl.constexpr, EMULATE_RNE: tl.constexpr):
+    """x.to(DT). The CPU interpreter truncates fp32 -> bf16 where GPUs round to nearest even; EMULATE_RNE
+    (interpreter only) rounds with integer math so CPU tests see the GPU's numerics."""
+    if EMULATE_RNE and DT == tl.bfloat16:
+        u = x.to(tl.uint32, bitcast=True)
+        u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+        return u.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(DT)
+
+
+@triton.jit
 def _load_halves(X, row, h, d, mask, s_h, s_d, HALF: tl.constexpr):
     """x[row + h*s_h + d*s_d] for the two rotate-half halves, as fp32 [BLOCK_T, BLOCK_H, BLOCK_D2]."""
     p = X + row[:, None, None] + h[None, :, None] * s_h + d[None, None, :] * s_d
@@ -67,25 +79,27 @@ def _rstd(x1, x2, eps, NH: tl.constexpr, D: tl.constexpr, SCOPE: tl.constexpr):
 
 
 @triton.jit
-def _store_bhtd(O, b, t, h, d, mask, o1, o2, T, NH: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr):
+def _store_bhtd(O, b, t, h, d, mask, o1, o2, T, NH: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
+                EMULATE_RNE: tl.constexpr):
     """Write the two halves to a contiguous (B, NH, T, D) tensor."""
     row = ((b[:, None] * NH + h[None, :]) * T + t[:, None]) * D  # int64 [BLOCK_T, BLOCK_H]
     p = O + row[:, :, None] + d[None, None, :]
-    tl.store(p, o1.to(O.dtype.element_ty), mask=mask)
-    tl.store(p + HALF, o2.to(O.dtype.element_ty), mask=mask)
+    tl.store(p, _cast(o1, O.dtype.element_ty, EMULATE_RNE), mask=mask)
+    tl.store(p + HALF, _cast(o2, O.dtype.element_ty, EMULATE_RNE), mask=mask)
 
 
 @triton.jit
 def _fwd_one(x1, x2, W, h, d, c1, c2, s1, s2, eps, offset, NH: tl.constexpr, D: tl.constexpr,
-             HALF: tl.constexpr, SCOPE: tl.constexpr, CAST_INPUT: tl.constexpr, IN_DT: tl.constexpr):
+             HALF: tl.constexpr, SCOPE: tl.constexpr, CAST_INPUT: tl.constexpr, IN_DT: tl.constexpr,
+             EMULATE_RNE: tl.constexpr):
     if SCOPE != 0:
         r = _rstd(x1, x2, eps, NH, D, SCOPE)
         g1, g2 = _load_weight(W, h, d, offset, NH, D, HALF, SCOPE)
         xh1 = x1 * r
         xh2 = x2 * r
         if CAST_INPUT:  # Llama/Qwen3: weight * x_hat.to(input dtype)
-            xh1 = xh1.to(IN_DT).to(tl.float32)
-            xh2 = xh2.to(IN_DT).to(tl.float32)
+            xh1 = _cast(xh1, IN_DT, EMULATE_RNE).to(tl.float32)
+            xh2 = _cast(xh2, IN_DT, EMULATE_RNE).to(tl.float32)
         y1 = xh1 * g1
         y2 = xh2 * g2
     else:
@@ -103,7 +117,7 @@ def _qk_norm_rope_fwd_kernel(
     eps, offset,
     H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D2: tl.constexpr,
-    SCOPE: tl.constexpr, CAST_INPUT: tl.constexpr,
+    SCOPE: tl.constexpr, CAST_INPUT: tl.constexpr, EMULATE_RNE: tl.constexpr,
 ):
     HALF: tl.constexpr = D // 2
     tok = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -124,15 +138,18 @@ def _qk_norm_rope_fwd_kernel(
     c1, c2 = _load_halves(COS, b * sc_b + t * sc_t, h0, d, mc, 0, sc_d, HALF)
     s1, s2 = _load_halves(SIN, b * ss_b + t * ss_t, h0, d, mc, 0, ss_d, HALF)
     IN_DT: tl.constexpr = Q.dtype.element_ty
-    o1, o2 = _fwd_one(q1, q2, QW, hq, d, c1, c2, s1, s2, eps, offset, H, D, HALF, SCOPE, CAST_INPUT, IN_DT)
-    _store_bhtd(QO, b, t, hq, d, mq, o1, o2, T, H, D, HALF)
-    o1, o2 = _fwd_one(k1, k2, KW, hk, d, c1, c2, s1, s2, eps, offset, HKV, D, HALF, SCOPE, CAST_INPUT, IN_DT)
-    _store_bhtd(KO, b, t, hk, d, mk, o1, o2, T, HKV, D, HALF)
+    o1, o2 = _fwd_one(q1, q2, QW, hq, d, c1, c2, s1, s2, eps, offset, H, D, HALF, SCOPE, CAST_INPUT, IN_DT,
+                      EMULATE_RNE)
+    _store_bhtd(QO, b, t, hq, d, mq, o1, o2, T, H, D, HALF, EMULATE_RNE)
+    o1, o2 = _fwd_one(k1, k2, KW, hk, d, c1, c2, s1, s2, eps, offset, HKV, D, HALF, SCOPE, CAST_INPUT, IN_DT,
+                      EMULATE_RNE)
+    _store_bhtd(KO, b, t, hk, d, mk, o1, o2, T, HKV, D, HALF, EMULATE_RNE)
 
 
 @triton.jit
 def _bwd_one(x1, x2, do1, do2, W, h, d, c1, c2, s1, s2, eps, offset, NH: tl.constexpr, D: tl.constexpr,
-             HALF: tl.constexpr, SCOPE: tl.constexpr, CAST_INPUT: tl.constexpr, IN_DT: tl.constexpr):
+             HALF: tl.constexpr, SCOPE: tl.constexpr, CAST_INPUT: tl.constexpr, IN_DT: tl.constexpr,
+             EMULATE_RNE: tl.constexpr):
     """dx halves and this tile's weight-gradient partial summed over tokens, [BLOCK_H, BLOCK_D2] each."""
     dy1 = do1 * c1 + do2 * s2  # RoPE transposed
     dy2 = do2 * c2 - do1 * s1
@@ -142,8 +159,8 @@ def _bwd_one(x1, x2, do1, do2, W, h, d, c1, c2, s1, s2, eps, offset, NH: tl.cons
         xh1 = x1 * r
         xh2 = x2 * r
         if CAST_INPUT:
-            pw1 = tl.sum(dy1 * xh1.to(IN_DT).to(tl.float32), axis=0)
-            pw2 = tl.sum(dy2 * xh2.to(IN_DT).to(tl.float32), axis=0)
+            pw1 = tl.sum(dy1 * _cast(xh1, IN_DT, EMULATE_RNE).to(tl.float32), axis=0)
+            pw2 = tl.sum(dy2 * _cast(xh2, IN_DT, EMULATE_RNE).to(tl.float32), axis=0)
         else:
             pw1 = tl.sum(dy1 * xh1, axis=0)
             pw2 = tl.sum(dy2 * xh2, axis=0)
@@ -165,11 +182,12 @@ def _bwd_one(x1, x2, do1, do2, W, h, d, c1, c2, s1, s2, eps, offset, NH: tl.cons
 
 
 @triton.jit
-def _store_bthd(DX, tok, h, d, mask, dx1, dx2, NH: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr):
+def _store_bthd(DX, tok, h, d, mask, dx1, dx2, NH: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
+                EMULATE_RNE: tl.constexpr):
     """Write the two halves to a contiguous (B, T, NH, D) tensor (token index flattened)."""
     p = DX + (tok[:, None, None] * (NH * D) + h[None, :, None] * D + d[None, None, :])
-    tl.store(p, dx1.to(DX.dtype.element_ty), mask=mask)
-    tl.store(p + HALF, dx2.to(DX.dtype.element_ty), mask=mask)
+    tl.store(p, _cast(dx1, DX.dtype.element_ty, EMULATE_RNE), mask=mask)
+    tl.store(p + HALF, _cast(dx2, DX.dtype.element_ty, EMULATE_RNE), mask=mask)
 
 
 @triton.jit
@@ -197,7 +215,7 @@ def _qk_norm_rope_bwd_kernel(
     eps, offset,
     H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_D2: tl.constexpr,
-    SCOPE: tl.constexpr, CAST_INPUT: tl.constexpr,
+    SCOPE: tl.constexpr, CAST_INPUT: tl.constexpr, EMULATE_RNE: tl.constexpr,
 ):
     HALF: tl.constexpr = D // 2
     IN_DT: tl.constexpr = Q.dtype.element_ty
@@ -227,14 +245,14 @@ def _qk_norm_rope_bwd_kernel(
         c1, c2 = _load_halves(COS, b * sc_b + t * sc_t, h0, d, mc, 0, sc_d, HALF)
         s1, s2 = _load_halves(SIN, b * ss_b + t * ss_t, h0, d, mc, 0, ss_d, HALF)
         dx1, dx2, pw1, pw2 = _bwd_one(q1, q2, gq1, gq2, QW, hq, d, c1, c2, s1, s2, eps, offset, H, D, HALF,
-                                      SCOPE, CAST_INPUT, IN_DT)
-        _store_bthd(DQ, tok, hq, d, mq, dx1, dx2, H, D, HALF)
+                                      SCOPE, CAST_INPUT, IN_DT, EMULATE_RNE)
+        _store_bthd(DQ, tok, hq, d, mq, dx1, dx2, H, D, HALF, EMULATE_RNE)
         if SCOPE != 0:
             accq1 += pw1
             accq2 += pw2
         dx1, dx2, pw1, pw2 = _bwd_one(k1, k2, gk1, gk2, KW, hk, d, c1, c2, s1, s2, eps, offset, HKV, D, HALF,
-                                      SCOPE, CAST_INPUT, IN_DT)
-        _store_bthd(DK, tok, hk, d, mk, dx1, dx2, HKV, D, HALF)
+                                      SCOPE, CAST_INPUT, IN_DT, EMULATE_RNE)
+        _store_bthd(DK, tok, hk, d, mk, dx1, dx2, HKV, D, HALF, EMULATE_RNE)
         if SCOPE != 0:
             acck1 += pw1
             acck2 += pw2
@@ -302,7 +320,8 @@ def _meta(q, k, scope, norm_cast, cfg):
     H, HKV, D = q.shape[2], k.shape[2], q.shape[3]
     bhq, bhk, bd2 = _blocks(H, HKV, D)
     return dict(H=H, HKV=HKV, D=D, BLOCK_T=cfg.block_t, BLOCK_HQ=bhq, BLOCK_HK=bhk, BLOCK_D2=bd2,
-                SCOPE=_SCOPE_ID[scope], CAST_INPUT=norm_cast == "input", num_warps=cfg.num_warps)
+                SCOPE=_SCOPE_ID[scope], CAST_INPUT=norm_cast == "input", EMULATE_RNE=q.device.type == "cpu",
+                num_warps=cfg.num_warps)
 
 
 def qk_norm_rope_fwd(q, k, q_weight, k_weight, cos, sin, eps: float, scope: str, offset: float,
