@@ -12,6 +12,7 @@ when the triton backend runs, so `import qknorm` works without it.
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -42,6 +43,10 @@ def triton_available() -> bool:
 
 
 def _interpreting() -> bool:
+    """Whether the kernels run in the Triton interpreter: decided when they were decorated, else by the env."""
+    mod = sys.modules.get(__name__ + ".triton_qk_norm_rope")
+    if mod is not None:
+        return type(mod._qk_norm_rope_fwd_kernel).__name__ == "InterpretedFunction"
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
