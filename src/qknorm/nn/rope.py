@@ -26,7 +26,7 @@ def rope_tables(seq_len: int, head_dim: int, *, theta: float, scaling: float = 1
 
 
 class RotaryEmbedding(nn.Module):
-    """Caches cos/sin tables per (length, device); no parameters, nothing in the state dict."""
+    """Caches cos/sin tables per (length, device) in eager mode; no parameters, nothing in the state dict."""
 
     def __init__(self, head_dim: int, *, theta: float, scaling: float = 1.0):
         super().__init__()
@@ -34,6 +34,8 @@ class RotaryEmbedding(nn.Module):
         self._cache: dict = {}
 
     def forward(self, seq_len: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():  # a few elementwise ops in the graph; a cache would cost a recompile
+            return rope_tables(seq_len, self.head_dim, theta=self.theta, scaling=self.scaling, device=device)
         key = (seq_len, str(device))
         if key not in self._cache:
             if len(self._cache) > 8:
