@@ -55,14 +55,12 @@ def rms_norm_rope_ref(
         y = xh * g  # (B, T, n, D)
     else:
         y = xf
-    c = cos.to(cd).unsqueeze(-2)  # (T, 1, D) or (B, T, 1, D)
-    s = sin.to(cd).unsqueeze(-2)
-    y1, y2 = y.chunk(2, dim=-1)
-    out = y * c + torch.cat((-y2, y1), dim=-1) * s  # (B, T, n, D)
-    out = out.transpose(1, 2)  # (B, n, T, D), strided
-    if out.dtype == x.dtype:
-        return out.contiguous()
-    return out.to(x.dtype, memory_format=torch.contiguous_format)  # the cast and the transpose in one copy
+    y1, y2 = y.transpose(1, 2).chunk(2, dim=-1)  # (B, n, T, D/2) each, strided views
+    c1, c2 = cos.to(cd).unsqueeze(-3).chunk(2, dim=-1)  # (1, T, D/2) or (B, 1, T, D/2)
+    s1, s2 = sin.to(cd).unsqueeze(-3).chunk(2, dim=-1)
+    # y*cos + rotate_half(y)*sin on the halves; cat writes a fresh (B, n, T, D) tensor
+    out = torch.cat((y1 * c1 - y2 * s1, y2 * c2 + y1 * s2), dim=-1)
+    return out.to(x.dtype).contiguous()  # no-ops for fp32 (cat's output is dense in this layout)
 
 
 def qk_norm_rope_ref(
