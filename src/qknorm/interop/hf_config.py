@@ -1,0 +1,325 @@
+"""Hugging Face config.json <-> `ModelConfig`, per family, without importing transformers.
+
+Each supported family is a row of data (`FAMILIES`): its HF model_type and architecture, the numerics our
+model needs to be the same function (placement, QK-norm scope, norm cast and offset, embedding scale) and the
+class defaults of transformers 5.24 for every field we read, because `save_pretrained` may leave out a field
+that equals its default (sub-configs such as Gemma 3's `text_config` especially). A test keeps the defaults in
+sync with the installed transformers.
+
+Reading (`config_from_hf`) follows transformers' own resolution order for RoPE: v5 `rope_parameters` (flat
+`{"rope_type", "rope_theta", ...}`, or per layer type for Gemma 3), else legacy `rope_theta` / `rope_scaling` /
+`rope_local_base_freq`. RoPE types other than default and linear, and every other feature our model cannot
+reproduce exactly, raise a CheckpointError naming the field and its value; a field transformers itself
+ignores (Gemma 3's attn_logit_softcapping) is ignored with a warning, so the logits stay the same.
+
+Writing (`hf_config_from_ours`) infers the family from the numerics (STYLE.md rule 3: never from a name):
+  reordered + full QK-norm + fp32 cast          -> olmo2
+  sandwich  + head QK-norm + offset 1 + fp32    -> gemma3_text
+  pre       + head QK-norm + input cast         -> qwen3
+  pre       + no QK-norm   + input cast         -> llama
+and raises a ConfigError listing every field transformers cannot represent for that family.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..config import FULL, SLIDING, ModelConfig
+from ..errors import CheckpointError, ConfigError
+
+SUPPORTED_MODEL_TYPES = ("olmo2", "gemma3_text", "gemma3", "qwen3", "llama")
+_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
+_ACT_TO_HF = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One HF family: names, the numerics our model must use, and transformers' class defaults."""
+
+    model_type: str
+    architecture: str
+    placement: str
+    qk_norm: str
+    norm_cast: str
+    norm_offset: float
+    embed_scale: bool
+    act_field: str  # "hidden_act" or, for Gemma, "hidden_activation"
+    defaults: Dict[str, Any]
+    has_query_scalar: bool = False  # query_pre_attn_scalar
+    has_final_softcap: bool = False  # final_logit_softcapping
+    per_type_rope: bool = False  # rope_parameters keyed by layer type (Gemma 3)
+    sliding: str = "none"  # "none" | "layer_types" (Gemma 3) | "qwen3" (use_sliding_window + layer_types)
+
+
+_SHAPE = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+FAMILIES: Dict[str, Family] = {
+    "llama": Family(
+        "llama", "LlamaForCausalLM", "pre", "none", "input", 0.0, False, "hidden_act",
+        dict(zip(_SHAPE, (32000, 4096, 11008, 32, 32)), num_key_value_heads=None, head_dim=None, rms_norm_eps=1e-6,
+             max_position_embeddings=2048, tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+             hidden_act="silu", initializer_range=0.02, rope_theta=10000.0)),
+    "qwen3": Family(
+        "qwen3", "Qwen3ForCausalLM", "pre", "head", "input", 0.0, False, "hidden_act",
+        dict(zip(_SHAPE, (151936, 4096, 22016, 32, 32)), num_key_value_heads=32, head_dim=128, rms_norm_eps=1e-6,
+             max_position_embeddings=32768, tie_word_embeddings=False, attention_bias=False, hidden_act="silu",
+             initializer_range=0.02, rope_theta=10000.0, use_sliding_window=False, sliding_window=4096,
+             max_window_layers=28),
+        sliding="qwen3"),
+    "olmo2": Family(
+        "olmo2", "Olmo2ForCausalLM", "reordered", "full", "fp32", 0.0, False, "hidden_act",
+        dict(zip(_SHAPE, (50304, 4096, 11008, 32, 32)), num_key_value_heads=None, head_dim=None, rms_norm_eps=1e-5,
+             max_position_embeddings=2048, tie_word_embeddings=False, attention_bias=False, hidden_act="silu",
+             initializer_range=0.02, rope_theta=10000.0)),
+    "gemma3_text": Family(
+        "gemma3_text", "Gemma3ForCausalLM", "sandwich", "head", "fp32", 1.0, True, "hidden_activation",
+        dict(zip(_SHAPE, (262208, 2304, 9216, 26, 8)), num_key_value_heads=4, head_dim=256, rms_norm_eps=1e-6,
+             max_position_embeddings=131072, tie_word_embeddings=True, attention_bias=False,
+             hidden_activation="gelu_pytorch_tanh", initializer_range=0.02, rope_theta=1e6,
+             rope_local_base_freq=1e4, query_pre_attn_scalar=256, sliding_window=4096, sliding_window_pattern=6,
+             final_logit_softcapping=None, attn_logit_softcapping=None, use_bidirectional_attention=False),
+        has_query_scalar=True, has_final_softcap=True, per_type_rope=True, sliding="layer_types"),
+}
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def text_config(cfg: Dict[str, Any], *, source: str) -> Tuple[Dict[str, Any], Family]:
+    """The text model's config dict and its family (a Gemma 3 multimodal config holds it as `text_config`)."""
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{source}: config is not a JSON object")
+    model_type = cfg.get("model_type")
+    if model_type == "gemma3":
+        sub = cfg.get("text_config") or {}
+        if not isinstance(sub, dict):
+            raise CheckpointError(f"{source}: text_config of a gemma3 config is not a JSON object")
+        cfg, model_type = sub, sub.get("model_type", "gemma3_text")
+    if model_type is None:
+        raise CheckpointError(f"{source}: config has no model_type; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    if model_type not in FAMILIES:
+        raise CheckpointError(f"{source}: model_type {model_type!r} is not supported; supported: "
+                              f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    return cfg, FAMILIES[model_type]
+
+
+def config_from_hf(cfg: Dict[str, Any], *, source: str = "config.json") -> Tuple[ModelConfig, Family]:
+    """Translate an HF config dict (config.json, or `model.config.to_dict()`) into our `ModelConfig`."""
+    multimodal = isinstance(cfg, dict) and cfg.get("model_type") == "gemma3"
+    cfg, fam = text_config(cfg, source=source)
+    d = fam.defaults
+
+    def get(name: str) -> Any:  # the value as written (null included), else transformers' class default
+        return cfg[name] if name in cfg else d.get(name)
+
+    def reject(field: str, value: Any, why: str) -> CheckpointError:
+        return CheckpointError(f"{source}: {field}={value!r} is not supported ({why})")
+
+    n_layers, n_heads = int(get("num_hidden_layers")), int(get("num_attention_heads"))
+    head_dim = get("head_dim") or get("hidden_size") // n_heads
+    act = cfg.get(fam.act_field) or cfg.get("hidden_act") or d[fam.act_field]
+    if act not in _ACTIVATIONS:
+        raise reject(fam.act_field, act, f"supported: {', '.join(_ACTIVATIONS)}")
+    if cfg.get("mlp_bias"):
+        raise reject("mlp_bias", True, "the gated MLP has no biases")
+    if cfg.get("use_bidirectional_attention"):
+        raise reject("use_bidirectional_attention", True, "only causal attention is supported")
+    if cfg.get("attn_logit_softcapping") is not None:
+        warnings.warn(f"{source}: attn_logit_softcapping={cfg['attn_logit_softcapping']} is ignored, as "
+                      "transformers' Gemma 3 attention ignores it (the logits stay the same)", UserWarning,
+                      stacklevel=3)
+    out: Dict[str, Any] = dict(
+        vocab_size=int(get("vocab_size")), d_model=int(get("hidden_size")), n_layers=n_layers, n_heads=n_heads,
+        n_kv_heads=int(get("num_key_value_heads") or n_heads), head_dim=int(head_dim),
+        d_ff=int(get("intermediate_size")), max_seq_len=int(get("max_position_embeddings")),
+        qk_norm=fam.qk_norm, placement=fam.placement, norm_type="rmsnorm", norm_eps=float(get("rms_norm_eps")),
+        norm_offset=fam.norm_offset, norm_cast=fam.norm_cast, attention_bias=bool(get("attention_bias")),
+        o_proj_bias=bool(get("attention_bias")), activation=_ACTIVATIONS[act], embed_scale=fam.embed_scale,
+        tie_embeddings=bool(get("tie_word_embeddings")), init_std=float(get("initializer_range") or 0.02),
+    )
+    if fam.has_query_scalar:
+        out["query_pre_attn_scalar"] = float(get("query_pre_attn_scalar"))
+    if fam.has_final_softcap and get("final_logit_softcapping") is not None:
+        if multimodal:  # Gemma3ForConditionalGeneration never applies it; its logits are what we match
+            warnings.warn(f"{source}: text_config.final_logit_softcapping={get('final_logit_softcapping')} is "
+                          "ignored, as transformers' Gemma3ForConditionalGeneration ignores it", UserWarning,
+                          stacklevel=2)
+        else:
+            out["final_softcap"] = float(get("final_logit_softcapping"))
+    out.update(_layer_types(cfg, fam, n_layers, source))
+    out.update(_rope(cfg, fam, source, has_sliding=SLIDING in (out.get("layer_types") or ())))
+    try:
+        return ModelConfig(**out), fam
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+
+
+def _layer_types(cfg: Dict[str, Any], fam: Family, n_layers: int, source: str) -> Dict[str, Any]:
+    if fam.sliding == "none":
+        if cfg.get("sliding_window") is not None and cfg.get("use_sliding_window", True):
+            warnings.warn(f"{source}: sliding_window={cfg['sliding_window']} is ignored ({fam.model_type} in "
+                          "transformers has no sliding-window layers)", UserWarning, stacklevel=4)
+        return {}
+    types = cfg.get("layer_types")
+    if fam.sliding == "qwen3":
+        use = cfg.get("use_sliding_window", fam.defaults["use_sliding_window"])
+        window = cfg.get("sliding_window", fam.defaults["sliding_window"]) if use else None
+        if types is None:
+            start = cfg.get("max_window_layers", fam.defaults["max_window_layers"])
+            types = [SLIDING if window is not None and i >= start else FULL for i in range(n_layers)]
+    else:  # Gemma 3: explicit layer_types, else sliding unless (i+1) % pattern == 0
+        window = cfg.get("sliding_window", fam.defaults["sliding_window"])
+        if types is None:
+            pattern = cfg.get("sliding_window_pattern") or cfg.get("_sliding_window_pattern") or \
+                fam.defaults["sliding_window_pattern"]
+            types = [FULL if (i + 1) % pattern == 0 else SLIDING for i in range(n_layers)]
+    types = tuple(types)
+    if len(types) != n_layers or any(t not in (SLIDING, FULL) for t in types):
+        raise CheckpointError(f"{source}: layer_types={list(types)!r} must give one of {SLIDING!r}, {FULL!r} for "
+                              f"each of the {n_layers} layers")
+    if SLIDING in types and window is None:
+        raise CheckpointError(f"{source}: layer_types has sliding_attention layers but sliding_window is not set"
+                              + (" (use_sliding_window is false)" if fam.sliding == "qwen3" else ""))
+    return dict(layer_types=types, sliding_window=None if window is None else int(window))
+
+
+def _rope_params_one(params: Any, field: str, default_theta: float, source: str) -> Tuple[float, float]:
+    """(theta, linear factor) of one RoPE parameter dict; any other RoPE type is rejected."""
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{source}: {field}={params!r} is not a JSON object")
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in ("default", "linear"):
+        raise CheckpointError(f"{source}: {field}.rope_type={rope_type!r} is not supported (supported: default, "
+                              "linear)")
+    prf = params.get("partial_rotary_factor", 1.0)
+    if prf not in (None, 1, 1.0):
+        raise CheckpointError(f"{source}: {field}.partial_rotary_factor={prf!r} is not supported (RoPE on the "
+                              "whole head only)")
+    factor = float(params.get("factor", 1.0)) if rope_type == "linear" else 1.0
+    theta = params.get("rope_theta")
+    return float(default_theta if theta is None else theta), factor
+
+
+def _rope(cfg: Dict[str, Any], fam: Family, source: str, *, has_sliding: bool) -> Dict[str, Any]:
+    """rope_theta / rope_local_theta / rope_scaling, resolved the way transformers v5 resolves them."""
+    legacy_scaling = cfg.get("rope_scaling")
+    params = cfg.get("rope_parameters")
+    if fam.per_type_rope:
+        params = {k: dict(v) for k, v in (params or {}).items() if isinstance(v, dict)}
+        if cfg.get("rope_parameters") and not (set(params) & {FULL, SLIDING}):
+            raise CheckpointError(f"{source}: rope_parameters={cfg['rope_parameters']!r} must be keyed by layer "
+                                  f"type ({FULL!r}, {SLIDING!r}) for {fam.model_type}")
+        full, local = params.get(FULL, {"rope_type": "default"}), params.get(SLIDING, {"rope_type": "default"})
+        if legacy_scaling:
+            full.update(legacy_scaling)
+        theta, factor = _rope_params_one(full, "rope_parameters.full_attention",
+                                         cfg.get("rope_theta") or fam.defaults["rope_theta"], source)
+        ltheta, lfactor = _rope_params_one(local, "rope_parameters.sliding_attention",
+                                           cfg.get("rope_local_base_freq") or fam.defaults["rope_local_base_freq"],
+                                           source)
+        if lfactor != 1.0:
+            raise CheckpointError(f"{source}: rope_parameters.sliding_attention.factor={lfactor} is not supported "
+                                  "(linear scaling applies to full-attention layers only)")
+        return dict(rope_theta=theta, rope_local_theta=ltheta, rope_scaling=factor)
+    params = dict(legacy_scaling or params or {})
+    field = "rope_scaling" if legacy_scaling else "rope_parameters"
+    theta, factor = _rope_params_one(params, field, cfg.get("rope_theta") or fam.defaults["rope_theta"], source)
+    if has_sliding and factor != 1.0:
+        raise CheckpointError(f"{source}: {field}.factor={factor} with sliding_attention layers is not supported "
+                              "(linear scaling applies to full-attention layers only here)")
+    return dict(rope_theta=theta, rope_scaling=factor)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def infer_family(config: ModelConfig) -> Family:
+    """The HF family whose block structure (placement + QK-norm scope) our config has."""
+    key = (config.placement.value, config.qk_norm.value)
+    for fam in FAMILIES.values():
+        if (fam.placement, fam.qk_norm) == key:
+            return fam
+    known = "; ".join(f"placement={f.placement} qk_norm={f.qk_norm} -> {f.model_type}" for f in FAMILIES.values())
+    raise ConfigError(f"placement={key[0]!r} with qk_norm={key[1]!r} is not representable in transformers "
+                      f"(supported: {known})")
+
+
+def unrepresentable(config: ModelConfig, fam: Family) -> List[str]:
+    """Every field of `config` that transformers' `fam` cannot reproduce, as 'field=value (why)'."""
+    c, bad = config, []
+
+    def need(ok: bool, field: str, why: str) -> None:
+        if not ok:
+            value = getattr(c, field)
+            bad.append(f"{field}={getattr(value, 'value', value)!r} ({why})")
+
+    need(c.norm_type.value == "rmsnorm", "norm_type", "RMSNorm only")
+    need(c.norm_cast.value == fam.norm_cast, "norm_cast", f"{fam.model_type} uses {fam.norm_cast!r}")
+    need(c.norm_offset == fam.norm_offset, "norm_offset", f"{fam.model_type} uses {fam.norm_offset}")
+    need(c.embed_scale == fam.embed_scale, "embed_scale", f"{fam.model_type} uses {fam.embed_scale}")
+    need(c.attention_bias == c.o_proj_bias, "o_proj_bias",
+         "transformers' attention_bias puts a bias on q, k, v and o together; set both or neither")
+    need(c.attn_softcap is None, "attn_softcap", f"{fam.model_type} in transformers applies no attention softcap")
+    need(fam.has_final_softcap or c.final_softcap is None, "final_softcap", f"{fam.model_type} has none")
+    qs = c.query_pre_attn_scalar
+    need(fam.has_query_scalar or qs is None or qs == c.head_dim, "query_pre_attn_scalar",
+         f"{fam.model_type} scales scores by head_dim**-0.5")
+    if fam.model_type == "gemma3_text":
+        need(c.d_model % c.n_heads == 0, "d_model", "transformers' Gemma 3 requires hidden_size % heads == 0")
+    types = c.resolved_layer_types()
+    sliding = SLIDING in types
+    need(fam.sliding != "none" or not sliding, "sliding_window", f"{fam.model_type} has no sliding layers")
+    if sliding and not fam.per_type_rope:
+        need(c.rope_local_theta in (None, c.rope_theta), "rope_local_theta",
+             f"{fam.model_type} uses one RoPE theta for every layer")
+        need(c.rope_scaling == 1.0, "rope_scaling", f"{fam.model_type} would scale sliding layers too")
+    return bad
+
+
+def hf_config_from_ours(config: ModelConfig, *, dtype: Optional[str] = None) -> Dict[str, Any]:
+    """A config.json dict that transformers loads as the same function; ConfigError if not representable."""
+    fam = infer_family(config)
+    bad = unrepresentable(config, fam)
+    if bad:
+        raise ConfigError(f"not representable as transformers {fam.model_type}: " + "; ".join(bad))
+    c = config
+    out: Dict[str, Any] = {
+        "architectures": [fam.architecture], "model_type": fam.model_type,
+        "vocab_size": c.vocab_size, "hidden_size": c.d_model, "intermediate_size": c.d_ff,
+        "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads, "num_key_value_heads": c.n_kv_heads,
+        "head_dim": c.head_dim, "max_position_embeddings": c.max_seq_len, "rms_norm_eps": c.norm_eps,
+        "attention_bias": c.attention_bias, "tie_word_embeddings": c.tie_embeddings,
+        fam.act_field: _ACT_TO_HF[c.activation.value], "initializer_range": c.init_std,
+        "attention_dropout": 0.0, "use_cache": True,
+    }
+    if dtype:
+        out["dtype"] = dtype
+    types = list(c.resolved_layer_types())
+    rope = _rope_to_hf(c.rope_theta, c.rope_scaling)
+    if fam.per_type_rope:
+        local = _rope_to_hf(c.rope_local_theta or c.rope_theta, 1.0)
+        out.update(rope_parameters={FULL: rope, SLIDING: local}, layer_types=types,
+                   sliding_window=c.sliding_window if c.sliding_window is not None else 4096,
+                   query_pre_attn_scalar=_num(c.query_pre_attn_scalar or c.head_dim),
+                   final_logit_softcapping=c.final_softcap, attn_logit_softcapping=None,
+                   use_bidirectional_attention=False,
+                   # transformers 4.x reads these legacy fields instead of rope_parameters
+                   rope_theta=c.rope_theta, rope_local_base_freq=c.rope_local_theta or c.rope_theta)
+        if c.rope_scaling != 1.0:
+            out["rope_scaling"] = {"rope_type": "linear", "factor": c.rope_scaling}
+        return out
+    out.update(rope_parameters=rope, rope_theta=c.rope_theta)
+    if c.rope_scaling != 1.0:
+        out["rope_scaling"] = dict(rope)
+    if fam.sliding == "qwen3":
+        sliding = SLIDING in types
+        first = types.index(SLIDING) if sliding else c.n_layers
+        out.update(layer_types=types, use_sliding_window=sliding,
+                   sliding_window=c.sliding_window if sliding else None, max_window_layers=first)
+    return out
+
+
+def _rope_to_hf(theta: float, factor: float) -> Dict[str, Any]:
+    if factor == 1.0:
+        return {"rope_type": "default", "rope_theta": theta}
+    return {"rope_type": "linear", "rope_theta": theta, "factor": factor}
+
+
+def _num(x: float) -> Any:
+    return int(x) if float(x).is_integer() else float(x)

@@ -1,0 +1,141 @@
+"""One flat state-dict key map per HF family (our key -> HF key), checked both ways, and Gemma's offset check.
+
+Every key of our model must come from exactly one HF key of the right shape, and every HF key must be used
+(STYLE.md rule 8, as nanoGPT's `from_pretrained` does). The only HF keys dropped on purpose are listed in
+`_IGNORED` (old checkpoints' rotary tables, a multimodal Gemma 3's vision tower and projector) and a tied
+`lm_head.weight` that equals the embedding.
+
+Gemma 3 stores its RMSNorm weights as offsets (scale = 1 + w, zero init); we keep them stored that way
+(`norm_offset=1.0`). A checkpoint whose offsets were already folded into plain scales (w' = 1 + w, as a
+conversion to a 1-centred RMSNorm does) would be used as 1 + w' = 2 + w: twice the intended gain, silently.
+`check_gemma_offsets` catches that: in real and freshly initialized Gemma checkpoints the offsets of the norms
+scatter around small values, while folded ones all sit near 1. If *every* norm weight vector of the model has
+its mean in [0.5, 1.5], we raise; `allow_folded=True` skips the check for a checkpoint that really is so.
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, Iterable, Mapping, Tuple
+
+import torch
+
+from ..errors import CheckpointError
+
+_COMMON = {
+    "embed.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "lm_head.weight": "lm_head.weight",
+    "layers.{i}.attn.q_proj.weight": "model.layers.{i}.self_attn.q_proj.weight",
+    "layers.{i}.attn.k_proj.weight": "model.layers.{i}.self_attn.k_proj.weight",
+    "layers.{i}.attn.v_proj.weight": "model.layers.{i}.self_attn.v_proj.weight",
+    "layers.{i}.attn.o_proj.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "layers.{i}.attn.q_proj.bias": "model.layers.{i}.self_attn.q_proj.bias",
+    "layers.{i}.attn.k_proj.bias": "model.layers.{i}.self_attn.k_proj.bias",
+    "layers.{i}.attn.v_proj.bias": "model.layers.{i}.self_attn.v_proj.bias",
+    "layers.{i}.attn.o_proj.bias": "model.layers.{i}.self_attn.o_proj.bias",
+    "layers.{i}.attn.q_norm.weight": "model.layers.{i}.self_attn.q_norm.weight",
+    "layers.{i}.attn.k_norm.weight": "model.layers.{i}.self_attn.k_norm.weight",
+    "layers.{i}.mlp.gate_proj.weight": "model.layers.{i}.mlp.gate_proj.weight",
+    "layers.{i}.mlp.up_proj.weight": "model.layers.{i}.mlp.up_proj.weight",
+    "layers.{i}.mlp.down_proj.weight": "model.layers.{i}.mlp.down_proj.weight",
+}
+_PRE_NORMS = {  # Llama/Qwen3: post_attention_layernorm is the pre-MLP norm
+    "layers.{i}.attn_norm_in.weight": "model.layers.{i}.input_layernorm.weight",
+    "layers.{i}.mlp_norm_in.weight": "model.layers.{i}.post_attention_layernorm.weight",
+}
+KEY_MAPS: Dict[str, Dict[str, str]] = {
+    "llama": {**_COMMON, **_PRE_NORMS},
+    "qwen3": {**_COMMON, **_PRE_NORMS},
+    "olmo2": {**_COMMON,  # norms on the sub-layer outputs, no input norm
+              "layers.{i}.attn_norm_out.weight": "model.layers.{i}.post_attention_layernorm.weight",
+              "layers.{i}.mlp_norm_out.weight": "model.layers.{i}.post_feedforward_layernorm.weight"},
+    "gemma3_text": {**_COMMON,
+                    "layers.{i}.attn_norm_in.weight": "model.layers.{i}.input_layernorm.weight",
+                    "layers.{i}.attn_norm_out.weight": "model.layers.{i}.post_attention_layernorm.weight",
+                    "layers.{i}.mlp_norm_in.weight": "model.layers.{i}.pre_feedforward_layernorm.weight",
+                    "layers.{i}.mlp_norm_out.weight": "model.layers.{i}.post_feedforward_layernorm.weight"},
+}
+
+# multimodal Gemma 3: the text model's keys under these prefixes (v5 module names, and the on-disk form)
+_PREFIXES = (("model.language_model.", "model."), ("language_model.model.", "model."),
+             ("language_model.lm_head.", "lm_head."))
+_IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$|^(model\.)?(vision_tower|multi_modal_projector)\.")
+_LAYER = re.compile(r"^layers\.(\d+)\.")
+
+
+def normalize_hf_keys(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Strip a multimodal text prefix and drop the keys listed in `_IGNORED`."""
+    out = {}
+    for key, value in state.items():
+        if _IGNORED.search(key):
+            continue
+        for old, new in _PREFIXES:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return out
+
+
+def hf_key(model_type: str, ours: str) -> str:
+    """The HF name of our state-dict key `ours` (e.g. 'layers.3.attn.q_norm.weight')."""
+    m = _LAYER.match(ours)
+    template = "layers.{i}." + ours[m.end():] if m else ours
+    try:
+        name = KEY_MAPS[model_type][template]
+    except KeyError:
+        raise CheckpointError(f"our key {ours!r} has no {model_type} counterpart in transformers") from None
+    return name.format(i=m.group(1)) if m else name
+
+
+def hf_state_to_ours(hf_state: Mapping[str, torch.Tensor], model_type: str,
+                     expected: Mapping[str, Tuple[int, ...]], *, tied: bool, source: str) -> Dict[str, torch.Tensor]:
+    """Map HF tensors onto our keys; every key used once, every shape as `expected` (our key -> shape)."""
+    state = normalize_hf_keys(hf_state)
+    out: Dict[str, torch.Tensor] = {}
+    used = set()
+    for ours, shape in expected.items():
+        name = hf_key(model_type, ours)
+        if name not in state:
+            raise CheckpointError(f"{source}: missing key {name!r} (qknorm {ours!r}, shape {tuple(shape)})")
+        t = state[name]
+        if tuple(t.shape) != tuple(shape):
+            raise CheckpointError(f"{source}: key {name!r} has shape {tuple(t.shape)} but the config implies "
+                                  f"{tuple(shape)}")
+        out[ours] = t
+        used.add(name)
+    if tied and "lm_head.weight" in state:
+        head, emb = state["lm_head.weight"], out["embed.weight"]
+        if head.shape != emb.shape or not torch.equal(head, emb):
+            raise CheckpointError(f"{source}: tie_word_embeddings is true but 'lm_head.weight' differs from "
+                                  "'model.embed_tokens.weight'; set tie_word_embeddings to false in config.json "
+                                  "to use the separate head")
+        used.add("lm_head.weight")
+    extra = sorted(set(state) - used)
+    if extra:
+        raise CheckpointError(f"{source}: unexpected key {extra[0]!r} ({len(extra)} unused); it has no place in a "
+                              f"{model_type} model of this config")
+    return out
+
+
+def ours_state_to_hf(state: Mapping[str, torch.Tensor], model_type: str) -> Dict[str, torch.Tensor]:
+    """Our state dict under HF names (a tied head is not stored, as transformers' save_pretrained does)."""
+    return {hf_key(model_type, k): v for k, v in state.items()}
+
+
+def _norm_vectors(state: Mapping[str, torch.Tensor]) -> Iterable[Tuple[str, torch.Tensor]]:
+    return ((k, v) for k, v in state.items() if k.endswith("norm.weight") or "_norm_" in k)
+
+
+def check_gemma_offsets(state: Mapping[str, torch.Tensor], *, source: str, allow_folded: bool = False) -> None:
+    """Raise if every Gemma norm weight (stored as an offset, scale = 1 + w) looks already folded to 1 + w."""
+    if allow_folded:
+        return
+    means = {k: float(v.float().mean()) for k, v in _norm_vectors(state)}
+    if means and all(0.5 <= m <= 1.5 for m in means.values()):
+        lo, hi = min(means.values()), max(means.values())
+        raise CheckpointError(
+            f"{source}: the Gemma norm weights look already folded (every one of the {len(means)} norm weight "
+            f"vectors has a mean in [{lo:.3f}, {hi:.3f}], near 1, but Gemma stores offsets, scale = 1 + w, near 0); "
+            "loading them would double the gains. Store w = scale - 1, or pass allow_folded=True if the "
+            "checkpoint really is so")
