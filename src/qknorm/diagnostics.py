@@ -1,0 +1,160 @@
+"""Stability diagnostics: what the attention logits, q/k norms, output logits and loss curve say about a run.
+
+* `stats_pass(model, ids)` — one forward pass under `no_grad` with every attention layer recording
+  (nn/attention.py `attention_stats`): per layer the exact max attention logit over allowed (query, key)
+  pairs, the Cauchy-Schwarz bound scale * max|q| * max|k|, and the RMS of q and k after QK-norm and RoPE;
+  plus the max and std of the output logits. All numbers come back with one device sync. The training loop
+  runs it every `stats_every` steps on at most 4 sequences of the batch.
+* `summarize(history, init_loss)` — the OLMo 2 spike score (arXiv 2501.00656) of the loss and gradient-norm
+  series, with the window stated, and the divergence rule (`metrics.is_diverged`).
+* `logit_verdict(max_logit)` — a one-line reading of a max attention logit, for `qknorm inspect`.
+
+Thresholds of the verdict: Wortsman et al. 2023 (arXiv 2309.14322) found that every run whose max attention
+logit exceeded 1e4 diverged; the CPU pilot in shared/reference/stability_literature.md saw QK-norm models
+stay below ~30 at every LR while the baseline grew past 100 from LR 1e-2 on.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .metrics import is_diverged, spike_score
+
+__all__ = ["stats_pass", "nonfinite_to_none", "summarize", "logit_verdict", "BOUNDED", "GROWTH", "SEVERE",
+           "SPIKE_WINDOW", "SPIKE_WINDOW_SHORT", "SPIKE_STD"]
+
+BOUNDED = 50.0  # at or below: bounded
+GROWTH = 100.0  # above: attention-logit growth
+SEVERE = 1e4  # above: Wortsman et al. saw every such run diverge
+SPIKE_WINDOW, SPIKE_WINDOW_SHORT, SPIKE_STD = 1000, 100, 7.0  # OLMo 2's window and threshold; a short-run window
+
+
+@torch.no_grad()
+def stats_pass(model: nn.Module, input_ids: torch.Tensor, *, forward: Optional[nn.Module] = None,
+               autocast=None) -> Dict[str, Any]:
+    """Per-layer attention diagnostics and output-logit stats of `model` on `input_ids` (B, T).
+
+    `model` is the plain `TransformerLM` (its layers record); `forward` the module to call (a DDP/FSDP
+    wrapper of it; default `model`). `autocast` is a factory of the context to run under (e.g. bf16).
+    Returns python floats: max_attn_logit, logit_max, logit_std, and per-layer lists attn_logit_per_layer,
+    attn_bound_per_layer, q_rms, k_rms.
+    """
+    fwd = forward if forward is not None else model
+    with model.recording_attention_stats() as stats:
+        if autocast is None:
+            logits = fwd(input_ids)
+        else:
+            with autocast():
+                logits = fwd(input_ids)
+    per_layer = torch.stack([torch.stack([s["max_logit"], s["logit_bound"], s["q_rms"], s["k_rms"]])
+                             for s in stats])  # (L, 4)
+    lf = logits.float()
+    flat = torch.cat([per_layer.flatten(), torch.stack([lf.amax(), lf.std()])]).tolist()  # one sync
+    n = len(stats)
+    rows = [flat[4 * i: 4 * i + 4] for i in range(n)]
+    per_max = [r[0] for r in rows]
+    return {
+        "max_attn_logit": _max(per_max),
+        "attn_logit_per_layer": per_max,
+        "attn_bound_per_layer": [r[1] for r in rows],
+        "q_rms": [r[2] for r in rows],
+        "k_rms": [r[3] for r in rows],
+        "logit_max": flat[-2],
+        "logit_std": flat[-1],
+    }
+
+
+def _max(values: Sequence[float]) -> float:
+    """Max that treats NaN as +inf: a non-finite logit is beyond every bound, never silently dropped."""
+    return max((math.inf if v != v else v for v in values), default=math.nan)
+
+
+def max_over_history(history: Sequence[Dict[str, Any]], key: str = "max_attn_logit") -> float:
+    """Max of `key` over the records that have it (NaN counts as +inf); NaN when no record has it."""
+    return _max([r[key] for r in history if r.get(key) is not None])
+
+
+def nonfinite_to_none(obj: Any) -> Any:
+    """A copy of a metrics record with NaN/±Inf floats replaced by None (strict JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: nonfinite_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nonfinite_to_none(v) for v in obj]
+    return obj
+
+
+def none_to_nan(obj: Any) -> Any:
+    """Inverse of `nonfinite_to_none` for records read back from metrics.jsonl (None -> NaN)."""
+    if obj is None:
+        return math.nan
+    if isinstance(obj, dict):
+        return {k: none_to_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [none_to_nan(v) for v in obj]
+    return obj
+
+
+def final_loss(history: Sequence[Dict[str, Any]], steps: int) -> float:
+    """Mean train loss of the last max(1, steps // 20) recorded steps (NaN/inf propagate); NaN if none."""
+    losses = [r["loss"] for r in history]
+    if not losses:
+        return math.nan
+    tail = losses[-max(1, steps // 20):]
+    return float(sum(tail) / len(tail))
+
+
+def summarize(history: Sequence[Dict[str, Any]], init_loss: float, *, steps: Optional[int] = None) -> Dict[str, Any]:
+    """Run-level diagnostics from per-step records: final loss, divergence, spike scores, max logits.
+
+    Spike scores (percent of values >= 7 std from the rolling mean of the previous values; NaN when the run is
+    too short to score): `*_spike_score` uses OLMo 2's window of 1000 (scored from the 100th value on),
+    `*_spike_score_w100` a window of 100 (scored from the 10th), better suited to runs of a few hundred steps.
+    """
+    steps = steps if steps is not None else len(history)
+    losses = [r["loss"] for r in history]
+    grads = [r["grad_norm"] for r in history]
+    fl = final_loss(history, steps)
+    out = {
+        "final_loss": fl,
+        "diverged": bool(is_diverged([*losses, fl], init_loss)) if history else False,
+        "max_attn_logit": max_over_history(history),
+        "max_output_logit": max_over_history(history, "logit_max"),
+        "spike_window": SPIKE_WINDOW,
+        "spike_std": SPIKE_STD,
+    }
+    for name, series in (("loss", losses), ("grad", grads)):
+        out[f"{name}_spike_score"] = spike_score(series, SPIKE_WINDOW, SPIKE_STD)
+        out[f"{name}_spike_score_w100"] = spike_score(series, SPIKE_WINDOW_SHORT, SPIKE_STD)
+    return out
+
+
+def logit_verdict(max_logit: float, *, qk_norm: bool = False) -> str:
+    """One line reading `max_logit` (the max attention logit of a model on some text)."""
+    head = f"max attention logit {max_logit:.4g}"
+    if not math.isfinite(max_logit):
+        return f"{head}: non-finite attention logits (overflow or NaN weights): the model is broken"
+    if max_logit > SEVERE:
+        return (f"{head} > {SEVERE:.0e}: severe attention-logit growth (every such run in Wortsman et al. 2023 "
+                f"diverged); {'QK-norm gains have grown: lower the LR' if qk_norm else 'consider QK-norm'}")
+    if max_logit > GROWTH:
+        hint = "despite QK-norm: the norm gains have grown" if qk_norm else "consider QK-norm"
+        return f"{head} > {GROWTH:.0f}: attention-logit growth; {hint}"
+    if max_logit > BOUNDED:
+        return f"{head}: elevated (bounded models stay below {BOUNDED:.0f}); watch it during training"
+    return f"{head}: bounded"
+
+
+def layer_rows(model: nn.Module, stats: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Per-layer table rows (layer, attention type, max logit, bound, q/k RMS) from a `stats_pass` result."""
+    types = model.config.resolved_layer_types()
+    return [
+        {"layer": i, "type": "sliding" if t.startswith("sliding") else "full",
+         "max_attn_logit": stats["attn_logit_per_layer"][i], "logit_bound": stats["attn_bound_per_layer"][i],
+         "q_rms": stats["q_rms"][i], "k_rms": stats["k_rms"][i]}
+        for i, t in enumerate(types)
+    ]
