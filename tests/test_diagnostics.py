@@ -1,0 +1,112 @@
+"""Diagnostics: the stats pass against explicit computation, run summaries, verdicts, JSON round trips."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import qknorm
+from qknorm import diagnostics as D
+from qknorm.nn.attention import causal_mask
+
+
+def _explicit_max_logits(model, ids):
+    """Per-layer max of scale * q.k over causal pairs, recomputed with forward hooks on the projections."""
+    maxes = []
+    x = model.embed(ids)
+    T = ids.shape[1]
+    cos, sin = model.rope_global(T, ids.device)
+    for layer in model.layers:
+        h = layer.attn_norm_in(x)
+        a = layer.attn
+        B = h.shape[0]
+        q = a.q_proj(h).view(B, T, a.n_heads, a.head_dim)
+        k = a.k_proj(h).view(B, T, a.n_kv_heads, a.head_dim)
+        q, k = a._qk_norm_rope(q, k, cos, sin)  # (B, H, T, D), (B, Hkv, T, D)
+        k = k.repeat_interleave(a.n_heads // a.n_kv_heads, dim=1)
+        s = (q @ k.transpose(2, 3)) * a.scale  # (B, H, T, T)
+        maxes.append(s.masked_fill(~causal_mask(T, None, ids.device), -math.inf).amax().item())
+        x = layer(x, (cos, sin))
+    return maxes
+
+
+@pytest.mark.parametrize("preset", ["llama", "qwen3"])
+def test_stats_pass_matches_explicit_scores(preset):
+    torch.manual_seed(0)
+    model = qknorm.TransformerLM(qknorm.get_config(preset, "debug"))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "q_proj" in n or "k_proj" in n:
+                p.mul_(8)  # grow the logits so the check is not trivially near zero
+    ids = torch.randint(0, 256, (3, 40))
+    stats = D.stats_pass(model, ids)
+    with torch.no_grad():
+        want = _explicit_max_logits(model, ids)
+        logits = model(ids)
+    assert stats["attn_logit_per_layer"] == pytest.approx(want, rel=1e-4)
+    assert stats["max_attn_logit"] == max(stats["attn_logit_per_layer"])
+    assert all(b >= m for b, m in zip(stats["attn_bound_per_layer"], stats["attn_logit_per_layer"]))
+    assert stats["logit_max"] == pytest.approx(logits.max().item())
+    assert stats["logit_std"] == pytest.approx(logits.std().item(), rel=1e-5)
+    assert len(stats["q_rms"]) == len(stats["k_rms"]) == model.config.n_layers
+    if preset == "qwen3":  # unit QK-norm gains: RMS 1 after the norm, RoPE rotates without scaling
+        assert stats["q_rms"] == pytest.approx([1.0, 1.0], abs=1e-3)
+    assert not any(layer.attn.record_stats for layer in model.layers)  # recording switched off again
+
+
+def test_stats_pass_sliding_layers_and_rows():
+    model = qknorm.TransformerLM(qknorm.get_config("gemma3", "debug"))
+    stats = D.stats_pass(model, torch.randint(0, 256, (1, 24)))
+    rows = D.layer_rows(model, stats)
+    assert [r["type"] for r in rows] == ["sliding", "sliding", "full"]
+    assert [r["max_attn_logit"] for r in rows] == stats["attn_logit_per_layer"]
+
+
+def test_summarize_divergence_spikes_and_max():
+    calm = [{"step": i, "loss": 3.0 - 0.001 * i, "grad_norm": 1.0 + 0.01 * (i % 3)} for i in range(150)]
+    calm[120]["grad_norm"] = 50.0  # one spike after a calm history
+    calm[10]["max_attn_logit"], calm[20]["max_attn_logit"] = 4.0, 9.0
+    s = D.summarize(calm, init_loss=5.5, steps=150)
+    assert not s["diverged"] and s["max_attn_logit"] == 9.0
+    assert s["final_loss"] == pytest.approx(sum(r["loss"] for r in calm[-7:]) / 7)  # last 150 // 20 = 7
+    assert s["grad_spike_score_w100"] == pytest.approx(100 / 140)  # 1 of 140 scored values (from the 10th)
+    assert s["loss_spike_score_w100"] == 0.0 and s["spike_window"] == 1000
+    assert not math.isnan(s["grad_spike_score"])  # window 1000 scores from the 100th value on
+    nan = [dict(r) for r in calm]
+    nan[50]["loss"] = math.nan
+    assert D.summarize(nan, init_loss=5.5)["diverged"]
+    above = [{"step": 0, "loss": 6.0, "grad_norm": 1.0}]
+    assert D.summarize(above, init_loss=5.5)["diverged"]
+    assert math.isnan(D.summarize([], init_loss=5.5)["max_attn_logit"])
+    assert D.max_over_history([{"max_attn_logit": 3.0}, {"max_attn_logit": math.nan}]) == math.inf
+
+
+def test_logit_verdict_thresholds():
+    assert D.logit_verdict(12.3).endswith("12.3: bounded")
+    assert "elevated" in D.logit_verdict(70)
+    assert "attention-logit growth; consider QK-norm" in D.logit_verdict(385)
+    assert "despite QK-norm" in D.logit_verdict(385, qk_norm=True)
+    assert "severe" in D.logit_verdict(25581) and "Wortsman" in D.logit_verdict(25581)
+    assert "non-finite" in D.logit_verdict(math.inf)
+
+
+def test_nonfinite_json_roundtrip():
+    rec = {"loss": math.nan, "q_rms": [1.0, math.inf], "step": 3, "skipped": True}
+    out = D.nonfinite_to_none(rec)
+    assert out == {"loss": None, "q_rms": [1.0, None], "step": 3, "skipped": True}
+    back = D.none_to_nan(out)
+    assert math.isnan(back["loss"]) and math.isnan(back["q_rms"][1]) and back["step"] == 3
+
+
+def test_z_loss_term_matches_definition():
+    from qknorm.train.loop import _forward_loss
+
+    torch.manual_seed(0)
+    model = qknorm.TransformerLM(qknorm.get_config("llama", "debug"))
+    x, y = torch.randint(0, 256, (2, 8)), torch.randint(0, 256, (2, 8))
+    ce, z = _forward_loss(model, x, y, 1e-4)
+    logits = model(x).view(-1, 256)
+    assert ce.item() == pytest.approx(F.cross_entropy(logits, y.view(-1)).item())
+    assert z.item() == pytest.approx(1e-4 * torch.logsumexp(logits, -1).pow(2).mean().item())
+    assert _forward_loss(model, x, y, 0.0)[1] is None
