@@ -89,12 +89,10 @@ def _store_bhtd(O, b, t, h, d, mask, o1, o2, T, NH: tl.constexpr, D: tl.constexp
 
 
 @triton.jit
-def _fwd_one(x1, x2, W, h, d, c1, c2, s1, s2, eps, offset, NH: tl.constexpr, D: tl.constexpr,
-             HALF: tl.constexpr, SCOPE: tl.constexpr, CAST_INPUT: tl.constexpr, IN_DT: tl.constexpr,
-             EMULATE_RNE: tl.constexpr):
+def _fwd_one(x1, x2, g1, g2, c1, c2, s1, s2, eps, NH: tl.constexpr, D: tl.constexpr, SCOPE: tl.constexpr,
+             CAST_INPUT: tl.constexpr, IN_DT: tl.constexpr, EMULATE_RNE: tl.constexpr):
     if SCOPE != 0:
         r = _rstd(x1, x2, eps, NH, D, SCOPE)
-        g1, g2 = _load_weight(W, h, d, offset, NH, D, HALF, SCOPE)
         xh1 = x1 * r
         xh2 = x2 * r
         if CAST_INPUT:  # Llama/Qwen3: weight * x_hat.to(input dtype)
@@ -137,25 +135,26 @@ def _qk_norm_rope_fwd_kernel(
     k1, k2 = _load_halves(K, b * sk_b + t * sk_t, hk, d, mk, sk_h, sk_d, HALF)
     c1, c2 = _load_halves(COS, b * sc_b + t * sc_t, h0, d, mc, 0, sc_d, HALF)
     s1, s2 = _load_halves(SIN, b * ss_b + t * ss_t, h0, d, mc, 0, ss_d, HALF)
+    if SCOPE != 0:
+        gq1, gq2 = _load_weight(QW, hq, d, offset, H, D, HALF, SCOPE)
+        gk1, gk2 = _load_weight(KW, hk, d, offset, HKV, D, HALF, SCOPE)
+    else:
+        gq1, gq2, gk1, gk2 = offset, offset, offset, offset  # unused
     IN_DT: tl.constexpr = Q.dtype.element_ty
-    o1, o2 = _fwd_one(q1, q2, QW, hq, d, c1, c2, s1, s2, eps, offset, H, D, HALF, SCOPE, CAST_INPUT, IN_DT,
-                      EMULATE_RNE)
+    o1, o2 = _fwd_one(q1, q2, gq1, gq2, c1, c2, s1, s2, eps, H, D, SCOPE, CAST_INPUT, IN_DT, EMULATE_RNE)
     _store_bhtd(QO, b, t, hq, d, mq, o1, o2, T, H, D, HALF, EMULATE_RNE)
-    o1, o2 = _fwd_one(k1, k2, KW, hk, d, c1, c2, s1, s2, eps, offset, HKV, D, HALF, SCOPE, CAST_INPUT, IN_DT,
-                      EMULATE_RNE)
+    o1, o2 = _fwd_one(k1, k2, gk1, gk2, c1, c2, s1, s2, eps, HKV, D, SCOPE, CAST_INPUT, IN_DT, EMULATE_RNE)
     _store_bhtd(KO, b, t, hk, d, mk, o1, o2, T, HKV, D, HALF, EMULATE_RNE)
 
 
 @triton.jit
-def _bwd_one(x1, x2, do1, do2, W, h, d, c1, c2, s1, s2, eps, offset, NH: tl.constexpr, D: tl.constexpr,
-             HALF: tl.constexpr, SCOPE: tl.constexpr, CAST_INPUT: tl.constexpr, IN_DT: tl.constexpr,
-             EMULATE_RNE: tl.constexpr):
+def _bwd_one(x1, x2, do1, do2, g1, g2, c1, c2, s1, s2, eps, NH: tl.constexpr, D: tl.constexpr,
+             SCOPE: tl.constexpr, CAST_INPUT: tl.constexpr, IN_DT: tl.constexpr, EMULATE_RNE: tl.constexpr):
     """dx halves and this tile's weight-gradient partial summed over tokens, [BLOCK_H, BLOCK_D2] each."""
     dy1 = do1 * c1 + do2 * s2  # RoPE transposed
     dy2 = do2 * c2 - do1 * s1
     if SCOPE != 0:
         r = _rstd(x1, x2, eps, NH, D, SCOPE)
-        g1, g2 = _load_weight(W, h, d, offset, NH, D, HALF, SCOPE)
         xh1 = x1 * r
         xh2 = x2 * r
         if CAST_INPUT:
@@ -244,14 +243,19 @@ def _qk_norm_rope_bwd_kernel(
         gk1, gk2 = _load_halves(DKO, b * sgk_b + t * sgk_t, hk, d, mk, sgk_h, sgk_d, HALF)
         c1, c2 = _load_halves(COS, b * sc_b + t * sc_t, h0, d, mc, 0, sc_d, HALF)
         s1, s2 = _load_halves(SIN, b * ss_b + t * ss_t, h0, d, mc, 0, ss_d, HALF)
-        dx1, dx2, pw1, pw2 = _bwd_one(q1, q2, gq1, gq2, QW, hq, d, c1, c2, s1, s2, eps, offset, H, D, HALF,
-                                      SCOPE, CAST_INPUT, IN_DT, EMULATE_RNE)
+        if SCOPE != 0:  # loop-invariant, but reloading (L1 hits) beats holding them in registers
+            wq1, wq2 = _load_weight(QW, hq, d, offset, H, D, HALF, SCOPE)
+            wk1, wk2 = _load_weight(KW, hk, d, offset, HKV, D, HALF, SCOPE)
+        else:
+            wq1, wq2, wk1, wk2 = offset, offset, offset, offset  # unused
+        dx1, dx2, pw1, pw2 = _bwd_one(q1, q2, gq1, gq2, wq1, wq2, c1, c2, s1, s2, eps, H, D, SCOPE, CAST_INPUT,
+                                      IN_DT, EMULATE_RNE)
         _store_bthd(DQ, tok, hq, d, mq, dx1, dx2, H, D, HALF, EMULATE_RNE)
         if SCOPE != 0:
             accq1 += pw1
             accq2 += pw2
-        dx1, dx2, pw1, pw2 = _bwd_one(k1, k2, gk1, gk2, KW, hk, d, c1, c2, s1, s2, eps, offset, HKV, D, HALF,
-                                      SCOPE, CAST_INPUT, IN_DT, EMULATE_RNE)
+        dx1, dx2, pw1, pw2 = _bwd_one(k1, k2, gk1, gk2, wk1, wk2, c1, c2, s1, s2, eps, HKV, D, SCOPE, CAST_INPUT,
+                                      IN_DT, EMULATE_RNE)
         _store_bthd(DK, tok, hk, d, mk, dx1, dx2, HKV, D, HALF, EMULATE_RNE)
         if SCOPE != 0:
             acck1 += pw1
@@ -293,19 +297,24 @@ def _blocks(H: int, HKV: int, D: int) -> tuple[int, int, int]:
 
 
 def default_config(kind: str, H: int, HKV: int, D: int) -> KernelConfig:
-    """The fixed table: ~4K padded q values per program, ~32 (fwd) / ~16 (bwd, it holds x and dout) per thread.
+    """The fixed table, from register counts of the sm_90 builds (no GPU-time autotuning).
 
-    (8, 4096, 32, 8, 128) gives fwd 1 token x 4 warps (32768 programs), bwd 1 token x 8 warps, persistent.
+    per_tok = padded q+k values of one token. Forward: ~4K values per program, 4 warps up to 8K values
+    ((32, 8, 128): 1 token x 4 warps, 90 registers, 5 programs and 50 KB of loads in flight per SM).
+    Backward (holds x and dout): 1 token per program unless tokens are tiny, ~1K values a warp
+    ((32, 8, 128): 8 warps, 128 registers, 2 programs per SM; (32, 8, 64): 4 warps, 4 programs per SM).
     """
     if kind in _OVERRIDE:
         return _OVERRIDE[kind]
     bhq, bhk, bd2 = _blocks(H, HKV, D)
-    per_tok_q, per_tok = bhq * 2 * bd2, (bhq + bhk) * 2 * bd2
-    block_t = min(16, max(1, 4096 // per_tok_q))
+    per_tok = (bhq + bhk) * 2 * bd2
     if kind == "fwd":
-        warps = min(16, max(2, _pow2_floor(block_t * per_tok // 1024)))
+        block_t = min(16, _pow2_floor(max(1, 4096 // per_tok)))
+        n = block_t * per_tok
+        warps = 4 if n <= 8192 else 8 if n <= 16384 else 16
     else:
-        warps = min(16, max(4, _pow2_floor(block_t * per_tok // 512)))
+        block_t = min(16, _pow2_floor(max(1, 2048 // per_tok)))
+        warps = min(16, max(4, _pow2_ceil(round(block_t * per_tok / 960))))
     return KernelConfig(block_t, warps)
 
 
