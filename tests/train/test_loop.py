@@ -309,3 +309,10 @@ def test_golden_loss_debug_preset_30_steps(data):
     assert r.final_loss < math.log(256) - 2.0, r.final_loss  # measured drop: 2.43 nats
     assert r.final_loss > 2.0  # 30 steps cannot learn the corpus: a much lower loss means leakage
     assert r.val_loss < 3.3 and not r.diverged
+
+
+def test_bf16_autocast_on_cpu_and_periodic_eval(data):
+    r = train(MODEL, _cfg(steps=4, dtype="bf16", eval_every=2, stats_every=2, z_loss=1e-4), data)
+    assert [h["step"] for h in r.history if "val_loss" in h] == [1, 3]
+    assert all(math.isfinite(h["loss"]) for h in r.history) and r.history[-1]["loss"] < r.init_loss
+    assert next(r.model.parameters()).dtype == torch.float32  # weights and optimizer stay fp32

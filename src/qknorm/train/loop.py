@@ -31,12 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import diagnostics
-from ..checkpoint_io import save_model
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError
 from ..model import TransformerLM
-from .checkpoint import (CKPT_DIR, MetricsLog, capture_rng_state, load_latest, restore_rng_state,
-                         save_checkpoint)
+from .checkpoint import CKPT_DIR, MetricsLog, capture_rng_state, restore_rng_state
+from .dist_checkpoint import export_model, load_training_checkpoint, save_training_checkpoint
 from .data import Batcher, TokenData
 from .optim import build_optimizer, lr_at, set_lr
 from .runtime import PARALLEL_CHOICES, Runtime, StopRequest, make_runtime
@@ -208,9 +207,8 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
     start, init_loss, elapsed0 = 0, math.nan, 0.0
     ckpt_root = out / CKPT_DIR if out is not None else None
     if resume:
-        ckpt = load_latest(ckpt_root, model_config)
-        rt.load_model_state_dict(wrapped, ckpt.model_state)
-        rt.load_optimizer_state_dict(wrapped, optimizer, ckpt.optimizer_state)
+        # either checkpoint format (full, or sharded by a multi-process run), saved under any world size
+        ckpt = load_training_checkpoint(rt, ckpt_root, wrapped, optimizer, model_config)
         restore_rng_state(ckpt.rng_state)
         start, init_loss = ckpt.step, float(ckpt.extra.get("init_loss", math.nan))
         elapsed0 = float(ckpt.extra.get("elapsed_s", 0.0))
@@ -230,14 +228,11 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
         nonlocal last_ckpt
         if ckpt_root is None or step_count == last_ckpt:
             return
-        model_state = rt.model_state_dict(wrapped)
-        optim_state = rt.optimizer_state_dict(wrapped, optimizer)
-        if rt.is_main:
-            save_checkpoint(ckpt_root, step_count, model_state=model_state, optimizer_state=optim_state,
-                            model_config=model_config, train_config=cfg.to_dict(), rng_state=capture_rng_state(),
-                            extra={"init_loss": init_loss, "elapsed_s": elapsed0 + time.perf_counter() - t0},
-                            keep_last=cfg.keep_last)
-        rt.barrier()
+        # full checkpoint files in one process, sharded (torch.distributed.checkpoint) under torchrun
+        save_training_checkpoint(rt, ckpt_root, step_count, wrapped, optimizer, model_config=model_config,
+                                 train_config=cfg.to_dict(), rng_state=capture_rng_state(),
+                                 extra={"init_loss": init_loss, "elapsed_s": elapsed0 + time.perf_counter() - t0},
+                                 keep_last=cfg.keep_last)
         last_ckpt = step_count
 
     bar = _progress(cfg, rt, start)
@@ -298,8 +293,8 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
     completed = stop_reason is None
     if completed and cfg.ckpt_every:
         checkpoint(cfg.steps)
-    if completed and out is not None and rt.is_main:
-        save_model(model, out)
+    if completed and out is not None:
+        export_model(rt, wrapped, out)  # rank 0 writes; under FSDP the full state is gathered first
     rt.barrier()
     summary = diagnostics.summarize(history, init_loss, steps=cfg.steps)
     vals = [r["val_loss"] for r in history if "val_loss" in r]
