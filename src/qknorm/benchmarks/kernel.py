@@ -2,10 +2,11 @@
 Liger-Kernel (when importable; EXTRA_SITE=dir adds a folder holding liger_kernel) and the memory floor; a small
 launch-config sweep; and the QK-norm share of an attention sub-layer (projections + SDPA, fwd+bwd).
 
-    python bench/bench_qk_norm_rope.py --out bench/results/      # CUDA; ~2-3 min on an H100
-    python bench/bench_qk_norm_rope.py --cpu-smoke --out /tmp/b   # tiny shapes, TRITON_INTERPRET=1, crash check
+    qknorm bench kernel --out bench/results/       # CUDA; ~2-3 min on an H100 (or bench/bench_qk_norm_rope.py)
+    qknorm bench kernel --cpu-smoke                # tiny shapes, TRITON_INTERPRET=1: checks that it runs
 
-Writes DIR/qk_norm_rope.json and DIR/qk_norm_rope.md (DIR: --out, else $OUT, else bench/results).
+Prints the result table; with --out DIR (or $OUT set) also writes DIR/qk_norm_rope.json and DIR/qk_norm_rope.md
+(device, date and versions in the heading).
 Shapes are (B, T, H, Hkv, D); bf16 weights as in a bf16 model. Per-head rows use Qwen3 numerics (norm_cast
 "input"), full-width rows OLMo 2 numerics (norm_cast "fp32"). The floor is the bytes q and k must move
 (fwd: read + write; fwd+bwd: 5 passes) over the copy rate of a 2 GiB device copy measured in the same run.
@@ -13,6 +14,7 @@ Shapes are (B, T, H, Hkv, D); bf16 weights as in a bf16 model. Per-head rows use
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import statistics
@@ -282,16 +284,33 @@ def _fmt(x, nd=3):
     return "-" if x is None else f"{x:.{nd}f}"
 
 
+def versions():
+    """Versions of what the numbers depend on: torch (+CUDA), triton, Liger (when importable), qknorm."""
+    from importlib import metadata
+
+    import qknorm
+
+    v = {"torch": torch.__version__, "cuda": torch.version.cuda, "qknorm": qknorm.__version__}
+    for name, dist in (("triton", "triton"), ("liger", "liger_kernel")):
+        try:
+            v[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            v[name] = None
+    return v
+
+
 def markdown(res):
-    lines = [f"# QK-RMSNorm + RoPE: {res['device']} (torch {res['torch']}, triton {res['triton']})", "",
-             f"copy rate {res['copy_TBps']:.2f} TB/s; bf16; ms are medians; x floor / x eager / x compile are "
-             f"time ratios (lower is better for x floor, higher is better for the speedups).", ""]
+    vs = ", ".join(f"{k} {v}" for k, v in res["versions"].items() if v)
+    lines = [f"# QK-RMSNorm + RoPE: {res['device']}", "", f"{res['date']}; {vs}", "",
+             f"copy rate {res['copy_TBps']:.2f} TB/s; bf16; ms are medians. `ours x floor` is ours / the bandwidth "
+             f"floor (1.00 = at the floor; lower is better); `eager/ours`, `compile/ours`, `liger/ours` are "
+             f"speedups of ours over each contender (higher is better).", ""]
     names = ["eager", "compile", "liger", "ours", "ours_compile"]
     for kind in ("fwd", "fwdbwd"):
         lines += [f"## {'forward' if kind == 'fwd' else 'forward + backward'}", "",
                   "| shape (B,T,H,Hkv,D) | scope | floor | " + " | ".join(names) +
-                  " | ours x floor | eager/ours | compile/ours | ours rel. err |",
-                  "|" + "---|" * (len(names) + 7)]
+                  " | ours x floor | eager/ours | compile/ours | liger/ours | ours rel. err |",
+                  "|" + "---|" * (len(names) + 8)]
         for r in res["qkrope"]:
             t = {n: r.get(f"{n}_{kind}_ms") for n in names}
             o = t["ours"]
@@ -299,7 +318,7 @@ def markdown(res):
             lines.append(f"| {tuple(r['shape'])} | {r['scope']} | {_fmt(r[f'floor_{kind}_ms'])} | " +
                          " | ".join(_fmt(t[n]) for n in names) +
                          f" | {ratio(o, r[f'floor_{kind}_ms'])} | {ratio(t['eager'], o)} | "
-                         f"{ratio(t['compile'], o)} | {_fmt(r.get('ours_relerr'), 5)} |")
+                         f"{ratio(t['compile'], o)} | {ratio(t['liger'], o)} | {_fmt(r.get('ours_relerr'), 5)} |")
         lines.append("")
     errs = [(tuple(r["shape"]), r["scope"], k, v) for r in res["qkrope"] for k, v in r.items() if k.endswith("_error")]
     if errs:
@@ -314,9 +333,12 @@ def markdown(res):
             elif "error" in r:
                 lines.append(f"| {tuple(r['shape'])} | {r['scope']} | {r['kind']} | {r['config']} | error: "
                              f"{r['error'][:80]} | | |")
-            else:
-                lines.append(f"\nresident backward programs per SM (auto): {r['resident_per_sm']}\n")
+        resident = [r["resident_per_sm"] for r in res["sweep"] if "resident_per_sm" in r]
+        if resident:  # after the table: a line inside it would end the table
+            lines += ["", f"resident backward programs per SM (auto): {resident[-1]}"]
         lines.append("")
+    if not res["layer"]:
+        return "\n".join(lines) + "\n"
     lines += ["## attention sub-layer fwd+bwd (q,k,v,o projections + causal SDPA)", "",
               "| B,T,d,H,Hkv,D | no QK-norm ms | eager QK-norm ms | ours ms | ours RoPE-only ms | eager overhead | "
               "ours overhead |", "|---|---|---|---|---|---|---|"]
@@ -330,7 +352,8 @@ def markdown(res):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=os.environ.get("OUT") or "bench/results", help="folder for the json and md")
+    p.add_argument("--out", default=os.environ.get("OUT") or None,
+                   help="folder for qk_norm_rope.json and .md (default $OUT; neither: print only)")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on CPU under TRITON_INTERPRET=1")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile contenders")
     p.add_argument("--no-sweep", action="store_true", help="skip the launch-config sweep")
@@ -348,11 +371,9 @@ def main(argv=None):
         device, shapes, layers, compile_ = "cuda", SHAPES, LAYERS, not a.no_compile
         torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
     shapes = shapes[: a.nshapes] if a.nshapes else shapes
-    import triton
-
     t0 = time.time()
     res = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (interpreter smoke)",
-           "torch": torch.__version__, "triton": triton.__version__}
+           "date": datetime.date.today().isoformat(), "versions": versions()}
     res["copy_TBps"] = copy_rate(device, 2.0 if device == "cuda" else 0.0625)
     print(f"copy {res['copy_TBps']:.3f} TB/s", flush=True)
     liger_make = load_liger() if device == "cuda" else None
@@ -373,13 +394,15 @@ def main(argv=None):
             print(json.dumps(row), f"[{time.time() - t0:.0f}s]", flush=True)
             res["layer"].append(row)
     res["wall_s"] = round(time.time() - t0, 1)
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "qk_norm_rope.json"), "w") as f:
-        json.dump(res, f, indent=1)
     md = markdown(res)
-    with open(os.path.join(a.out, "qk_norm_rope.md"), "w") as f:
-        f.write(md)
     print(md, flush=True)
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "qk_norm_rope.json"), "w") as f:
+            json.dump(res, f, indent=1)
+        with open(os.path.join(a.out, "qk_norm_rope.md"), "w") as f:
+            f.write(md)
+        print(f"wrote {os.path.join(a.out, 'qk_norm_rope.md')}", flush=True)
     return 0
 
 
