@@ -6,10 +6,11 @@ Variants (pick with --variants):
   hf, hf_compile, hf_liger           HF transformers eager / torch.compile / Liger-Kernel OLMo 2 patch
   ours, ours_compile                 qknorm TransformerLM (fused Triton QK-norm+RoPE on CUDA), eager / compiled
   ours_compile_noqk                  the same with qk_norm="none": what QK-norm costs in our step
-Prints a markdown table (ms/step, tokens/s, peak GB, ratio vs HF compile) and writes JSON + markdown to --out.
+Prints a markdown table (ms/step, tokens/s, peak GB, speed vs HF eager / HF compile / HF Liger) and, with --out
+(or $OUT), writes train_step.json + train_step.md there.
 
     qknorm bench train --out $OUT                        # on a GPU (or python bench/bench_train_gpu.py)
-    qknorm bench train --cpu-smoke                       # tiny shapes on CPU: checks that it runs
+    qknorm bench train --cpu-smoke                       # tiny shapes on CPU, eager variants: checks that it runs
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import torch.nn.functional as F
 import qknorm
 
 ALL = ("hf", "hf_compile", "hf_liger", "ours", "ours_compile", "ours_compile_noqk")
+SMOKE = ("hf", "ours")  # torch.compile on CPU takes about a minute per variant: not for a smoke check
+REFS = (("hf", "HF"), ("hf_compile", "HF compile"), ("hf_liger", "HF Liger"))
 
 
 def build_hf(variant, shape, device, dtype):
@@ -111,8 +114,9 @@ def sync(device):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--variants", default=",".join(ALL))
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--variants", default=None, help=f"comma list (default: all; --cpu-smoke: {','.join(SMOKE)})")
+    ap.add_argument("--out", default=os.environ.get("OUT") or None,
+                    help="folder for train_step.json and .md (default $OUT; neither: print only)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on CPU, fp32 (checks the script runs)")
@@ -121,6 +125,7 @@ def main(argv=None):
         device, dtype = "cpu", torch.float32
         shape = dict(vocab=256, d=64, ff=128, L=2, H=4, B=2, T=32)
         args.steps, args.warmup = 2, 1
+        args.variants = args.variants or ",".join(SMOKE)
     else:
         device, dtype = "cuda", torch.bfloat16
         shape = dict(vocab=50304, d=1024, ff=4096, L=16, H=16, B=8, T=2048)
@@ -132,7 +137,11 @@ def main(argv=None):
         res["transformers"] = transformers.__version__
     except ImportError:
         pass
-    for v in args.variants.split(","):
+    variants = (args.variants or ",".join(ALL)).split(",")
+    bad = [v for v in variants if v not in ALL]
+    if bad:
+        raise qknorm.ConfigError(f"--variants {','.join(bad)} not allowed; choose from: {', '.join(ALL)}")
+    for v in variants:
         try:
             r = time_variant(v, shape, device, dtype, args.steps, args.warmup)
             res["variants"][v] = r
@@ -143,26 +152,29 @@ def main(argv=None):
             print(f"{v:20s} error {repr(e)[:200]}", flush=True)
     table = render(res)
     print(table)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "train_step.json"), "w") as f:
-        json.dump(res, f, indent=1)
-    with open(os.path.join(args.out, "train_step.md"), "w") as f:
-        f.write(table + "\n")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "train_step.json"), "w") as f:
+            json.dump(res, f, indent=1)
+        with open(os.path.join(args.out, "train_step.md"), "w") as f:
+            f.write(table + "\n")
+        print(f"wrote {os.path.join(args.out, 'train_step.md')}")
     return 0
 
 
 def render(res):
     v = res["variants"]
-    ref = v.get("hf_compile", {}).get("ms")
+    refs = [(k, label, v[k]["ms"]) for k, label in REFS if "ms" in v.get(k, {})]
     lines = [f"Training step, {res['device']}, torch {res['torch']}, transformers {res.get('transformers')}, "
-             f"{res['date']}; shape {res['shape']}",
-             "", "| variant | ms/step | tokens/s | peak GB | speed vs HF compile |", "|---|---|---|---|---|"]
+             f"{res['date']}; shape {res['shape']}", "",
+             "| variant | ms/step | tokens/s | peak GB | " + " | ".join(f"speed vs {lb}" for _, lb, _ in refs) + " |",
+             "|---|---|---|---|" + "---|" * len(refs)]
     for name, r in v.items():
         if "error" in r:
-            lines.append(f"| {name} | error: {r['error'][:80]} | | | |")
+            lines.append(f"| {name} | error: {r['error'][:80]} | | |" + " |" * len(refs))
             continue
-        ratio = f"{ref / r['ms']:.2f}x" if ref else "n/a"
-        lines.append(f"| {name} | {r['ms']:.1f} | {r['tok_s']:,.0f} | {r['peak_GB']:.1f} | {ratio} |")
+        lines.append(f"| {name} | {r['ms']:.1f} | {r['tok_s']:,.0f} | {r['peak_GB']:.1f} | " +
+                     " | ".join(f"{ms / r['ms']:.2f}x" for _, _, ms in refs) + " |")
     if "ours_compile" in v and "ours_compile_noqk" in v and "ms" in v["ours_compile"] and "ms" in v["ours_compile_noqk"]:
         qk = v["ours_compile"]["ms"] / v["ours_compile_noqk"]["ms"] - 1
         lines.append(f"\nQK-norm share of our compiled step: {100 * qk:+.1f}%")
