@@ -1,0 +1,76 @@
+"""`qknorm study`: train the norm variants over a peak-LR grid and report what QK-norm buys (study.py).
+
+    qknorm study --quick                     baseline vs qknorm, 4 LRs (~2 min on a 2-core CPU)
+    qknorm study                             all five variants, 6 LRs (~8 min on a 2-core CPU)
+    qknorm study --device cuda               the GPU protocol: bigger model, bf16, Wortsman's 7-point grid
+    qknorm study --data my_corpus/ --out my_study --variants baseline,qknorm --lrs 1e-3,1e-2,1e-1
+
+Writes OUT/summary.json, OUT/report.html, OUT/*.png and OUT/runs/<variant>_lr<lr>_s<seed>.json, then prints
+the summary table and the two checks last.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import study
+from ..errors import ConfigError
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "study", help="LR sweep of the norm variants with a report: what QK-norm buys on your data",
+        description="Train the variants " + ", ".join(study.VARIANTS) + " over a grid of peak learning rates and "
+        "write summary.json, report.html and plots. Profiles: " + "; ".join(
+            f"{k}: {v.description}" for k, v in study.PROFILES.items()) + ".")
+    p.add_argument("--quick", action="store_true", help="the quick profile (a first look in ~2 minutes)")
+    p.add_argument("--profile", choices=tuple(study.PROFILES), default=None,
+                   help="study size; default: 'gpu' with --device cuda, else 'default' ('quick' with --quick)")
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="text file, directory, glob or token file (.bin/.npy); default: the embedded corpus")
+    p.add_argument("--tokenizer", default=None, metavar="F", help="a Hugging Face tokenizer.json (default: bytes)")
+    p.add_argument("--out", default="study_out", metavar="DIR", help="output directory (default: study_out)")
+    p.add_argument("--seed", type=int, default=0, help="first seed; run seeds are seed, seed+1, ... (default 0)")
+    p.add_argument("--seeds", type=int, default=None, metavar="N", help="seeds per (variant, LR)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="parallel worker processes, one torch thread each (default: the profile's)")
+    p.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:N (default: the profile's)")
+    p.add_argument("--variants", default=None, metavar="A,B", help="comma-separated subset of: "
+                   + ", ".join(study.VARIANTS))
+    p.add_argument("--lrs", default=None, metavar="X,Y", help="comma-separated peak learning rates, e.g. 1e-3,3e-2")
+    p.add_argument("--steps", type=int, default=None, metavar="N", help="optimizer steps per run")
+    p.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                   help="time budget: runs not finished by then stop and are recorded as such")
+    p.add_argument("--force", action="store_true", help="overwrite an output directory holding another study")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    profile = args.profile or ("quick" if args.quick else
+                               "gpu" if (args.device or "").startswith("cuda") else "default")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise ConfigError(f"--max-minutes={args.max_minutes!r} must be a positive number of minutes")
+    plan = study.make_plan(
+        profile,
+        variants=study.parse_variants(args.variants) if args.variants is not None else None,
+        lrs=study.parse_lrs(args.lrs) if args.lrs is not None else None,
+        seeds=args.seeds, seed=args.seed, steps=args.steps, device=args.device, data=args.data,
+        tokenizer=args.tokenizer, workers=args.workers)
+    _check_device(plan["train"]["device"])
+    summary = study.run_study(plan, args.out, force=args.force, max_minutes=args.max_minutes)
+    print(f"\nqknorm study ({profile}): {len(summary['runs'])} runs in {summary['config']['wall_time_s']:.0f} s; "
+          f"wrote {args.out}/summary.json, {args.out}/report.html")
+    print(study.format_table(summary))
+    sys.stdout.flush()
+    return 0
+
+
+def _check_device(device: str) -> None:
+    ok = device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())
+    if not ok:
+        raise ConfigError(f"--device={device!r} is not allowed; choose one of: cpu, cuda, cuda:N")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device={device!r} but CUDA is not available on this machine; use --device cpu")

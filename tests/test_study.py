@@ -1,0 +1,195 @@
+"""qknorm study: plan, aggregation (LR sensitivity, checks) on hand-made runs, failure handling, CLI errors,
+and a tiny real end-to-end study."""
+import json
+import math
+import os
+
+import pytest
+
+from qknorm import ConfigError, study
+from qknorm.cli import main
+
+L0 = 5.0
+
+
+def _run(variant, lr, val, logit, *, seed=0, diverged=False, error=None):
+    return {"variant": variant, "lr": lr, "seed": seed, "init_loss": L0, "final_loss": val, "val_loss": val,
+            "max_attn_logit": logit, "max_attn_logit_nonfinite": False, "diverged": diverged, "error": error}
+
+
+def _plan(variants=("baseline", "qknorm"), lrs=(1e-3, 1e-2, 3e-2, 1e-1), seeds=1):
+    return study.make_plan("quick", variants=variants, lrs=lrs, seeds=seeds, workers=1)
+
+
+# ---------------------------------------------------------------------------------------------- aggregation
+def test_lr_sensitivity_and_checks_by_hand():
+    runs = [
+        # baseline: [2.0, 1.8, 3.0, diverged] -> clipped [2.0, 1.8, 3.0, 5.0], l* 1.8 -> (0.2 + 0 + 1.2 + 3.2)/4
+        _run("baseline", 1e-3, 2.0, 5.0), _run("baseline", 1e-2, 1.8, 40.0), _run("baseline", 3e-2, 3.0, 2000.0),
+        _run("baseline", 1e-1, None, 9000.0, diverged=True),
+        # qknorm: [2.0, 1.7, 1.9, 2.1] -> l* 1.7 -> (0.3 + 0 + 0.2 + 0.4)/4
+        _run("qknorm", 1e-3, 2.0, 4.0), _run("qknorm", 1e-2, 1.7, 8.0), _run("qknorm", 3e-2, 1.9, 10.0),
+        _run("qknorm", 1e-1, 2.1, 12.0),
+    ]
+    s = study.summarize_runs(runs, _plan(), vocab_size=256)
+    assert s["lr_sensitivity"]["baseline"] == pytest.approx(4.6 / 4)
+    assert s["lr_sensitivity"]["qknorm"] == pytest.approx(0.9 / 4)
+    assert s["lr_sensitivity_detail"]["baseline"]["best_loss"] == pytest.approx(1.8)
+    c1, c2 = s["checks"]["max_logit_ratio"], s["checks"]["lr_sensitivity_ratio"]
+    assert [p["ratio"] for p in c1["per_lr"]] == pytest.approx([200.0, 750.0])
+    assert c1["lr"] == 1e-1 and c1["value"] == pytest.approx(750.0) and c1["passed"] is True
+    assert c2["value"] == pytest.approx(0.9 / 4.6) and c2["passed"] is True
+    table = study.format_table({"runs": runs, "config": {"lrs": [1e-3, 1e-2, 3e-2, 1e-1],
+                                                         "variants": ["baseline", "qknorm"]}, **s})
+    assert "[PASS]" in table and "1/4" in table  # one diverged baseline run
+
+
+def test_checks_fail_on_measured_numbers_and_average_seeds():
+    # no logit growth and equal sensitivity: both checks FAIL (never passed by construction)
+    runs = []
+    for seed, shift in ((0, 0.0), (1, 0.2)):
+        for v in ("baseline", "qknorm"):
+            runs += [_run(v, 1e-3, 2.0 + shift, 5.0, seed=seed), _run(v, 3e-2, 2.5, 6.0, seed=seed)]
+    s = study.summarize_runs(runs, _plan(lrs=(1e-3, 3e-2), seeds=2), vocab_size=256)
+    # per seed: seed 0 (0 + 0.5)/2 = 0.25, seed 1 (0 + 0.3)/2 = 0.15 -> mean 0.2
+    assert s["lr_sensitivity"]["baseline"] == pytest.approx(0.2)
+    assert s["lr_sensitivity_detail"]["baseline"]["per_seed"] == {"0": pytest.approx(0.25), "1": pytest.approx(0.15)}
+    c1, c2 = s["checks"]["max_logit_ratio"], s["checks"]["lr_sensitivity_ratio"]
+    assert c1["passed"] is False and c1["value"] == pytest.approx(1.0)
+    assert c2["passed"] is False and c2["value"] == pytest.approx(1.0)
+    assert "[FAIL]" in "\n".join(study.format_checks(s["checks"]))
+
+
+def test_checks_not_evaluated_without_the_pair_and_nonfinite_logit_is_inf():
+    s = study.summarize_runs([_run("olmo2", 3e-2, 2.0, 5.0)], _plan(variants=("olmo2",), lrs=(3e-2,)), 256)
+    assert s["checks"]["max_logit_ratio"]["passed"] is None and s["checks"]["lr_sensitivity_ratio"]["passed"] is None
+    runs = [dict(_run("baseline", 3e-2, None, None, diverged=True), max_attn_logit_nonfinite=True),
+            _run("qknorm", 3e-2, 2.0, 9.0)]
+    c1 = study.summarize_runs(runs, _plan(lrs=(3e-2,)), 256)["checks"]["max_logit_ratio"]
+    assert c1["value"] == "inf" and c1["passed"] is True
+    json.dumps(c1, allow_nan=False)  # strict JSON
+
+
+def test_plan_errors_name_the_flag():
+    with pytest.raises(ConfigError, match="--variants.*'nope'.*baseline, qknorm, olmo2, gemma3, postln"):
+        study.parse_variants("baseline,nope")
+    with pytest.raises(ConfigError, match="--lrs: 'x' is not a learning rate"):
+        study.parse_lrs("1e-3,x")
+    with pytest.raises(ConfigError, match="--lrs"):
+        study.parse_lrs("-1")
+    with pytest.raises(ConfigError, match="--steps"):
+        study.make_plan("quick", steps=0)
+    assert study.parse_lrs("3e-2, 1e-3") == (1e-3, 3e-2)
+
+
+def test_variants_share_one_shape_and_differ_in_norms():
+    plan = study.make_plan("default")
+    cfgs = {v: study.model_config_for(plan, v, 256) for v in study.VARIANTS}
+    for c in cfgs.values():
+        assert (c.d_model, c.n_layers, c.n_heads, c.head_dim, c.d_ff, c.vocab_size) == (128, 2, 2, 64, 512, 256)
+        assert c.sliding_window is None and c.query_scale == 64 ** -0.5
+    assert cfgs["baseline"].replace(qk_norm="head") == cfgs["qknorm"]
+    assert [cfgs[v].placement.value for v in study.VARIANTS] == ["pre", "pre", "reordered", "sandwich", "post"]
+    assert [cfgs[v].qk_norm.value for v in study.VARIANTS] == ["none", "head", "full", "head", "none"]
+
+
+# ---------------------------------------------------------------------------------------------- running
+def fake_runner(spec):
+    """Module-level (picklable for worker processes): qknorm flat, baseline worse at high LR; two bad specs."""
+    if spec["variant"] == "postln" and spec["lr"] > 0.05:
+        raise RuntimeError("boom")
+    if spec["variant"] == "olmo2" and spec["lr"] > 0.05 and os.environ.get("QKNORM_TEST_KILL") == "1":
+        os._exit(3)  # a worker that dies
+    base = spec["variant"] == "baseline"
+    val = 2.0 + (math.log10(spec["lr"] / 1e-3) if base else 0.1)
+    return {"variant": spec["variant"], "lr": spec["lr"], "seed": spec["seed"], "init_loss": L0,
+            "final_loss": val, "val_loss": val, "max_attn_logit": (1e4 if base else 10.0) * spec["lr"],
+            "max_attn_logit_nonfinite": False, "diverged": False, "steps": spec["train"]["steps"],
+            "spike_score": {"loss": 0.0, "grad_norm": 0.0}, "time_s": 0.0, "error": None,
+            "history": {"step": [0, 1], "loss": [L0, val], "stats_step": [0], "max_attn_logit": [1.0]}}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_failed_runs_are_recorded_not_fatal(tmp_path, monkeypatch, workers):
+    monkeypatch.setenv("QKNORM_TEST_KILL", "1" if workers > 1 else "0")
+    plan = study.make_plan("quick", variants=("baseline", "qknorm", "olmo2", "postln"), lrs=(1e-3, 1e-1),
+                           workers=workers)
+    s = study.run_study(plan, tmp_path / "out", runner=fake_runner, report=False, log=lambda _: None)
+    assert len(s["runs"]) == 8
+    boom = next(r for r in s["runs"] if r["variant"] == "postln" and r["lr"] == 1e-1)
+    assert boom["diverged"] is True and boom["error"] == "RuntimeError: boom" and boom["val_loss"] is None
+    if workers > 1:
+        dead = next(r for r in s["runs"] if r["variant"] == "olmo2" and r["lr"] == 1e-1)
+        assert dead["diverged"] is True and "worker process died" in dead["error"]
+    assert sum(r["error"] is not None for r in s["runs"]) == (2 if workers > 1 else 1)
+    assert s["checks"]["max_logit_ratio"]["passed"] is True  # 1e4x the LR vs 10x the LR
+    assert (tmp_path / "out" / "runs" / "postln_lr0.1_s0.json").is_file()
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert saved["lr_sensitivity"]["postln"] == pytest.approx(s["lr_sensitivity"]["postln"])
+
+
+def test_out_dir_guard(tmp_path):
+    plan = _plan(lrs=(1e-3,))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty and holds files that are not a qknorm study.*--force"):
+        study.check_out_dir(tmp_path / "other", plan, force=False)
+    study.check_out_dir(tmp_path / "other", plan, force=True)
+    out = tmp_path / "s"
+    study.run_study(plan, out, runner=fake_runner, report=False, log=lambda _: None)
+    study.check_out_dir(out, plan, force=False)  # the same study may be re-run in place
+    with pytest.raises(ConfigError, match="holds a different study"):
+        study.check_out_dir(out, _plan(lrs=(1e-2,)), force=False)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+@pytest.mark.parametrize("argv, message", [
+    (["--variants", "baseline,bogus"], "--variants: unknown variant 'bogus'"),
+    (["--lrs", "1e-3,abc"], "--lrs: 'abc' is not a learning rate"),
+    (["--device", "tpu"], "--device='tpu' is not allowed"),
+    (["--steps", "0"], "--steps=0 must be an integer >= 1"),
+    (["--data", "/nonexistent/corpus.txt"], "/nonexistent/corpus.txt"),
+])
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, argv, message):
+    assert main(["study", "--quick", "--out", str(tmp_path / "o"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_refuses_a_different_study(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "plan.json").write_text(json.dumps({"fingerprint": "something else"}))
+    assert main(["study", "--quick", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a different study" in err and err.count("\n") == 1
+
+
+def test_tiny_real_study_end_to_end(tmp_path, capsys):
+    """2 variants x 2 LRs x a few steps, 1 worker, through the CLI: summary.json schema, report, plots."""
+    out = tmp_path / "study"
+    rc = main(["study", "--profile", "smoke", "--variants", "baseline,qknorm", "--lrs", "1e-3,3e-2",
+               "--steps", "4", "--workers", "1", "--out", str(out), "--device", "cpu"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "LR sensitivity" in printed and "max attention logit" in printed
+    s = json.loads((out / "summary.json").read_text())
+    assert len(s["runs"]) == 4
+    for r in s["runs"]:
+        for key in ("variant", "lr", "seed", "final_loss", "val_loss", "max_attn_logit", "diverged", "init_loss",
+                    "spike_score", "steps", "time_s", "error"):
+            assert key in r, key
+        assert r["steps"] == 4 and r["error"] is None and r["max_attn_logit"] > 0
+        assert set(r["spike_score"]) >= {"loss", "grad_norm"}
+        h = json.loads((out / "runs" / f"{r['variant']}_lr{r['lr']:g}_s0.json").read_text())
+        assert len(h["loss"]) == 4 and h["stats_step"] and len(h["max_attn_logit"]) == len(h["stats_step"])
+    assert set(s["lr_sensitivity"]) == {"baseline", "qknorm"}
+    assert set(s["checks"]) == {"max_logit_ratio", "lr_sensitivity_ratio"}
+    cfg = s["config"]
+    assert cfg["lrs"] == [1e-3, 3e-2] and cfg["seeds"] == [0] and cfg["model_shape"]["d_model"] == 64
+    assert cfg["environment"]["torch"] and cfg["environment"]["device"] == "cpu" and cfg["train"]["dtype"] == "bf16"
+    assert "standard-library" in cfg["data"]["source"]
+    for name in ("report.html", "loss_vs_lr.png", "max_logit_vs_lr.png", "max_logit_over_steps.png",
+                 "loss_curves.png"):
+        assert (out / name).stat().st_size > 1000, name
