@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import warnings
@@ -134,13 +135,20 @@ def run(args) -> int:
         return 1
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
     flag = " (DIVERGED: final loss above initial loss)" if result.diverged else ""
-    print(f"qknorm train: {result.steps_done} steps, final loss {result.final_loss:.4f}{flag}, val loss {val}, "
-          f"max attention logit {result.max_attn_logit:.4g}, {result.tokens_per_s:,.0f} tokens/s -> {out}")
+    if _is_main():
+        print(f"qknorm train: {result.steps_done} steps, final loss {result.final_loss:.4f}{flag}, val loss {val}, "
+              f"max attention logit {result.max_attn_logit:.4g}, {result.tokens_per_s:,.0f} tokens/s -> {out}")
     return 0
 
 
+def _is_main() -> bool:
+    """Rank 0 of a torchrun job (or a plain single process): the one that prints notes and the summary."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
 def _note(msg: str) -> None:
-    print(f"qknorm train: {msg}", file=sys.stderr)
+    if _is_main():
+        print(f"qknorm train: {msg}", file=sys.stderr)
 
 
 @contextlib.contextmanager
