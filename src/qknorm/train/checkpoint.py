@@ -57,6 +57,10 @@ LATEST = "latest"
 META, MODEL, TRAINER = "meta.json", "model.safetensors", "trainer.pt"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^step_(\d{7,})$")
+# TEST-ONLY hook (tests/train/test_kill.py): with QKNORM_TEST_PAUSE_IN_CHECKPOINT_WRITE=<step> in the environment,
+# the writer of checkpoint <step> sleeps (up to 10 minutes) after the first file of its temporary directory is
+# written, so a test can SIGKILL the process mid-write. Never set it outside tests.
+PAUSE_ENV = "QKNORM_TEST_PAUSE_IN_CHECKPOINT_WRITE"
 
 
 class CheckpointMismatch(CheckpointError):
@@ -143,6 +147,8 @@ def save_checkpoint(root: str | Path, step: int, *, model_state: Dict[str, torch
     }
     for fname, data in blobs.items():
         _write_synced(tmp / fname, data)
+        if fname == MODEL and os.environ.get(PAUSE_ENV) == str(step):  # test-only, see PAUSE_ENV
+            time.sleep(600)
     meta = {
         "format_version": FORMAT_VERSION,
         "step": step,
