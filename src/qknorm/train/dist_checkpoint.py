@@ -229,6 +229,13 @@ def save_training_checkpoint(rt: Runtime, root: str | Path, step: int, model: nn
 # ---------------------------------------------------------------------------------------------- loading
 
 
+def _valid_files_and_step(meta: Dict[str, Any]) -> bool:
+    """meta.json has an integer step and a {relative path: {size, sha256}} file table (not hand-damaged)."""
+    files = meta.get("files")
+    return isinstance(meta.get("step"), int) and not isinstance(meta.get("step"), bool) and \
+        isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, dict) for k, v in files.items())
+
+
 def _read_sharded_meta(path: Path, model_config: Optional[ModelConfig]) -> Dict[str, Any]:
     meta_path = path / META
     try:
@@ -238,7 +245,7 @@ def _read_sharded_meta(path: Path, model_config: Optional[ModelConfig]) -> Dict[
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{meta_path}: unreadable ({e.__class__.__name__}: {e})") from None
     if not isinstance(meta, dict) or meta.get("format") != DCP_FORMAT or \
-            meta.get("format_version") != FORMAT_VERSION or not isinstance(meta.get("files"), dict):
+            meta.get("format_version") != FORMAT_VERSION or not _valid_files_and_step(meta):
         raise CheckpointError(f"{meta_path}: not a qknorm sharded checkpoint (format {DCP_FORMAT} "
                               f"{FORMAT_VERSION})")
     if model_config is not None:
@@ -339,27 +346,33 @@ def load_training_checkpoint(rt: Runtime, root: str | Path, model: nn.Module, op
     found = _broadcast(rt, [(s, str(p)) for s, p in list_checkpoints(root)] if rt.is_main else None)
     if not found:
         raise CheckpointError(f"{root}: no checkpoint to resume from")
-    problems = []
+    damaged = []  # (path, problem), newest first: reported and moved aside only once a usable one loads
     for _, p in reversed(found):
         path = Path(p)
         try:
-            return _try_load(rt, path, model, optimizer, model_config)
+            ckpt = _try_load(rt, path, model, optimizer, model_config)
         except CheckpointMismatch:
             raise
         except CheckpointError as e:
-            problems.append(str(e))
+            damaged.append((path, str(e)))
+            continue
+        for bad, problem in damaged:
             moved = ""
             if rt.is_main:
-                aside = path.with_name(f"{path.name}.corrupt")
+                aside = bad.with_name(f"{bad.name}.corrupt")
                 try:
                     if aside.exists():
                         shutil.rmtree(aside, ignore_errors=True)
-                    os.replace(path, aside)
+                    os.replace(bad, aside)
                     moved = f"; moved to {aside.name}"
                 except OSError:
                     pass
-                warnings.warn(f"skipping damaged checkpoint {path.name}: {e}{moved}", RuntimeWarning, stacklevel=2)
+                warnings.warn(f"skipping damaged checkpoint {bad.name}: {problem}{moved}", RuntimeWarning,
+                              stacklevel=2)
             rt.barrier()
+        return ckpt
+    # nothing usable: one error, and the run directory is left exactly as it was (nothing moved aside)
+    problems = [problem for _, problem in damaged]
     raise CheckpointError(f"{root}: no usable checkpoint ({len(problems)} damaged; newest: {problems[0]})")
 
 
