@@ -215,7 +215,10 @@ def load_checkpoint(path: str | Path, model_config: Optional[ModelConfig] = None
         raise CheckpointError(f"{meta_path}: file not found (incomplete checkpoint)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{meta_path}: unreadable ({e.__class__.__name__}: {e})") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION or "files" not in meta:
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION or not isinstance(files, dict) \
+            or not all(isinstance(v, dict) for v in files.values()) or \
+            not isinstance(meta.get("step"), int) or isinstance(meta.get("step"), bool):
         raise CheckpointError(f"{meta_path}: not a qknorm training checkpoint (format {FORMAT_VERSION})")
     if model_config is not None:
         check_same_config(meta.get("model_config", {}), model_config, source=str(path))
@@ -296,9 +299,16 @@ class MetricsLog:
     def __init__(self, path: Path, *, resume_step: Optional[int]):
         self.path = path
         self.history: List[Dict[str, Any]] = []
+        try:
+            self._open(resume_step)
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot read or write the metrics log ({e.strerror or e})") from None
+
+    def _open(self, resume_step: Optional[int]) -> None:
+        path = self.path
         if resume_step is not None and path.exists():
             keep = []
-            for line in path.read_text().splitlines():
+            for line in path.read_text(errors="replace").splitlines():
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:  # a line cut by a crash
