@@ -114,16 +114,20 @@ def run(args) -> int:
         out = Path(args.out or f"runs/{args.preset}-{args.size}")
         check_out_dir(out, args.resume)
         data = load_tokens(args.data, tokenizer=args.tokenizer)
+        notes = []
         if data.vocab_size > model_config.vocab_size:
             if vocab_given:
                 raise ConfigError(f"--set vocab_size={model_config.vocab_size} is smaller than the data's "
                                   f"vocabulary ({data.vocab_size})")
             model_config = model_config.replace(vocab_size=data.vocab_size)
-            _note(f"vocab_size set to the data's vocabulary: {data.vocab_size}")
-        _note(f"{args.preset}/{args.size}: {model_config.num_params() / 1e6:.2f}M params, qk_norm="
-              f"{model_config.qk_norm.value}, placement={model_config.placement.value}; {cfg.steps} steps, "
-              f"lr {cfg.lr:g}, batch {cfg.batch_size}x{cfg.seq_len}; data: {data.source}; out: {out}")
-        result = train(model_config, cfg, data, out_dir=out, resume=args.resume)
+            notes.append(f"vocab_size set to the data's vocabulary: {data.vocab_size}")
+        notes.append(f"{args.preset}/{args.size}: {model_config.num_params() / 1e6:.2f}M params, qk_norm="
+                     f"{model_config.qk_norm.value}, placement={model_config.placement.value}; {cfg.steps} steps, "
+                     f"lr {cfg.lr:g}, batch {cfg.batch_size}x{cfg.seq_len}; data: {data.source}; out: {out}")
+        # the notes come once train() has checked everything (device, data length, checkpoint, run dir):
+        # bad input found there is reported by its error line alone
+        result = train(model_config, cfg, data, out_dir=out, resume=args.resume,
+                       on_ready=lambda: [_note(n) for n in notes])
     if result.stop_reason and result.stop_reason.startswith("stopped by SIG"):
         signame = result.stop_reason.split()[-1]
         _note(f"{result.stop_reason} after step {result.steps_done}; checkpoint written to {out}/checkpoints; "

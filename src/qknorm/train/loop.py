@@ -175,11 +175,13 @@ def check_out_dir(out: str | Path, resume: bool) -> None:
 
 def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_dir: str | Path | None = None,
           resume: bool = False, callback: Optional[Callable[[Dict[str, Any]], Optional[bool]]] = None,
-          runtime: Optional[Runtime] = None) -> TrainResult:
+          runtime: Optional[Runtime] = None, on_ready: Optional[Callable[[], None]] = None) -> TrainResult:
     """Train a fresh `TransformerLM(model_config)` (init from `cfg.seed`) on `data`; see the module docstring.
 
     `callback(record)` is called after every step with its metrics record (main process); returning True
     stops training after that step like SIGTERM does (a checkpoint is written when there is an out_dir).
+    `on_ready()` is called once the set-up (data, model, resume, run directory) succeeded, just before the
+    first step: the CLI prints its start note there, so bad input fails with its error line alone.
     """
     cfg.validate()
     if data.vocab_size > model_config.vocab_size:
@@ -215,7 +217,10 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
         _warn_changed_settings(ckpt.train_config, cfg, ckpt.path)
     log = None
     if out is not None and rt.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create output directory {out}: {e.strerror or e}") from None
         log = MetricsLog(out / METRICS_FILE, resume_step=start if resume else None)
     history = log.history if log is not None else []
 
@@ -235,6 +240,8 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
                                  keep_last=cfg.keep_last)
         last_ckpt = step_count
 
+    if on_ready is not None:
+        on_ready()
     bar = _progress(cfg, rt, start)
     t0 = time.perf_counter()
     steps_done = start
