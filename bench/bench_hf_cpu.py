@@ -1,0 +1,194 @@
+"""Our model vs transformers on CPU: the same forward+backward step, same config, same weights (issue 3).
+
+    python bench/bench_hf_cpu.py                                 # all four families; writes bench/results/
+    python bench/bench_hf_cpu.py --families qwen3 --rounds 5 --no-write --d-model 128   # a quick look
+
+For each family a random HF model is built with `transformers` from a native config of that family (GQA,
+explicit head_dim, the family's eps/theta; Gemma 3 with sliding layers whose window is shorter than T, a global
+layer, query_pre_attn_scalar), every weight moved off its init, and ours is `qknorm.from_hf(hf)`: the same
+function with identical weights (the logits' relative error is printed as a check).
+
+One step = logits for B x T tokens -> the same cross-entropy outside the model -> backward -> zero_grad(None),
+fp32, both with HF's default SDPA attention path and ours (the PyTorch reference QK-norm+RoPE on CPU), with
+torch.set_num_threads(--threads). After --warmup rounds, each of --rounds rounds times one step of each model, in
+alternating order (ours first on even rounds, HF first on odd ones) with a gc pass before each round, so load from
+other processes and slow drift fall on both alike. Reported per family: median ms per step of each, and the
+median over rounds of the paired ratio ours/HF (< 1: ours is faster) with its 25-75% spread: on a shared
+machine the ratio, not the absolute ms, is the measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import qknorm
+
+FAMILIES = ("olmo2", "gemma3", "qwen3", "llama")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cores() -> int:
+    """Cores this process may run on (taskset/cgroup affinity), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def hf_config(family: str, a):
+    """A native transformers config of the family at the benchmark size (realistic per-family fields)."""
+    import transformers
+
+    base = dict(vocab_size=a.vocab, hidden_size=a.d_model, intermediate_size=a.d_ff, num_hidden_layers=a.layers,
+                num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, max_position_embeddings=4096,
+                pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if family == "llama":
+        return transformers.LlamaConfig(**base, rms_norm_eps=1e-5, rope_theta=5e5, tie_word_embeddings=False)
+    if family == "qwen3":
+        return transformers.Qwen3Config(**base, head_dim=a.head_dim, rms_norm_eps=1e-6, rope_theta=1e6,
+                                        tie_word_embeddings=True)
+    if family == "olmo2":
+        return transformers.Olmo2Config(**base, rms_norm_eps=1e-6, rope_theta=5e5, tie_word_embeddings=False)
+    if family == "gemma3":  # 5:1 local:global in Gemma 3; here every 4th layer is global
+        types = ["full_attention" if (i + 1) % 4 == 0 else "sliding_attention" for i in range(a.layers)]
+        return transformers.Gemma3TextConfig(**base, head_dim=a.head_dim, rms_norm_eps=1e-6, layer_types=types,
+                                             sliding_window=a.seq // 2, rope_theta=1e6, rope_local_base_freq=1e4,
+                                             query_pre_attn_scalar=a.head_dim, tie_word_embeddings=True)
+    raise ValueError(family)
+
+
+@torch.no_grad()
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Norm weights (Gemma offsets) and biases off their init, matrices redrawn: a wrong mapping would show."""
+    g = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        noise = torch.randn(p.shape, generator=g)
+        p.copy_(p + 0.3 * noise if p.ndim == 1 else 0.05 * noise)
+    return model
+
+
+def build_pair(family: str, a):
+    import transformers
+
+    cfg = hf_config(family, a)
+    cfg._attn_implementation = a.attn
+    torch.manual_seed(0)
+    hf = randomize(transformers.AutoModelForCausalLM.from_config(cfg))
+    ours = qknorm.from_hf(hf)
+    return ours.train(), hf.train()
+
+
+def step(model, ids, hf: bool) -> None:
+    logits = model(input_ids=ids[:, :-1]).logits if hf else model(ids[:, :-1])  # (B, T, V)
+    loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def bench_family(family: str, a) -> dict:
+    ours, hf = build_pair(family, a)
+    ids = torch.randint(0, a.vocab, (a.batch, a.seq + 1), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x, y = ours(ids[:, :-1]).double(), hf(input_ids=ids[:, :-1]).logits.double()
+        rel = float((x - y).abs().max() / y.abs().max())
+    times = {"ours": [], "hf": []}
+    for i in range(a.warmup + a.rounds):
+        gc.collect()
+        for name, model in (("ours", ours), ("hf", hf)) if i % 2 == 0 else (("hf", hf), ("ours", ours)):
+            t0 = time.perf_counter()
+            step(model, ids, hf=name == "hf")
+            dt = time.perf_counter() - t0
+            if i >= a.warmup:
+                times[name].append(dt)
+    ratios = sorted(o / h for o, h in zip(times["ours"], times["hf"]))
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return dict(family=family, ours_ms=1e3 * statistics.median(times["ours"]),
+                hf_ms=1e3 * statistics.median(times["hf"]), ratio=statistics.median(ratios), q25=q[0], q75=q[2],
+                rel=rel, params=sum(p.numel() for p in ours.parameters()))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
+    p.add_argument("--d-model", type=int, default=512)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=4)
+    p.add_argument("--head-dim", type=int, default=None, help="default d_model / heads (Qwen3, Gemma 3 only)")
+    p.add_argument("--d-ff", type=int, default=None, help="default 3 * d_model")
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=15, help="timed rounds (one step of each model per round)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--attn", choices=("sdpa", "eager"), default="sdpa", help="HF attention implementation")
+    p.add_argument("--no-write", action="store_true", help="print only; do not write the result file")
+    p.add_argument("--out", type=Path, default=None, help="result file (default bench/results/hf_cpu_<date>.md)")
+    args = p.parse_args(argv)
+    args.head_dim = args.head_dim or args.d_model // args.heads
+    args.d_ff = args.d_ff or 3 * args.d_model
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*eos_token_id.*")
+    t0 = time.time()
+    rows = []
+    for f in args.families:
+        rows.append(bench_family(f, args))
+        r = rows[-1]
+        print(f"{f:7s} ours {r['ours_ms']:7.1f} ms  HF {r['hf_ms']:7.1f} ms  ours/HF {r['ratio']:.3f} "
+              f"[{r['q25']:.3f}, {r['q75']:.3f}]  logits rel err {r['rel']:.1e}  [{time.time() - t0:.0f}s]",
+              flush=True)
+    shape = (f"d_model={args.d_model}, n_layers={args.layers}, heads={args.heads} ({args.kv_heads} kv) x "
+             f"head_dim {args.head_dim}, d_ff={args.d_ff}, vocab={args.vocab}, B={args.batch}, T={args.seq}, fp32, "
+             f"HF attn_implementation={args.attn}")
+    lines = [
+        "| family | params | ours ms | HF ms | ours / HF (median of paired rounds) | 25-75% | logits rel err |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *(f"| {r['family']} | {r['params'] / 1e6:.1f}M | {r['ours_ms']:.1f} | {r['hf_ms']:.1f} | "
+          f"**{r['ratio']:.3f}** | {r['q25']:.3f}-{r['q75']:.3f} | {r['rel']:.1e} |" for r in rows),
+    ]
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    env = (f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; CPU: {cpu_name()}, {_cores()} cores "
+           f"available, torch.set_num_threads({args.threads}); load average (1/5/15 min) at the end "
+           f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}; Python {platform.python_version()}, torch "
+           f"{torch.__version__}, transformers {transformers.__version__}, qknorm {qknorm.__version__}")
+    cmd = " ".join(["python bench/bench_hf_cpu.py", *(argv if argv is not None else sys.argv[1:])])
+    text = "\n".join([
+        "# Forward+backward step on CPU: qknorm vs transformers", "", f"`{cmd}`", "",
+        f"Shape: {shape}. Weights: a random HF model of each family (every weight off its init); ours = "
+        "`qknorm.from_hf(hf)`, so both compute the same function (logits rel err below).", "",
+        f"One step: logits, cross-entropy, backward, zero_grad. {args.warmup} warm-up rounds, then {args.rounds} "
+        "rounds of one step of each model in alternating order. The machine is shared with other work: the "
+        "measurement is the ratio ours / HF (median of the per-round ratios, < 1 means ours is faster), not the "
+        "absolute ms, which move with the load.", "", f"Environment: {env}.", "", *lines, ""])
+    print(text)
+    if not args.no_write:
+        out = args.out or Path(__file__).parent / "results" / f"hf_cpu_{datetime.date.today().isoformat()}.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
