@@ -183,3 +183,27 @@ def test_gpu_default_backend_is_triton_and_inductor_compiles():
     assert all(torch.equal(a, b) for a, b in zip(got, tri))
     f = torch.compile(lambda q, k: qk_norm_rope(q, k, qw, kw, cos, sin), fullgraph=True)
     assert all(torch.equal(a, b) for a, b in zip(f(q, k), tri))
+
+
+@pytest.mark.parametrize("scope", ["head", "full", "none"])
+def test_eager_function_and_library_op_agree(scope):
+    """Eager mode runs the kernels through a plain autograd.Function (less host time), torch.compile through the
+    torch.library op: both must give the same outputs and gradients, including the weights' and a missing
+    output gradient (only q's output used)."""
+    from qknorm.ops.op import _qk_norm_rope
+
+    q, k, qw, kw, cos, sin = _args(scope if scope != "none" else "head", T=7)
+    if scope == "none":
+        qw = kw = None
+    results = []
+    for path in ("eager", "op"):
+        leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (q, k, qw, kw)]
+        if path == "eager":
+            qo, ko = qk_norm_rope(*leaves, cos, sin, scope=scope, backend="triton")
+            assert "EagerQKNormRope" in type(qo.grad_fn).__name__
+        else:
+            qo, ko = _qk_norm_rope(*leaves, cos, sin, 1e-6, scope, 0.0, "fp32")
+        qo.square().sum().backward()  # k's output unused: its gradient arrives as None
+        results.append([qo, ko] + [t.grad for t in leaves if t is not None])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
