@@ -193,3 +193,20 @@ def test_tiny_real_study_end_to_end(tmp_path, capsys):
     for name in ("report.html", "loss_vs_lr.png", "max_logit_vs_lr.png", "max_logit_over_steps.png",
                  "loss_curves.png"):
         assert (out / name).stat().st_size > 1000, name
+
+
+def test_runs_cut_by_the_time_budget_leave_sensitivity_undefined_not_l0():
+    """A grid point whose run was skipped or cut short by --max-minutes must not count as l0 (that would make
+    the variant look LR-sensitive): the variant's sensitivity is None and the cut points are listed."""
+    def cut(v, lr):
+        return dict(_run(v, lr, None, None), error="stopped at step 3: the study's time budget", cut=True)
+
+    runs = [_run("baseline", 1e-3, 2.0, 5.0), _run("baseline", 1e-1, 3.0, 500.0),
+            _run("qknorm", 1e-3, 2.0, 4.0), cut("qknorm", 1e-1)]
+    s = study.summarize_runs(runs, _plan(lrs=(1e-3, 1e-1)), 256)
+    assert s["lr_sensitivity"]["baseline"] == pytest.approx(0.5) and s["lr_sensitivity"]["qknorm"] is None
+    assert s["lr_sensitivity_detail"]["qknorm"]["incomplete"] == [{"seed": 0, "lr": 1e-1}]
+    assert s["checks"]["lr_sensitivity_ratio"]["passed"] is None
+    table = study.format_table({"runs": runs, "config": {"lrs": [1e-3, 1e-1], "variants": ["baseline", "qknorm"]},
+                                **s})
+    assert "- (1 runs cut)" in table
