@@ -33,8 +33,8 @@ case "$stage" in
       $tflags 2>&1 | tee "$OUT/train.log"
     ;;
   study)
-    if [ -n "${SMOKE:-}" ]; then sflags="--profile smoke --device cpu"; else sflags="--device cuda --max-minutes ${MAX_MIN:-4.5}"; fi
-    timeout 330 "$PY" -m qknorm study --out "$OUT/study" --force $sflags 2>&1 | tee "$OUT/study.log"
+    if [ -n "${SMOKE:-}" ]; then sflags="--profile smoke --device cpu"; else sflags="--device cuda --max-minutes ${MAX_MIN:-4.5} ${STUDY_ARGS:-}"; fi
+    timeout ${STUDY_TIMEOUT:-330} "$PY" -m qknorm study --out "$OUT/study" --force $sflags 2>&1 | tee "$OUT/study.log"
     tar -C "$OUT" -czf "$OUT/study.tgz" study && rm -rf "$OUT/study"
     ;;
   *) echo "unknown stage $stage (bench|study)" >&2; exit 2 ;;
