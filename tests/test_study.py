@@ -210,3 +210,9 @@ def test_runs_cut_by_the_time_budget_leave_sensitivity_undefined_not_l0():
     table = study.format_table({"runs": runs, "config": {"lrs": [1e-3, 1e-1], "variants": ["baseline", "qknorm"]},
                                 **s})
     assert "- (1 runs cut)" in table
+
+
+def test_out_dir_that_cannot_be_created_is_one_line(capsys):
+    assert main(["study", "--quick", "--out", "/dev/null/study"]) == 2
+    err = capsys.readouterr().err
+    assert "--out /dev/null/study: cannot create the output directory" in err and err.count("\n") == 1

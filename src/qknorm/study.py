@@ -614,10 +614,13 @@ def run_study(plan: Dict[str, Any], out_dir, *, runner: Callable = run_one, forc
     specs = run_specs(plan, data.vocab_size)
     source = data.source
     del data
-    out.mkdir(parents=True, exist_ok=True)
-    if force and (out / RUNS_DIR).is_dir():
-        shutil.rmtree(out / RUNS_DIR)
-    (out / RUNS_DIR).mkdir(exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if force and (out / RUNS_DIR).is_dir():
+            shutil.rmtree(out / RUNS_DIR)
+        (out / RUNS_DIR).mkdir(exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot create the output directory ({e.strerror or e})") from None
     (out / PLAN_FILE).write_text(json.dumps({"fingerprint": plan_fingerprint(plan), "plan": plan}, indent=1))
     t0 = time.time()
     if max_minutes is not None:
