@@ -13,7 +13,6 @@ Shapes are (B, T, H, Hkv, D); bf16 weights as in a bf16 model. Per-head rows use
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -351,7 +350,9 @@ def markdown(res):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from ..cli._common import OneLineParser
+
+    p = OneLineParser(prog="qknorm bench kernel", description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT") or None,
                    help="folder for qk_norm_rope.json and .md (default $OUT; neither: print only)")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on CPU under TRITON_INTERPRET=1")

@@ -14,7 +14,6 @@ Prints a markdown table (ms/step, tokens/s, peak GB, speed vs HF eager / HF comp
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -113,7 +112,9 @@ def sync(device):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from ..cli._common import OneLineParser
+
+    ap = OneLineParser(prog="qknorm bench train", description=__doc__.split("\n")[0])
     ap.add_argument("--variants", default=None, help=f"comma list (default: all; --cpu-smoke: {','.join(SMOKE)})")
     ap.add_argument("--out", default=os.environ.get("OUT") or None,
                     help="folder for train_step.json and .md (default $OUT; neither: print only)")

@@ -16,7 +16,9 @@ COMMANDS = ("study", "train", "convert", "inspect", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qknorm", description="QK-normalization: models, HF interop, kernels, "
+    from ._common import OneLineParser
+
+    parser = OneLineParser(prog="qknorm", description="QK-normalization: models, HF interop, kernels, "
                                      "and a study of what QK-norm buys on your data.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -27,6 +27,14 @@ _TRUE, _FALSE, _NONE = ("true", "yes", "on", "1"), ("false", "no", "off", "0"), 
 _LAYER_ALIASES = {"sliding": "sliding_attention", "full": "full_attention"}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (no usage block): `PROG: error: MSG (see PROG --help)`,
+    exit status 2. Subparsers made from it are of this class too."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def _train_config_cls():
     from ..train.loop import TrainConfig
 
