@@ -297,12 +297,13 @@ def _blocks(H: int, HKV: int, D: int) -> tuple[int, int, int]:
 
 
 def default_config(kind: str, H: int, HKV: int, D: int) -> KernelConfig:
-    """The fixed table, from register counts of the sm_90 builds (no GPU-time autotuning).
+    """The fixed table (no autotuning at run time), from register counts of the sm_90 builds and the launch
+    sweep of `qknorm bench kernel` on an H200 (bench/results/kernel_h200_2026-11-26.md).
 
-    per_tok = padded q+k values of one token. Forward: ~4K values per program, 4 warps up to 8K values
-    ((32, 8, 128): 1 token x 4 warps, 90 registers, 5 programs and 50 KB of loads in flight per SM).
-    Backward (holds x and dout): 1 token per program unless tokens are tiny, ~1K values a warp
-    ((32, 8, 128): 8 warps, 128 registers, 2 programs per SM; (32, 8, 64): 4 warps, 4 programs per SM).
+    per_tok = padded q+k values of one token. Forward: ~4K values per program; 2 warps up to 6K values
+    ((32, 8, 128): 1 token x 2 warps measured 0.198 ms vs 0.225 ms with 4 warps), 4 up to 8K, then more.
+    Backward (holds x and dout): 1 token per program unless tokens are tiny, ~1.25K values a warp, at least 4
+    ((32, 8, 128): 4 warps measured 0.307 ms vs 0.330 ms with 8, head scope; 0.405 vs 0.437 full width).
     """
     if kind in _OVERRIDE:
         return _OVERRIDE[kind]
@@ -311,10 +312,10 @@ def default_config(kind: str, H: int, HKV: int, D: int) -> KernelConfig:
     if kind == "fwd":
         block_t = min(16, _pow2_floor(max(1, 4096 // per_tok)))
         n = block_t * per_tok
-        warps = 4 if n <= 8192 else 8 if n <= 16384 else 16
+        warps = 2 if n <= 6144 else 4 if n <= 8192 else 8 if n <= 16384 else 16
     else:
         block_t = min(16, _pow2_floor(max(1, 2048 // per_tok)))
-        warps = min(16, max(4, _pow2_ceil(round(block_t * per_tok / 960))))
+        warps = min(16, max(4, _pow2_ceil(round(block_t * per_tok / 1280))))
     return KernelConfig(block_t, warps)
 
 
