@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Union
+from typing import Any, Dict, Union
 
 import torch
 
@@ -57,14 +57,20 @@ def save_model(model: TransformerLM, out_dir: Union[str, Path]) -> Path:
     return out
 
 
-def read_config(path: Union[str, Path]) -> ModelConfig:
+def read_json(path: Union[str, Path], *, missing: str = "file not found") -> Any:
+    """The JSON document in `path`; CheckpointError naming the file when it is missing or unreadable."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
+        raise CheckpointError(f"{path}: {missing}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not a readable JSON config ({e.__class__.__name__}: {e})") from None
+        raise CheckpointError(f"{path}: not readable JSON ({e.__class__.__name__}: {e})") from None
+
+
+def read_config(path: Union[str, Path]) -> ModelConfig:
+    path = Path(path)
+    raw = read_json(path)
     if not isinstance(raw, dict) or "qknorm_config" not in raw:
         raise CheckpointError(f"{path}: not a qknorm config (no 'qknorm_config' key); for HF use qknorm.from_hf")
     try:

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError, DataError
+from ..checkpoint_io import read_json
 from ._common import positive_int
 
 
@@ -48,12 +49,7 @@ def load_any(path: Path):
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a model directory (expected {CONFIG_NAME} and *.safetensors)")
     cfg_path = path / CONFIG_NAME
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{cfg_path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{cfg_path}: not readable JSON ({e.__class__.__name__})") from None
+    raw = read_json(cfg_path)
     if isinstance(raw, dict) and "qknorm_config" in raw:
         model = load_model(path)
     else:

@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..checkpoint_io import _fsync_dir, atomic_write_bytes
+from ..checkpoint_io import _fsync_dir, atomic_write_bytes, read_json
 from ..config import ModelConfig
 from ..diagnostics import none_to_nan, nonfinite_to_none
 from ..errors import CheckpointError
@@ -161,6 +161,13 @@ def save_checkpoint(root: str | Path, step: int, *, model_state: Dict[str, torch
     }
     _write_synced(tmp / META, json.dumps(meta, indent=1).encode())
     _fsync_dir(tmp)
+    return publish(tmp, root, name, step, keep_last)
+
+
+def publish(tmp: Path, root: Path, name: str, step: int, keep_last: int) -> Path:
+    """Make the complete, fsynced checkpoint directory `tmp` the checkpoint `root/name` by one rename, point
+    LATEST at it, and prune to the newest `keep_last`. A kill before the rename leaves only a temp dir
+    (ignored by readers); after it, the new checkpoint is whole."""
     final = root / name
     if final.exists():  # a checkpoint of the same step from an earlier attempt: replace it
         aside = root / f".tmp-old-{name}-{os.getpid()}"
@@ -209,12 +216,7 @@ def load_checkpoint(path: str | Path, model_config: Optional[ModelConfig] = None
 
     path = Path(path)
     meta_path = path / META
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{meta_path}: file not found (incomplete checkpoint)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{meta_path}: unreadable ({e.__class__.__name__}: {e})") from None
+    meta = read_json(meta_path, missing="file not found (incomplete checkpoint)")
     files = meta.get("files") if isinstance(meta, dict) else None
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION or not isinstance(files, dict) \
             or not all(isinstance(v, dict) for v in files.values()) or \

@@ -36,7 +36,6 @@ with `qknorm.to_hf`.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -48,12 +47,13 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from ..checkpoint_io import _fsync_dir, atomic_write_bytes, save_model
+from ..checkpoint_io import _fsync_dir, read_json, save_model
 from ..config import ModelConfig
 from ..errors import CheckpointError
 from ..model import TransformerLM
-from .checkpoint import (LATEST, META, Checkpoint, CheckpointMismatch, capture_rng_state, check_same_config,
-                         checkpoint_name, list_checkpoints, load_checkpoint, save_checkpoint)
+from .checkpoint import (META, Checkpoint, CheckpointMismatch, _torch_bytes, _write_synced, capture_rng_state,
+                         check_same_config, checkpoint_name, list_checkpoints, load_checkpoint, publish,
+                         save_checkpoint)
 from .runtime import Runtime
 
 __all__ = ["DCP_FORMAT", "save_sharded", "load_sharded", "is_sharded", "save_training_checkpoint",
@@ -109,30 +109,11 @@ def _digest_files(rt: Runtime, root: Path, rel_paths: List[str]) -> Dict[str, Di
     return merged
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _torch_bytes(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
 def _dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     msd, osd = get_state_dict(model, optimizer)  # sharded (DTensor) under FSDP, plain under DDP / one process
     return {"model": msd, "optim": osd}
-
-
-def _prune(root: Path, newest: int, keep_last: int) -> None:
-    older = [(s, p) for s, p in list_checkpoints(root) if s <= newest]
-    for _, path in older[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def is_sharded(path: str | Path) -> bool:
@@ -194,17 +175,7 @@ def save_sharded(root: str | Path, step: int, rt: Runtime, model: nn.Module, opt
         _write_synced(tmp / META, json.dumps(meta, indent=1).encode())
         _fsync_dir(tmp / STATE_DIR)
         _fsync_dir(tmp)
-        final = root / name
-        if final.exists():  # the same step from an earlier attempt: replace it
-            aside = root / f".tmp-old-{name}-dcp"
-            os.replace(final, aside)
-            os.replace(tmp, final)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(root)
-        atomic_write_bytes(root / LATEST, (name + "\n").encode())
-        _prune(root, step, keep_last)
+        publish(tmp, root, name, step, keep_last)
     rt.barrier()
     return root / name
 
@@ -238,12 +209,7 @@ def _valid_files_and_step(meta: Dict[str, Any]) -> bool:
 
 def _read_sharded_meta(path: Path, model_config: Optional[ModelConfig]) -> Dict[str, Any]:
     meta_path = path / META
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{meta_path}: file not found (incomplete checkpoint)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{meta_path}: unreadable ({e.__class__.__name__}: {e})") from None
+    meta = read_json(meta_path, missing="file not found (incomplete checkpoint)")
     if not isinstance(meta, dict) or meta.get("format") != DCP_FORMAT or \
             meta.get("format_version") != FORMAT_VERSION or not _valid_files_and_step(meta):
         raise CheckpointError(f"{meta_path}: not a qknorm sharded checkpoint (format {DCP_FORMAT} "
