@@ -34,11 +34,14 @@ SPIKE_WINDOW, SPIKE_WINDOW_SHORT, SPIKE_STD = 1000, 100, 7.0  # OLMo 2's window 
 
 @torch.no_grad()
 def stats_pass(model: nn.Module, input_ids: torch.Tensor, *, forward: Optional[nn.Module] = None,
-               autocast=None) -> Dict[str, Any]:
+               autocast=None, runtime=None) -> Dict[str, Any]:
     """Per-layer attention diagnostics and output-logit stats of `model` on `input_ids` (B, T).
 
     `model` is the plain `TransformerLM` (its layers record); `forward` the module to call (a DDP/FSDP
     wrapper of it; default `model`). `autocast` is a factory of the context to run under (e.g. bf16).
+    `runtime` (train.runtime.Runtime) combines the ranks of a data-parallel run: max over ranks of the max
+    logits and bounds, mean of the RMS values and logit std (each rank's sequences weigh the same), so
+    rank 0's record describes every rank's data. NaN (a non-finite logit) is kept as +inf through the max.
     Returns python floats: max_attn_logit, logit_max, logit_std, and per-layer lists attn_logit_per_layer,
     attn_bound_per_layer, q_rms, k_rms.
     """
@@ -52,7 +55,15 @@ def stats_pass(model: nn.Module, input_ids: torch.Tensor, *, forward: Optional[n
     per_layer = torch.stack([torch.stack([s["max_logit"], s["logit_bound"], s["q_rms"], s["k_rms"]])
                              for s in stats])  # (L, 4)
     lf = logits.float()
-    flat = torch.cat([per_layer.flatten(), torch.stack([lf.amax(), lf.std()])]).tolist()  # one sync
+    if runtime is not None:
+        maxes = torch.cat([per_layer[:, :2].flatten(), lf.amax().reshape(1)]).float()
+        maxes = runtime.all_reduce_max(torch.nan_to_num(maxes, nan=math.inf))
+        means = runtime.all_reduce_mean(torch.cat([per_layer[:, 2:].flatten(), lf.std().reshape(1)]).float())
+        per_layer = torch.cat([maxes[:-1].view(-1, 2), means[:-1].view(-1, 2)], dim=1)
+        lf_max, lf_std = maxes[-1], means[-1]
+    else:
+        lf_max, lf_std = lf.amax(), lf.std()
+    flat = torch.cat([per_layer.flatten().float(), torch.stack([lf_max, lf_std]).float()]).tolist()  # one sync
     n = len(stats)
     rows = [flat[4 * i: 4 * i + 4] for i in range(n)]
     per_max = [r[0] for r in rows]

@@ -102,3 +102,37 @@ def test_two_ranks_match_one_process(data, single, parallel, grad_accum):
     assert ranks[0]["digests"] == ranks[1]["digests"]
     for n in gains:
         assert not torch.equal(state[n], torch.ones_like(state[n])), f"{n} never moved from its init"
+
+
+def _rank_stats(rank, ids):
+    """One stats pass per rank on its own sequences, combined over the ranks through the runtime."""
+    from qknorm.diagnostics import stats_pass
+
+    rt = DistributedRuntime("cpu", "ddp")
+    torch.manual_seed(0)
+    model = qknorm.TransformerLM(MODEL)
+    with torch.no_grad():
+        return stats_pass(model, ids[rank], runtime=rt)
+
+
+def test_stats_pass_combines_the_ranks():
+    """Rank 0's record describes both ranks: the max logit is the larger rank's, the q/k RMS the ranks' mean.
+    The reference is a single-process stats pass on each rank's sequences separately."""
+    from qknorm.diagnostics import stats_pass
+
+    g = torch.Generator().manual_seed(3)
+    ids = [torch.randint(0, MODEL.vocab_size, (2, 16), generator=g),
+           torch.randint(0, MODEL.vocab_size, (2, 16), generator=g) * 0 + 7]  # rank 1: one repeated token
+    torch.manual_seed(0)
+    model = qknorm.TransformerLM(MODEL)
+    with torch.no_grad():
+        alone = [stats_pass(model, x) for x in ids]
+    assert alone[0]["attn_logit_per_layer"] != alone[1]["attn_logit_per_layer"]  # the ranks do differ
+    got = run_ranks(_rank_stats, ids)
+    assert got[0] == got[1]
+    for key, combine in (("attn_logit_per_layer", max), ("attn_bound_per_layer", max), ("q_rms", np.mean),
+                         ("k_rms", np.mean)):
+        want = [combine([a[key][i] for a in alone]) for i in range(MODEL.n_layers)]
+        np.testing.assert_allclose(got[0][key], want, rtol=1e-6, err_msg=key)
+    assert got[0]["max_attn_logit"] == pytest.approx(max(a["max_attn_logit"] for a in alone), rel=1e-6)
+    assert got[0]["logit_max"] == pytest.approx(max(a["logit_max"] for a in alone), rel=1e-6)

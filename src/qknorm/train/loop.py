@@ -6,7 +6,8 @@ One step (0-based index s): lr = lr_at(s); the global batch Batcher.batch(s) (a 
 is split into `grad_accum` micro-batches; loss = CE (+ z_loss * mean(logsumexp(logits)^2)); the gradient
 norm is measured before clipping; loss and norm come back with one device sync and a non-finite value skips
 the step or stops the run (`on_nan`). Every `stats_every` steps a no-grad pass on <= 4 sequences of the batch
-records per-layer max attention logit and q/k RMS (diagnostics.stats_pass).
+records per-layer max attention logit and q/k RMS (diagnostics.stats_pass; max / mean over the ranks of a
+data-parallel run).
 
 With `out_dir`: metrics.jsonl (a line a step, strict JSON: non-finite numbers are null), checkpoints/
 (train/checkpoint.py), and at the end model.safetensors + config.json (qknorm.load_model reads them).
@@ -254,7 +255,8 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 record: Dict[str, Any] = {"step": step}
                 if cfg.stats_every and (step % cfg.stats_every == 0 or step == cfg.steps - 1):
-                    record.update(diagnostics.stats_pass(model, x[:STATS_SEQS], forward=wrapped, autocast=autocast))
+                    record.update(diagnostics.stats_pass(model, x[:STATS_SEQS], forward=wrapped, autocast=autocast,
+                                                         runtime=rt))
                 loss, gnorm = _forward_backward(wrapped, x, y, cfg, rt, autocast)
                 if step == 0 and not resume:
                     init_loss = loss
