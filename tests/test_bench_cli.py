@@ -40,11 +40,13 @@ def test_bench_kernel_cpu_smoke(tmp_path, capsys):
     out = capsys.readouterr().out
     header, rows = _table(out, "| shape (B,T,H,Hkv,D) |")
     assert header == ["shape (B,T,H,Hkv,D)", "scope", "floor", "eager", "compile", "liger", "ours", "ours_compile",
-                      "ours x floor", "eager/ours", "compile/ours", "liger/ours", "ours rel. err"]
+                      "ours_kernels", "ours x floor", "kernels x floor", "eager/ours", "compile/ours", "liger/ours",
+                      "ours rel. err"]
     assert [r[:2] for r in rows] == [["(1, 8, 4, 2, 64)", "head"]]
     for r in rows:
         row = dict(zip(header, r))
         assert float(row["eager"]) > 0 and float(row["ours"]) > 0 and float(row["ours x floor"]) > 0
+        assert float(row["ours_kernels"]) > 0 and float(row["kernels x floor"]) > 0
         float(row["eager/ours"])  # a number (0.00 here: the interpreter is ~1000x slower than eager)
         assert row["compile"] == row["liger"] == "-"  # no torch.compile, no Liger in the smoke
         assert float(row["ours rel. err"]) < 1e-2  # bf16 vs an fp32 reference

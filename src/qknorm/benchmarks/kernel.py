@@ -173,7 +173,22 @@ def bench_shape(shape, scope, device, rate, compile_, liger_make):
             row[name + "_error"] = repr(e)[:300]
             traceback.print_exc()
         row[name + "_wall_s"] = round(time.time() - t0, 1)
+    _bench_raw_kernels(row, bench, q0, k0, qw, kw, cos, sin, gq, gk, scope)
     return row
+
+
+def _bench_raw_kernels(row, bench, q, k, qw, kw, cos, sin, gq, gk, scope):
+    """ours_kernels: our two kernels launched directly (no autograd, no op dispatch) — the device-side cost;
+    the gap to `ours` is host time between the kernels."""
+    from qknorm.ops import triton_qk_norm_rope as K
+
+    args = (q, k, qw, kw, cos, sin, EPS, scope, 0.0, "input" if scope == "head" else "fp32")
+    try:
+        row["ours_kernels_fwd_ms"] = bench(lambda: K.qk_norm_rope_fwd(*args))
+        row["ours_kernels_fwdbwd_ms"] = bench(lambda: (K.qk_norm_rope_fwd(*args), K.qk_norm_rope_bwd(gq, gk, *args)))
+    except Exception as e:  # noqa: BLE001
+        row["ours_kernels_error"] = repr(e)[:300]
+        traceback.print_exc()
 
 
 def sweep(shape, scope, device):
@@ -303,20 +318,22 @@ def markdown(res):
     lines = [f"# QK-RMSNorm + RoPE: {res['device']}", "", f"{res['date']}; {vs}", "",
              f"copy rate {res['copy_TBps']:.2f} TB/s; bf16; ms are medians. `ours x floor` is ours / the bandwidth "
              f"floor (1.00 = at the floor; lower is better); `eager/ours`, `compile/ours`, `liger/ours` are "
-             f"speedups of ours over each contender (higher is better).", ""]
-    names = ["eager", "compile", "liger", "ours", "ours_compile"]
+             f"speedups of ours over each contender (higher is better). `ours_kernels` launches our two kernels "
+             f"directly (no autograd or op dispatch): the device-side time; `ours` minus it is host time.", ""]
+    names = ["eager", "compile", "liger", "ours", "ours_compile", "ours_kernels"]
     for kind in ("fwd", "fwdbwd"):
         lines += [f"## {'forward' if kind == 'fwd' else 'forward + backward'}", "",
                   "| shape (B,T,H,Hkv,D) | scope | floor | " + " | ".join(names) +
-                  " | ours x floor | eager/ours | compile/ours | liger/ours | ours rel. err |",
-                  "|" + "---|" * (len(names) + 8)]
+                  " | ours x floor | kernels x floor | eager/ours | compile/ours | liger/ours | ours rel. err |",
+                  "|" + "---|" * (len(names) + 9)]
         for r in res["qkrope"]:
             t = {n: r.get(f"{n}_{kind}_ms") for n in names}
             o = t["ours"]
             ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"  # noqa: E731
             lines.append(f"| {tuple(r['shape'])} | {r['scope']} | {_fmt(r[f'floor_{kind}_ms'])} | " +
                          " | ".join(_fmt(t[n]) for n in names) +
-                         f" | {ratio(o, r[f'floor_{kind}_ms'])} | {ratio(t['eager'], o)} | "
+                         f" | {ratio(o, r[f'floor_{kind}_ms'])} | {ratio(t['ours_kernels'], r[f'floor_{kind}_ms'])}"
+                         f" | {ratio(t['eager'], o)} | "
                          f"{ratio(t['compile'], o)} | {ratio(t['liger'], o)} | {_fmt(r.get('ours_relerr'), 5)} |")
         lines.append("")
     errs = [(tuple(r["shape"]), r["scope"], k, v) for r in res["qkrope"] for k, v in r.items() if k.endswith("_error")]
