@@ -216,3 +216,29 @@ def test_out_dir_that_cannot_be_created_is_one_line(capsys):
     assert main(["study", "--quick", "--out", "/dev/null/study"]) == 2
     err = capsys.readouterr().err
     assert "--out /dev/null/study: cannot create the output directory" in err and err.count("\n") == 1
+
+
+def test_every_plot_has_a_title_labelled_axes_with_units_and_a_legend(monkeypatch):
+    """The report is for a person: each figure of write_plots (drawn from a real study's summary and run
+    histories, bench/results/study_cpu_2026-11-26) has a title, x/y labels, units on the loss/logit axes,
+    and a legend naming the variants."""
+    import pathlib
+
+    from qknorm import report
+
+    out = pathlib.Path(__file__).resolve().parents[1] / "bench" / "results" / "study_cpu_2026-11-26"
+    summary = json.loads((out / "summary.json").read_text())
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(report, "_load_histories", lambda o, runs: {})  # histories are not committed
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setattr(plt, "close", lambda fig=None: None)
+    report.write_plots(out, summary)
+    assert len(figures) == 4
+    for fig in figures[:2]:  # loss vs LR, max logit vs LR: every variant in the legend
+        ax = fig.axes[0]
+        assert ax.get_title() and "learning rate" in ax.get_xlabel()
+        assert "(" in ax.get_ylabel(), ax.get_ylabel()  # a unit: (nats/token) or (unitless)
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert all(any(v in t for t in legend) for v in summary["config"]["variants"]), legend
