@@ -21,6 +21,11 @@ meta.json, renames the directory to its final name, fsyncs, points `latest` at i
 barrier. A crash at any point leaves the earlier checkpoints untouched and at most a `.tmp-*` directory,
 which is never a resume candidate and is removed by the next save.
 
+TEST-ONLY hook (tests/distributed/test_kill_sharded.py): with QKNORM_TEST_PAUSE_IN_CHECKPOINT_WRITE=<step> in
+the environment (train/checkpoint.py's PAUSE_ENV), every rank sleeps (up to 10 minutes) once the temporary
+directory of sharded checkpoint <step> is complete (DCP shards, rng.pt, meta.json, all fsynced) but before
+rank 0 renames it into place, so a test can SIGKILL the whole job there. Never set it outside tests.
+
 Reading (`load_training_checkpoint`, collective): newest first; a sharded checkpoint is loaded with DCP,
 which reshards, so a run saved by N processes resumes under any M (M = 1 included, without a process
 group); a full one (train/checkpoint.py) is read by every rank and sharded on load. A damaged candidate
@@ -52,8 +57,8 @@ from ..config import ModelConfig
 from ..errors import CheckpointError
 from ..model import TransformerLM
 from .checkpoint import (META, Checkpoint, CheckpointMismatch, _torch_bytes, _write_synced, capture_rng_state,
-                         check_same_config, checkpoint_name, list_checkpoints, load_checkpoint, publish,
-                         save_checkpoint)
+                         PAUSE_ENV, check_same_config, checkpoint_name, list_checkpoints, load_checkpoint,
+                         publish, save_checkpoint)
 from .runtime import Runtime
 
 __all__ = ["DCP_FORMAT", "save_sharded", "load_sharded", "is_sharded", "save_training_checkpoint",
@@ -175,6 +180,9 @@ def save_sharded(root: str | Path, step: int, rt: Runtime, model: nn.Module, opt
         _write_synced(tmp / META, json.dumps(meta, indent=1).encode())
         _fsync_dir(tmp / STATE_DIR)
         _fsync_dir(tmp)
+    if os.environ.get(PAUSE_ENV) == str(step):  # test-only, see the module docstring: every rank, before publish
+        time.sleep(600)
+    if rt.is_main:
         publish(tmp, root, name, step, keep_last)
     rt.barrier()
     return root / name
