@@ -100,7 +100,7 @@ def test_nonfinite_json_roundtrip():
 
 
 def test_z_loss_term_matches_definition():
-    from qknorm.train.loop import _forward_loss
+    from qknorm.train.step import forward_loss as _forward_loss
 
     torch.manual_seed(0)
     model = qknorm.TransformerLM(qknorm.get_config("llama", "debug"))

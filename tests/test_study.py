@@ -8,17 +8,31 @@ import pytest
 
 from qknorm import ConfigError, study
 from qknorm.cli import main
+from qknorm.study import RunHistory, RunRecord
+from qknorm.study.records import SpikeScores
 
 L0 = 5.0
 
 
-def _run(variant, lr, val, logit, *, seed=0, diverged=False, error=None):
-    return {"variant": variant, "lr": lr, "seed": seed, "init_loss": L0, "final_loss": val, "val_loss": val,
-            "max_attn_logit": logit, "max_attn_logit_nonfinite": False, "diverged": diverged, "error": error}
+def _run(variant, lr, val, logit, *, seed=0, diverged=False, error=None, **kw):
+    return RunRecord(**{**dict(variant=variant, lr=lr, seed=seed, init_loss=L0, final_loss=val, val_loss=val,
+                               max_attn_logit=logit, max_attn_logit_nonfinite=False, diverged=diverged,
+                               error=error), **kw})
 
 
 def _plan(variants=("baseline", "qknorm"), lrs=(1e-3, 1e-2, 3e-2, 1e-1), seeds=1):
     return study.make_plan("quick", variants=variants, lrs=lrs, seeds=seeds, workers=1)
+
+
+def _analyze(runs, plan, vocab_size=256):
+    """The analysis as summary.json holds it (lr_sensitivity, lr_sensitivity_detail, checks)."""
+    return study.analyze(runs, plan.variants, plan.lrs, plan.seeds, vocab_size).to_json()
+
+
+def _summary(runs, lrs, variants=("baseline", "qknorm")):
+    plan = _plan(variants=variants, lrs=lrs)
+    return study.StudySummary(runs=tuple(runs), analysis=study.analyze(runs, plan.variants, plan.lrs, plan.seeds, 256),
+                              config={"lrs": list(lrs), "variants": list(variants), "seeds": [0]})
 
 
 # ---------------------------------------------------------------------------------------------- aggregation
@@ -31,7 +45,7 @@ def test_lr_sensitivity_and_checks_by_hand():
         _run("qknorm", 1e-3, 2.0, 4.0), _run("qknorm", 1e-2, 1.7, 8.0), _run("qknorm", 3e-2, 1.9, 10.0),
         _run("qknorm", 1e-1, 2.1, 12.0),
     ]
-    s = study.summarize_runs(runs, _plan(), vocab_size=256)
+    s = _analyze(runs, _plan(), vocab_size=256)
     assert s["lr_sensitivity"]["baseline"] == pytest.approx(4.6 / 4)
     assert s["lr_sensitivity"]["qknorm"] == pytest.approx(0.9 / 4)
     assert s["lr_sensitivity_detail"]["baseline"]["best_loss"] == pytest.approx(1.8)
@@ -39,8 +53,7 @@ def test_lr_sensitivity_and_checks_by_hand():
     assert [p["ratio"] for p in c1["per_lr"]] == pytest.approx([200.0, 750.0])
     assert c1["lr"] == 1e-1 and c1["value"] == pytest.approx(750.0) and c1["passed"] is True
     assert c2["value"] == pytest.approx(0.9 / 4.6) and c2["passed"] is True
-    table = study.format_table({"runs": runs, "config": {"lrs": [1e-3, 1e-2, 3e-2, 1e-1],
-                                                         "variants": ["baseline", "qknorm"]}, **s})
+    table = study.format_table(_summary(runs, [1e-3, 1e-2, 3e-2, 1e-1]))
     assert "[PASS]" in table and "1/4" in table  # one diverged baseline run
 
 
@@ -50,41 +63,44 @@ def test_checks_fail_on_measured_numbers_and_average_seeds():
     for seed, shift in ((0, 0.0), (1, 0.2)):
         for v in ("baseline", "qknorm"):
             runs += [_run(v, 1e-3, 2.0 + shift, 5.0, seed=seed), _run(v, 3e-2, 2.5, 6.0, seed=seed)]
-    s = study.summarize_runs(runs, _plan(lrs=(1e-3, 3e-2), seeds=2), vocab_size=256)
+    s = _analyze(runs, _plan(lrs=(1e-3, 3e-2), seeds=2), vocab_size=256)
     # per seed: seed 0 (0 + 0.5)/2 = 0.25, seed 1 (0 + 0.3)/2 = 0.15 -> mean 0.2
     assert s["lr_sensitivity"]["baseline"] == pytest.approx(0.2)
     assert s["lr_sensitivity_detail"]["baseline"]["per_seed"] == {"0": pytest.approx(0.25), "1": pytest.approx(0.15)}
     c1, c2 = s["checks"]["max_logit_ratio"], s["checks"]["lr_sensitivity_ratio"]
     assert c1["passed"] is False and c1["value"] == pytest.approx(1.0)
     assert c2["passed"] is False and c2["value"] == pytest.approx(1.0)
-    assert "[FAIL]" in "\n".join(study.format_checks(s["checks"]))
+    plan = _plan(lrs=(1e-3, 3e-2), seeds=2)
+    checks = study.analyze(runs, plan.variants, plan.lrs, plan.seeds, 256).checks
+    assert "[FAIL]" in "\n".join(study.format_checks(checks))
 
 
 def test_checks_not_evaluated_without_the_pair_and_nonfinite_logit_is_inf():
-    s = study.summarize_runs([_run("olmo2", 3e-2, 2.0, 5.0)], _plan(variants=("olmo2",), lrs=(3e-2,)), 256)
+    s = _analyze([_run("olmo2", 3e-2, 2.0, 5.0)], _plan(variants=("olmo2",), lrs=(3e-2,)), 256)
     assert s["checks"]["max_logit_ratio"]["passed"] is None and s["checks"]["lr_sensitivity_ratio"]["passed"] is None
-    runs = [dict(_run("baseline", 3e-2, None, None, diverged=True), max_attn_logit_nonfinite=True),
+    runs = [_run("baseline", 3e-2, None, None, diverged=True, max_attn_logit_nonfinite=True),
             _run("qknorm", 3e-2, 2.0, 9.0)]
-    c1 = study.summarize_runs(runs, _plan(lrs=(3e-2,)), 256)["checks"]["max_logit_ratio"]
+    c1 = _analyze(runs, _plan(lrs=(3e-2,)), 256)["checks"]["max_logit_ratio"]
     assert c1["value"] == "inf" and c1["passed"] is True
     json.dumps(c1, allow_nan=False)  # strict JSON
 
 
-def test_plan_errors_name_the_flag():
-    with pytest.raises(ConfigError, match="--variants.*'nope'.*baseline, qknorm, olmo2, gemma3, postln"):
+def test_plan_errors_name_the_field():
+    """Library errors name the plan's fields; the CLI maps them to its flags (test_cli_errors_... below)."""
+    with pytest.raises(ConfigError, match="^variants.*'nope'.*baseline, qknorm, olmo2, gemma3, postln"):
         study.parse_variants("baseline,nope")
-    with pytest.raises(ConfigError, match="--lrs: 'x' is not a learning rate"):
+    with pytest.raises(ConfigError, match="^lrs: 'x' is not a learning rate"):
         study.parse_lrs("1e-3,x")
-    with pytest.raises(ConfigError, match="--lrs"):
+    with pytest.raises(ConfigError, match="^lrs"):
         study.parse_lrs("-1")
-    with pytest.raises(ConfigError, match="--steps"):
+    with pytest.raises(ConfigError, match="^steps"):
         study.make_plan("quick", steps=0)
     assert study.parse_lrs("3e-2, 1e-3") == (1e-3, 3e-2)
 
 
 def test_variants_share_one_shape_and_differ_in_norms():
     plan = study.make_plan("default")
-    cfgs = {v: study.model_config_for(plan, v, 256) for v in study.VARIANTS}
+    cfgs = {v: study.model_config(v, plan.shape, 256) for v in study.VARIANTS}
     for c in cfgs.values():
         assert (c.d_model, c.n_layers, c.n_heads, c.head_dim, c.d_ff, c.vocab_size) == (128, 2, 2, 64, 512, 256)
         assert c.sliding_window is None and c.query_scale == 64 ** -0.5
@@ -96,17 +112,16 @@ def test_variants_share_one_shape_and_differ_in_norms():
 # ---------------------------------------------------------------------------------------------- running
 def fake_runner(spec):
     """Module-level (picklable for worker processes): qknorm flat, baseline worse at high LR; two bad specs."""
-    if spec["variant"] == "postln" and spec["lr"] > 0.05:
+    if spec.variant == "postln" and spec.lr > 0.05:
         raise RuntimeError("boom")
-    if spec["variant"] == "olmo2" and spec["lr"] > 0.05 and os.environ.get("QKNORM_TEST_KILL") == "1":
+    if spec.variant == "olmo2" and spec.lr > 0.05 and os.environ.get("QKNORM_TEST_KILL") == "1":
         os._exit(3)  # a worker that dies
-    base = spec["variant"] == "baseline"
-    val = 2.0 + (math.log10(spec["lr"] / 1e-3) if base else 0.1)
-    return {"variant": spec["variant"], "lr": spec["lr"], "seed": spec["seed"], "init_loss": L0,
-            "final_loss": val, "val_loss": val, "max_attn_logit": (1e4 if base else 10.0) * spec["lr"],
-            "max_attn_logit_nonfinite": False, "diverged": False, "steps": spec["train"]["steps"],
-            "spike_score": {"loss": 0.0, "grad_norm": 0.0}, "time_s": 0.0, "error": None,
-            "history": {"step": [0, 1], "loss": [L0, val], "stats_step": [0], "max_attn_logit": [1.0]}}
+    base = spec.variant == "baseline"
+    val = 2.0 + (math.log10(spec.lr / 1e-3) if base else 0.1)
+    return RunRecord(variant=spec.variant, lr=spec.lr, seed=spec.seed, init_loss=L0, final_loss=val, val_loss=val,
+                     max_attn_logit=(1e4 if base else 10.0) * spec.lr, steps=spec.train.steps,
+                     spike_score=SpikeScores(loss=0.0, grad_norm=0.0),
+                     history=RunHistory(step=[0, 1], loss=[L0, val], stats_step=[0], max_attn_logit=[1.0]))
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -114,7 +129,7 @@ def test_failed_runs_are_recorded_not_fatal(tmp_path, monkeypatch, workers):
     monkeypatch.setenv("QKNORM_TEST_KILL", "1" if workers > 1 else "0")
     plan = study.make_plan("quick", variants=("baseline", "qknorm", "olmo2", "postln"), lrs=(1e-3, 1e-1),
                            workers=workers)
-    s = study.run_study(plan, tmp_path / "out", runner=fake_runner, report=False, log=lambda _: None)
+    s = study.run_study(plan, tmp_path / "out", runner=fake_runner, report=False, log=lambda _: None).to_json()
     assert len(s["runs"]) == 8
     boom = next(r for r in s["runs"] if r["variant"] == "postln" and r["lr"] == 1e-1)
     assert boom["diverged"] is True and boom["error"] == "RuntimeError: boom" and boom["val_loss"] is None
@@ -132,7 +147,7 @@ def test_out_dir_guard(tmp_path):
     plan = _plan(lrs=(1e-3,))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="not empty and holds files that are not a qknorm study.*--force"):
+    with pytest.raises(ConfigError, match="not empty and holds files that are not a qknorm study.*force"):
         study.check_out_dir(tmp_path / "other", plan, force=False)
     study.check_out_dir(tmp_path / "other", plan, force=True)
     out = tmp_path / "s"
@@ -199,16 +214,15 @@ def test_runs_cut_by_the_time_budget_leave_sensitivity_undefined_not_l0():
     """A grid point whose run was skipped or cut short by --max-minutes must not count as l0 (that would make
     the variant look LR-sensitive): the variant's sensitivity is None and the cut points are listed."""
     def cut(v, lr):
-        return dict(_run(v, lr, None, None), error="stopped at step 3: the study's time budget", cut=True)
+        return _run(v, lr, None, None, error="stopped at step 3: the study's time budget", cut=True)
 
     runs = [_run("baseline", 1e-3, 2.0, 5.0), _run("baseline", 1e-1, 3.0, 500.0),
             _run("qknorm", 1e-3, 2.0, 4.0), cut("qknorm", 1e-1)]
-    s = study.summarize_runs(runs, _plan(lrs=(1e-3, 1e-1)), 256)
+    s = _analyze(runs, _plan(lrs=(1e-3, 1e-1)), 256)
     assert s["lr_sensitivity"]["baseline"] == pytest.approx(0.5) and s["lr_sensitivity"]["qknorm"] is None
     assert s["lr_sensitivity_detail"]["qknorm"]["incomplete"] == [{"seed": 0, "lr": 1e-1}]
     assert s["checks"]["lr_sensitivity_ratio"]["passed"] is None
-    table = study.format_table({"runs": runs, "config": {"lrs": [1e-3, 1e-1], "variants": ["baseline", "qknorm"]},
-                                **s})
+    table = study.format_table(_summary(runs, [1e-3, 1e-1]))
     assert "- (1 runs cut)" in table
 
 
@@ -224,17 +238,16 @@ def test_every_plot_has_a_title_labelled_axes_with_units_and_a_legend(monkeypatc
     and a legend naming the variants."""
     import pathlib
 
-    from qknorm import report
+    from qknorm.study import plots
 
     out = pathlib.Path(__file__).resolve().parents[1] / "bench" / "results" / "study_cpu_2026-11-26"
     summary = json.loads((out / "summary.json").read_text())
     figures = []
-    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
-    monkeypatch.setattr(report, "_load_histories", lambda o, runs: {})  # histories are not committed
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
     import matplotlib.pyplot as plt
 
     monkeypatch.setattr(plt, "close", lambda fig=None: None)
-    report.write_plots(out, summary)
+    plots.write_plots(out, study.StudySummary.from_json(summary), hist={})  # histories are not committed
     assert len(figures) == 4
     for fig in figures[:2]:  # loss vs LR, max logit vs LR: every variant in the legend
         ax = fig.axes[0]

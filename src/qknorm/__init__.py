@@ -13,8 +13,8 @@ from .config import ModelConfig, Placement, QKNormScope
 from .errors import CheckpointError, ConfigError, DataError, QKNormError
 from .model import TransformerLM
 from .presets import PRESETS, SIZES, get_config
+from .version import __version__
 
-__version__ = "0.1.0"
 
 __all__ = [
     "PRESETS", "SIZES", "get_config", "ModelConfig", "Placement", "QKNormScope", "TransformerLM",
@@ -33,7 +33,7 @@ def __getattr__(name):  # lazy: interop pulls in safetensors/transformers only w
 
         return patch_hf
     if name in ("load_model", "save_model"):
-        from . import checkpoint_io
+        from . import model_io
 
-        return getattr(checkpoint_io, name)
+        return getattr(model_io, name)
     raise AttributeError(f"module 'qknorm' has no attribute {name!r}")

@@ -10,8 +10,8 @@
 * `logit_verdict(max_logit)` — a one-line reading of a max attention logit, for `qknorm inspect`.
 
 Thresholds of the verdict: Wortsman et al. 2023 (arXiv 2309.14322) found that every run whose max attention
-logit exceeded 1e4 diverged; the CPU pilot in shared/reference/stability_literature.md saw QK-norm models
-stay below ~30 at every LR while the baseline grew past 100 from LR 1e-2 on.
+logit exceeded 1e4 diverged; in our own CPU studies (bench/results/) QK-norm models stayed below ~30 at LRs up
+to 1e-1 while the baseline grew past 100 from LR 1e-2 on.
 """
 from __future__ import annotations
 

@@ -8,8 +8,9 @@ import torch
 import qknorm
 from qknorm.cli import main
 from qknorm.diagnostics import stats_pass
-from qknorm.train.data import load_tokens
-from qknorm.train.loop import TrainConfig, train
+from qknorm.train.tokens import load_tokens
+from qknorm.train import TrainConfig
+from qknorm.train.loop import train
 
 torch.set_num_threads(1)
 

@@ -17,7 +17,7 @@ from qknorm.cli import train as train_cli
 from qknorm.cli._common import field_types, parse_set
 from qknorm.config import QKNormScope
 from qknorm.errors import ConfigError, QKNormError
-from qknorm.train.checkpoint import load_checkpoint
+from qknorm.train.checkpoints.full import load_checkpoint
 
 torch.set_num_threads(1)
 
@@ -109,7 +109,7 @@ def test_malformed_set_values_name_the_key(item, message):
     (["--preset", "llama", "--size", "huge"], "unknown size 'huge' for preset 'llama'"),
     (["--preset", "llama", "--set", "n_heads=3"], "n_kv_heads=2 must divide n_heads=3"),
     (["--preset", "llama", "--set", "steps=0"], "steps=0 must be an integer >= 1"),
-    (["--preset", "llama", "--grad-accum", "3"], "grad_accum=3 must divide batch_size=4"),
+    (["--preset", "llama", "--grad-accum", "3"], "--grad-accum=3 must divide --batch-size=4"),
     (["--preset", "llama", "--data", "/nonexistent/corpus.txt"], "does not exist"),
     (["--preset", "llama", "--resume"], "nothing to resume"),
 ])
@@ -134,7 +134,7 @@ def test_non_empty_out_dir_is_refused_and_left_alone(tmp_path, capsys):
     (out / "notes.txt").write_text("keep me")
     assert main(["train", "--preset", "llama", "--steps", "2", "--out", str(out), *SMALL]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("qknorm train: error: output directory") and "--resume" in err and err.count("\n") == 1
+    assert err.startswith("qknorm train: error: --out ") and "--resume" in err and err.count("\n") == 1
     assert [f.name for f in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
 
 

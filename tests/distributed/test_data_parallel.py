@@ -15,9 +15,10 @@ import pytest
 import torch
 
 import qknorm
-from qknorm.train.data import load_tokens
+from qknorm.train.tokens import load_tokens
 from qknorm.train.distributed import DistributedRuntime, parameter_digests
-from qknorm.train.loop import TrainConfig, train
+from qknorm.train import TrainConfig
+from qknorm.train.loop import train
 from qknorm.train.runtime import Runtime
 
 from .harness import run_ranks

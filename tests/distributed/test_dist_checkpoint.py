@@ -13,11 +13,11 @@ import torch
 
 import qknorm
 from qknorm.errors import CheckpointError
-from qknorm.train.checkpoint import CheckpointMismatch, list_checkpoints
-from qknorm.train.dist_checkpoint import (is_sharded, load_training_checkpoint, save_sharded,
-                                          save_training_checkpoint)
+from qknorm.train.checkpoints.layout import CheckpointMismatch, list_checkpoints
+from qknorm.train.checkpoints.resume import load_training_checkpoint, save_training_checkpoint
+from qknorm.train.checkpoints.sharded import is_sharded, save_sharded
 from qknorm.train.distributed import DistributedRuntime, fqn_to_index_optim_state
-from qknorm.train.loop import TrainConfig
+from qknorm.train import TrainConfig
 from qknorm.train.optim import build_optimizer
 from qknorm.train.runtime import Runtime
 

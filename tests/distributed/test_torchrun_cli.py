@@ -18,8 +18,9 @@ import torch
 
 import qknorm
 from qknorm.cli import main
-from qknorm.train.data import load_tokens
-from qknorm.train.loop import TrainConfig, train
+from qknorm.train.tokens import load_tokens
+from qknorm.train import TrainConfig
+from qknorm.train.loop import train
 
 from .harness import python_env, torchrun
 

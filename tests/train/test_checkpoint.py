@@ -10,8 +10,10 @@ import torch
 
 import qknorm
 from qknorm.errors import CheckpointError
-from qknorm.train.checkpoint import (CheckpointMismatch, MetricsLog, capture_rng_state, list_checkpoints,
-                                     load_checkpoint, load_latest, restore_rng_state, save_checkpoint)
+from qknorm.train.checkpoints.full import load_checkpoint, load_latest, save_checkpoint
+from qknorm.train.checkpoints.layout import CheckpointMismatch, list_checkpoints
+from qknorm.train.checkpoints.rng import capture_rng_state, restore_rng_state
+from qknorm.train.metrics_log import MetricsLog
 
 CFG = qknorm.get_config("llama", "debug")
 

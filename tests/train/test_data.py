@@ -9,14 +9,11 @@ import pytest
 import torch
 
 from qknorm.errors import ConfigError, DataError
-from qknorm.train import data as D
-from qknorm.train.data import (
-    FILE_SEPARATOR,
-    Batcher,
-    default_corpus_bytes,
-    default_corpus_files,
-    load_tokens,
-)
+from qknorm.train import sources as D_src
+from qknorm.train import tokenizer as D_tok
+from qknorm.train.batcher import Batcher
+from qknorm.train.sources import DEFAULT_CORPUS_MAX_BYTES, FILE_SEPARATOR, default_corpus_bytes, default_corpus_files
+from qknorm.train.tokens import load_tokens
 
 SEP = list(FILE_SEPARATOR)
 
@@ -43,7 +40,7 @@ def test_default_corpus_files_deterministic_sorted_filtered_and_within_budget():
     assert all(r.endswith(".py") for r in rel)
     excluded = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3"}
     assert not any(set(r.split("/")[:-1]) & excluded for r in rel)
-    assert sum(f.stat().st_size for f in files) <= D.DEFAULT_CORPUS_MAX_BYTES
+    assert sum(f.stat().st_size for f in files) <= DEFAULT_CORPUS_MAX_BYTES
     # a smaller budget is a prefix of the same order
     small = default_corpus_files(200_000)
     assert small == files[: len(small)] and 0 < len(small) < len(files)
@@ -67,7 +64,7 @@ def test_default_corpus_tokens_byte_level_and_deterministic():
 
 def test_default_corpus_full_size():
     td = load_tokens()
-    assert 4_000_000 < td.n_tokens <= D.DEFAULT_CORPUS_MAX_BYTES + 2 * 1000
+    assert 4_000_000 < td.n_tokens <= DEFAULT_CORPUS_MAX_BYTES + 2 * 1000
     assert len(td.val) == int(td.n_tokens * 0.05)
 
 
@@ -172,7 +169,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
     def deny(*a, **k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(D, "open", deny, raising=False)
+    monkeypatch.setattr(D_src, "open", deny, raising=False)
     with pytest.raises(DataError, match=r"cannot read .*secret\.txt: permission denied"):
         load_tokens(f)
 
@@ -321,8 +318,8 @@ def test_tokenizer_chunked_encoding_equals_whole_text(tmp_path, monkeypatch):
     text = "\n".join(lines) + "\n"
     f = _write(tmp_path / "a.txt", text)
     whole = list(load_tokens(f, tokenizer=tj, val_fraction=0.0).train)
-    monkeypatch.setattr(D, "_ENCODE_CHUNK_CHARS", 50)
-    assert len(D._chunks_after_newlines(text)) > 10 and "".join(D._chunks_after_newlines(text)) == text
+    monkeypatch.setattr(D_tok, "_ENCODE_CHUNK_CHARS", 50)
+    assert len(D_tok._chunks_after_newlines(text)) > 10 and "".join(D_tok._chunks_after_newlines(text)) == text
     assert list(load_tokens(f, tokenizer=tj, val_fraction=0.0).train) == whole
 
 

@@ -19,7 +19,8 @@ import torch
 
 import qknorm
 from qknorm.cli import main
-from qknorm.train.checkpoint import PAUSE_ENV, list_checkpoints, load_checkpoint
+from qknorm.train.checkpoints.full import load_checkpoint
+from qknorm.train.checkpoints.layout import PAUSE_ENV, list_checkpoints
 
 torch.set_num_threads(1)
 

@@ -14,10 +14,12 @@ import torch
 
 import qknorm
 from qknorm.errors import CheckpointError, ConfigError
-from qknorm.train import loop as L
-from qknorm.train.checkpoint import list_checkpoints, load_checkpoint
-from qknorm.train.data import load_tokens
-from qknorm.train.loop import TrainConfig, train
+from qknorm.train import step as L
+from qknorm.train.checkpoints.full import load_checkpoint
+from qknorm.train.checkpoints.layout import list_checkpoints
+from qknorm.train.tokens import load_tokens
+from qknorm.train import TrainConfig
+from qknorm.train.loop import train
 from qknorm.train.optim import build_optimizer, lr_at, param_groups
 
 torch.set_num_threads(1)  # 2-core CI runs two test workers
@@ -231,14 +233,14 @@ def test_resume_with_a_different_model_config_names_the_field(tmp_path, data):
 
 def _nan_at(monkeypatch, bad_step_call: int):
     """Make the loss of the `bad_step_call`-th call of the loss function NaN."""
-    real, calls = L._forward_loss, {"n": 0}
+    real, calls = L.forward_loss, {"n": 0}
 
     def fake(model, x, y, z_loss):
         ce, z = real(model, x, y, z_loss)
         calls["n"] += 1
         return (ce * float("nan"), z) if calls["n"] == bad_step_call + 1 else (ce, z)
 
-    monkeypatch.setattr(L, "_forward_loss", fake)
+    monkeypatch.setattr(L, "forward_loss", fake)
 
 
 def test_nan_skip_skips_the_step_and_keeps_going(monkeypatch, data):

@@ -1,6 +1,6 @@
 """Helpers shared by the subcommands: typed `--set key=value` overrides and small argparse types.
 
-`--set` accepts any `ModelConfig` field (qknorm/config.py) and any `TrainConfig` field (train/loop.py); the
+`--set` accepts any `ModelConfig` field (qknorm/config.py) and any `TrainConfig` field (train/config.py); the
 value is parsed to the field's type:
 
     int / float          --set d_model=256   --set lr=1e-3
@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import re
 import typing
 from typing import Any, Dict, Tuple
 
 from ..config import ModelConfig
+from ..train.config import TrainConfig
 from ..errors import ConfigError
 
 _TRUE, _FALSE, _NONE = ("true", "yes", "on", "1"), ("false", "no", "off", "0"), ("none", "null")
@@ -35,15 +37,9 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def _train_config_cls():
-    from ..train.loop import TrainConfig
-
-    return TrainConfig
-
-
 def field_types() -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """({model field: type}, {train field: type}) with string annotations resolved."""
-    return typing.get_type_hints(ModelConfig), typing.get_type_hints(_train_config_cls())
+    return typing.get_type_hints(ModelConfig), typing.get_type_hints(TrainConfig)
 
 
 def parse_value(key: str, raw: str, tp: Any) -> Any:
@@ -117,7 +113,19 @@ def parse_set(items) -> Tuple[Dict[str, Any], Dict[str, Any]]:
 
 
 def train_config_field_names() -> Tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(_train_config_cls()))
+    return tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def to_flags(message: str, field_flags: Dict[str, str]) -> str:
+    """`message` with each config field of `field_flags` written as its flag: a field where it starts a
+    `field=value`, `field: ...` or `field PATH` phrase (never inside a path or a word); a key holding '='
+    (e.g. "force=True" -> "--force") is replaced as written."""
+    for field, flag in field_flags.items():
+        if "=" in field:
+            message = message.replace(field, flag)
+        else:
+            message = re.sub(rf"(?<![\w/.\-]){re.escape(field)}(?=[=: ])", flag, message)
+    return message
 
 
 # ---------------------------------------------------------------------------------------------- argparse types

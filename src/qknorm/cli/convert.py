@@ -81,7 +81,7 @@ def _check(ours, hf_dir: Path, args) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint_io import load_model, save_model
+    from ..model_io import load_model, save_model
     from ..interop.hf import from_hf, resolve_dtype, to_hf
     from ..interop.hf_config import infer_family
 

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError, DataError
-from ..checkpoint_io import read_json
+from ..fileio import read_json
+from ..train.tokenizer import load_tokenizer
 from ._common import positive_int
 
 
@@ -42,7 +43,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def load_any(path: Path):
     """Our model directory or an HF checkpoint directory -> TransformerLM (float32, eval mode)."""
-    from ..checkpoint_io import CONFIG_NAME, load_model
+    from ..model_io import CONFIG_NAME, load_model
 
     if path.is_file() and path.name == CONFIG_NAME:
         path = path.parent
@@ -87,9 +88,7 @@ def token_ids(args, model, path: Path) -> tuple:
         text, where = Path(os.__file__).read_text(errors="replace")[: 8 * T], "the start of os.py"
     tok_path = Path(args.tokenizer) if args.tokenizer else (path / "tokenizer.json")
     if args.tokenizer or (vocab != 256 and tok_path.is_file()):
-        from ..train.data import _load_tokenizer
-
-        tok, tok_path = _load_tokenizer(tok_path)
+        tok, tok_path = load_tokenizer(tok_path)
         ids, how = tok.encode(text, add_special_tokens=False).ids, f"tokenizer {tok_path.name}"
         if any(i >= vocab for i in ids):
             raise ConfigError(f"tokenizer {tok_path} produces ids >= the model's vocab_size {vocab}")

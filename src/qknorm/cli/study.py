@@ -15,6 +15,12 @@ import sys
 
 from .. import study
 from ..errors import ConfigError
+from ..train.config import check_device_available
+
+# library fields -> this command's flags (errors are reported with the flag the user typed)
+FIELD_FLAGS = {"variants": "--variants", "lrs": "--lrs", "seeds": "--seeds", "seed": "--seed", "steps": "--steps",
+               "workers": "--workers", "profile": "--profile", "device": "--device", "out_dir": "--out",
+               "force=True": "--force", "max_minutes": "--max-minutes"}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -49,28 +55,17 @@ def run(args: argparse.Namespace) -> int:
     profile = args.profile or ("quick" if args.quick else
                                "gpu" if (args.device or "").startswith("cuda") else "default")
     if args.max_minutes is not None and not args.max_minutes > 0:
-        raise ConfigError(f"--max-minutes={args.max_minutes!r} must be a positive number of minutes")
+        raise ConfigError(f"max_minutes={args.max_minutes!r} must be a positive number of minutes")
     plan = study.make_plan(
         profile,
         variants=study.parse_variants(args.variants) if args.variants is not None else None,
         lrs=study.parse_lrs(args.lrs) if args.lrs is not None else None,
         seeds=args.seeds, seed=args.seed, steps=args.steps, device=args.device, data=args.data,
         tokenizer=args.tokenizer, workers=args.workers)
-    _check_device(plan["train"]["device"])
+    check_device_available(plan.train.device)
     summary = study.run_study(plan, args.out, force=args.force, max_minutes=args.max_minutes)
-    print(f"\nqknorm study ({profile}): {len(summary['runs'])} runs in {summary['config']['wall_time_s']:.0f} s; "
+    print(f"\nqknorm study ({profile}): {len(summary.runs)} runs in {summary.config['wall_time_s']:.0f} s; "
           f"wrote {args.out}/summary.json, {args.out}/report.html")
     print(study.format_table(summary))
     sys.stdout.flush()
     return 0
-
-
-def _check_device(device: str) -> None:
-    ok = device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())
-    if not ok:
-        raise ConfigError(f"--device={device!r} is not allowed; choose one of: cpu, cuda, cuda:N")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device={device!r} but CUDA is not available on this machine; use --device cpu")

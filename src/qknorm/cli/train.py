@@ -28,11 +28,15 @@ FLAGS = ("--preset", "--size", "--set", "--data", "--tokenizer", "--steps", "--l
          "--seed", "--out", "--ckpt-every", "--resume", "--device", "--dtype", "--warmup", "--weight-decay",
          "--z-loss", "--grad-accum", "--clip", "--on-nan", "--eval-every", "--parallel", "--no-progress")
 
-# flag dest -> TrainConfig field
+# flag dest -> TrainConfig field (and back, for error messages: FIELD_FLAGS)
 _TRAIN_FLAGS = {"steps": "steps", "lr": "lr", "batch_size": "batch_size", "seq_len": "seq_len", "seed": "seed",
                 "ckpt_every": "ckpt_every", "dtype": "dtype", "warmup": "warmup_steps",
                 "weight_decay": "weight_decay", "z_loss": "z_loss", "grad_accum": "grad_accum", "clip": "clip",
                 "on_nan": "on_nan", "eval_every": "eval_every", "parallel": "parallel"}
+
+
+FIELD_FLAGS = {**{field: "--" + dest.replace("_", "-") for dest, field in _TRAIN_FLAGS.items()},
+               "device": "--device", "out_dir": "--out", "resume=True": "--resume"}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -82,7 +86,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def build_configs(args):
     """(ModelConfig, TrainConfig, vocab_size explicitly set?) from parsed arguments."""
     from ..presets import get_config
-    from ..train.loop import TrainConfig
+    from ..train.config import TrainConfig
 
     model_over, train_over = parse_set(args.overrides)
     for dest, field in _TRAIN_FLAGS.items():
@@ -106,8 +110,9 @@ def _resolve_device(name: str) -> str:
 
 
 def run(args) -> int:
-    from ..train.data import load_tokens
-    from ..train.loop import check_out_dir, train
+    from ..train.loop import train
+    from ..train.rundir import check_out_dir
+    from ..train.tokens import load_tokens
 
     with _one_line_warnings():
         model_config, cfg, vocab_given = build_configs(args)

@@ -17,7 +17,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
-from ..checkpoint_io import atomic_write_bytes, read_safetensors, state_dict_for_save
+from ..fileio import atomic_write_bytes, read_safetensors
+from ..model_io import state_dict_for_save
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError
 from ..model import TransformerLM

@@ -41,10 +41,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import ConfigError
-from .runtime import PARALLEL_CHOICES, Runtime
+from ..errors import CheckpointError, ConfigError
+from .config import Parallel
+from .runtime import Runtime
 
-__all__ = ["DistributedRuntime", "make_distributed_runtime", "env_world", "DIGEST_ENV"]
+__all__ = ["DistributedRuntime", "env_world", "DIGEST_ENV"]
 
 DIGEST_ENV = "QKNORM_DEBUG_DIGEST_DIR"
 _TIMEOUT_ENV = "QKNORM_DIST_TIMEOUT_S"  # collective timeout; default 30 min (torch's default)
@@ -68,14 +69,10 @@ def env_world() -> tuple:
 class DistributedRuntime(Runtime):
     """One process of a data-parallel run (see the module docstring)."""
 
-    def __init__(self, device: str = "cpu", parallel: str = "ddp"):
-        if parallel not in PARALLEL_CHOICES:
-            raise ConfigError(f"parallel={parallel!r} is not allowed; choose one of: {', '.join(PARALLEL_CHOICES)}")
+    def __init__(self, device: str = "cpu", parallel: Parallel = Parallel.DDP):
         self.rank, self.world_size, self.local_rank = env_world()
         dev = torch.device(device)
-        if dev.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ConfigError(f"device={device!r} but CUDA is not available on this machine; use device='cpu'")
+        if dev.type == "cuda":  # availability was checked by make_runtime
             if dev.index is None:  # one GPU per process: LOCAL_RANK picks it
                 dev = torch.device("cuda", self.local_rank % torch.cuda.device_count())
             torch.cuda.set_device(dev)  # so the loop's plain "cuda" means this process's GPU
@@ -112,7 +109,7 @@ class DistributedRuntime(Runtime):
     # ------------------------------------------------------------------ model
     def wrap(self, model: nn.Module) -> nn.Module:
         self.ensure_group()
-        if self.parallel == "ddp":
+        if self.parallel is Parallel.DDP:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -129,7 +126,7 @@ class DistributedRuntime(Runtime):
         return model
 
     def no_sync(self, model: nn.Module):
-        if self.parallel == "ddp":
+        if self.parallel is Parallel.DDP:
             return model.no_sync()
         return _fsdp_no_sync(model)
 
@@ -269,8 +266,6 @@ def fqn_to_index_optim_state(state: Dict[str, Any]) -> Dict[str, Any]:
 def index_to_fqn_optim_state(state: Dict[str, Any], optimizer: torch.optim.Optimizer,
                              model: nn.Module) -> Dict[str, Any]:
     """The inverse of `fqn_to_index_optim_state` for `optimizer` over `model`'s (unwrapped) parameters."""
-    from ..errors import CheckpointError
-
     names = {id(p): n for n, p in model.named_parameters()}
     fqns = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
     saved_groups = state.get("param_groups", [])
@@ -282,8 +277,3 @@ def index_to_fqn_optim_state(state: Dict[str, Any], optimizer: torch.optim.Optim
     by_index = {i: fqns[pos] for pos, i in enumerate(i for g in saved_groups for i in g["params"])}
     return {"state": {by_index[int(i)]: s for i, s in state["state"].items()},
             "param_groups": [{**g, "params": [by_index[i] for i in g["params"]]} for g in saved_groups]}
-
-
-def make_distributed_runtime(device: str = "cpu", parallel: str = "ddp") -> DistributedRuntime:
-    """The runtime of one torchrun process (called by runtime.make_runtime when WORLD_SIZE > 1)."""
-    return DistributedRuntime(device, parallel)

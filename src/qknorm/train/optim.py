@@ -15,18 +15,17 @@ so the LR is `lr` right after warmup and approaches `final_lr` at the end of tra
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Dict, List
+from typing import Dict, List
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .loop import TrainConfig
+from .config import TrainConfig
 
 __all__ = ["lr_at", "param_groups", "build_optimizer", "set_lr"]
 
 
-def lr_at(step: int, cfg: "TrainConfig") -> float:
+def lr_at(step: int, cfg: TrainConfig) -> float:
     """The learning rate of 0-based `step` under `cfg` (lr, final_lr, warmup_steps, steps)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -54,7 +53,7 @@ def param_groups(model: nn.Module, *, weight_decay: float, decay_norms: bool = F
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, cfg: "TrainConfig") -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """torch AdamW over `param_groups(model)` with the betas/eps of `cfg`; the LR is set per step by `set_lr`."""
     groups = param_groups(model, weight_decay=cfg.weight_decay, decay_norms=cfg.decay_norms)
     return torch.optim.AdamW(groups, lr=lr_at(0, cfg), betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)

@@ -7,26 +7,20 @@ global mean), `is_main` (only rank 0 writes files and prints), and the full (uns
 checkpoints hold. `Runtime` below is the single-process implementation; a distributed one
 (train/distributed.py, under `torchrun`) subclasses it and overrides these methods.
 
-`make_runtime(device, parallel)` picks: with `WORLD_SIZE` > 1 in the environment it builds the distributed
-runtime, otherwise the single-process one (where `parallel` has no effect).
+`make_runtime` (train/runtimes.py) picks the implementation for the process it runs in.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-import os
-import signal
-import threading
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from .config import Parallel
 
-__all__ = ["Runtime", "StopRequest", "make_runtime", "PARALLEL_CHOICES"]
-
-PARALLEL_CHOICES = ("ddp", "fsdp")
+__all__ = ["Runtime"]
 
 
 class Runtime:
@@ -36,9 +30,9 @@ class Runtime:
     world_size: int = 1
     local_rank: int = 0
 
-    def __init__(self, device: str = "cpu", parallel: str = "ddp"):
+    def __init__(self, device: str = "cpu", parallel: Parallel = Parallel.DDP):
         self.device = torch.device(device)
-        self.parallel = parallel
+        self.parallel = Parallel.parse("parallel", parallel)
 
     @property
     def is_main(self) -> bool:
@@ -93,41 +87,3 @@ class Runtime:
 
     def close(self) -> None:
         pass
-
-
-class StopRequest:
-    """SIGTERM/SIGINT set a flag the loop checks after each step; a second SIGINT raises KeyboardInterrupt."""
-
-    def __init__(self) -> None:
-        self.signame: Optional[str] = None
-        self._previous: Dict[int, Any] = {}
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.signame is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signame = signal.Signals(signum).name
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def make_runtime(device: str = "cpu", parallel: str = "ddp") -> Runtime:
-    """The runtime of this process: distributed under `torchrun` with more than one process, else single."""
-    if parallel not in PARALLEL_CHOICES:
-        raise ConfigError(f"parallel={parallel!r} is not allowed; choose one of: {', '.join(PARALLEL_CHOICES)}")
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return Runtime(device, parallel)
-    try:
-        from .distributed import make_distributed_runtime
-    except ImportError as e:
-        raise ConfigError(f"WORLD_SIZE={world}: multi-process training is not available in this build ({e})") \
-            from None
-    return make_distributed_runtime(device, parallel)

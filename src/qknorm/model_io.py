@@ -1,45 +1,24 @@
-"""Our own model files: `config.json` ({"qknorm_config": {...}}) + `model.safetensors` in a directory.
+"""Our own model directories: `config.json` ({"qknorm_config": {...}}) + `model.safetensors`.
 
-`save_model` writes both atomically (temporary name, fsync, rename), so an interrupted save never leaves a
+`save_model` writes both atomically (fileio.atomic_write_bytes), so an interrupted save never leaves a
 half-written file under the final name. `load_model` rebuilds the model and checks every key and shape.
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Dict, Union
 
 import torch
 
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError
+from .fileio import atomic_write_bytes, read_json, read_safetensors
 from .model import TransformerLM
 
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "save_model", "load_model", "read_config", "state_dict_for_save",
+           "load_state_checked"]
+
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
-
-
-def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same directory, fsync, then rename over the target."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def state_dict_for_save(model: TransformerLM) -> Dict[str, torch.Tensor]:
@@ -57,17 +36,6 @@ def save_model(model: TransformerLM, out_dir: Union[str, Path]) -> Path:
     return out
 
 
-def read_json(path: Union[str, Path], *, missing: str = "file not found") -> Any:
-    """The JSON document in `path`; CheckpointError naming the file when it is missing or unreadable."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: {missing}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not readable JSON ({e.__class__.__name__}: {e})") from None
-
-
 def read_config(path: Union[str, Path]) -> ModelConfig:
     path = Path(path)
     raw = read_json(path)
@@ -77,18 +45,6 @@ def read_config(path: Union[str, Path]) -> ModelConfig:
         return ModelConfig.from_dict(raw["qknorm_config"], source=str(path))
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{path}: invalid config: {e}") from None
-
-
-def read_safetensors(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        return load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
-        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from None
 
 
 def load_state_checked(model: torch.nn.Module, state: Dict[str, torch.Tensor], *, source: str) -> None:

@@ -1,0 +1,30 @@
+"""The QK-norm stability study: norm variants x a peak-learning-rate grid x seeds, trained in parallel, with a
+summary, a printed table and an HTML report.
+
+    plan = make_plan("default")                      # variants, LR grid, seeds, model shape, train settings
+    summary = run_study(plan, "study_out")           # trains every run; writes runs/*.json, summary.json, report
+
+  variants.py  the variants (norms differ, nothing else)      profiles.py  quick / default / gpu / smoke
+  plan.py      StudyPlan, its RunSpecs                        records.py   RunSpec, RunRecord, RunHistory
+  run.py       one run (train + measure)                      pool.py      the local process pool
+  analysis.py  LR sensitivity and the checks                  summary.py   StudySummary (summary.json)
+  table.py     the printed table                              layout.py    the output directory
+  plots.py     the PNG plots                                  report.py    report.html
+  driver.py    run_study
+"""
+from .analysis import StudyAnalysis, analyze
+from .driver import run_study
+from .layout import PLAN_FILE, RUNS_DIR, SUMMARY_FILE, check_out_dir
+from .plan import StudyPlan, make_plan, parse_lrs, parse_variants, plan_fingerprint, run_specs
+from .profiles import PROFILES, WORTSMAN_GRID, Profile
+from .records import RunHistory, RunRecord, RunSpec, run_name
+from .report import write_report
+from .run import run_one
+from .summary import StudySummary
+from .table import format_checks, format_table
+from .variants import VARIANTS, model_config
+
+__all__ = ["StudyAnalysis", "analyze", "run_study", "PLAN_FILE", "RUNS_DIR", "SUMMARY_FILE", "check_out_dir",
+           "StudyPlan", "make_plan", "parse_lrs", "parse_variants", "plan_fingerprint", "run_specs", "PROFILES",
+           "WORTSMAN_GRID", "Profile", "RunHistory", "RunRecord", "RunSpec", "run_name", "write_report", "run_one",
+           "StudySummary", "format_checks", "format_table", "VARIANTS", "model_config"]

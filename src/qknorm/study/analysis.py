@@ -1,0 +1,203 @@
+"""What a study's runs say, computed once for the summary, the printed table and the report.
+
+* LR sensitivity per variant (Wortsman et al. 2023, arXiv 2309.14322): E_lr[min(l(lr), l0) - l*] on each run's
+  `RunRecord.sens_loss`, per seed and averaged over seeds; l0 = the variant's mean initial loss. A run that
+  diverged or failed counts as l0. A seed whose grid has a point with no finished run (skipped or cut by the
+  time budget, or absent) has no value: counting a run that never ran as l0 would make the variant look
+  LR-sensitive; those grid points are listed as `incomplete`.
+* The study's two checks, on measured numbers of `baseline` and `qknorm`:
+  max_logit_ratio: at every grid LR >= 3e-2, (smallest baseline max attention logit over seeds) / (largest
+  qknorm one) — conservative over seeds; passes when the ratio is >= 10 at some LR >= 3e-2.
+  lr_sensitivity_ratio: qknorm's LR sensitivity / baseline's; passes when <= 0.6.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from ..metrics import lr_sensitivity
+from .records import RunRecord
+
+__all__ = ["Sensitivity", "Check", "StudyAnalysis", "analyze", "logit_at", "json_num", "CHECK_LR_MIN",
+           "LOGIT_RATIO_MIN", "SENSITIVITY_RATIO_MAX"]
+
+CHECK_LR_MIN = 3e-2  # the logit check compares baseline and qknorm at peak LRs >= this
+LOGIT_RATIO_MIN = 10.0  # baseline max logit / qknorm max logit must be at least this
+SENSITIVITY_RATIO_MAX = 0.6  # qknorm LR sensitivity / baseline LR sensitivity must be at most this
+
+
+def json_num(x: Optional[float]) -> Any:
+    """Floats for JSON: None stays None, +inf becomes the string "inf" (strict JSON has no Infinity)."""
+    if x is None:
+        return None
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return None if math.isnan(x) else float(x)
+
+
+def _num(x: Any) -> Optional[float]:
+    """The inverse of json_num."""
+    if isinstance(x, str):
+        return math.inf if x == "inf" else -math.inf
+    return x
+
+
+def _mean(xs: Sequence[Optional[float]]) -> Optional[float]:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Sensitivity:
+    """One variant's LR sensitivity: the mean over seeds, each seed's value, l0, the best loss on the grid."""
+
+    value: Optional[float]
+    per_seed: Dict[int, float]
+    init_loss: float
+    best_loss: Optional[float]
+    incomplete: Tuple[Tuple[int, float], ...] = ()  # (seed, lr) grid points with no finished run
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"value": self.value, "per_seed": {str(k): v for k, v in self.per_seed.items()},
+                "init_loss": self.init_loss, "best_loss": self.best_loss,
+                "incomplete": [{"seed": s, "lr": lr} for s, lr in self.incomplete]}
+
+    @classmethod
+    def from_json(cls, d: Dict[str, Any]) -> "Sensitivity":
+        return cls(value=d.get("value"), per_seed={int(k): v for k, v in (d.get("per_seed") or {}).items()},
+                   init_loss=d.get("init_loss"), best_loss=d.get("best_loss"),
+                   incomplete=tuple((p["seed"], p["lr"]) for p in d.get("incomplete") or ()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """A pass/fail statement about measured numbers; `passed` None = not evaluated (`note` says why)."""
+
+    description: str
+    threshold: float
+    passed: Optional[bool] = None
+    value: Any = None  # a float, or "inf"
+    note: str = ""
+    lr: Optional[float] = None  # max_logit_ratio: the LR where the ratio is largest
+    per_lr: Tuple[Dict[str, Any], ...] = ()  # max_logit_ratio: {lr, baseline, qknorm, ratio} per LR
+    baseline: Optional[float] = None  # lr_sensitivity_ratio: the two sensitivities
+    qknorm: Optional[float] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["per_lr"] = list(self.per_lr)
+        if not self.note:
+            out.pop("note")
+        return out
+
+    @classmethod
+    def from_json(cls, d: Dict[str, Any]) -> "Check":
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        return cls(**{**d, "per_lr": tuple(d.get("per_lr") or ())})
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyAnalysis:
+    lr_sensitivity: Dict[str, Sensitivity]
+    checks: Dict[str, Check]
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"lr_sensitivity": {v: s.value for v, s in self.lr_sensitivity.items()},
+                "lr_sensitivity_detail": {v: s.to_json() for v, s in self.lr_sensitivity.items()},
+                "checks": {k: c.to_json() for k, c in self.checks.items()}}
+
+    @classmethod
+    def from_json(cls, d: Dict[str, Any]) -> "StudyAnalysis":
+        detail = d.get("lr_sensitivity_detail") or {}
+        sens = {v: Sensitivity.from_json(detail.get(v) or {"value": x}) for v, x in d.get("lr_sensitivity", {}).items()}
+        return cls(lr_sensitivity=sens, checks={k: Check.from_json(c) for k, c in d.get("checks", {}).items()})
+
+
+def lr_sensitivities(runs: Sequence[RunRecord], variants: Sequence[str], lrs: Sequence[float],
+                     seeds: Sequence[int], vocab_size: int) -> Dict[str, Sensitivity]:
+    """Per variant: Wortsman's LR sensitivity per seed and its mean over seeds (see the module docstring)."""
+    out = {}
+    for v in variants:
+        vr = [r for r in runs if r.variant == v]
+        l0 = _mean([r.init_loss for r in vr]) or math.log(vocab_size)
+        per_seed, incomplete = {}, []
+        for s in seeds:
+            done = {r.lr: r for r in vr if r.seed == s and not r.cut}
+            missing = [lr for lr in lrs if lr not in done]
+            if missing:
+                incomplete += [(s, lr) for lr in missing]
+                continue
+            by_lr = {lr: r.sens_loss for lr, r in done.items()}
+            if any(x is not None for x in by_lr.values()):
+                per_seed[s] = lr_sensitivity({lr: by_lr.get(lr) for lr in lrs}, l0)
+        best = [x for x in (r.sens_loss for r in vr) if x is not None]
+        out[v] = Sensitivity(value=_mean(list(per_seed.values())), per_seed=per_seed, init_loss=l0,
+                             best_loss=min(best) if best else None, incomplete=tuple(incomplete))
+    return out
+
+
+def logit_at(runs: Sequence[RunRecord], variant: str, lr: float, pick: Callable) -> Optional[float]:
+    """`pick` (min or max) over seeds of `variant`'s max attention logit at `lr` (+inf if non-finite)."""
+    vals = [r.logit for r in runs if r.variant == variant and r.lr == lr and r.logit is not None]
+    return pick(vals) if vals else None
+
+
+def _logit_ratio_check(runs: Sequence[RunRecord], lrs: Sequence[float]) -> Check:
+    description = f"baseline max attention logit >= {LOGIT_RATIO_MIN:g}x qknorm's at a peak LR >= {CHECK_LR_MIN:g}"
+    have = {r.variant for r in runs}
+    top = [lr for lr in lrs if lr >= CHECK_LR_MIN * (1 - 1e-9)]
+    if not {"baseline", "qknorm"} <= have or not top:
+        return Check(description, LOGIT_RATIO_MIN,
+                     note="not evaluated: needs the baseline and qknorm variants and a grid LR >= 3e-2")
+    scored, per_lr = [], []
+    for lr in top:
+        b = logit_at(runs, "baseline", lr, min)
+        q = logit_at(runs, "qknorm", lr, max)
+        ratio = b / q if b is not None and q else None
+        per_lr.append({"lr": lr, "baseline": json_num(b), "qknorm": json_num(q), "ratio": json_num(ratio)})
+        if ratio is not None and not math.isnan(ratio):
+            scored.append((ratio, lr))
+    if not scored:
+        return Check(description, LOGIT_RATIO_MIN, per_lr=tuple(per_lr),
+                     note="not evaluated: no finite max attention logit at LR >= 3e-2")
+    ratio, lr = max(scored)
+    return Check(description, LOGIT_RATIO_MIN, passed=ratio >= LOGIT_RATIO_MIN, value=json_num(ratio), lr=lr,
+                 per_lr=tuple(per_lr))
+
+
+def _sensitivity_ratio_check(sens: Dict[str, Sensitivity]) -> Check:
+    description = f"qknorm LR sensitivity <= {SENSITIVITY_RATIO_MAX:g}x baseline's"
+    sb = sens["baseline"].value if "baseline" in sens else None
+    sq = sens["qknorm"].value if "qknorm" in sens else None
+    if sb is None or sq is None:
+        return Check(description, SENSITIVITY_RATIO_MAX, baseline=sb, qknorm=sq,
+                     note="not evaluated: needs finished baseline and qknorm runs")
+    if sb <= 0:
+        return Check(description, SENSITIVITY_RATIO_MAX, baseline=sb, qknorm=sq,
+                     note="not evaluated: the baseline's LR sensitivity is 0 (a flat grid), the ratio is undefined")
+    return Check(description, SENSITIVITY_RATIO_MAX, passed=sq / sb <= SENSITIVITY_RATIO_MAX, value=sq / sb,
+                 baseline=sb, qknorm=sq)
+
+
+def analyze(runs: Sequence[RunRecord], variants: Sequence[str], lrs: Sequence[float], seeds: Sequence[int],
+            vocab_size: int) -> StudyAnalysis:
+    """LR sensitivity per variant and the checks, from run records."""
+    sens = lr_sensitivities(runs, variants, lrs, seeds, vocab_size)
+    return StudyAnalysis(lr_sensitivity=sens, checks={"max_logit_ratio": _logit_ratio_check(runs, lrs),
+                                                      "lr_sensitivity_ratio": _sensitivity_ratio_check(sens)})
+
+
+def check_logit_pair(check: Check) -> Optional[Dict[str, Any]]:
+    """The per-LR entry of a max_logit_ratio check at its chosen LR (for the table and the report)."""
+    return next((p for p in check.per_lr if p["lr"] == check.lr), None)
+
+
+def check_value(x: Any) -> Optional[float]:
+    return _num(x)
+
+
+def best_run(runs: List[RunRecord]) -> Optional[RunRecord]:
+    ok = [r for r in runs if r.sens_loss is not None]
+    return min(ok, key=lambda r: r.sens_loss) if ok else None

@@ -1,0 +1,140 @@
+"""The plan of a study: which variants, LRs and seeds, at which model shape and training settings (`StudyPlan`),
+and the runs it expands to (`RunSpec`s).
+
+    plan = make_plan("default", variants=("baseline", "qknorm"), lrs=(1e-3, 1e-2))
+    specs = run_specs(plan, vocab_size=256)
+
+Errors name the plan's fields (variants, lrs, seeds, seed, steps, workers, profile); the command line maps
+them to its flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..errors import ConfigError
+from ..train.config import TrainConfig
+from .profiles import PROFILES
+from .records import RunSpec
+from .variants import VARIANTS, model_config
+
+__all__ = ["StudyPlan", "make_plan", "parse_variants", "parse_lrs", "run_specs", "plan_fingerprint"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyPlan:
+    """The full description of a study: what `run_study` runs and what identifies its results.
+
+    `train` is the template of every run's TrainConfig; each run replaces its peak `lr` and `seed` (and, on a
+    constant schedule, `final_lr = lr`)."""
+
+    profile: str
+    variants: Tuple[str, ...]
+    lrs: Tuple[float, ...]
+    seeds: Tuple[int, ...]
+    shape: Mapping[str, Any]
+    schedule: str  # "constant" or "cosine"
+    train: TrainConfig
+    data: Optional[str] = None
+    tokenizer: Optional[str] = None
+    workers: int = 1
+
+    def train_config(self, lr: float, seed: int) -> TrainConfig:
+        final = lr if self.schedule == "constant" else self.train.final_lr
+        return self.train.replace(lr=lr, seed=seed, final_lr=final, progress=False)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"profile": self.profile, "variants": list(self.variants), "lrs": list(self.lrs),
+                "seeds": list(self.seeds), "shape": dict(self.shape), "schedule": self.schedule,
+                "train": self.train.to_dict(), "data": self.data, "tokenizer": self.tokenizer,
+                "workers": self.workers}
+
+
+def plan_fingerprint(plan: StudyPlan) -> str:
+    """What identifies a study's results: everything in the plan except how many workers ran it."""
+    ident = {k: v for k, v in plan.to_json().items() if k != "workers"}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_variants(text: str) -> Tuple[str, ...]:
+    """A comma-separated list of variant names, each known and named once."""
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in names if v not in VARIANTS]
+    if not names or bad:
+        shown = repr(bad[0]) if bad else repr(text)
+        raise ConfigError(f"variants: unknown variant {shown}; choose from: {', '.join(VARIANTS)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"variants: {text!r} names a variant twice")
+    return names
+
+
+def parse_lrs(text: str) -> Tuple[float, ...]:
+    """A comma-separated list of distinct peak learning rates in (0, 10), sorted."""
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        try:
+            lr = float(item)
+        except ValueError:
+            lr = math.nan
+        if not (math.isfinite(lr) and 0 < lr < 10):
+            raise ConfigError(f"lrs: {item!r} is not a learning rate; give comma-separated numbers in (0, 10), "
+                              "e.g. 1e-3,3e-2")
+        out.append(lr)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"lrs: {text!r} repeats a learning rate")
+    return tuple(sorted(out))
+
+
+def make_plan(profile: str = "default", *, variants: Optional[Sequence[str]] = None,
+              lrs: Optional[Sequence[float]] = None, seeds: Optional[int] = None, seed: int = 0,
+              steps: Optional[int] = None, device: Optional[str] = None, data: Optional[str] = None,
+              tokenizer: Optional[str] = None, workers: Optional[int] = None) -> StudyPlan:
+    """The plan of `profile` with any of its defaults replaced."""
+    if profile not in PROFILES:
+        raise ConfigError(f"profile: unknown profile {profile!r}; choose from: {', '.join(PROFILES)}")
+    p = PROFILES[profile]
+    variants = tuple(variants) if variants is not None else p.variants
+    for v in variants:
+        if v not in VARIANTS:
+            raise ConfigError(f"variants: unknown variant {v!r}; choose from: {', '.join(VARIANTS)}")
+    lrs = tuple(sorted(lrs)) if lrs is not None else p.lrs
+    if not lrs:
+        raise ConfigError("lrs: give at least one learning rate, e.g. 1e-3,3e-2")
+    for name, value, lo in (("seeds", seeds, 1), ("seed", seed, 0), ("steps", steps, 1), ("workers", workers, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < lo):
+            raise ConfigError(f"{name}={value!r} must be an integer >= {lo}")
+    steps = steps or p.steps
+    warmup = min(steps - 1, max(1, round(p.warmup_frac * steps))) if steps > 1 else 0
+    top = max(lrs)
+    train = TrainConfig(steps=steps, warmup_steps=warmup, batch_size=p.batch_size, seq_len=p.seq_len, lr=top,
+                        final_lr=top if p.schedule == "constant" else 1e-5, weight_decay=0.0, beta1=0.9,
+                        beta2=0.95, adam_eps=1e-8, clip=1.0, z_loss=0.0, dtype=p.dtype, stats_every=p.stats_every,
+                        eval_batches=p.eval_batches, eval_every=0, on_nan="stop", device=device or p.device,
+                        progress=False)
+    return StudyPlan(profile=profile, variants=variants, lrs=lrs, seeds=tuple(seed + i for i in range(seeds or p.seeds)),
+                     shape=dict(p.shape), schedule=p.schedule, train=train, data=data, tokenizer=tokenizer,
+                     workers=workers or p.workers)
+
+
+def run_specs(plan: StudyPlan, vocab_size: int) -> List[RunSpec]:
+    """One spec a run. Order: baseline and qknorm first (the checks need them), then seed, LR (high LRs
+    first: they are the interesting ones), variant."""
+    first = [v for v in plan.variants if v in ("baseline", "qknorm")]
+    rest = [v for v in plan.variants if v not in first]
+    models = {v: model_config(v, plan.shape, vocab_size) for v in plan.variants}
+    specs = []
+    for group in (first, rest):
+        for seed in plan.seeds:
+            for lr in sorted(plan.lrs, reverse=True):
+                for variant in group:
+                    specs.append(RunSpec(variant=variant, lr=lr, seed=seed, model=models[variant],
+                                         train=plan.train_config(lr, seed), data=plan.data, tokenizer=plan.tokenizer))
+    return specs
+
+
+def describe_models(plan: StudyPlan, vocab_size: int) -> Dict[str, Dict[str, Any]]:
+    """Each variant's model config as JSON (for summary.json)."""
+    return {v: model_config(v, plan.shape, vocab_size).to_dict() for v in plan.variants}

@@ -1,0 +1,184 @@
+"""The study's PNG plots (matplotlib, Agg backend), drawn from a `StudySummary` and the runs' histories.
+
+  loss_vs_lr.png             final validation loss vs peak LR per variant (log x; diverged runs at l0 as x)
+  max_logit_vs_lr.png        max attention logit over the run vs peak LR per variant (log-log)
+  max_logit_over_steps.png   max attention logit over training, baseline vs qknorm at their highest stable LRs
+  loss_curves.png            training loss curves of every variant, one panel per LR
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from .layout import read_histories
+from .records import RunHistory, RunRecord
+from .summary import StudySummary
+
+__all__ = ["PLOTS", "write_plots", "UNIT"]
+
+PLOTS = ("loss_vs_lr.png", "max_logit_vs_lr.png", "max_logit_over_steps.png", "loss_curves.png")
+_COLORS = {"baseline": "#d62728", "qknorm": "#1f77b4", "olmo2": "#2ca02c", "gemma3": "#9467bd", "postln": "#ff7f0e"}
+UNIT = "nats/token"
+_WORTSMAN_LOGIT = 1e4  # every run of Wortsman et al. 2023 with a max attention logit above this diverged
+Histories = Dict[Tuple[str, float, int], RunHistory]
+
+
+def _color(v: str) -> str:
+    return _COLORS.get(v, "#555555")
+
+
+def _plot_loss_vs_lr(ax, summary: StudySummary) -> None:
+    l0s = [s.init_loss for s in summary.analysis.lr_sensitivity.values() if s.init_loss]
+    l0 = sum(l0s) / len(l0s) if l0s else None
+    marked = False
+    for v in summary.variants:
+        vr = summary.runs_of(v)
+        xs, ys = [], []
+        for lr in sorted({r.lr for r in vr}):
+            vals = [r.sens_loss for r in vr if r.lr == lr and r.sens_loss is not None]
+            if vals:
+                xs.append(lr)
+                ys.append(sum(vals) / len(vals))
+        ax.plot(xs, ys, "o-", color=_color(v), label=v, lw=1.8, ms=5)
+        bad = [r.lr for r in vr if r.sens_loss is None and not str(r.error or "").startswith("skipped")]
+        if bad and l0 is not None:
+            ax.plot(bad, [l0] * len(bad), "x", color=_color(v), ms=10, mew=2.5,
+                    label="diverged / failed (plotted at l0)" if not marked else None)
+            marked = True
+    if l0 is not None:
+        ax.axhline(l0, color="gray", ls="--", lw=1)
+        ax.annotate(f"l0 = loss at init ({l0:.2f})", (0.01, l0), xycoords=("axes fraction", "data"),
+                    va="bottom", fontsize=8, color="gray")
+        finite = [r.sens_loss for r in summary.runs if r.sens_loss is not None]
+        if finite:
+            ax.set_ylim(min(finite) - 0.1, l0 + 0.25)
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel(f"final validation loss ({UNIT})")
+    ax.set_title("Final loss vs peak learning rate (lower and flatter is better)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _plot_logit_vs_lr(ax, summary: StudySummary) -> None:
+    top = 1.0
+    for v in summary.variants:
+        by_lr: Dict[float, float] = {}
+        for r in summary.runs_of(v):
+            if r.logit is not None:
+                by_lr[r.lr] = max(by_lr.get(r.lr, 0.0), r.logit)
+        fin = [(lr, x) for lr, x in sorted(by_lr.items()) if math.isfinite(x)]
+        top = max([top] + [x for _, x in fin])
+        ax.plot([p[0] for p in fin], [p[1] for p in fin], "o-", color=_color(v), label=v, lw=1.8, ms=5)
+        inf = [lr for lr, x in by_lr.items() if not math.isfinite(x)]
+        if inf:
+            ax.plot(inf, [top * 3] * len(inf), "^", color=_color(v), ms=9, label=f"{v}: non-finite logit")
+    ax.axhline(_WORTSMAN_LOGIT, color="gray", ls=":", lw=1)
+    ax.annotate("1e4: every run above this diverged in Wortsman et al. 2023", (0.01, _WORTSMAN_LOGIT),
+                xycoords=("axes fraction", "data"), va="bottom", fontsize=8, color="gray")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel("max attention logit over the run (q·k·scale, unitless)")
+    ax.set_title("Attention-logit growth vs peak learning rate")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _highest_stable(runs: List[RunRecord]) -> Optional[RunRecord]:
+    ok = [r for r in runs if r.sens_loss is not None]
+    return max(ok, key=lambda r: (r.lr, -r.seed)) if ok else None
+
+
+def _plot_logit_over_steps(ax, summary: StudySummary, hist: Histories) -> None:
+    pair = [v for v in ("baseline", "qknorm") if v in summary.variants] or summary.variants
+    shown = False
+    for v in pair:
+        r = _highest_stable(summary.runs_of(v))
+        if r is None:
+            continue
+        # the variant at its own highest stable LR, and at the other's when they differ
+        lrs = sorted({r.lr} | {o.lr for o in (_highest_stable(summary.runs_of(w)) for w in pair) if o is not None})
+        for i, lr in enumerate(lrs[::-1][:2]):
+            h = hist.get((v, lr, r.seed))
+            if not h or not h.stats_step:
+                continue
+            xs = [s for s, y in zip(h.stats_step, h.max_attn_logit) if y is not None]
+            ys = [y for y in h.max_attn_logit if y is not None]
+            ax.plot(xs, ys, color=_color(v), ls="-" if i == 0 else "--", lw=1.8, label=f"{v}, LR {lr:g}")
+            shown = True
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("max attention logit (unitless)")
+    ax.set_title("Max attention logit during training, at the highest stable LRs")
+    ax.grid(True, which="both", alpha=0.3)
+    if shown:
+        ax.legend(fontsize=8)
+
+
+def _smooth(ys: List[Optional[float]], k: int) -> List[float]:
+    out, window = [], []
+    for y in ys:
+        window.append(math.nan if y is None else y)
+        window = window[-k:]
+        fin = [w for w in window if math.isfinite(w)]
+        out.append(sum(fin) / len(fin) if fin else math.nan)
+    return out
+
+
+def _plot_loss_curves(fig, summary: StudySummary, hist: Histories) -> None:
+    lrs = sorted(summary.lrs)
+    lrs = lrs if len(lrs) <= 4 else [lrs[i] for i in sorted({round(j * (len(lrs) - 1) / 3) for j in range(4)})]
+    axes = fig.subplots(1, len(lrs), sharey=True, squeeze=False)[0]
+    l0 = math.log(summary.config["model_shape"]["vocab_size"])
+    seed = summary.seeds[0]
+    lo = math.inf
+    for ax, lr in zip(axes, lrs):
+        for v in summary.variants:
+            h = hist.get((v, lr, seed))
+            if not h or not h.loss:
+                continue
+            ys = _smooth(h.loss, max(1, len(h.loss) // 40))
+            lo = min([lo] + [y for y in ys if math.isfinite(y)])
+            r = next((x for x in summary.runs if x.variant == v and x.lr == lr and x.seed == seed), None)
+            ax.plot(h.step, ys, color=_color(v), lw=1.4, label=v + (" (diverged)" if r and r.diverged else ""))
+        ax.set_title(f"peak LR {lr:g}")
+        ax.set_xlabel("training step")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel(f"training loss ({UNIT}, moving average)")
+    if math.isfinite(lo):
+        axes[0].set_ylim(lo - 0.1, l0 + 0.5)
+    fig.suptitle(f"Training loss curves (seed {seed})")
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write_plots(out: Path, summary: StudySummary, hist: Optional[Histories] = None) -> List[Path]:
+    """Draw the four plots into `out`; histories are read from out/runs/ unless given."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    hist = read_histories(out, summary.runs) if hist is None else hist
+    paths = [out / name for name in PLOTS]
+    for path, draw in zip(paths[:2], (_plot_loss_vs_lr, _plot_logit_vs_lr)):
+        fig, ax = plt.subplots(figsize=(7.5, 5))
+        draw(ax, summary)
+        _save(fig, path)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    _plot_logit_over_steps(ax, summary, hist)
+    _save(fig, paths[2])
+    plt.close(fig)
+    n = min(4, len(summary.lrs))
+    fig = plt.figure(figsize=(3.6 * n + 1, 4.4))
+    _plot_loss_curves(fig, summary, hist)
+    _save(fig, paths[3])
+    plt.close(fig)
+    return paths

@@ -1,0 +1,161 @@
+"""Typed records passed between the study's stages: what one run is (`RunSpec`), what it measured
+(`RunRecord`, with its per-step `RunHistory`), and the derived numbers every consumer shares.
+
+A `RunSpec` goes to a worker (pickled); a `RunRecord` comes back. Their JSON forms are the study's files:
+summary.json's "runs" entries (`RunRecord.to_json`) and runs/<name>.json (`RunHistory.to_json`); `from_json`
+reads both back (tolerating fields that older files lack), so the report can be re-rendered from disk.
+
+The derived numbers live here, once: `RunRecord.sens_loss` (the loss LR sensitivity and "best loss" use) and
+`RunRecord.logit` (the max attention logit, +inf when it was non-finite).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, List, Optional
+
+from ..config import ModelConfig
+from ..train.config import TrainConfig
+
+__all__ = ["RunSpec", "RunRecord", "RunHistory", "SpikeScores", "run_name", "finite_or_none"]
+
+
+def run_name(variant: str, lr: float, seed: int) -> str:
+    return f"{variant}_lr{lr:g}_s{seed}"
+
+
+def finite_or_none(x: Any) -> Optional[float]:
+    """float(x) when it is a finite number, else None (strict JSON has no NaN/inf)."""
+    return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One training run of a study: a variant's model at one peak LR and seed, and where its data comes from."""
+
+    variant: str
+    lr: float
+    seed: int
+    model: ModelConfig
+    train: TrainConfig
+    data: Optional[str] = None  # None = the embedded corpus
+    tokenizer: Optional[str] = None
+    deadline: Optional[float] = None  # time.time() after which the run stops (the study's --max-minutes)
+
+    @property
+    def name(self) -> str:
+        return run_name(self.variant, self.lr, self.seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpikeScores:
+    """OLMo 2 spike scores (percent of values >= 7 std from the rolling mean): window 100 and 1000."""
+
+    loss: Optional[float] = None
+    grad_norm: Optional[float] = None
+    loss_w1000: Optional[float] = None
+    grad_norm_w1000: Optional[float] = None
+
+    def to_json(self) -> Dict[str, Optional[float]]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Optional[Dict[str, Any]]) -> "SpikeScores":
+        d = d or {}
+        return cls(**{f.name: d.get(f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class RunHistory:
+    """Column form of a run's per-step records (non-finite values as None)."""
+
+    step: List[int] = dataclasses.field(default_factory=list)
+    loss: List[Optional[float]] = dataclasses.field(default_factory=list)
+    lr: List[Optional[float]] = dataclasses.field(default_factory=list)
+    grad_norm: List[Optional[float]] = dataclasses.field(default_factory=list)
+    stats_step: List[int] = dataclasses.field(default_factory=list)
+    max_attn_logit: List[Optional[float]] = dataclasses.field(default_factory=list)
+    attn_logit_per_layer: List[List[Optional[float]]] = dataclasses.field(default_factory=list)
+    q_rms: List[List[Optional[float]]] = dataclasses.field(default_factory=list)
+    k_rms: List[List[Optional[float]]] = dataclasses.field(default_factory=list)
+    val_step: List[int] = dataclasses.field(default_factory=list)
+    val_loss: List[Optional[float]] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def from_steps(cls, history: List[Dict[str, Any]]) -> "RunHistory":
+        """From the training loop's per-step records."""
+        def col(key, rows):
+            return [finite_or_none(r.get(key)) for r in rows]
+
+        def per_layer(key, rows):
+            return [[finite_or_none(v) for v in r.get(key, [])] for r in rows]
+
+        stats = [r for r in history if "max_attn_logit" in r]
+        vals = [r for r in history if "val_loss" in r]
+        return cls(step=[r["step"] for r in history], loss=col("loss", history), lr=col("lr", history),
+                   grad_norm=col("grad_norm", history), stats_step=[r["step"] for r in stats],
+                   max_attn_logit=col("max_attn_logit", stats),
+                   attn_logit_per_layer=per_layer("attn_logit_per_layer", stats),
+                   q_rms=per_layer("q_rms", stats), k_rms=per_layer("k_rms", stats),
+                   val_step=[r["step"] for r in vals], val_loss=col("val_loss", vals))
+
+    def to_json(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Dict[str, Any]) -> "RunHistory":
+        return cls(**{f.name: list(d.get(f.name) or []) for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """What one run measured. `history` travels with it from the worker but is stored in its own file."""
+
+    variant: str
+    lr: float
+    seed: int
+    init_loss: Optional[float] = None
+    final_loss: Optional[float] = None  # mean train loss of the last 5% of steps
+    val_loss: Optional[float] = None  # validation loss at the end
+    max_attn_logit: Optional[float] = None  # max over the run's stats passes and layers; None if non-finite
+    max_attn_logit_nonfinite: bool = False
+    diverged: bool = False
+    cut: bool = False  # stopped or skipped by the study's time budget
+    steps: int = 0
+    time_s: float = 0.0
+    tokens_per_s: float = 0.0
+    spike_score: SpikeScores = SpikeScores()
+    error: Optional[str] = None
+    stop_reason: Optional[str] = None
+    traceback: Optional[str] = None
+    history: Optional[RunHistory] = dataclasses.field(default=None, compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return run_name(self.variant, self.lr, self.seed)
+
+    @property
+    def sens_loss(self) -> Optional[float]:
+        """The loss LR sensitivity is computed on: validation loss (train loss without validation); None for a
+        run that diverged or failed."""
+        if self.diverged or self.error:
+            return None
+        return self.val_loss if self.val_loss is not None else self.final_loss
+
+    @property
+    def logit(self) -> Optional[float]:
+        """The run's max attention logit, +inf when it was non-finite, None when none was measured."""
+        return math.inf if self.max_attn_logit_nonfinite else self.max_attn_logit
+
+    def to_json(self) -> Dict[str, Any]:
+        """summary.json's entry for this run (no history; the traceback only for a failed run)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "history"}
+        out["spike_score"] = self.spike_score.to_json()
+        if not self.error:
+            out.pop("traceback")
+        return out
+
+    @classmethod
+    def from_json(cls, d: Dict[str, Any]) -> "RunRecord":
+        known = {f.name for f in dataclasses.fields(cls)} - {"history", "spike_score"}
+        return cls(**{k: v for k, v in d.items() if k in known}, spike_score=SpikeScores.from_json(d.get("spike_score")))

@@ -1,0 +1,137 @@
+"""The study report: a self-contained report.html (plots embedded as base64) from a `StudySummary`.
+
+    write_report("study_out")            # reads study_out/summary.json and study_out/runs/*.json
+    write_report(out_dir, summary)       # or from the summary run_study just built
+
+It leads with a plain-language reading of the measured numbers (`what_this_shows`), then the checks, the LR
+sensitivity per variant, the plots (plots.py) and every run.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .analysis import check_logit_pair
+from .layout import REPORT_FILE, SUMMARY_FILE
+from .plots import UNIT, write_plots
+from .summary import StudySummary
+
+__all__ = ["write_report", "render_html", "what_this_shows"]
+
+
+def _f(x, spec=".3f") -> str:
+    if x is None:
+        return "–"
+    if x == "inf" or (isinstance(x, float) and math.isinf(x)):
+        return "inf"
+    return format(x, spec) if isinstance(x, (int, float)) else html.escape(str(x))
+
+
+def what_this_shows(summary: StudySummary) -> str:
+    """A plain-language reading of the measured numbers (no claim the numbers do not support)."""
+    checks = summary.analysis.checks
+    c1, c2 = checks["max_logit_ratio"], checks["lr_sensitivity_ratio"]
+    parts = []
+    if c1.passed is not None:
+        at = check_logit_pair(c1)
+        parts.append(
+            f"At peak learning rate {c1.lr:g}, the model without QK-norm (baseline) reached a maximum attention "
+            f"logit of {_f(at['baseline'], '.4g')}, against {_f(at['qknorm'], '.4g')} for the same model with "
+            f"QK-norm: {_f(c1.value, '.3g')} times larger"
+            + (" — the attention-logit growth that QK-norm is meant to prevent." if c1.passed else
+               ", below the 10x this study looks for."))
+    if c2.passed is not None:
+        parts.append(
+            f"Across the learning-rate grid, QK-norm's LR sensitivity (how much the final loss worsens away from "
+            f"the best LR; Wortsman et al. 2023) was {c2.qknorm:.3f} against {c2.baseline:.3f} for the "
+            f"baseline ({c2.value:.2f}x)" + (", so a wider range of learning rates trains well with QK-norm."
+                                               if c2.value < 1 else
+                                               ": on this data QK-norm did not make training less sensitive."))
+    div = {v: sum(r.diverged for r in summary.runs_of(v)) for v in summary.variants}
+    if any(div.values()):
+        parts.append("Runs that diverged or failed: " + ", ".join(f"{v} {n}" for v, n in div.items() if n) + ".")
+    else:
+        parts.append("No run diverged: without QK-norm, high learning rates made the loss stall higher rather "
+                     "than blow up, at this scale." if c1.passed else "No run diverged.")
+    sens = {v: s.value for v, s in summary.analysis.lr_sensitivity.items()}
+    others = [v for v in ("olmo2", "gemma3", "postln") if sens.get(v) is not None]
+    if others:
+        parts.append("Other variants' LR sensitivity: " + ", ".join(f"{v} {sens[v]:.3f}" for v in others) + ".")
+    parts.append("These are measurements of small models trained briefly; the published effect (Wortsman et al. "
+                 "2023, Dehghani et al. 2023) is that the attention-logit growth without QK-norm worsens with scale.")
+    return " ".join(parts)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;
+text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.pass{color:#080;
+font-weight:bold}.fail{color:#b00;font-weight:bold}img{max-width:100%;margin:1em 0}.note{color:#666;font-size:13px}"""
+
+
+def _table(header: List[str], rows: List[List[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(summary: StudySummary, images: Dict[str, bytes]) -> str:
+    cfg = summary.config
+    tr = cfg["train"]
+    verdict = {True: '<span class="pass">PASS</span>', False: '<span class="fail">FAIL</span>', None: "n/a"}
+    check_rows = [[html.escape(c.description), _f(c.value, ".3g"), _f(c.threshold, "g"), verdict[c.passed],
+                   html.escape(c.note)] for c in summary.analysis.checks.values()]
+    sens = summary.analysis.lr_sensitivity
+    sens_rows = [[html.escape(v), _f(sens[v].value if v in sens else None),
+                  _f(sens[v].best_loss if v in sens else None), _f(sens[v].init_loss if v in sens else None),
+                  html.escape(cfg.get("variant_descriptions", {}).get(v, ""))] for v in summary.variants]
+    run_rows = []
+    for r in summary.runs:
+        sp = r.spike_score
+        run_rows.append([html.escape(r.variant), f"{r.lr:g}", str(r.seed), _f(r.val_loss), _f(r.final_loss),
+                         _f(r.logit, ".4g"), "yes" if r.diverged else "no", _f(sp.loss, ".2f"),
+                         _f(sp.grad_norm, ".2f"), _f(r.time_s, ".0f"), html.escape(str(r.error or ""))])
+    figs = "".join(f'<img alt="{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}">'
+                   for n, b in images.items())
+    env = cfg.get("environment", {})
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>qknorm study</title>
+<style>{_CSS}</style></head><body>
+<h1>QK-norm stability study</h1>
+<p class="note">Profile <b>{html.escape(cfg['profile'])}</b>: {len(cfg['variants'])} variants x {len(cfg['lrs'])}
+peak LRs x {len(cfg['seeds'])} seed(s), {tr['steps']} steps each ({html.escape(tr['schedule'])} schedule after
+{tr['warmup_steps']} warmup steps, batch {tr['batch_size']} x {tr['seq_len']} tokens, AdamW
+(beta2 {tr['beta2']}, weight decay {tr['weight_decay']}), clip {tr['clip']}, {html.escape(tr['dtype'])}).
+Model shape: {html.escape(json.dumps(cfg['model_shape']))}. Data: {html.escape(str(cfg['data']['source']))}.
+torch {html.escape(str(env.get('torch')))} on {html.escape(str(env.get('gpu') or env.get('device')))};
+wall time {cfg.get('wall_time_s', 0):.0f} s; {html.escape(cfg.get('date', ''))}.</p>
+<h2>What this shows</h2><p>{html.escape(what_this_shows(summary))}</p>
+<h2>Checks</h2>{_table(['check', 'measured', 'threshold', 'result', 'note'], check_rows)}
+<h2>LR sensitivity per variant</h2>
+<p class="note">E over the LR grid of [min(loss(lr), l0) - l*] on the final validation loss (Wortsman et al.
+2023, arXiv 2309.14322); l0 = loss at initialization, l* = best loss on the grid; a diverged run counts as l0.
+Lower = flatter = less sensitive to the learning rate.</p>
+{_table(['variant', 'LR sensitivity', f'best val loss ({UNIT})', 'l0', 'norms'], sens_rows)}
+<h2>Plots</h2>{figs}
+<h2>All runs</h2>
+<p class="note">max logit: the largest attention logit seen at any stats step of the run. Spike scores: percent
+of steps whose loss (grad norm) is >= 7 std from the rolling mean of the previous 100 steps (OLMo 2's rule with a
+window for short runs).</p>
+{_table(['variant', 'LR', 'seed', 'val loss', 'train loss', 'max logit', 'diverged', 'loss spikes %',
+         'grad spikes %', 'time s', 'error'], run_rows)}
+</body></html>
+"""
+
+
+def write_report(out_dir, summary: Optional[StudySummary] = None) -> Path:
+    """Write the PNG plots and report.html into `out_dir`; returns the report's path."""
+    out = Path(out_dir)
+    if summary is None:
+        summary = StudySummary.from_json(json.loads((out / SUMMARY_FILE).read_text()))
+    paths = write_plots(out, summary)
+    page = render_html(summary, {p.name: p.read_bytes() for p in paths})
+    report = out / REPORT_FILE
+    report.write_text(page, encoding="utf-8")
+    return report

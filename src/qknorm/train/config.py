@@ -1,0 +1,170 @@
+"""Training settings: one frozen, keyword-only `TrainConfig`, enums for every choice, checked once on construction.
+
+Every setting is validated here and nowhere downstream: a bad value raises `ConfigError` naming the field and
+what is allowed (the command line maps field names to its flags). Whether a valid device actually exists on
+this machine is a property of the machine, not of the config, so it is checked where the run starts
+(`check_device_available`, called by the runtime factory), which lets a study plan be built on one machine and
+run on another.
+
+Variants are `dataclasses.replace(cfg, lr=...)` (which validates again) or `cfg.replace(...)`, which names an
+unknown field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from typing import Any, Dict
+
+from ..errors import ConfigError
+
+__all__ = ["TrainConfig", "DType", "OnNaN", "Parallel", "FREE_ON_RESUME", "check_device_available"]
+
+
+class _Choice(str, enum.Enum):
+    """A str enum whose parse error names the field and the allowed values."""
+
+    @classmethod
+    def parse(cls, field: str, value: Any) -> "_Choice":
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(f"{field}={value!r} is not allowed; choose one of: "
+                              f"{', '.join(m.value for m in cls)}") from None
+
+
+class DType(_Choice):
+    FP32 = "fp32"  # everything in float32
+    BF16 = "bf16"  # bfloat16 autocast; weights and optimizer state stay float32
+
+
+class OnNaN(_Choice):
+    SKIP = "skip"  # skip the update of that step and go on
+    STOP = "stop"  # stop the run; the last good checkpoint stays intact
+
+
+class Parallel(_Choice):
+    DDP = "ddp"  # DistributedDataParallel
+    FSDP = "fsdp"  # FSDP2 (fully_shard per block)
+
+
+_ENUMS = {"dtype": DType, "on_nan": OnNaN, "parallel": Parallel}
+_INT_MIN = {"steps": 1, "warmup_steps": 0, "batch_size": 1, "seq_len": 1, "grad_accum": 1, "seed": 0,
+            "eval_every": 0, "eval_batches": 1, "stats_every": 0, "ckpt_every": 0, "keep_last": 1}
+_POSITIVE = ("lr", "adam_eps")
+_NON_NEGATIVE = ("final_lr", "weight_decay", "clip", "z_loss")
+_BOOLS = ("decay_norms", "progress")
+# settings that do not change the trajectory: a resume may change them without a warning
+FREE_ON_RESUME = ("steps", "eval_every", "eval_batches", "stats_every", "ckpt_every", "keep_last", "device",
+                  "progress", "parallel")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Training settings; every field is validated on construction (ConfigError names field and range)."""
+
+    steps: int = 200  # optimizer steps
+    lr: float = 3e-3  # peak learning rate, reached at the end of warmup
+    final_lr: float = 1e-5  # cosine decays lr -> final_lr over the steps after warmup (= lr: constant)
+    warmup_steps: int = 20  # linear warmup steps
+    batch_size: int = 16  # GLOBAL batch (sequences per step over all processes and micro-batches)
+    seq_len: int = 64  # tokens per sequence
+    grad_accum: int = 1  # micro-batches per step; batch_size per process must divide by it
+    weight_decay: float = 0.0  # torch AdamW decay (multiplied by the LR)
+    decay_norms: bool = False  # also decay norm gains (QK-norm too), biases and embeddings
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip: float = 1.0  # max global gradient norm; 0 = no clipping (the norm is still reported)
+    z_loss: float = 0.0  # coefficient of mean(logsumexp(logits)^2) (PaLM; Wortsman et al. use 1e-4)
+    seed: int = 0  # model init and data order
+    eval_every: int = 0  # validation every N steps; 0 = only at the end
+    eval_batches: int = 8  # validation batches of batch_size sequences
+    stats_every: int = 10  # attention/q-k/output-logit stats every N steps (and at the last); 0 = never
+    ckpt_every: int = 0  # checkpoint every N steps (and at the end); 0 = none (SIGTERM still writes one)
+    keep_last: int = 3  # checkpoints kept
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N", "mps"
+    dtype: DType = DType.FP32  # fp32, or bf16 autocast (weights and optimizer stay fp32)
+    on_nan: OnNaN = OnNaN.STOP  # non-finite loss/grad: stop (last good checkpoint intact) or skip the step
+    progress: bool = True  # tqdm bar on stderr (main process only)
+    parallel: Parallel = Parallel.DDP  # under torchrun with >1 process: ddp or fsdp (FSDP2); no effect otherwise
+
+    def __post_init__(self) -> None:
+        for name, enum_cls in _ENUMS.items():
+            object.__setattr__(self, name, enum_cls.parse(name, getattr(self, name)))
+        for name, lo in _INT_MIN.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"{name}={v!r} must be an integer >= {lo}")
+        for name in _POSITIVE + _NON_NEGATIVE + ("beta1", "beta2"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{name}={v!r} must be a finite number")
+            object.__setattr__(self, name, float(v))
+        for name in _POSITIVE:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be > 0")
+        for name in _NON_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be >= 0")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be in [0, 1)")
+        for name in _BOOLS:
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
+        _check_device_name(self.device)
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"grad_accum={self.grad_accum} must divide batch_size={self.batch_size}")
+
+    @property
+    def autocast_bf16(self) -> bool:
+        return self.dtype is DType.BF16
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """`dataclasses.replace` with an error naming an unknown field."""
+        known = {f.name for f in dataclasses.fields(self)}
+        for key in changes:
+            if key not in known:
+                raise ConfigError(f"unknown training field {key!r}; known fields: {', '.join(sorted(known))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-able: enums as their string values."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], *, source: str = "training config") -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown training field {unknown[0]!r}; known fields: "
+                              f"{', '.join(sorted(known))}")
+        return cls(**data)
+
+
+def field_names() -> tuple:
+    return tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _plain(v: Any) -> Any:
+    return v.value if isinstance(v, enum.Enum) else v
+
+
+def _check_device_name(dev: Any) -> None:
+    if not isinstance(dev, str) or not (dev in ("cpu", "cuda", "mps") or
+                                        (dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise ConfigError(f"device={dev!r} is not allowed; choose one of: cpu, cuda, cuda:N, mps")
+
+
+def check_device_available(device: str) -> None:
+    """ConfigError naming `device` when this machine does not have it (CUDA or MPS missing)."""
+    import torch
+
+    _check_device_name(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but CUDA is not available on this machine; use device='cpu'")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device='mps' but MPS is not available on this machine; use device='cpu'")

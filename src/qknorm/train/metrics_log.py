@@ -1,0 +1,54 @@
+"""metrics.jsonl: one strict-JSON line a training step, kept in step with the checkpoints.
+
+Non-finite numbers are written as null (strict JSON has no NaN) and read back as NaN. A resumed run drops the
+lines of steps its checkpoint does not hold (written after it, before a crash) and reads the rest back as
+history, so the file of a resumed run equals the file of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..diagnostics import none_to_nan, nonfinite_to_none
+from ..errors import CheckpointError
+from ..fileio import atomic_write_bytes
+
+__all__ = ["METRICS_FILE", "MetricsLog"]
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    """metrics.jsonl: one strict-JSON line a step, flushed (not fsynced); on resume cut back to a step."""
+
+    def __init__(self, path: Path, *, resume_step: Optional[int]):
+        self.path = path
+        self.history: List[Dict[str, Any]] = []
+        try:
+            self._open(resume_step)
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot read or write the metrics log ({e.strerror or e})") from None
+
+    def _open(self, resume_step: Optional[int]) -> None:
+        path = self.path
+        if resume_step is not None and path.exists():
+            keep = []
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a crash
+                    continue
+                if isinstance(rec, dict) and rec.get("step", math.inf) < resume_step:
+                    keep.append(line)
+                    self.history.append(none_to_nan(rec))
+            atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
+        self._f = open(path, "a")
+
+    def write(self, record: Dict[str, Any]) -> None:
+        self._f.write(json.dumps(nonfinite_to_none(record)) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()

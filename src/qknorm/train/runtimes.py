@@ -1,0 +1,33 @@
+"""`make_runtime`: the runtime of this process — distributed under `torchrun` with more than one process,
+else the single-process one (where `parallel` has no effect).
+
+It is the one place that knows both implementations (train/runtime.py, train/distributed.py), so neither
+imports the other's module, and the one place that checks the device exists on this machine.
+"""
+from __future__ import annotations
+
+import os
+
+from ..errors import ConfigError
+from .config import Parallel, check_device_available
+from .distributed import DistributedRuntime
+from .runtime import Runtime
+
+__all__ = ["make_runtime", "world_size_from_env"]
+
+
+def world_size_from_env() -> int:
+    """torchrun's WORLD_SIZE (1 when unset); ConfigError when it is not an integer."""
+    raw = os.environ.get("WORLD_SIZE", "1") or "1"
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable WORLD_SIZE={raw!r} is not an integer (set by torchrun)") from None
+
+
+def make_runtime(device: str = "cpu", parallel: Parallel = Parallel.DDP) -> Runtime:
+    """The runtime of this process, on `device` (checked to exist here)."""
+    check_device_available(device)
+    if world_size_from_env() <= 1:
+        return Runtime(device, parallel)
+    return DistributedRuntime(device, parallel)

@@ -1,0 +1,86 @@
+"""One training step's arithmetic, and validation: the loss of a micro-batch, gradient accumulation with
+clipping, and the validation loss — everything the loop needs that touches tensors.
+
+    loss = CE(logits, y) (+ z_loss * mean(logsumexp(logits)^2))     per micro-batch, logits in fp32
+    step: grad of the mean loss over `grad_accum` micro-batches, then clip; the loss and pre-clip gradient norm
+          come back as python floats with one device sync; under data parallelism the loss is the mean over
+          ranks (the Runtime reduces it).
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Callable, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .batcher import Batcher
+from .config import DType, TrainConfig
+from .runtime import Runtime
+from .tokens import TokenData
+
+__all__ = ["forward_loss", "forward_backward", "autocast_factory", "val_batches", "evaluate"]
+
+
+def forward_loss(model, x: torch.Tensor, y: torch.Tensor, z_loss: float):
+    """(cross-entropy, z-loss term or None) of one micro-batch; x, y (B, T)."""
+    logits = model(x)  # (B, T, V)
+    flat = logits.float().view(-1, logits.shape[-1])  # (B*T, V)
+    ce = F.cross_entropy(flat, y.reshape(-1))
+    if not z_loss:
+        return ce, None
+    return ce, z_loss * torch.logsumexp(flat, dim=-1).pow(2).mean()
+
+
+def forward_backward(model, x, y, cfg: TrainConfig, rt: Runtime, autocast) -> Tuple[float, float]:
+    """Gradients of the mean loss of batch (x, y) over `grad_accum` micro-batches, then clipping.
+
+    Returns (loss, pre-clip grad norm) as python floats: the only device sync of a step. The loss is the
+    cross-entropy (z-loss excluded) averaged over the micro-batches and, under data parallelism, the ranks.
+    """
+    micro = x.shape[0] // cfg.grad_accum
+    loss_sum = None
+    for i in range(cfg.grad_accum):
+        sl = slice(i * micro, (i + 1) * micro)
+        sync = contextlib.nullcontext() if i == cfg.grad_accum - 1 else rt.no_sync(model)
+        with sync:
+            with autocast():
+                ce, zl = forward_loss(model, x[sl], y[sl], cfg.z_loss)
+            total = ce if zl is None else ce + zl
+            (total / cfg.grad_accum).backward()
+        loss_sum = ce.detach() if loss_sum is None else loss_sum + ce.detach()
+    grad_norm = rt.clip_grad_norm(model, cfg.clip)
+    loss = rt.all_reduce_mean(loss_sum / cfg.grad_accum)
+    return tuple(torch.stack([loss.float(), grad_norm.float().to(loss.device)]).tolist())
+
+
+def autocast_factory(device: torch.device, dtype: DType) -> Callable:
+    """A factory of the context the forward passes run under: nothing for fp32, bf16 autocast for bf16."""
+    if dtype is DType.FP32:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def val_batches(data: TokenData, cfg: TrainConfig, rt: Runtime) -> Optional[List]:
+    """This rank's fixed validation batches, or None (with a warning) when the split is shorter than a window."""
+    if len(data.val) < cfg.seq_len + 1:
+        if len(data.val):
+            warnings.warn(f"validation split has {len(data.val)} tokens, fewer than one sequence of "
+                          f"{cfg.seq_len + 1}: no validation loss", RuntimeWarning, stacklevel=3)
+        return None
+    b = Batcher(data.val, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed, rank=rt.rank,
+                world_size=rt.world_size, name="validation split")
+    return b.val_batches(cfg.eval_batches)
+
+
+@torch.no_grad()
+def evaluate(model, batches, autocast, rt: Runtime) -> float:
+    """Mean cross-entropy over `batches` (and over the ranks)."""
+    device = next(model.parameters()).device
+    total = None
+    for x, y in batches:
+        with autocast():
+            ce, _ = forward_loss(model, x.to(device), y.to(device), 0.0)
+        total = ce if total is None else total + ce
+    return float(rt.all_reduce_mean(total / len(batches)))

@@ -1,0 +1,114 @@
+"""The shape of the source tree: no import cycles (module-level or inside functions), files short enough to
+read, no citations of documents outside the repository, and configs that are frozen records."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PKG = SRC / "qknorm"
+MAX_LINES = 450
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(SRC).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _modules() -> dict:
+    return {_module_name(p): p for p in sorted(PKG.rglob("*.py"))}
+
+
+def _resolve(mod: str, is_pkg: bool, node: ast.ImportFrom) -> str:
+    if node.level == 0:
+        return node.module or ""
+    base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def import_graph() -> dict:
+    """module -> set of qknorm modules it imports anywhere in its body (functions included).
+
+    `from a import b` counts as an import of `a.b` when that is a module, else of `a`; the implicit import of
+    parent packages is not an edge (every module would otherwise depend on the package's __init__)."""
+    mods = _modules()
+    graph = {}
+    for name, path in mods.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        is_pkg = path.name == "__init__.py"
+        edges = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(name, is_pkg, node)
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            else:
+                continue
+            edges.update(t for t in targets if t in mods and t != name)
+        graph[name] = edges
+    return graph
+
+
+def find_cycle(graph: dict):
+    color, stack = {}, []
+
+    def visit(n):
+        color[n] = 1
+        stack.append(n)
+        for m in sorted(graph[n]):
+            if color.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in color:
+                found = visit(m)
+                if found:
+                    return found
+        stack.pop()
+        color[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in color:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def test_the_checker_finds_a_cycle_it_is_shown():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycles_including_imports_inside_functions():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_source_file_is_longer_than_the_limit():
+    long = {str(p.relative_to(SRC)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"files over {MAX_LINES} lines: {long}"
+
+
+def test_the_code_cites_no_document_outside_the_repository():
+    bad = [str(p.relative_to(SRC)) for p in PKG.rglob("*.py")
+           if any(s in p.read_text() for s in ("DESIGN.md", "STYLE.md", "shared/"))]
+    assert not bad, f"files citing documents outside the repository: {bad}"
+
+
+def test_train_config_is_a_frozen_keyword_only_dataclass():
+    from qknorm.train import TrainConfig
+
+    assert dataclasses.is_dataclass(TrainConfig)
+    cfg = TrainConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.lr = 1.0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        TrainConfig(10)  # type: ignore[misc]
