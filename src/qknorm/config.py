@@ -25,6 +25,8 @@ class _Choice(str, enum.Enum):
     def parse(cls, field: str, value: Any) -> "_Choice":
         if isinstance(value, cls):
             return value
+        if isinstance(value, enum.Enum):  # another str enum with the same values
+            value = value.value
         try:
             return cls(str(value).lower())
         except ValueError:

@@ -50,3 +50,24 @@ def test_offset_norm_starts_at_identity_scale():
     assert torch.equal(n.weight, torch.zeros(8))
     x = torch.randn(4, 8, dtype=torch.float64)
     torch.testing.assert_close(n.double()(x), x / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt())
+
+
+@pytest.mark.parametrize("cast,offset", [("input", 0.0), ("input", 1.0), ("fp32", 0.0), ("fp32", 1.0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_block_norm_and_qk_norm_share_one_numerics(cast, offset, dtype):
+    """nn.norm.RMSNorm and the QK-norm op's reference compute the same function for every (cast, offset) —
+    with RoPE at position 0 (cos 1, sin 0) the op is the norm alone. They once disagreed for cast="input" with
+    offset 1 (the block norm multiplied in fp32, the QK norm rounded first)."""
+    from qknorm.ops import qk_norm_rope
+
+    torch.manual_seed(0)
+    D = 32
+    norm = RMSNorm(D, eps=1e-6, cast=cast, offset=offset)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(D) * 0.3 + (0.0 if offset else 1.0))
+    norm = norm.to(dtype)
+    x = (torch.randn(2, 5, 3, D) * 2).to(dtype)  # (B, T, heads, D)
+    ones, zeros = torch.ones(5, D), torch.zeros(5, D)
+    q, _ = qk_norm_rope(x, x, norm.weight, norm.weight, ones, zeros, eps=1e-6, scope="head", offset=offset,
+                        norm_cast=cast, backend="torch")  # (B, heads, T, D)
+    assert torch.equal(norm(x), q.transpose(1, 2))

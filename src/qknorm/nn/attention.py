@@ -62,8 +62,8 @@ class Attention(nn.Module):
         qn, kn = self.q_norm, self.k_norm
         if qn is None:
             return qk_norm_rope(q, k, None, None, cos, sin, scope="none", backend=self.backend)
-        return qk_norm_rope(q, k, qn.weight, kn.weight, cos, sin, eps=qn.eps, scope=self.scope.value,
-                            offset=qn.offset, norm_cast=qn.cast.value, backend=self.backend)
+        return qk_norm_rope(q, k, qn.weight, kn.weight, cos, sin, eps=qn.eps, scope=self.scope,
+                            offset=qn.offset, norm_cast=qn.cast, backend=self.backend)
 
     def _attend_sdpa(self, q, k, v):
         gqa = self.n_heads != self.n_kv_heads

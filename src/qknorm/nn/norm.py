@@ -1,10 +1,11 @@
 """Normalization layers with the exact numerics of each family.
 
-RMSNorm(x) = x * rsqrt(mean(x^2) + eps) computed in fp32, then scaled by a learned gain g:
+RMSNorm(x) = x * rsqrt(mean(x^2) + eps) computed in fp32, then scaled by a learned gain g (ops/rms.py holds the
+one definition the QK-norm op shares):
   norm_cast="input" (Llama, Qwen3):   g * x_hat.to(input_dtype)              g = w, init 1
   norm_cast="fp32"  (OLMo 2):         (g.float() * x_hat).to(input_dtype)    g = w, init 1
   offset=1.0        (Gemma 3):        (x_hat * (1 + w.float())).to(dtype)    w init 0 (stored as HF stores it)
-LayerNorm (classic post-LN baseline) is torch's, with bias.
+The result is in the input's dtype. LayerNorm (classic post-LN baseline) is torch's, with bias.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, NormCast, NormType
+from ..ops.rms import rms_normalize
 
 
 class RMSNorm(nn.Module):
@@ -27,13 +29,8 @@ class RMSNorm(nn.Module):
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.weight) if self.offset else nn.init.ones_(self.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        xf = x.float()
-        x_hat = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.cast is NormCast.INPUT and not self.offset:
-            return self.weight * x_hat.to(dtype)
-        return (x_hat * (self.offset + self.weight.float())).to(dtype)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim) -> (..., dim) in x's dtype
+        return rms_normalize(x, self.weight, eps=self.eps, offset=self.offset, cast=self.cast).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}, offset={self.offset}, cast={self.cast.value}"

@@ -16,13 +16,14 @@ import sys
 
 import torch
 
+from ..config import NormCast, QKNormScope
 from ..errors import ConfigError
 from .reference import qk_norm_rope_ref
 
 __all__ = ["qk_norm_rope", "qk_norm_rope_ref", "triton_available", "SCOPES", "NORM_CASTS", "BACKENDS"]
 
-SCOPES = ("none", "head", "full")
-NORM_CASTS = ("fp32", "input")
+SCOPES = tuple(m.value for m in QKNormScope)
+NORM_CASTS = tuple(m.value for m in NormCast)
 BACKENDS = (None, "torch", "triton")
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _REF_DTYPES = _KERNEL_DTYPES + (torch.float64,)
@@ -36,7 +37,7 @@ def _next_pow2(n: int) -> int:
 def triton_available() -> bool:
     """True when triton imports (the kernel module itself is imported only on first use)."""
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401  (present and importable is the question)
     except Exception:
         return False
     return True
@@ -56,11 +57,9 @@ def _kernel_fits(q: torch.Tensor, k: torch.Tensor) -> bool:
 
 
 def _check(q, k, q_weight, k_weight, cos, sin, eps, scope, offset, norm_cast, backend) -> str:
-    """Validate the arguments; return the effective scope ("none" when no weights are given)."""
-    if scope not in SCOPES:
-        raise ConfigError(f"scope={scope!r} is not allowed; choose one of {', '.join(SCOPES)}")
-    if norm_cast not in NORM_CASTS:
-        raise ConfigError(f"norm_cast={norm_cast!r} is not allowed; choose one of {', '.join(NORM_CASTS)}")
+    """Validate the arguments (scope and norm_cast already parsed to their enums); return the effective scope
+    ("none" when no weights are given) as a string."""
+    scope = scope.value
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is not allowed; choose one of None, 'torch', 'triton'")
     for name, t in (("q", q), ("k", k), ("cos", cos), ("sin", sin)):
@@ -124,8 +123,8 @@ def _pick_backend(q, k, backend):
     return "triton"
 
 
-def qk_norm_rope(q, k, q_weight, k_weight, cos, sin, *, eps=1e-6, scope="head", offset=0.0,
-                 norm_cast="fp32", backend=None):
+def qk_norm_rope(q, k, q_weight, k_weight, cos, sin, *, eps=1e-6, scope: QKNormScope | str = "head", offset=0.0,
+                 norm_cast: NormCast | str = "fp32", backend=None):
     """QK-RMSNorm (per head, or over the full projection width) then rotate-half RoPE, then (B, heads, T, D).
 
     q (B, T, H, D), k (B, T, Hkv, D): any strides (views of a projection output, slices of a fused qkv).
@@ -136,7 +135,8 @@ def qk_norm_rope(q, k, q_weight, k_weight, cos, sin, *, eps=1e-6, scope="head", 
     Returns contiguous q (B, H, T, D), k (B, Hkv, T, D) in the input dtype; inputs are never modified.
     Raises ConfigError naming the argument on bad input.
     """
-    scope = getattr(scope, "value", scope)  # accept a str enum such as qknorm.QKNormScope
+    scope = QKNormScope.parse("scope", scope)  # the config's enums, or their string values
+    norm_cast = NormCast.parse("norm_cast", norm_cast).value
     scope = _check(q, k, q_weight, k_weight, cos, sin, eps, scope, offset, norm_cast, backend)
     if scope == "none":
         q_weight = k_weight = None
