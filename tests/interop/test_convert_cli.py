@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 import qknorm
 from qknorm.cli import main
 
-from conftest import VOCAB, input_ids, make_hf, rel_err
+from helpers.hf_models import VOCAB, input_ids, make_hf, rel_err
 
 
 def _run(capsys, *argv):

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 import qknorm
 from qknorm import CheckpointError, ConfigError
 
-from conftest import make_hf
+from helpers.hf_models import make_hf
 
 
 @pytest.fixture(scope="module")

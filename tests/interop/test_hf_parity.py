@@ -13,7 +13,7 @@ import torch
 import qknorm
 from qknorm.interop.divergence import compare_with_hf
 
-from conftest import VARIANTS, input_ids, make_gemma3_multimodal, make_hf, rel_err
+from helpers.hf_models import VARIANTS, input_ids, make_gemma3_multimodal, make_hf, rel_err
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])

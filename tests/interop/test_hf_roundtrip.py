@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import qknorm
 from qknorm.interop.divergence import compare_with_hf
 
-from conftest import VOCAB, input_ids, make_gemma3_multimodal, make_hf, rel_err
+from helpers.hf_models import VOCAB, input_ids, make_gemma3_multimodal, make_hf, rel_err
 
 transformers = pytest.importorskip("transformers")
 

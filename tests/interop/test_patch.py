@@ -11,7 +11,7 @@ import qknorm
 from qknorm import ConfigError
 from qknorm.interop.patch import unpatch_hf
 
-from conftest import input_ids, make_gemma3_multimodal, make_hf, rel_err
+from helpers.hf_models import input_ids, make_gemma3_multimodal, make_hf, rel_err
 
 
 @pytest.mark.parametrize("name,attn", [("qwen3", "sdpa"), ("qwen3_tied_sliding", "eager"), ("olmo2", "eager"),

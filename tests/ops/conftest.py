@@ -1,12 +1,5 @@
-"""Kernel tests run on CPU through the Triton interpreter: TRITON_INTERPRET must be set before any
-@triton.jit decorates (qknorm imports its kernel module lazily, on first use of the triton backend)."""
-import os
-
+"""Kernel tests run on CPU through the Triton interpreter (TRITON_INTERPRET is set once, in tests/conftest.py)."""
 import pytest
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -240,7 +240,7 @@ def test_every_plot_has_a_title_labelled_axes_with_units_and_a_legend(monkeypatc
 
     from qknorm.study import plots
 
-    out = pathlib.Path(__file__).resolve().parents[1] / "bench" / "results" / "study_cpu_2026-11-26"
+    out = pathlib.Path(__file__).resolve().parents[2] / "bench" / "results" / "study_cpu_2026-11-26"
     summary = json.loads((out / "summary.json").read_text())
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ops_helpers import hf_style_f64, make_inputs
+from helpers.ops_inputs import hf_style_f64, make_inputs
 
 from qknorm.ops import qk_norm_rope
 

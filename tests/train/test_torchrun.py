@@ -22,7 +22,7 @@ from qknorm.train.tokens import load_tokens
 from qknorm.train import TrainConfig
 from qknorm.train.loop import train
 
-from .harness import python_env, torchrun
+from helpers.ranks import python_env, torchrun
 
 torch.set_num_threads(1)
 

@@ -3,7 +3,7 @@
 Acceptance of issue 6: the data-parallel runs reach the same loss curve as one process (to float tolerance),
 every rank trains on its own disjoint rows of the global batch, and the QK-norm gains stay bit-identical
 across ranks. The reference is a plain single-process `train()` in the test process; the ranks are forked
-(harness.run_ranks) and run the same `train()` under a `DistributedRuntime`.
+(helpers.ranks.run_ranks) and run the same `train()` under a `DistributedRuntime`.
 
 Tolerances (fp32 on CPU, torch 2.13): the ranks differ from the single process by float summation order only.
 Measured max relative differences: loss 1.7e-7, gradient norm 4.8e-7; we assert rtol=1e-5 for both (and for
@@ -21,7 +21,7 @@ from qknorm.train import TrainConfig
 from qknorm.train.loop import train
 from qknorm.train.runtime import Runtime
 
-from .harness import run_ranks
+from helpers.ranks import run_ranks
 
 torch.set_num_threads(1)
 

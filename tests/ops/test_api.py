@@ -2,7 +2,7 @@
 op (opcheck, fake tensors, torch.compile without graph breaks)."""
 import pytest
 import torch
-from ops_helpers import make_inputs
+from helpers.ops_inputs import make_inputs
 
 from qknorm.errors import ConfigError
 from qknorm.ops import qk_norm_rope, qk_norm_rope_ref

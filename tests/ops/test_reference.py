@@ -1,7 +1,7 @@
 """The plain-PyTorch reference against an independent float64 HF-style implementation."""
 import pytest
 import torch
-from ops_helpers import hf_style_f64, make_inputs
+from helpers.ops_inputs import hf_style_f64, make_inputs
 
 from qknorm.ops import qk_norm_rope_ref
 

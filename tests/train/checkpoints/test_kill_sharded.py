@@ -38,7 +38,7 @@ from qknorm.train import TrainConfig
 from qknorm.train.optim import build_optimizer
 from qknorm.train.runtime import Runtime
 
-from .harness import python_env, torchrun
+from helpers.ranks import python_env, torchrun
 
 torch.set_num_threads(1)
 

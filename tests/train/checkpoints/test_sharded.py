@@ -1,6 +1,6 @@
 """Sharded (DCP) checkpoints: atomic write, resharding between world sizes, both formats, damage fallback.
 
-Ranks are forked gloo processes (harness.run_ranks); the single-process side runs in the test process.
+Ranks are forked gloo processes (helpers.ranks.run_ranks); the single-process side runs in the test process.
 """
 import json
 import os
@@ -21,7 +21,7 @@ from qknorm.train import TrainConfig
 from qknorm.train.optim import build_optimizer
 from qknorm.train.runtime import Runtime
 
-from .harness import run_ranks
+from helpers.ranks import run_ranks
 
 MODEL = qknorm.get_config("gemma3", "debug")  # tied embeddings, sandwich norms, per-head QK-norm: the odd cases
 CFG = TrainConfig(steps=4, warmup_steps=0, batch_size=4, seq_len=16, progress=False, weight_decay=0.1)

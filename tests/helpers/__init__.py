@@ -1,0 +1,6 @@
+"""Test helpers, imported as `helpers.<module>` from every test directory (tests/ is on the path):
+
+  hf_models.py   tiny random HF models of every family, built offline
+  ops_inputs.py  inputs and an HF-style float64 oracle for the QK-norm + RoPE op
+  ranks.py       forked gloo ranks and torchrun subprocesses for distributed tests
+"""

@@ -1,0 +1,91 @@
+"""Tiny random HF models of every family, built offline, with weights moved away from their init.
+
+Not only defaults: GQA/MQA, head_dim != hidden/heads, non-default eps and theta, linear RoPE scaling, Gemma 3
+with a window shorter than the sequence and mixed layer types, query_pre_attn_scalar != head_dim, attention
+bias, tied and untied heads. Every norm weight and bias is randomized, so a wrong offset, cast or key shows.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+warnings.filterwarnings("ignore", message=".*eos_token_id.*")
+
+VOCAB, T = 128, 32
+_BASE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             max_position_embeddings=256)
+
+# name -> (config class, causal-LM class, kwargs)
+VARIANTS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM",
+              dict(num_key_value_heads=2, head_dim=24, rms_norm_eps=1e-5, rope_theta=5e4, attention_bias=True,
+                   rope_scaling={"rope_type": "linear", "factor": 2.0})),
+    "llama_tied": ("LlamaConfig", "LlamaForCausalLM", dict(num_key_value_heads=1, tie_word_embeddings=True)),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM",
+              dict(num_key_value_heads=2, head_dim=24, rms_norm_eps=1e-5, rope_theta=5e4, attention_bias=True,
+                   rope_scaling={"rope_type": "linear", "factor": 3.0})),
+    "qwen3_tied_sliding": ("Qwen3Config", "Qwen3ForCausalLM",
+                           dict(num_hidden_layers=3, num_key_value_heads=1, head_dim=32, tie_word_embeddings=True,
+                                use_sliding_window=True, sliding_window=8, max_window_layers=1, rope_theta=2e4)),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM",
+              dict(num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=5e5, attention_bias=True,
+                   rope_scaling={"rope_type": "linear", "factor": 2.0})),
+    "olmo2_tied": ("Olmo2Config", "Olmo2ForCausalLM", dict(head_dim=24, tie_word_embeddings=True)),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+               dict(num_hidden_layers=3, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-5,
+                    layer_types=["sliding_attention", "full_attention", "sliding_attention"], sliding_window=8,
+                    rope_theta=5e5, rope_local_base_freq=2e4, rope_scaling={"rope_type": "linear", "factor": 4.0},
+                    query_pre_attn_scalar=20, final_logit_softcapping=30.0)),
+    "gemma3_untied_bias": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+                           dict(num_key_value_heads=1, head_dim=16, tie_word_embeddings=False, attention_bias=True,
+                                sliding_window=6, sliding_window_pattern=2, query_pre_attn_scalar=16,
+                                hidden_activation="gelu_pytorch_tanh")),
+}
+FAMILY_OF = {"llama": "llama", "llama_tied": "llama", "qwen3": "qwen3", "qwen3_tied_sliding": "qwen3",
+             "olmo2": "olmo2", "olmo2_tied": "olmo2", "gemma3": "gemma3", "gemma3_untied_bias": "gemma3"}
+
+
+@torch.no_grad()
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Move every norm weight and bias away from its init; keep matrices as initialized (std 0.02) but bigger."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        noise = torch.randn(p.shape, generator=g)
+        if p.ndim == 1:  # norms (offsets for Gemma) and biases
+            p.add_(0.3 * noise.to(p.dtype))
+        else:
+            p.copy_((0.08 * noise).to(p.dtype))
+    return model
+
+
+def make_hf(name: str, *, attn: str = "eager", seed: int = 0, dtype=torch.float32):
+    cfg_cls, model_cls, kw = VARIANTS[name]
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, cfg_cls)(**{**_BASE, **kw})
+    cfg._attn_implementation = attn
+    model = getattr(transformers, model_cls)(cfg)
+    randomize(model, seed)
+    return model.to(dtype).eval()
+
+
+def make_gemma3_multimodal(seed: int = 0):
+    torch.manual_seed(seed)
+    text = {**_BASE, **VARIANTS["gemma3"][2]}
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                  patch_size=14)
+    cfg = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4)
+    cfg._attn_implementation = "eager"
+    return randomize(transformers.Gemma3ForConditionalGeneration(cfg), seed).eval()
+
+
+def input_ids(batch: int = 2, length: int = T, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max())
