@@ -2,10 +2,24 @@
 
 A `ModelConfig` describes any model this library builds: the QK-norm scope (`none | head | full`), the block
 placement (`pre | reordered | sandwich | post`) and the numerics of each family (norm offset, cast order, query
-scale, sliding windows, RoPE thetas). Presets (presets.py) are just functions returning a `ModelConfig`;
-variants are `dataclasses.replace(config, ...)` or `get_config(preset, **overrides)`.
+scale, sliding windows, RoPE). Presets (presets.py) are data: a family's base fields plus a size table, built
+from scratch with the user's overrides; variants are `config.replace(...)` or `get_config(preset, **overrides)`.
 
-Numerics are explicit fields, never derived from a family name (STYLE.md rule 3).
+Derived fields. A field nobody set (left None, neither by the user nor by a preset's size table) is derived from
+the final values of the fields it depends on:
+  n_kv_heads             = n_heads                         resolved at construction
+  head_dim               = d_model // n_heads              resolved at construction
+  query_pre_attn_scalar  = head_dim                        kept None, read through `query_scale`
+  rope_local_theta       = sliding layers use the full-attention layers' RoPE (rope_theta and rope_scaling)
+                                                           kept None, read through `local_rope`
+  layer_types            = from sliding_window and global_every   kept None, read through `resolved_layer_types()`
+`replace(...)` rebuilds the config from its explicit fields plus the changes, so a derived value follows the
+new d_model / n_heads, while a value someone gave stays. `dataclasses.replace` cannot know which values were
+derived (it copies the resolved ones, e.g. a head_dim of 16 into a config with a new width), so it is refused
+with a ConfigError pointing to `config.replace`. Saved configs (`to_dict`) hold resolved values; loaded back, they
+are explicit.
+
+Numerics are explicit fields, never derived from a family name.
 """
 from __future__ import annotations
 
@@ -13,26 +27,11 @@ import dataclasses
 import enum
 import json
 import warnings
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Optional, Tuple
 
+from .choice import Choice as _Choice
 from .errors import ConfigError
-
-
-class _Choice(str, enum.Enum):
-    """A str enum whose constructor error names the allowed values."""
-
-    @classmethod
-    def parse(cls, field: str, value: Any) -> "_Choice":
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, enum.Enum):  # another str enum with the same values
-            value = value.value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            allowed = ", ".join(m.value for m in cls)
-            raise ConfigError(f"{field}={value!r} is not allowed; choose one of: {allowed}") from None
-
+from .nn.rope import RopeScaling
 
 class QKNormScope(_Choice):
     """Where the QK RMSNorm statistic is taken."""
@@ -87,6 +86,9 @@ _ENUM_FIELDS = {
 }
 
 
+_DERIVABLE = ("n_kv_heads", "head_dim")  # resolved at construction when None (see the module docstring)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """Everything needed to build a `TransformerLM`. All fields are keyword-only; see each comment."""
@@ -96,8 +98,8 @@ class ModelConfig:
     d_model: int = 128  # residual width (HF hidden_size)
     n_layers: int = 2
     n_heads: int = 4  # query heads
-    n_kv_heads: Optional[int] = None  # key/value heads (GQA/MQA); None = n_heads
-    head_dim: Optional[int] = None  # None = d_model // n_heads; may differ from that (Qwen3, Gemma 3)
+    n_kv_heads: Optional[int] = None  # key/value heads (GQA/MQA); None = n_heads (derived)
+    head_dim: Optional[int] = None  # None = d_model // n_heads (derived); may differ from that (Qwen3, Gemma 3)
     d_ff: int = 512  # gated-MLP hidden width (HF intermediate_size)
     max_seq_len: int = 2048  # RoPE tables are built lazily; this bounds nothing but documents intent
 
@@ -117,15 +119,21 @@ class ModelConfig:
     query_pre_attn_scalar: Optional[float] = None  # scores scaled by this**-0.5; None = head_dim (Gemma 3: 256/168)
     attn_softcap: Optional[float] = None  # tanh(s/c)*c on scores before the mask (Gemma 2 style)
     sliding_window: Optional[int] = None  # W: key kept if q-W < k <= q on sliding layers
-    global_every: int = 1  # with sliding_window: layer i is full attention iff (i+1) % global_every == 0
+    # with sliding_window: layer i is full attention iff (i+1) % global_every == 0 (Gemma 3: 6); 0 = no
+    # full-attention layer, the window applies to every layer (Mistral)
+    global_every: int = 1
     layer_types: Optional[Tuple[str, ...]] = None  # explicit per-layer "sliding_attention"/"full_attention"
     attn_impl: AttnImpl = AttnImpl.SDPA
     qk_backend: Optional[str] = None  # ops.qk_norm_rope backend: None = best, "torch", "triton"
 
-    # --- RoPE
+    # --- RoPE (variants and their tables: nn/rope.py)
     rope_theta: float = 10000.0  # theta of full-attention layers
-    rope_local_theta: Optional[float] = None  # theta of sliding layers (Gemma 3: 1e4); None = rope_theta
-    rope_scaling: float = 1.0  # linear position scaling factor on full-attention layers (Gemma 3 4B+: 8)
+    # sliding layers' RoPE: None = the full-attention layers' RoPE, rope_scaling included (Mistral, Qwen); a
+    # number = plain, unscaled RoPE with this theta (Gemma 3: 1e4)
+    rope_local_theta: Optional[float] = None
+    # None = plain RoPE; a RopeScaling (linear | llama3 | yarn), given as one, as its dict, or as a number (a
+    # linear factor, the form saved before RoPE variants existed; 1 = None)
+    rope_scaling: Optional[RopeScaling] = None
 
     # --- MLP, embeddings, head
     activation: Activation = Activation.SILU
@@ -134,32 +142,51 @@ class ModelConfig:
     final_softcap: Optional[float] = None  # tanh(logits/c)*c on the output logits
     init_std: float = 0.02
 
+    # bookkeeping, not a setting: which of _DERIVABLE this config derived (set in __post_init__; its presence
+    # on input is how a dataclasses.replace copy is recognised)
+    _derived: Optional[FrozenSet[str]] = dataclasses.field(default=None, repr=False, compare=False)
+
     def __post_init__(self) -> None:
+        if self._derived is not None:
+            raise ConfigError("a ModelConfig cannot be copied with dataclasses.replace (it would keep values derived "
+                              "from the old shape, e.g. head_dim); use config.replace(...), which re-derives them")
         for name, enum_cls in _ENUM_FIELDS.items():
             object.__setattr__(self, name, enum_cls.parse(name, getattr(self, name)))
-        if self.n_kv_heads is None:
-            object.__setattr__(self, "n_kv_heads", self.n_heads)
-        if self.head_dim is None:
-            if self.n_heads > 0 and self.d_model % self.n_heads:
-                raise ConfigError(
-                    f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; set head_dim explicitly"
-                )
-            object.__setattr__(self, "head_dim", self.d_model // max(self.n_heads, 1))
+        object.__setattr__(self, "rope_scaling", RopeScaling.from_value(self.rope_scaling))
         if self.layer_types is not None:
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        object.__setattr__(self, "_derived", self._derive())
         self._validate()
 
-    # ------------------------------------------------------------------ validation
-    def _validate(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "max_seq_len"):
+    def _derive(self) -> FrozenSet[str]:
+        """Resolve n_kv_heads and head_dim when not given; the names of those derived."""
+        derived = set()
+        for name in ("d_model", "n_heads"):
             _require_int(name, getattr(self, name), minimum=1)
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+            derived.add("n_kv_heads")
+        _require_int("n_kv_heads", self.n_kv_heads, minimum=1)
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(
                 f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads} (GQA groups query heads evenly)"
             )
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise ConfigError(
+                    f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; set head_dim explicitly"
+                )
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
+            derived.add("head_dim")
+        return frozenset(derived)
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        for name in ("vocab_size", "n_layers", "head_dim", "d_ff", "max_seq_len"):
+            _require_int(name, getattr(self, name), minimum=1)
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim} must be even (RoPE rotates pairs of dimensions)")
-        for name in ("norm_eps", "rope_theta", "rope_scaling", "init_std"):
+        for name in ("norm_eps", "rope_theta", "init_std"):
             _require_positive(name, getattr(self, name))
         for name in ("rope_local_theta", "query_pre_attn_scalar", "attn_softcap", "final_softcap"):
             if getattr(self, name) is not None:
@@ -172,7 +199,7 @@ class ModelConfig:
             raise ConfigError("norm_offset=1.0 applies to norm_type='rmsnorm' only, not layernorm")
         if self.sliding_window is not None:
             _require_int("sliding_window", self.sliding_window, minimum=1)
-        _require_int("global_every", self.global_every, minimum=1)
+        _require_int("global_every", self.global_every, minimum=0)
         if self.layer_types is not None:
             if len(self.layer_types) != self.n_layers:
                 raise ConfigError(
@@ -188,12 +215,20 @@ class ModelConfig:
 
     # ------------------------------------------------------------------ derived
     def resolved_layer_types(self) -> Tuple[str, ...]:
-        """Per-layer attention type; Gemma 3 rule: sliding unless (i+1) % global_every == 0."""
+        """Per-layer attention type; Gemma 3 rule: sliding unless (i+1) % global_every == 0 (0: all sliding)."""
         if self.layer_types is not None:
             return self.layer_types
         if self.sliding_window is None:
             return (FULL,) * self.n_layers
-        return tuple(FULL if (i + 1) % self.global_every == 0 else SLIDING for i in range(self.n_layers))
+        g = self.global_every
+        return tuple(FULL if g and (i + 1) % g == 0 else SLIDING for i in range(self.n_layers))
+
+    @property
+    def local_rope(self) -> Tuple[float, Optional[RopeScaling]]:
+        """(theta, scaling) of the sliding layers' RoPE (see rope_local_theta)."""
+        if self.rope_local_theta is None:
+            return self.rope_theta, self.rope_scaling
+        return self.rope_local_theta, None
 
     @property
     def query_scale(self) -> float:
@@ -229,36 +264,60 @@ class ModelConfig:
                 stacklevel=3,
             )
 
-    # ------------------------------------------------------------------ (de)serialization
-    def to_dict(self) -> dict:
+    # ------------------------------------------------------------------ (de)serialization and variants
+    def to_dict(self) -> Dict[str, Any]:
+        """Every setting with its resolved value, JSON-ready (enums as strings, RopeScaling as its dict)."""
         out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = v.value if isinstance(v, enum.Enum) else (list(v) if isinstance(v, tuple) else v)
+        for name in field_names():
+            v = getattr(self, name)
+            if isinstance(v, enum.Enum):
+                v = v.value
+            elif isinstance(v, tuple):
+                v = list(v)
+            elif isinstance(v, RopeScaling):
+                v = v.to_dict()
+            out[name] = v
         return out
 
     @classmethod
-    def from_dict(cls, data: dict, *, source: str = "config") -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown field {unknown[0]!r}; known fields: {', '.join(sorted(known))}")
-        return cls(**data)
+    def from_dict(cls, data: Dict[str, Any], *, source: str = "config") -> "ModelConfig":
+        """Inverse of `to_dict`; also reads configs saved before RoPE variants (rope_scaling a number)."""
+        check_field_names(data, source=source)
+        config = cls(**data)
+        legacy = isinstance(data.get("rope_scaling"), (int, float)) and not isinstance(data["rope_scaling"], bool)
+        if legacy and config.rope_scaling is not None and config.rope_local_theta is None and \
+                SLIDING in config.resolved_layer_types():
+            # then, sliding layers got plain RoPE with rope_theta however the full-attention layers were scaled
+            config = config.replace(rope_local_theta=config.rope_theta)
+        return config
 
     def to_json(self) -> str:
         return json.dumps({"qknorm_config": self.to_dict()}, indent=2)
 
-    def replace(self, **overrides: Any) -> "ModelConfig":
-        """`dataclasses.replace` with an error naming an unknown field."""
-        known = {f.name for f in dataclasses.fields(self)}
-        for key in overrides:
-            if key not in known:
-                raise ConfigError(f"unknown config field {key!r}; known fields: {', '.join(sorted(known))}")
-        return dataclasses.replace(self, **overrides)
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """This config's explicit fields with `changes`, built from scratch: fields it derived are derived again
+        from the new values (a ConfigError names an unknown field)."""
+        check_field_names(changes)
+        given = {name: getattr(self, name) for name in field_names() if name not in self._derived}
+        return ModelConfig(**{**given, **changes})
 
 
 def field_names() -> Tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(ModelConfig))
+    """The settable fields of ModelConfig, in declaration order."""
+    return _FIELD_NAMES
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(ModelConfig) if not f.name.startswith("_"))
+# typing.get_type_hints(ModelConfig) lists the settable fields (the CLI's --set reads it): not the bookkeeping
+del ModelConfig.__annotations__["_derived"]
+
+
+def check_field_names(names, *, source: Optional[str] = None) -> None:
+    """ConfigError naming the first of `names` that is not a ModelConfig field (and `source`, e.g. a file)."""
+    unknown = sorted(set(names) - set(_FIELD_NAMES))
+    if unknown:
+        what = f"{source}: unknown field" if source else "unknown config field"
+        raise ConfigError(f"{what} {unknown[0]!r}; known fields: {', '.join(sorted(_FIELD_NAMES))}")
 
 
 def _require_int(name: str, value: Any, *, minimum: int) -> None:

@@ -33,8 +33,10 @@ class TransformerLM(nn.Module):
         self.norm = nn.Identity() if c.placement is Placement.POST else build_norm(c, device=device, dtype=dtype)
         self.lm_head = None if c.tie_embeddings else nn.Linear(c.d_model, c.vocab_size, bias=False,
                                                                 device=device, dtype=dtype)
+        # one RoPE per layer type: full-attention layers use rope_theta + rope_scaling, sliding ones `local_rope`
+        local_theta, local_scaling = c.local_rope
         self.rope_global = RotaryEmbedding(c.head_dim, theta=c.rope_theta, scaling=c.rope_scaling)
-        self.rope_local = RotaryEmbedding(c.head_dim, theta=c.rope_local_theta or c.rope_theta)
+        self.rope_local = RotaryEmbedding(c.head_dim, theta=local_theta, scaling=local_scaling)
         self._layer_is_sliding = [t == SLIDING for t in c.resolved_layer_types()]
         self.reset_parameters()
 
@@ -44,8 +46,8 @@ class TransformerLM(nn.Module):
         if self.config.embed_scale:
             x = x * torch.tensor(self.config.d_model ** 0.5, dtype=x.dtype)
         T, dev = input_ids.shape[1], input_ids.device
-        rope_g = self.rope_global(T, dev)
-        rope_l = self.rope_local(T, dev) if any(self._layer_is_sliding) else rope_g
+        rope_g = self.rope_global(T, dev) if not all(self._layer_is_sliding) else None
+        rope_l = self.rope_local(T, dev) if any(self._layer_is_sliding) else None
         for layer, sliding in zip(self.layers, self._layer_is_sliding):
             x = layer(x, rope_l if sliding else rope_g)
         return self.logits(self.norm(x))

@@ -1,8 +1,10 @@
 """Tiny random HF models of every family, built offline, with weights moved away from their init.
 
-Not only defaults: GQA/MQA, head_dim != hidden/heads, non-default eps and theta, linear RoPE scaling, Gemma 3
-with a window shorter than the sequence and mixed layer types, query_pre_attn_scalar != head_dim, attention
-bias, tied and untied heads. Every norm weight and bias is randomized, so a wrong offset, cast or key shows.
+Not only defaults: GQA/MQA, head_dim != hidden/heads, non-default eps and theta, every supported RoPE variant
+with published parameters (Llama 3.2's llama3 scaling, Qwen3's YaRN recipe; linear; YaRN on Gemma 3's global
+layers only and on a Qwen2 with sliding layers), windows shorter than the sequence (Gemma 3 mixed layer types,
+Qwen's upper layers, Mistral's every layer), query_pre_attn_scalar != head_dim, attention biases (Qwen2's q/k/v
+only), tied and untied heads. Every norm weight and bias is randomized, so a wrong offset, cast or key shows.
 """
 from __future__ import annotations
 
@@ -19,8 +21,34 @@ VOCAB, T = 128, 32
 _BASE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
              max_position_embeddings=256)
 
+LLAMA32_ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}  # meta-llama/Llama-3.2-1B config.json
+QWEN3_YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}  # Qwen3 model cards
+
 # name -> (config class, causal-LM class, kwargs)
 VARIANTS = {
+    "llama32_rope": ("LlamaConfig", "LlamaForCausalLM",
+                     dict(num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-5, rope_theta=5e5,
+                          tie_word_embeddings=True, max_position_embeddings=131072, rope_scaling=LLAMA32_ROPE)),
+    "qwen3_yarn": ("Qwen3Config", "Qwen3ForCausalLM",
+                   dict(num_key_value_heads=2, head_dim=32, rope_theta=1e6, max_position_embeddings=131072,
+                        rope_scaling=QWEN3_YARN)),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(num_key_value_heads=2, sliding_window=8, rope_theta=1e6)),
+    "mistral_no_window": ("MistralConfig", "MistralForCausalLM",
+                          dict(num_key_value_heads=1, head_dim=24, sliding_window=None, tie_word_embeddings=True,
+                               rms_norm_eps=1e-5)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6)),
+    "qwen2_sliding_yarn": ("Qwen2Config", "Qwen2ForCausalLM",
+                           dict(num_hidden_layers=3, num_key_value_heads=1, use_sliding_window=True, sliding_window=8,
+                                max_window_layers=1, rope_scaling={"rope_type": "yarn", "factor": 2.0,
+                                                                   "original_max_position_embeddings": 16,
+                                                                   "beta_fast": 8.0, "beta_slow": 2.0})),
+    "gemma3_yarn": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+                    dict(num_hidden_layers=3, num_key_value_heads=2, head_dim=16, sliding_window=8,
+                         sliding_window_pattern=3, query_pre_attn_scalar=16,
+                         rope_parameters={"full_attention": {"rope_type": "yarn", "rope_theta": 5e5, "factor": 8.0,
+                                                             "original_max_position_embeddings": 16},
+                                          "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})),
     "llama": ("LlamaConfig", "LlamaForCausalLM",
               dict(num_key_value_heads=2, head_dim=24, rms_norm_eps=1e-5, rope_theta=5e4, attention_bias=True,
                    rope_scaling={"rope_type": "linear", "factor": 2.0})),
@@ -45,8 +73,6 @@ VARIANTS = {
                                 sliding_window=6, sliding_window_pattern=2, query_pre_attn_scalar=16,
                                 hidden_activation="gelu_pytorch_tanh")),
 }
-FAMILY_OF = {"llama": "llama", "llama_tied": "llama", "qwen3": "qwen3", "qwen3_tied_sliding": "qwen3",
-             "olmo2": "olmo2", "olmo2_tied": "olmo2", "gemma3": "gemma3", "gemma3_untied_bias": "gemma3"}
 
 
 @torch.no_grad()

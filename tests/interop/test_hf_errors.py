@@ -82,7 +82,7 @@ def test_config_shape_mismatch_names_both_shapes(qwen_dir, tmp_path):
         qknorm.from_hf(d)
 
 
-@pytest.mark.parametrize("model_type", ["mistral", None])
+@pytest.mark.parametrize("model_type", ["phi3", None])
 def test_unsupported_or_missing_model_type(qwen_dir, tmp_path, model_type):
     d = _copy(qwen_dir, tmp_path / "m")
     cfg = json.loads((d / "config.json").read_text())
@@ -90,7 +90,7 @@ def test_unsupported_or_missing_model_type(qwen_dir, tmp_path, model_type):
     if model_type is None:
         del cfg["model_type"]
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="model_type" + (" 'mistral' is not supported" if model_type else "")):
+    with pytest.raises(CheckpointError, match="model_type" + (" 'phi3' is not supported" if model_type else "")):
         qknorm.from_hf(d)
 
 
@@ -124,7 +124,7 @@ def test_shard_missing_from_index(tmp_path):
 
 
 @pytest.mark.parametrize("field,params", [
-    ("rope_parameters", {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}),
+    ("rope_parameters", {"rope_type": "proportional", "factor": 4.0, "rope_theta": 1e4}),
     ("rope_parameters", {"rope_type": "dynamic", "factor": 2.0}),
     ("rope_scaling", {"type": "longrope", "factor": 2.0}),
 ])
@@ -139,8 +139,13 @@ def test_unsupported_rope_type_names_field_and_value(qwen_dir, tmp_path, field, 
 @pytest.mark.parametrize("changes,match", [
     (dict(hidden_act="relu"), r"hidden_act='relu' is not supported"),
     (dict(use_sliding_window=False, layer_types=["full_attention", "sliding_attention"]), "sliding_window is not set"),
-    (dict(use_sliding_window=True, sliding_window=4, layer_types=["full_attention", "sliding_attention"]),
-     r"rope_parameters\.factor=3\.0 with sliding_attention layers"),
+    (dict(rope_scaling=None, rope_parameters={"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0,
+                                              "high_freq_factor": 4.0}),
+     r"rope_parameters\.low_freq_factor is missing \(rope_type 'llama3' needs it\)"),
+    (dict(rope_scaling=None, rope_parameters={"rope_type": "yarn", "rope_theta": 1e4}),
+     r"rope_parameters\.factor is missing \(rope_type 'yarn' needs it\)"),
+    (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0}),
+     r"rope_scaling: rope_scaling\.high_freq_factor=1\.0 must be greater than low_freq_factor=4\.0"),
     (dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}),
      "partial_rotary_factor=0.5"),
 ])
@@ -192,7 +197,11 @@ def test_to_hf_postln_not_representable(tmp_path):
     ("olmo2", dict(qk_norm="head"), r"placement='reordered' with qk_norm='head' is not representable"),
     ("qwen3", dict(norm_cast="fp32"), r"norm_cast='fp32' \(qwen3 uses 'input'\)"),
     ("llama", dict(attn_softcap=30.0, final_softcap=10.0), r"attn_softcap=30\.0.*final_softcap=10\.0"),
-    ("llama", dict(attention_bias=True), r"o_proj_bias=False"),
+    ("llama", dict(o_proj_bias=True), r"o_proj_bias=True \(transformers' attention_bias puts a bias on q, k, v"),
+    ("mistral", dict(attention_bias=True, o_proj_bias=True), r"attention_bias=True \(mistral has no attention"),
+    ("mistral", dict(global_every=2), r"global_every=2 \(mistral's window applies to every layer or to none\)"),
+    ("qwen3", dict(sliding_window=8, global_every=2, rope_scaling=4.0, rope_local_theta=1e4),
+     r"rope_local_theta=10000\.0 \(qwen3 uses one RoPE \(theta and scaling\) for every layer\)"),
     ("olmo2", dict(sliding_window=8, global_every=2), r"sliding_window=8 \(olmo2 has no sliding layers\)"),
     ("qwen3", dict(query_pre_attn_scalar=10), r"query_pre_attn_scalar=10"),
     ("gemma3", dict(embed_scale=False), r"embed_scale=False"),

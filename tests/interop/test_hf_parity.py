@@ -12,6 +12,7 @@ import torch
 
 import qknorm
 from qknorm.interop.divergence import compare_with_hf
+from qknorm.nn.rope import RopeScaling
 
 from helpers.hf_models import VARIANTS, input_ids, make_gemma3_multimodal, make_hf, rel_err
 
@@ -29,14 +30,16 @@ def test_config_translation_is_not_trivial():
     """The variants really exercise the features the parity claims cover."""
     c = qknorm.from_hf(make_hf("gemma3")).config
     assert c.head_dim != c.d_model // c.n_heads and c.n_kv_heads < c.n_heads
-    assert c.query_pre_attn_scalar == 20 and c.sliding_window == 8 and c.rope_scaling == 4.0
-    assert c.layer_types == ("sliding_attention", "full_attention", "sliding_attention")
+    assert c.query_pre_attn_scalar == 20 and c.sliding_window == 8
+    assert c.rope_scaling == RopeScaling(rope_type="linear", factor=4.0) and c.local_rope == (2e4, None)
+    assert c.resolved_layer_types() == ("sliding_attention", "full_attention", "sliding_attention")
     assert (c.rope_theta, c.rope_local_theta, c.norm_eps, c.final_softcap) == (5e5, 2e4, 1e-5, 30.0)
     q = qknorm.from_hf(make_hf("qwen3_tied_sliding")).config
     assert q.layer_types == ("full_attention", "sliding_attention", "sliding_attention") and q.tie_embeddings
     assert q.n_kv_heads == 1 and q.head_dim == 32
     o = qknorm.from_hf(make_hf("olmo2")).config
-    assert o.attention_bias and o.o_proj_bias and o.rope_scaling == 2.0 and o.qk_norm.value == "full"
+    assert o.attention_bias and o.o_proj_bias and o.qk_norm.value == "full"
+    assert o.rope_scaling == RopeScaling(rope_type="linear", factor=2.0)
 
 
 def test_gemma3_multimodal_text_part():
@@ -47,7 +50,7 @@ def test_gemma3_multimodal_text_part():
     assert report.ok, str(report)
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen3", "olmo2", "gemma3"])
+@pytest.mark.parametrize("name", ["llama", "qwen3", "olmo2", "gemma3", "qwen3_yarn"])
 def test_bf16_within_hf_own_bf16_error(name):
     hf = make_hf(name, attn="sdpa")
     ids = input_ids()
@@ -71,3 +74,29 @@ def test_report_names_first_divergent_block():
     text = str(report)
     assert "block 0" in text and "first divergent stage: block 1" in text
     assert report.stages[0].rel == 0.0 and report.stages[1].rel < 1e-5
+
+
+NEW = ["llama32_rope", "qwen3_yarn", "mistral", "mistral_no_window", "qwen2", "qwen2_sliding_yarn", "gemma3_yarn"]
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_rope_variants_and_new_families_bit_identical(name):
+    """fp32 logits equal transformers' SDPA path bit for bit at T=128 (past the windows, where the scaled and
+    plain frequencies differ), and the check discriminates: the same weights without the RoPE variant, or
+    without the window, are off by far more than the 1e-5 the parity test allows."""
+    hf = make_hf(name, attn="sdpa")
+    ours = qknorm.from_hf(hf)
+    ids = input_ids(length=128)
+    with torch.no_grad():
+        ref = hf(input_ids=ids).logits
+        assert torch.equal(ours(ids), ref)
+        c = ours.config
+        wrong = []
+        if c.rope_scaling is not None:
+            wrong.append(c.replace(rope_scaling=None))
+        if c.sliding_window is not None:
+            wrong.append(c.replace(sliding_window=None, layer_types=None))
+        for cfg in wrong:
+            other = qknorm.TransformerLM(cfg)
+            other.load_state_dict(ours.state_dict())
+            assert rel_err(other(ids), ref) > 1e-3, cfg

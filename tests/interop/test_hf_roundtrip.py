@@ -48,8 +48,14 @@ def _train_a_little(model: torch.nn.Module, steps: int = 3) -> None:
         opt.step()
 
 
+_LLAMA3 = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+               original_max_position_embeddings=32)  # a short original context, so T=40 is past it
+
+
 @pytest.mark.parametrize("preset,overrides", [
-    ("llama", dict(tie_embeddings=True)),
+    ("llama", dict(tie_embeddings=True, rope_scaling=_LLAMA3)),
+    ("mistral", dict(rope_scaling=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16))),
+    ("qwen2", dict(sliding_window=8, layer_types=("full_attention", "sliding_attention"))),
     ("qwen3", dict(attention_bias=True, o_proj_bias=True, rope_scaling=2.0)),
     ("olmo2", dict(head_dim=24, norm_eps=1e-5)),
     ("gemma3", dict(tie_embeddings=False, final_softcap=15.0, rope_scaling=8.0)),
@@ -62,8 +68,10 @@ def test_trained_model_exports_with_same_logits(preset, overrides, tmp_path):
     assert all(not torch.equal(p, torch.zeros_like(p)) and not torch.equal(p, torch.ones_like(p)) for p in norms)
     qknorm.to_hf(ours, tmp_path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    report = compare_with_hf(ours, hf, input_ids(length=40))  # longer than the debug Gemma window (16)
+    report = compare_with_hf(ours, hf, input_ids(length=40))  # longer than the debug windows (16)
     assert report.ok, f"{preset}:\n{report}"
+    assert type(hf).__name__.lower().startswith(preset)  # the family follows from the numerics
+    assert qknorm.from_hf(tmp_path).config == ours.config
 
 
 def test_sharded_directory_loads_without_transformers(tmp_path):

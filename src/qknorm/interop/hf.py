@@ -2,7 +2,7 @@
 `to_hf` (TransformerLM -> a directory transformers' `AutoModelForCausalLM.from_pretrained` loads).
 
     model = qknorm.from_hf("path/to/Qwen3-0.6B")            # config.json + *.safetensors, no transformers needed
-    model = qknorm.from_hf(hf_model)                         # Olmo2/Gemma3/Qwen3/Llama *ForCausalLM objects
+    model = qknorm.from_hf(hf_model)                         # Llama/Mistral/Qwen2/Qwen3/Olmo2/Gemma3 *ForCausalLM
     qknorm.to_hf(model, "out/")                              # config.json + model.safetensors
 
 Reading a directory uses json and safetensors only (never transformers, never pickles): `config.json` and
@@ -102,7 +102,7 @@ def _from_object(model: Any) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor], s
 
 def from_hf(model_or_dir: Any, *, dtype: Union[None, str, torch.dtype] = None,
             allow_folded: bool = False) -> TransformerLM:
-    """A TransformerLM computing the same function as an HF Olmo2/Gemma3/Qwen3/Llama causal LM.
+    """A TransformerLM computing the same function as an HF Llama/Mistral/Qwen2/Qwen3/Olmo2/Gemma3 causal LM.
 
     model_or_dir: an HF model object (`*ForCausalLM`, or `Gemma3ForConditionalGeneration`, whose text part is
     taken), or a directory with config.json and *.safetensors (read without importing transformers).

@@ -6,17 +6,23 @@ class defaults of transformers 5.24 for every field we read, because `save_pretr
 that equals its default (sub-configs such as Gemma 3's `text_config` especially). A test keeps the defaults in
 sync with the installed transformers.
 
-Reading (`config_from_hf`) follows transformers' own resolution order for RoPE: v5 `rope_parameters` (flat
-`{"rope_type", "rope_theta", ...}`, or per layer type for Gemma 3), else legacy `rope_theta` / `rope_scaling` /
-`rope_local_base_freq`. RoPE types other than default and linear, and every other feature our model cannot
-reproduce exactly, raise a CheckpointError naming the field and its value; a field transformers itself
-ignores (Gemma 3's attn_logit_softcapping) is ignored with a warning, so the logits stay the same.
+Reading (`config_from_hf`) resolves RoPE the way transformers 5.x does (hf_rope.py: default, linear, llama3 and
+yarn, per layer type for Gemma 3) and sliding windows per family (Gemma 3 layer_types or its pattern; Qwen's
+use_sliding_window + max_window_layers; Mistral's window on every layer). The layers come back in one canonical
+form: no window when no layer slides, `global_every` for Gemma's every-Nth-layer pattern (0 when every layer
+slides), explicit `layer_types` otherwise. Every feature our model cannot reproduce exactly raises a
+CheckpointError naming the field and its value; a field transformers itself ignores (Gemma 3's
+attn_logit_softcapping) is ignored with a warning, so the logits stay the same.
 
-Writing (`hf_config_from_ours`) infers the family from the numerics (STYLE.md rule 3: never from a name):
+Writing (`hf_config_from_ours`) infers the family from the numerics (never from a name):
   reordered + full QK-norm + fp32 cast          -> olmo2
   sandwich  + head QK-norm + offset 1 + fp32    -> gemma3_text
   pre       + head QK-norm + input cast         -> qwen3
-  pre       + no QK-norm   + input cast         -> llama
+  pre       + no QK-norm   + input cast, then by attention bias and windows:
+              bias on q/k/v but not o                          -> qwen2 (its attention always has exactly that)
+              a sliding window on every layer (or global_every=0, "the window applies to every layer")
+                                                               -> mistral
+              otherwise (no window; bias on all of q/k/v/o or none) -> llama
 and raises a ConfigError listing every field transformers cannot represent for that family.
 """
 from __future__ import annotations
@@ -27,8 +33,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import FULL, SLIDING, ModelConfig
 from ..errors import CheckpointError, ConfigError
+from .hf_rope import read_rope, write_rope
 
-SUPPORTED_MODEL_TYPES = ("olmo2", "gemma3_text", "gemma3", "qwen3", "llama")
+SUPPORTED_MODEL_TYPES = ("olmo2", "gemma3_text", "gemma3", "qwen3", "qwen2", "llama", "mistral")
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 _ACT_TO_HF = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh"}
 
@@ -49,7 +56,9 @@ class Family:
     has_query_scalar: bool = False  # query_pre_attn_scalar
     has_final_softcap: bool = False  # final_logit_softcapping
     per_type_rope: bool = False  # rope_parameters keyed by layer type (Gemma 3)
-    sliding: str = "none"  # "none" | "layer_types" (Gemma 3) | "qwen3" (use_sliding_window + layer_types)
+    # "none" | "layer_types" (Gemma 3) | "qwen" (use_sliding_window + layer_types) | "all" (Mistral: every layer)
+    sliding: str = "none"
+    bias: str = "flag"  # "flag": attention_bias on q, k, v and o | "qkv": always q, k, v, never o | "none"
 
 
 _SHAPE = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
@@ -65,7 +74,19 @@ FAMILIES: Dict[str, Family] = {
              max_position_embeddings=32768, tie_word_embeddings=False, attention_bias=False, hidden_act="silu",
              initializer_range=0.02, rope_theta=10000.0, use_sliding_window=False, sliding_window=4096,
              max_window_layers=28),
-        sliding="qwen3"),
+        sliding="qwen"),
+    "qwen2": Family(
+        "qwen2", "Qwen2ForCausalLM", "pre", "none", "input", 0.0, False, "hidden_act",
+        dict(zip(_SHAPE, (151936, 4096, 22016, 32, 32)), num_key_value_heads=32, head_dim=None, rms_norm_eps=1e-6,
+             max_position_embeddings=32768, tie_word_embeddings=False, hidden_act="silu", initializer_range=0.02,
+             rope_theta=10000.0, use_sliding_window=False, sliding_window=4096, max_window_layers=28),
+        sliding="qwen", bias="qkv"),
+    "mistral": Family(
+        "mistral", "MistralForCausalLM", "pre", "none", "input", 0.0, False, "hidden_act",
+        dict(zip(_SHAPE, (32000, 4096, 14336, 32, 32)), num_key_value_heads=8, head_dim=None, rms_norm_eps=1e-6,
+             max_position_embeddings=131072, tie_word_embeddings=False, hidden_act="silu", initializer_range=0.02,
+             rope_theta=10000.0, sliding_window=4096),
+        sliding="all", bias="none"),
     "olmo2": Family(
         "olmo2", "Olmo2ForCausalLM", "reordered", "full", "fp32", 0.0, False, "hidden_act",
         dict(zip(_SHAPE, (50304, 4096, 11008, 32, 32)), num_key_value_heads=None, head_dim=None, rms_norm_eps=1e-5,
@@ -131,8 +152,8 @@ def config_from_hf(cfg: Dict[str, Any], *, source: str = "config.json") -> Tuple
         n_kv_heads=int(get("num_key_value_heads") or n_heads), head_dim=int(head_dim),
         d_ff=int(get("intermediate_size")), max_seq_len=int(get("max_position_embeddings")),
         qk_norm=fam.qk_norm, placement=fam.placement, norm_type="rmsnorm", norm_eps=float(get("rms_norm_eps")),
-        norm_offset=fam.norm_offset, norm_cast=fam.norm_cast, attention_bias=bool(get("attention_bias")),
-        o_proj_bias=bool(get("attention_bias")), activation=_ACTIVATIONS[act], embed_scale=fam.embed_scale,
+        norm_offset=fam.norm_offset, norm_cast=fam.norm_cast, **_bias(fam, get), activation=_ACTIVATIONS[act],
+        embed_scale=fam.embed_scale,
         tie_embeddings=bool(get("tie_word_embeddings")), init_std=float(get("initializer_range") or 0.02),
     )
     if fam.has_query_scalar:
@@ -144,100 +165,83 @@ def config_from_hf(cfg: Dict[str, Any], *, source: str = "config.json") -> Tuple
                           stacklevel=2)
         else:
             out["final_softcap"] = float(get("final_logit_softcapping"))
-    out.update(_layer_types(cfg, fam, n_layers, source))
-    out.update(_rope(cfg, fam, source, has_sliding=SLIDING in (out.get("layer_types") or ())))
+    out.update(_layers(cfg, fam, n_layers, source))
+    out.update(read_rope(cfg, per_type=fam.per_type_rope, defaults=d, source=source))
     try:
         return ModelConfig(**out), fam
     except ConfigError as e:
         raise CheckpointError(f"{source}: {e}") from None
 
 
-def _layer_types(cfg: Dict[str, Any], fam: Family, n_layers: int, source: str) -> Dict[str, Any]:
+def _bias(fam: Family, get) -> Dict[str, bool]:
+    if fam.bias == "qkv":
+        return dict(attention_bias=True, o_proj_bias=False)
+    flag = fam.bias == "flag" and bool(get("attention_bias"))
+    return dict(attention_bias=flag, o_proj_bias=flag)
+
+
+def _layers(cfg: Dict[str, Any], fam: Family, n_layers: int, source: str) -> Dict[str, Any]:
+    """sliding_window / global_every / layer_types of the HF config, in the canonical form (module docstring)."""
     if fam.sliding == "none":
         if cfg.get("sliding_window") is not None and cfg.get("use_sliding_window", True):
             warnings.warn(f"{source}: sliding_window={cfg['sliding_window']} is ignored ({fam.model_type} in "
                           "transformers has no sliding-window layers)", UserWarning, stacklevel=4)
         return {}
+    window = cfg.get("sliding_window", fam.defaults["sliding_window"])
+    if fam.sliding == "all":  # Mistral: the window, when set, applies to every layer
+        return dict(sliding_window=None if window is None else int(window), global_every=0)
     types = cfg.get("layer_types")
-    if fam.sliding == "qwen3":
-        use = cfg.get("use_sliding_window", fam.defaults["use_sliding_window"])
-        window = cfg.get("sliding_window", fam.defaults["sliding_window"]) if use else None
+    if fam.sliding == "qwen":
+        window = window if cfg.get("use_sliding_window", fam.defaults["use_sliding_window"]) else None
         if types is None:
             start = cfg.get("max_window_layers", fam.defaults["max_window_layers"])
             types = [SLIDING if window is not None and i >= start else FULL for i in range(n_layers)]
-    else:  # Gemma 3: explicit layer_types, else sliding unless (i+1) % pattern == 0
-        window = cfg.get("sliding_window", fam.defaults["sliding_window"])
-        if types is None:
-            pattern = cfg.get("sliding_window_pattern") or cfg.get("_sliding_window_pattern") or \
-                fam.defaults["sliding_window_pattern"]
-            types = [FULL if (i + 1) % pattern == 0 else SLIDING for i in range(n_layers)]
+    elif types is None:  # Gemma 3: sliding unless (i+1) % pattern == 0
+        pattern = cfg.get("sliding_window_pattern") or cfg.get("_sliding_window_pattern") or \
+            fam.defaults["sliding_window_pattern"]
+        types = [FULL if (i + 1) % pattern == 0 else SLIDING for i in range(n_layers)]
     types = tuple(types)
     if len(types) != n_layers or any(t not in (SLIDING, FULL) for t in types):
         raise CheckpointError(f"{source}: layer_types={list(types)!r} must give one of {SLIDING!r}, {FULL!r} for "
                               f"each of the {n_layers} layers")
     if SLIDING in types and window is None:
         raise CheckpointError(f"{source}: layer_types has sliding_attention layers but sliding_window is not set"
-                              + (" (use_sliding_window is false)" if fam.sliding == "qwen3" else ""))
-    return dict(layer_types=types, sliding_window=None if window is None else int(window))
+                              + (" (use_sliding_window is false)" if fam.sliding == "qwen" else ""))
+    return canonical_layers(types, window)
 
 
-def _rope_params_one(params: Any, field: str, default_theta: float, source: str) -> Tuple[float, float]:
-    """(theta, linear factor) of one RoPE parameter dict; any other RoPE type is rejected."""
-    if not isinstance(params, dict):
-        raise CheckpointError(f"{source}: {field}={params!r} is not a JSON object")
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type not in ("default", "linear"):
-        raise CheckpointError(f"{source}: {field}.rope_type={rope_type!r} is not supported (supported: default, "
-                              "linear)")
-    prf = params.get("partial_rotary_factor", 1.0)
-    if prf not in (None, 1, 1.0):
-        raise CheckpointError(f"{source}: {field}.partial_rotary_factor={prf!r} is not supported (RoPE on the "
-                              "whole head only)")
-    factor = float(params.get("factor", 1.0)) if rope_type == "linear" else 1.0
-    theta = params.get("rope_theta")
-    return float(default_theta if theta is None else theta), factor
-
-
-def _rope(cfg: Dict[str, Any], fam: Family, source: str, *, has_sliding: bool) -> Dict[str, Any]:
-    """rope_theta / rope_local_theta / rope_scaling, resolved the way transformers v5 resolves them."""
-    legacy_scaling = cfg.get("rope_scaling")
-    params = cfg.get("rope_parameters")
-    if fam.per_type_rope:
-        params = {k: dict(v) for k, v in (params or {}).items() if isinstance(v, dict)}
-        if cfg.get("rope_parameters") and not (set(params) & {FULL, SLIDING}):
-            raise CheckpointError(f"{source}: rope_parameters={cfg['rope_parameters']!r} must be keyed by layer "
-                                  f"type ({FULL!r}, {SLIDING!r}) for {fam.model_type}")
-        full, local = params.get(FULL, {"rope_type": "default"}), params.get(SLIDING, {"rope_type": "default"})
-        if legacy_scaling:
-            full.update(legacy_scaling)
-        theta, factor = _rope_params_one(full, "rope_parameters.full_attention",
-                                         cfg.get("rope_theta") or fam.defaults["rope_theta"], source)
-        ltheta, lfactor = _rope_params_one(local, "rope_parameters.sliding_attention",
-                                           cfg.get("rope_local_base_freq") or fam.defaults["rope_local_base_freq"],
-                                           source)
-        if lfactor != 1.0:
-            raise CheckpointError(f"{source}: rope_parameters.sliding_attention.factor={lfactor} is not supported "
-                                  "(linear scaling applies to full-attention layers only)")
-        return dict(rope_theta=theta, rope_local_theta=ltheta, rope_scaling=factor)
-    params = dict(legacy_scaling or params or {})
-    field = "rope_scaling" if legacy_scaling else "rope_parameters"
-    theta, factor = _rope_params_one(params, field, cfg.get("rope_theta") or fam.defaults["rope_theta"], source)
-    if has_sliding and factor != 1.0:
-        raise CheckpointError(f"{source}: {field}.factor={factor} with sliding_attention layers is not supported "
-                              "(linear scaling applies to full-attention layers only here)")
-    return dict(rope_theta=theta, rope_scaling=factor)
+def canonical_layers(types: Tuple[str, ...], window: Optional[int]) -> Dict[str, Any]:
+    """The ModelConfig fields for per-layer `types` with `window`: none when no layer slides, global_every for
+    the pattern "full iff (i+1) % g == 0" (0: every layer slides), else explicit layer_types."""
+    if window is None or SLIDING not in types:
+        return {}
+    window = int(window)
+    if FULL not in types:
+        return dict(sliding_window=window, global_every=0)
+    g = types.index(FULL) + 1
+    if types == tuple(FULL if (i + 1) % g == 0 else SLIDING for i in range(len(types))):
+        return dict(sliding_window=window, global_every=g)
+    return dict(sliding_window=window, layer_types=types)
 
 
 # ---------------------------------------------------------------------------------------------- writing
 def infer_family(config: ModelConfig) -> Family:
-    """The HF family whose block structure (placement + QK-norm scope) our config has."""
-    key = (config.placement.value, config.qk_norm.value)
-    for fam in FAMILIES.values():
-        if (fam.placement, fam.qk_norm) == key:
-            return fam
-    known = "; ".join(f"placement={f.placement} qk_norm={f.qk_norm} -> {f.model_type}" for f in FAMILIES.values())
-    raise ConfigError(f"placement={key[0]!r} with qk_norm={key[1]!r} is not representable in transformers "
-                      f"(supported: {known})")
+    """The HF family with our config's block structure (placement + QK-norm scope); for pre-norm without QK-norm,
+    the one its attention biases and windows call for (module docstring)."""
+    c = config
+    key = (c.placement.value, c.qk_norm.value)
+    found = [fam for fam in FAMILIES.values() if (fam.placement, fam.qk_norm) == key]
+    if not found:
+        known = "; ".join(f"placement={f.placement} qk_norm={f.qk_norm} -> {f.model_type}" for f in FAMILIES.values())
+        raise ConfigError(f"placement={key[0]!r} with qk_norm={key[1]!r} is not representable in transformers "
+                          f"(supported: {known})")
+    if len(found) == 1:
+        return found[0]
+    if c.attention_bias and not c.o_proj_bias:
+        return FAMILIES["qwen2"]
+    if SLIDING in c.resolved_layer_types() or (c.layer_types is None and c.global_every == 0):
+        return FAMILIES["mistral"]
+    return FAMILIES["llama"]
 
 
 def unrepresentable(config: ModelConfig, fam: Family) -> List[str]:
@@ -247,14 +251,20 @@ def unrepresentable(config: ModelConfig, fam: Family) -> List[str]:
     def need(ok: bool, field: str, why: str) -> None:
         if not ok:
             value = getattr(c, field)
-            bad.append(f"{field}={getattr(value, 'value', value)!r} ({why})")
+            value = value.to_dict() if hasattr(value, "to_dict") else getattr(value, "value", value)
+            bad.append(f"{field}={value!r} ({why})")
 
     need(c.norm_type.value == "rmsnorm", "norm_type", "RMSNorm only")
     need(c.norm_cast.value == fam.norm_cast, "norm_cast", f"{fam.model_type} uses {fam.norm_cast!r}")
     need(c.norm_offset == fam.norm_offset, "norm_offset", f"{fam.model_type} uses {fam.norm_offset}")
     need(c.embed_scale == fam.embed_scale, "embed_scale", f"{fam.model_type} uses {fam.embed_scale}")
-    need(c.attention_bias == c.o_proj_bias, "o_proj_bias",
-         "transformers' attention_bias puts a bias on q, k, v and o together; set both or neither")
+    if fam.bias == "flag":
+        need(c.attention_bias == c.o_proj_bias, "o_proj_bias",
+             "transformers' attention_bias puts a bias on q, k, v and o together; set both or neither")
+    elif fam.bias == "qkv":
+        need(c.attention_bias and not c.o_proj_bias, "o_proj_bias", "qwen2 has biases on q, k, v and none on o")
+    else:
+        need(not (c.attention_bias or c.o_proj_bias), "attention_bias", f"{fam.model_type} has no attention biases")
     need(c.attn_softcap is None, "attn_softcap", f"{fam.model_type} in transformers applies no attention softcap")
     need(fam.has_final_softcap or c.final_softcap is None, "final_softcap", f"{fam.model_type} has none")
     qs = c.query_pre_attn_scalar
@@ -265,10 +275,12 @@ def unrepresentable(config: ModelConfig, fam: Family) -> List[str]:
     types = c.resolved_layer_types()
     sliding = SLIDING in types
     need(fam.sliding != "none" or not sliding, "sliding_window", f"{fam.model_type} has no sliding layers")
+    need(fam.sliding != "all" or not sliding or FULL not in types,
+         "layer_types" if c.layer_types is not None else "global_every",
+         f"{fam.model_type}'s window applies to every layer or to none")
     if sliding and not fam.per_type_rope:
-        need(c.rope_local_theta in (None, c.rope_theta), "rope_local_theta",
-             f"{fam.model_type} uses one RoPE theta for every layer")
-        need(c.rope_scaling == 1.0, "rope_scaling", f"{fam.model_type} would scale sliding layers too")
+        need(c.local_rope == (c.rope_theta, c.rope_scaling), "rope_local_theta",
+             f"{fam.model_type} uses one RoPE (theta and scaling) for every layer")
     return bad
 
 
@@ -284,41 +296,28 @@ def hf_config_from_ours(config: ModelConfig, *, dtype: Optional[str] = None) -> 
         "vocab_size": c.vocab_size, "hidden_size": c.d_model, "intermediate_size": c.d_ff,
         "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads, "num_key_value_heads": c.n_kv_heads,
         "head_dim": c.head_dim, "max_position_embeddings": c.max_seq_len, "rms_norm_eps": c.norm_eps,
-        "attention_bias": c.attention_bias, "tie_word_embeddings": c.tie_embeddings,
-        fam.act_field: _ACT_TO_HF[c.activation.value], "initializer_range": c.init_std,
-        "attention_dropout": 0.0, "use_cache": True,
+        "tie_word_embeddings": c.tie_embeddings, fam.act_field: _ACT_TO_HF[c.activation.value],
+        "initializer_range": c.init_std, "attention_dropout": 0.0, "use_cache": True,
     }
+    if fam.bias == "flag":
+        out["attention_bias"] = c.attention_bias
     if dtype:
         out["dtype"] = dtype
+    out.update(write_rope(c, per_type=fam.per_type_rope))
     types = list(c.resolved_layer_types())
-    rope = _rope_to_hf(c.rope_theta, c.rope_scaling)
-    if fam.per_type_rope:
-        local = _rope_to_hf(c.rope_local_theta or c.rope_theta, 1.0)
-        out.update(rope_parameters={FULL: rope, SLIDING: local}, layer_types=types,
-                   sliding_window=c.sliding_window if c.sliding_window is not None else 4096,
+    if fam.sliding == "layer_types":
+        out.update(layer_types=types, sliding_window=c.sliding_window if c.sliding_window is not None else 4096,
                    query_pre_attn_scalar=_num(c.query_pre_attn_scalar or c.head_dim),
                    final_logit_softcapping=c.final_softcap, attn_logit_softcapping=None,
-                   use_bidirectional_attention=False,
-                   # transformers 4.x reads these legacy fields instead of rope_parameters
-                   rope_theta=c.rope_theta, rope_local_base_freq=c.rope_local_theta or c.rope_theta)
-        if c.rope_scaling != 1.0:
-            out["rope_scaling"] = {"rope_type": "linear", "factor": c.rope_scaling}
-        return out
-    out.update(rope_parameters=rope, rope_theta=c.rope_theta)
-    if c.rope_scaling != 1.0:
-        out["rope_scaling"] = dict(rope)
-    if fam.sliding == "qwen3":
+                   use_bidirectional_attention=False)
+    elif fam.sliding == "qwen":
         sliding = SLIDING in types
         first = types.index(SLIDING) if sliding else c.n_layers
         out.update(layer_types=types, use_sliding_window=sliding,
                    sliding_window=c.sliding_window if sliding else None, max_window_layers=first)
+    elif fam.sliding == "all":
+        out["sliding_window"] = c.sliding_window if SLIDING in types else None
     return out
-
-
-def _rope_to_hf(theta: float, factor: float) -> Dict[str, Any]:
-    if factor == 1.0:
-        return {"rope_type": "default", "rope_theta": theta}
-    return {"rope_type": "linear", "rope_theta": theta, "factor": factor}
 
 
 def _num(x: float) -> Any:

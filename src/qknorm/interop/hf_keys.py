@@ -39,13 +39,15 @@ _COMMON = {
     "layers.{i}.mlp.up_proj.weight": "model.layers.{i}.mlp.up_proj.weight",
     "layers.{i}.mlp.down_proj.weight": "model.layers.{i}.mlp.down_proj.weight",
 }
-_PRE_NORMS = {  # Llama/Qwen3: post_attention_layernorm is the pre-MLP norm
+_PRE_NORMS = {  # Llama/Qwen2/Qwen3/Mistral: post_attention_layernorm is the pre-MLP norm
     "layers.{i}.attn_norm_in.weight": "model.layers.{i}.input_layernorm.weight",
     "layers.{i}.mlp_norm_in.weight": "model.layers.{i}.post_attention_layernorm.weight",
 }
 KEY_MAPS: Dict[str, Dict[str, str]] = {
     "llama": {**_COMMON, **_PRE_NORMS},
     "qwen3": {**_COMMON, **_PRE_NORMS},
+    "qwen2": {**_COMMON, **_PRE_NORMS},
+    "mistral": {**_COMMON, **_PRE_NORMS},
     "olmo2": {**_COMMON,  # norms on the sub-layer outputs, no input norm
               "layers.{i}.attn_norm_out.weight": "model.layers.{i}.post_attention_layernorm.weight",
               "layers.{i}.mlp_norm_out.weight": "model.layers.{i}.post_feedforward_layernorm.weight"},
