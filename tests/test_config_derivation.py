@@ -148,3 +148,36 @@ def test_cli_set_derives_head_dim(tmp_path):
     with torch.device("meta"):
         assert ModelConfig.from_dict(saved).num_params() == get_config(
             "llama", "debug", d_model=256, n_heads=4, vocab_size=saved["vocab_size"]).num_params()
+
+
+def test_configs_saved_before_rope_variants_load_as_the_same_model():
+    """Old config.json / checkpoint meta hold rope_scaling as a number: 1 = plain, else a linear factor on the
+    full-attention layers, with sliding layers left unscaled (so a config that had no rope_local_theta keeps
+    plain RoPE on its sliding layers)."""
+    from qknorm.nn.rope import RopeScaling, rope_tables
+
+    plain = {**get_config("llama", "debug").to_dict(), "rope_scaling": 1.0}
+    assert ModelConfig.from_dict(plain) == get_config("llama", "debug")
+    old = {**get_config("gemma3", "debug").to_dict(), "rope_scaling": 8.0, "rope_local_theta": None}
+    cfg = ModelConfig.from_dict(old)
+    assert cfg.rope_scaling == RopeScaling(rope_type="linear", factor=8.0)
+    assert cfg.local_rope == (cfg.rope_theta, None)  # as before: sliding layers plain, with rope_theta
+    model = TransformerLM(cfg, device="meta")
+    cos, _ = model.rope_local(24, torch.device("cpu"))
+    assert torch.equal(cos, rope_tables(24, cfg.head_dim, theta=cfg.rope_theta)[0])
+    cos_g, _ = model.rope_global(24, torch.device("cpu"))
+    assert torch.equal(cos_g, rope_tables(24, cfg.head_dim, theta=cfg.rope_theta, scaling=8.0)[0])
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg  # and the new form round-trips
+    assert cfg.to_dict()["rope_scaling"] == {"rope_type": "linear", "factor": 8.0}
+
+
+def test_rope_scaling_on_the_command_line_is_none_or_refused_in_one_line():
+    """`--set rope_scaling=none` turns a preset's scaling off; any other value is refused (a RoPE variant has
+    several numbers: set it in Python, or get it from a checkpoint)."""
+    from qknorm.cli._common import parse_set
+
+    assert parse_set(["rope_scaling=none"])[0] == {"rope_scaling": None}
+    assert get_config("llama", "1b", rope_scaling=None).rope_scaling is None
+    with pytest.raises(ConfigError, match="--set rope_scaling: cannot be set from the command line") as e:
+        parse_set(["rope_scaling=8"])
+    assert "\n" not in str(e.value)

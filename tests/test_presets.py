@@ -63,8 +63,11 @@ PUBLISHED = [
     ("olmo2", "1b", 1.485e9),  # OLMo-2-0425-1B: 1.48B
     ("olmo2", "7b", 7.30e9),  # OLMo-2-1124-7B: 7.3B
     ("gemma3", "1b", 1.0e9),  # gemma-3-1b-pt: 1B
-    ("olmo2", "372m", 372e6),  # shared/tools/hf_train_gpu.py anchor (~370M)
+    ("olmo2", "372m", 372e6),  # the 372M OLMo 2 shape of the training-step benchmark (~370M)
     ("postln", "124m", 124e6),  # GPT-2 small class
+    ("llama", "8b", 8.03e9),  # Llama 3.1 8B: 8.03B
+    ("mistral", "7b", 7.24e9),  # Mistral 7B v0.1: 7.24B
+    ("qwen2", "0.5b", 0.494e9),  # Qwen2.5-0.5B: 0.49B (0.36B non-embedding)
 ]
 
 

@@ -91,7 +91,13 @@ _DERIVABLE = ("n_kv_heads", "head_dim")  # resolved at construction when None (s
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """Everything needed to build a `TransformerLM`. All fields are keyword-only; see each comment."""
+    """Everything needed to build a `TransformerLM`. All fields are keyword-only; see each comment.
+
+    Derived fields (None = derived from the final values of the fields named; see the module docstring):
+    n_kv_heads <- n_heads; head_dim <- d_model, n_heads; query_pre_attn_scalar <- head_dim; rope_local_theta <-
+    rope_theta, rope_scaling; layer_types <- sliding_window, global_every, n_layers. Build variants with
+    `replace(...)`; `dataclasses.replace` is refused.
+    """
 
     # --- shape
     vocab_size: int = 256  # tokens; 256 = byte-level

@@ -55,7 +55,7 @@ _LLAMA3 = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_fa
 @pytest.mark.parametrize("preset,overrides", [
     ("llama", dict(tie_embeddings=True, rope_scaling=_LLAMA3)),
     ("mistral", dict(rope_scaling=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16))),
-    ("qwen2", dict(sliding_window=8, layer_types=("full_attention", "sliding_attention"))),
+    ("qwen2", dict(head_dim=32, sliding_window=8, layer_types=("full_attention", "sliding_attention"))),
     ("qwen3", dict(attention_bias=True, o_proj_bias=True, rope_scaling=2.0)),
     ("olmo2", dict(head_dim=24, norm_eps=1e-5)),
     ("gemma3", dict(tie_embeddings=False, final_softcap=15.0, rope_scaling=8.0)),

@@ -1,7 +1,7 @@
 """One flat state-dict key map per HF family (our key -> HF key), checked both ways, and Gemma's offset check.
 
 Every key of our model must come from exactly one HF key of the right shape, and every HF key must be used
-(STYLE.md rule 8, as nanoGPT's `from_pretrained` does). The only HF keys dropped on purpose are listed in
+(as nanoGPT's `from_pretrained` does). The only HF keys dropped on purpose are listed in
 `_IGNORED` (old checkpoints' rotary tables, a multimodal Gemma 3's vision tower and projector) and a tied
 `lm_head.weight` that equals the embedding.
 

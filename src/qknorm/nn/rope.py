@@ -71,8 +71,9 @@ class RopeScaling:
             if name in required and value is None:
                 raise ConfigError(f"rope_scaling.{name} is required for rope_type={self.rope_type.value!r}")
             if value is not None and name not in required + optional:
+                reads = ", ".join(("factor",) + required + optional)
                 raise ConfigError(f"rope_scaling.{name}={value!r} does not apply to rope_type="
-                                  f"{self.rope_type.value!r} (it reads: factor{''.join(', ' + n for n in required + optional)})")
+                                  f"{self.rope_type.value!r} (it reads: {reads})")
         if self.original_max_position_embeddings is not None:
             v = self.original_max_position_embeddings
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
