@@ -10,7 +10,7 @@ Reading (`config_from_hf`) resolves RoPE the way transformers 5.x does (hf_rope.
 yarn, per layer type for Gemma 3) and sliding windows per family (Gemma 3 layer_types or its pattern; Qwen's
 use_sliding_window + max_window_layers; Mistral's window on every layer). The layers come back in one canonical
 form: no window when no layer slides, `global_every` for Gemma's every-Nth-layer pattern (0 when every layer
-slides), explicit `layer_types` otherwise. Every feature our model cannot reproduce exactly raises a
+slides; a Mistral config always has 0, its rule, window or not), explicit `layer_types` otherwise. Every feature our model cannot reproduce exactly raises a
 CheckpointError naming the field and its value; a field transformers itself ignores (Gemma 3's
 attn_logit_softcapping) is ignored with a warning, so the logits stay the same.
 
@@ -20,8 +20,8 @@ Writing (`hf_config_from_ours`) infers the family from the numerics (never from 
   pre       + head QK-norm + input cast         -> qwen3
   pre       + no QK-norm   + input cast, then by attention bias and windows:
               bias on q/k/v but not o                          -> qwen2 (its attention always has exactly that)
-              a sliding window on every layer (or global_every=0, "the window applies to every layer")
-                                                               -> mistral
+              any sliding layer, or global_every=0 ("the window applies to every layer", Mistral's rule)
+                                                               -> mistral (which refuses a mix of layer types)
               otherwise (no window; bias on all of q/k/v/o or none) -> llama
 and raises a ConfigError listing every field transformers cannot represent for that family.
 """
