@@ -2,6 +2,8 @@
 reads both libraries alike (from the built modules), and the training-step benchmark refuses, in one line
 naming both, to time models that differ — before anything is timed or written."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -77,3 +79,22 @@ def test_bench_train_refuses_the_old_unequal_construction(tmp_path, monkeypatch,
     assert f"hf has {hf.params:,} parameters" in captured.err and f"ours has {ours.params:,} parameters" in captured.err
     assert "head_dim 32" in captured.err and "head_dim 16" in captured.err
     assert timed == [] and not out.exists()
+
+
+def test_bench_hf_cpu_refuses_unequal_models(monkeypatch):
+    """bench/bench_hf_cpu.py builds ours with qknorm.from_hf(hf); if that ever built another shape, it refuses."""
+    import argparse
+    import runpy
+
+    from qknorm.benchmarks.equal_models import UnequalModelsError
+
+    ns = runpy.run_path(str(Path(__file__).resolve().parents[2] / "bench" / "bench_hf_cpu.py"), run_name="not_main")
+    a = argparse.Namespace(vocab=64, d_model=32, d_ff=64, layers=1, heads=4, kv_heads=2, head_dim=8, seq=8,
+                           attn="sdpa")
+    ours, hf, record = ns["build_pair"]("olmo2", a)
+    assert record == describe(hf) and record.head_dim == 8
+    wrong = qknorm.TransformerLM(qknorm.get_config("olmo2", "debug", vocab_size=64, d_model=32, n_layers=1,
+                                                   n_heads=4, n_kv_heads=2, d_ff=64, head_dim=16))
+    monkeypatch.setitem(ns["build_pair"].__globals__, "qknorm", type("Q", (), {"from_hf": lambda hf: wrong}))
+    with pytest.raises(UnequalModelsError, match="refusing to time unequal models: ours has"):
+        ns["build_pair"]("olmo2", a)
