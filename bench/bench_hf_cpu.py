@@ -155,10 +155,11 @@ def main(argv=None) -> int:
              f"head_dim {args.head_dim}, d_ff={args.d_ff}, vocab={args.vocab}, B={args.batch}, T={args.seq}, fp32, "
              f"HF attn_implementation={args.attn}")
     lines = [
-        "| family | params (each) | head_dim, kv heads | ours ms | HF ms | ours / HF (median of paired rounds) | 25-75% "
-        "| logits rel err |",
+        "| family | params (each) | head_dim, kv heads | ours ms | HF ms | ours / HF (median of paired rounds) "
+        "| 25-75% | logits rel err |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
-        *(f"| {r['family']} | {r['params']:,} | {r['head_dim']}, {r['n_kv_heads']} | {r['ours_ms']:.1f} | {r['hf_ms']:.1f} | "
+        *(f"| {r['family']} | {r['params']:,} | {r['head_dim']}, {r['n_kv_heads']} | {r['ours_ms']:.1f} | "
+          f"{r['hf_ms']:.1f} | "
           f"**{r['ratio']:.3f}** | {r['q25']:.3f}-{r['q75']:.3f} | {r['rel']:.1e} |" for r in rows),
     ]
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3

@@ -63,7 +63,7 @@ def bench_layer(shape, device: str, timer: Timer) -> dict:
     mods = {qk: Attn(d, H, Hkv, D, qk).to(device, dt) for qk in KINDS}
     counts = {qk: m.projection_params() for qk, m in mods.items()}
     if len(set(counts.values())) != 1:
-        raise UnequalModelsError(f"refusing to time attention sub-layers with unequal projections (parameters): {counts}")
+        raise UnequalModelsError(f"refusing to time attention sub-layers with unequal projections: {counts}")
     row["projection_params_M"] = counts["none"] / 1e6
     for qk, m in mods.items():
         try:

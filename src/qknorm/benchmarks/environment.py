@@ -88,8 +88,17 @@ def collect(device: str, options: Dict[str, object]) -> Environment:
     if device == "cuda":
         versions["gpu_driver"] = _driver_version()
     return Environment(device=device_name(device), date=now.date().isoformat(),
-                       time_utc=now.isoformat(timespec="seconds"), versions=versions, argv=tuple(sys.argv),
+                       time_utc=now.isoformat(timespec="seconds"), versions=versions, argv=_argv(),
                        options={k: v for k, v in options.items() if not k.startswith("_")})
+
+
+def _argv() -> Tuple[str, ...]:
+    """sys.argv, with `python -m qknorm` and the `qknorm` script both shown as `qknorm`."""
+    argv = list(sys.argv) or [""]
+    p = Path(argv[0])
+    if p.name == "qknorm" or (p.name == "__main__.py" and p.parent.name == "qknorm"):
+        argv[0] = "qknorm"
+    return tuple(argv)
 
 
 def _driver_version() -> Optional[str]:

@@ -47,8 +47,9 @@ class ModelRecord:
                 self.head_dim, self.vocab_size, self.dtype)
 
     def short(self) -> str:
-        return (f"{self.params:,} parameters ({self.params_M:.2f}M; head_dim {self.head_dim}, n_heads {self.n_heads}, n_kv_heads "
-                f"{self.n_kv_heads}, d_model {self.d_model}, {self.n_layers} layers, {self.dtype})")
+        return (f"{self.params:,} parameters ({self.params_M:.2f}M; head_dim {self.head_dim}, n_heads "
+                f"{self.n_heads}, n_kv_heads {self.n_kv_heads}, d_model {self.d_model}, {self.n_layers} layers, "
+                f"{self.dtype})")
 
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "params_M": round(self.params_M, 6)}

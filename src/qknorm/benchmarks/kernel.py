@@ -49,7 +49,8 @@ def add_arguments(p) -> None:
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on CPU, Triton interpreted: checks it runs")
     p.add_argument("--iters", type=positive_int, default=100, help="back-to-back calls per timed batch (default 100)")
     p.add_argument("--repeats", type=positive_int, default=3, help="timed batches; the median is reported (default 3)")
-    p.add_argument("--nshapes", type=positive_int, default=None, help="only the first N shapes (2: the acceptance rows)")
+    p.add_argument("--nshapes", type=positive_int, default=None,
+                   help="only the first N shapes (2: the acceptance rows)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile contenders")
     p.add_argument("--no-sweep", action="store_true", help="skip the launch-config sweep")
     p.add_argument("--no-layer", action="store_true", help="skip the attention sub-layer table")

@@ -77,7 +77,8 @@ def time_variant(v, shape, device, dtype, timer: Timer, warmup: int, planned) ->
     model, loss_fn = train_models.build(v, shape, device, dtype)
     got = describe(model)
     if got != planned:  # e.g. a patch that changed the model: the plan was checked, this is what runs
-        raise UnequalModelsError(f"refusing to time {v.name}: it built {got.short()}, but its plan had {planned.short()}")
+        raise UnequalModelsError(f"refusing to time {v.name}: it built {got.short()}, but its plan had "
+                                 f"{planned.short()}")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
     ids = torch.randint(0, shape.vocab_size, (shape.batch, shape.seq_len), device=device,
                         generator=torch.Generator(device=device).manual_seed(0))
@@ -100,48 +101,56 @@ def time_variant(v, shape, device, dtype, timer: Timer, warmup: int, planned) ->
                 **planned.as_dict())
 
 
+def _setup(args):
+    """(device, dtype, shape, timer, warm-up steps) after the checks that come before any work."""
+    if args.cpu_smoke:
+        return "cpu", torch.float32, train_models.SMOKE, Timer(device="cpu", iters=1, repeats=2, warmup=0), 1
+    if not torch.cuda.is_available():
+        raise ConfigError("no CUDA device: this benchmark times GPU training steps; use --cpu-smoke for a CPU check "
+                          "that it runs")
+    timer = Timer(device="cuda", iters=1, repeats=args.steps, warmup=0)  # events around each step
+    return "cuda", torch.bfloat16, train_models.ANCHOR_372M, timer, args.warmup
+
+
+def _one(v, res, shape, device, dtype, timer, warmup, planned) -> None:
+    """Time variant v into its section of res; an error (a missing optional package, an OOM) is recorded and
+    the other variants go on; unequal models never do."""
+    section = res["variants"] if v.qk_norm else res["variants_without_qk_norm"]
+    try:
+        r = time_variant(v, shape, device, dtype, timer, warmup, planned)
+        peak = "-" if r["peak_GB"] is None else f"{r['peak_GB']:.1f}"
+        print(f"{v.name:18s} {r['ms']:9.1f} ms/step {r['tok_s']:>11,.0f} tok/s  peak {peak} GB  "
+              f"(warm-up {r['warmup_s']:.0f} s)", flush=True)
+    except UnequalModelsError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        r = dict(error=repr(e)[:300], **planned.as_dict())
+        print(f"{v.name:18s} error {repr(e)[:200]}", flush=True)
+    section[v.name] = r
+
+
 def run(args) -> int:
     variants = parse_variants(args.variants, args.cpu_smoke)
     out = check_out(args.out, FILES, force=args.force)
-    if args.cpu_smoke:
-        device, dtype, shape = "cpu", torch.float32, train_models.SMOKE
-        timer, warmup = Timer(device="cpu", iters=1, repeats=2, warmup=0), 1
-    else:
-        if not torch.cuda.is_available():
-            raise ConfigError("no CUDA device: this benchmark times GPU training steps; use --cpu-smoke for a CPU "
-                              "check that it runs")
-        device, dtype, shape = "cuda", torch.bfloat16, train_models.ANCHOR_372M
-        timer, warmup = Timer(device="cuda", iters=1, repeats=args.steps, warmup=0), args.warmup
+    device, dtype, shape, timer, warmup = _setup(args)
     planned = {v.name: train_models.plan(v, shape, dtype) for v in variants}
-    check_plan(planned, variants)
-    for v in variants:
-        r = planned[v.name]
-        print(f"{v.name:18s} {r.short()}", flush=True)
+    check_plan(planned, variants)  # before anything is timed or written
+    for name, r in planned.items():
+        print(f"{name:18s} {r.short()}", flush=True)
     env = environment.collect(device, vars(args))
-    res = dict(benchmark="train_step", **env.as_dict(), timer=timer.as_dict(), warmup_steps=warmup, shape=shape.as_dict(),
-               dtype=str(dtype).replace("torch.", ""), optimizer=f"AdamW (fused={device == 'cuda'})",
-               models={n: r.as_dict() for n, r in planned.items()}, variants={}, variants_without_qk_norm={},
-               complete=False)
+    res = dict(benchmark="train_step", **env.as_dict(), timer=timer.as_dict(), warmup_steps=warmup,
+               shape=shape.as_dict(), dtype=str(dtype).replace("torch.", ""),
+               optimizer=f"AdamW (fused={device == 'cuda'})", models={n: r.as_dict() for n, r in planned.items()},
+               variants={}, variants_without_qk_norm={}, complete=False)
     for v in variants:
-        section = res["variants"] if v.qk_norm else res["variants_without_qk_norm"]
-        try:
-            r = time_variant(v, shape, device, dtype, timer, warmup, planned[v.name])
-            peak = "-" if r["peak_GB"] is None else f"{r['peak_GB']:.1f}"
-            print(f"{v.name:18s} {r['ms']:9.1f} ms/step {r['tok_s']:>11,.0f} tok/s  peak {peak} GB  "
-                  f"(warm-up {r['warmup_s']:.0f} s)", flush=True)
-        except UnequalModelsError:
-            raise
-        except Exception as e:  # noqa: BLE001  (a missing optional package, an OOM: keep the other variants)
-            r = dict(error=repr(e)[:300], **planned[v.name].as_dict())
-            print(f"{v.name:18s} error {repr(e)[:200]}", flush=True)
-        section[v.name] = r
+        _one(v, res, shape, device, dtype, timer, warmup, planned[v.name])
         if out:
-            write_json(out / FILES[0], res)
+            write_json(out / FILES[0], res)  # a run cut short keeps what it measured
     res["complete"] = True
     table = render(res)
     print(table, flush=True)
     if out:
         write_json(out / FILES[0], res)
-        write_text(out / FILES[1], table + "\n")
+        write_text(out / FILES[1], table)
         print(f"wrote {out / FILES[0]} and {out / FILES[1]}")
     return 0
