@@ -7,7 +7,7 @@
 #   SMOKE=1 PY=.venv/bin/python bash bench/gpu_session.sh   # the same stages on CPU (interpreter, --cpu-smoke)
 #
 # Stages and what each leaves in $OUT (flat: the device tool returns at most 8 files, 2 folders down):
-#   tests   gpu_tests.log    pytest -m gpu -n 12 tests/ops (the kernel matrix vs float64, every preset triton
+#   tests   gpu_tests.log    pytest -m gpu -n 12 tests (the kernel matrix vs float64, every preset triton
 #                            vs torch, patch_hf vs transformers, fullgraph torch.compile); SMOKE: the CPU subset
 #   kernel  qk_norm_rope.{json,md}   qknorm bench kernel --nshapes 2 (the acceptance shape, head and full)
 #   train   train_step.{json,md}     qknorm bench train: hf_compile, ours_compile, ours_compile_noqk first (the
@@ -60,7 +60,7 @@ for s in "${stages[@]}"; do
   case "$s" in
     tests)
       if [ -n "${SMOKE:-}" ]; then sel=(tests/ops/test_gpu_matrix.py tests/ops/test_gpu_models.py); else
-        sel=(-m gpu -n 12 tests/ops); fi
+        sel=(-m gpu -n 12 tests); fi
       cat "$OUT/env.txt" > "$OUT/gpu_tests.log"
       run_stage tests "${TESTS_S:-150}" "$OUT/gpu_tests.log" \
         "$PY" -m pytest -v -rfEs -p no:cacheprovider --durations=15 "${sel[@]}"

@@ -7,16 +7,15 @@
                                                       compile, Liger), with and without QK-norm
 
 Both need a CUDA GPU; --cpu-smoke runs tiny shapes on CPU (Triton interpreted) to check that they work.
-Results are written only with --out DIR; without it they are printed and nothing is written.
-`qknorm bench WHAT --help` lists each benchmark's options.
-
-Each benchmark is a module with `HELP`, `add_arguments(parser)` and `run(args) -> int`; the CLI owns parsing.
+Results are written only with --out DIR; without it they are printed and nothing is written (no
+environment variable such as $OUT is read). `qknorm bench WHAT --help` lists each benchmark's options.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 
+# Each benchmark is a module with HELP, add_arguments(parser) and run(args) -> int: the CLI owns parsing.
 BENCHES = {"kernel": "qknorm.benchmarks.kernel", "train": "qknorm.benchmarks.train_step"}
 
 
