@@ -14,7 +14,7 @@ import itertools
 
 import pytest
 import torch
-from ops_helpers import hf_style_f64, make_inputs
+from helpers.ops_inputs import hf_style_f64, make_inputs
 
 from qknorm.ops import qk_norm_rope
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import qknorm
+from helpers.hf_models import make_hf
 
 pytest.importorskip("triton")
 transformers = pytest.importorskip("transformers")
@@ -103,26 +104,10 @@ def test_compiled_preset_model_has_no_graph_break(preset, dtype):
     _check(got, _fwd_bwd(_ours(preset, "torch", dt, ref.state_dict()), ids), _fwd_bwd(ref, ids), dt)
 
 
-def _hf_model(family):
-    base = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5)
-    if family == "qwen3":
-        cfg = transformers.Qwen3Config(**base, head_dim=24)  # head_dim != hidden / heads, not a power of 2
-    elif family == "olmo2":
-        cfg = transformers.Olmo2Config(**base)
-    else:
-        cfg = transformers.Gemma3TextConfig(**{**base, "num_hidden_layers": 3}, head_dim=32, sliding_window=8,
-                                            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-                                            query_pre_attn_scalar=20)
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    return _randomize_vectors(transformers.AutoModelForCausalLM.from_config(cfg)).to(DEV).train()
-
-
 @pytest.mark.parametrize("family,dtype", list(_params("hf", HF_FAMILIES)))
 def test_patch_hf_against_unpatched_transformers(family, dtype):
     dt = DTYPES[dtype]
-    hf = _hf_model(family)
+    hf = make_hf(family, attn="sdpa").to(DEV).train()  # GQA, linear RoPE scaling, biases; Gemma 3 sliding + softcap
     ids = _ids(hf.config.vocab_size)
     ref = _fwd_bwd(copy.deepcopy(hf).double(), ids, hf=True)
     eager = _fwd_bwd(copy.deepcopy(hf).to(dt), ids, hf=True)
