@@ -6,7 +6,8 @@
 For each family a random HF model is built with `transformers` from a native config of that family (GQA,
 explicit head_dim, the family's eps/theta; Gemma 3 with sliding layers whose window is shorter than T, a global
 layer, query_pre_attn_scalar), every weight moved off its init, and ours is `qknorm.from_hf(hf)`: the same
-function with identical weights (the logits' relative error is printed as a check).
+function with identical weights (the logits' relative error is printed as a check). Both models are described
+from their modules (parameters, head_dim, heads) and the run refuses to time a pair that differs.
 
 One step = logits for B x T tokens -> the same cross-entropy outside the model -> backward -> zero_grad(None),
 fp32, both with HF's default SDPA attention path and ours (the PyTorch reference QK-norm+RoPE on CPU), with
@@ -19,10 +20,8 @@ machine the ratio, not the absolute ms, is the measurement.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,23 +32,11 @@ import torch
 import torch.nn.functional as F
 
 import qknorm
+from qknorm.benchmarks import environment
+from qknorm.benchmarks.equal_models import describe, require_equal
+from qknorm.errors import QKNormError
 
 FAMILIES = ("olmo2", "gemma3", "qwen3", "llama")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cores() -> int:
-    """Cores this process may run on (taskset/cgroup affinity), not the machine's count."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def hf_config(family: str, a):
@@ -92,7 +79,9 @@ def build_pair(family: str, a):
     torch.manual_seed(0)
     hf = randomize(transformers.AutoModelForCausalLM.from_config(cfg))
     ours = qknorm.from_hf(hf)
-    return ours.train(), hf.train()
+    records = [("ours", describe(ours)), ("hf", describe(hf))]
+    require_equal(records)
+    return ours.train(), hf.train(), records[0][1]
 
 
 def step(model, ids, hf: bool) -> None:
@@ -103,7 +92,7 @@ def step(model, ids, hf: bool) -> None:
 
 
 def bench_family(family: str, a) -> dict:
-    ours, hf = build_pair(family, a)
+    ours, hf, record = build_pair(family, a)
     ids = torch.randint(0, a.vocab, (a.batch, a.seq + 1), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         x, y = ours(ids[:, :-1]).double(), hf(input_ids=ids[:, :-1]).logits.double()
@@ -121,7 +110,7 @@ def bench_family(family: str, a) -> dict:
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     return dict(family=family, ours_ms=1e3 * statistics.median(times["ours"]),
                 hf_ms=1e3 * statistics.median(times["hf"]), ratio=statistics.median(ratios), q25=q[0], q75=q[2],
-                rel=rel, params=sum(p.numel() for p in ours.parameters()))
+                rel=rel, params=record.params, head_dim=record.head_dim, n_kv_heads=record.n_kv_heads)
 
 
 def main(argv=None) -> int:
@@ -153,7 +142,11 @@ def main(argv=None) -> int:
     t0 = time.time()
     rows = []
     for f in args.families:
-        rows.append(bench_family(f, args))
+        try:
+            rows.append(bench_family(f, args))
+        except QKNormError as e:
+            print(f"bench_hf_cpu.py: error: {f}: {e}", file=sys.stderr)
+            return 2
         r = rows[-1]
         print(f"{f:7s} ours {r['ours_ms']:7.1f} ms  HF {r['hf_ms']:7.1f} ms  ours/HF {r['ratio']:.3f} "
               f"[{r['q25']:.3f}, {r['q75']:.3f}]  logits rel err {r['rel']:.1e}  [{time.time() - t0:.0f}s]",
@@ -162,28 +155,30 @@ def main(argv=None) -> int:
              f"head_dim {args.head_dim}, d_ff={args.d_ff}, vocab={args.vocab}, B={args.batch}, T={args.seq}, fp32, "
              f"HF attn_implementation={args.attn}")
     lines = [
-        "| family | params | ours ms | HF ms | ours / HF (median of paired rounds) | 25-75% | logits rel err |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        *(f"| {r['family']} | {r['params'] / 1e6:.1f}M | {r['ours_ms']:.1f} | {r['hf_ms']:.1f} | "
+        "| family | params (each) | head_dim, kv heads | ours ms | HF ms | ours / HF (median of paired rounds) "
+        "| 25-75% | logits rel err |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *(f"| {r['family']} | {r['params']:,} | {r['head_dim']}, {r['n_kv_heads']} | {r['ours_ms']:.1f} | "
+          f"{r['hf_ms']:.1f} | "
           f"**{r['ratio']:.3f}** | {r['q25']:.3f}-{r['q75']:.3f} | {r['rel']:.1e} |" for r in rows),
     ]
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    env = (f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; CPU: {cpu_name()}, {_cores()} cores "
-           f"available, torch.set_num_threads({args.threads}); load average (1/5/15 min) at the end "
-           f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}; Python {platform.python_version()}, torch "
-           f"{torch.__version__}, transformers {transformers.__version__}, qknorm {qknorm.__version__}")
+    rec = environment.collect("cpu", {k: str(v) for k, v in vars(args).items()})
+    env = (f"{rec.heading()}; torch.set_num_threads({args.threads}); load average (1/5/15 min) at the end "
+           f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")
     cmd = " ".join(["python bench/bench_hf_cpu.py", *(argv if argv is not None else sys.argv[1:])])
     text = "\n".join([
         "# Forward+backward step on CPU: qknorm vs transformers", "", f"`{cmd}`", "",
         f"Shape: {shape}. Weights: a random HF model of each family (every weight off its init); ours = "
-        "`qknorm.from_hf(hf)`, so both compute the same function (logits rel err below).", "",
+        "`qknorm.from_hf(hf)`, so both compute the same function (logits rel err below) with the same parameters "
+        "(checked from the built modules before timing).", "",
         f"One step: logits, cross-entropy, backward, zero_grad. {args.warmup} warm-up rounds, then {args.rounds} "
         "rounds of one step of each model in alternating order. The machine is shared with other work: the "
         "measurement is the ratio ours / HF (median of the per-round ratios, < 1 means ours is faster), not the "
         "absolute ms, which move with the load.", "", f"Environment: {env}.", "", *lines, ""])
     print(text)
     if not args.no_write:
-        out = args.out or Path(__file__).parent / "results" / f"hf_cpu_{datetime.date.today().isoformat()}.md"
+        out = args.out or Path(__file__).parent / "results" / f"hf_cpu_{rec.date}.md"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         print(f"wrote {out}")

@@ -1,12 +1,12 @@
-"""QK-RMSNorm + RoPE kernel benchmark (ours vs eager, torch.compile, Liger, the bandwidth floor; attention
-sub-layer overhead): see qknorm/benchmarks/kernel.py. Same as `qknorm bench kernel`.
+"""Same as `qknorm bench kernel` (fused QK-RMSNorm + RoPE vs the bandwidth floor, eager, torch.compile, Liger;
+attention sub-layer): see qknorm/benchmarks/kernel.py. Flags as for the CLI.
 
-    python bench/bench_qk_norm_rope.py --out bench/results/   # on a GPU (EXTRA_SITE=dir adds a folder with Liger)
-    python bench/bench_qk_norm_rope.py --cpu-smoke            # tiny shapes on CPU under TRITON_INTERPRET=1
+    python bench/bench_qk_norm_rope.py --out bench/results/new/   # on a GPU (EXTRA_SITE=dir adds a folder with Liger)
+    python bench/bench_qk_norm_rope.py --cpu-smoke                # tiny shapes on CPU under TRITON_INTERPRET=1
 """
 import sys
 
-from qknorm.benchmarks.kernel import main
+from qknorm.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", "kernel", *sys.argv[1:]]))

@@ -1,11 +1,12 @@
-"""End-to-end training step, qknorm vs HF Olmo2 (372M, B=8, T=2048, bf16): see qknorm/benchmarks/train_step.py.
+"""Same as `qknorm bench train` (one training step, our OLMo 2 372M vs HF Olmo2ForCausalLM, equal models):
+see qknorm/benchmarks/train_step.py. Flags as for the CLI.
 
-    python bench/bench_train_gpu.py --out bench/results/     # on a GPU
-    python bench/bench_train_gpu.py --cpu-smoke              # tiny shapes on CPU
+    python bench/bench_train_gpu.py --out bench/results/new/   # on a GPU
+    python bench/bench_train_gpu.py --cpu-smoke                # tiny shape on CPU
 """
 import sys
 
-from qknorm.benchmarks.train_step import main
+from qknorm.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", "train", *sys.argv[1:]]))

@@ -1,186 +1,156 @@
-"""End-to-end training-step benchmark: qknorm's OLMo 2 model vs HF Olmo2ForCausalLM, measured in one run.
+"""`qknorm bench train`: one training step of our OLMo 2 372M against HF Olmo2ForCausalLM, one run, equal models.
 
-The shape is the anchor of shared/tools/hf_train_gpu.py: 372M parameters (d=1024, 16 layers, 16 heads of 64,
-SwiGLU 4096, vocab 50304), B=8, T=2048, bf16 weights, fused AdamW, one step = forward + backward + optimizer.
-Variants (pick with --variants):
-  hf, hf_compile, hf_liger           HF transformers eager / torch.compile / Liger-Kernel OLMo 2 patch
-  ours, ours_compile                 qknorm TransformerLM (fused Triton QK-norm+RoPE on CUDA), eager / compiled
-  ours_compile_noqk                  the same with qk_norm="none": what QK-norm costs in our step
-Prints a markdown table (ms/step, tokens/s, peak GB, speed vs HF eager / HF compile / HF Liger) and, with --out
-(or $OUT), writes train_step.json + train_step.md there.
+One step = forward + backward + fused AdamW, B=8, T=2048, bf16 weights (train_models.py has the models).
+Variants (--variants, comma-separated):
+  hf, hf_compile, hf_liger        HF transformers eager / torch.compile / Liger-Kernel OLMo 2 patch
+  ours, ours_compile              qknorm TransformerLM (fused Triton QK-norm + RoPE on CUDA), eager / compiled
+  <any of hf, hf_compile, ours, ours_compile>_noqk   the same model without QK-norm
+Before anything is timed, every variant is described on the meta device and the run refuses (exit 2, one
+line naming both) when two compared models differ in parameter count, head_dim or head counts; variants
+with and without QK-norm must differ by exactly the QK-norm gains.
+Prints the tables (ms/step, tokens/s, peak GB, parameters, speed vs each HF variant, QK-norm cost); with
+--out DIR writes DIR/train_step.json (after every variant, "complete" at the end) and DIR/train_step.md.
+Nothing is written without --out.
 
-    qknorm bench train --out $OUT                        # on a GPU (or python bench/bench_train_gpu.py)
-    qknorm bench train --cpu-smoke                       # tiny shapes on CPU, eager variants: checks that it runs
+    qknorm bench train --out results/                 # a CUDA GPU; ~5 min for all nine variants on an H200
+    qknorm bench train --cpu-smoke --out /tmp/smoke   # CPU, a tiny non-debug shape, eager variants: seconds
 """
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import sys
+import gc
 import time
+from typing import Dict, List
 
 import torch
-import torch.nn.functional as F
 
-import qknorm
+from ..cli._common import non_negative_int, positive_int
+from ..errors import ConfigError
+from . import environment, train_models
+from .equal_models import UnequalModelsError, describe, require_equal, require_same_but_qk_norm
+from .output import check_out, write_json, write_text
+from .timing import Timer
+from .train_report import render
 
-ALL = ("hf", "hf_compile", "hf_liger", "ours", "ours_compile", "ours_compile_noqk")
-SMOKE = ("hf", "ours")  # torch.compile on CPU takes about a minute per variant: not for a smoke check
-REFS = (("hf", "HF"), ("hf_compile", "HF compile"), ("hf_liger", "HF Liger"))
-
-
-def build_hf(variant, shape, device, dtype):
-    from transformers import Olmo2Config, Olmo2ForCausalLM
-
-    cfg = Olmo2Config(vocab_size=shape["vocab"], hidden_size=shape["d"], intermediate_size=shape["ff"],
-                      num_hidden_layers=shape["L"], num_attention_heads=shape["H"], num_key_value_heads=shape["H"],
-                      max_position_embeddings=4096, rms_norm_eps=1e-6, rope_theta=5e5, tie_word_embeddings=False,
-                      pad_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    m = Olmo2ForCausalLM._from_config(cfg, attn_implementation="sdpa", dtype=dtype).to(device)
-    if variant == "hf_liger":
-        from liger_kernel.transformers import apply_liger_kernel_to_olmo2
-
-        apply_liger_kernel_to_olmo2(model=m)
-    if variant == "hf_compile":
-        m.compile()
-
-    def loss_fn(ids):
-        return m(input_ids=ids, labels=ids).loss
-
-    return m, loss_fn
+HELP = "one training step of our OLMo 2 372M vs HF (eager, compile, Liger), with and without QK-norm"
+FILES = ("train_step.json", "train_step.md")
 
 
-def build_ours(variant, shape, device, dtype):
-    over = dict(vocab_size=shape["vocab"], d_model=shape["d"], d_ff=shape["ff"], n_layers=shape["L"],
-                n_heads=shape["H"], n_kv_heads=shape["H"])
-    if variant.endswith("noqk"):
-        over["qk_norm"] = "none"
-    cfg = qknorm.get_config("olmo2", "debug", **over)
-    torch.manual_seed(0)
-    m = qknorm.TransformerLM(cfg, device=device, dtype=dtype)
-
-    def loss(ids):
-        logits = m(ids[:, :-1])  # (B, T-1, V), HF shifts the same way
-        return F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
-
-    return m, (torch.compile(loss) if "compile" in variant else loss)
+def add_arguments(p) -> None:
+    p.add_argument("--variants", default=None, metavar="LIST",
+                   help=f"comma-separated, from: {', '.join(train_models.VARIANTS)} (default: all; with "
+                        f"--cpu-smoke: {','.join(train_models.SMOKE_VARIANTS)})")
+    p.add_argument("--steps", type=positive_int, default=10, help="timed steps per variant (default 10)")
+    p.add_argument("--warmup", type=non_negative_int, default=3,
+                   help="untimed steps first (compilation happens here; default 3)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write train_step.json and train_step.md there (default: print only, write nothing)")
+    p.add_argument("--force", action="store_true", help="replace train_step.* already in --out")
+    p.add_argument("--cpu-smoke", action="store_true",
+                   help="CPU, fp32, the tiny shape d_model=96, 3 heads, 2 steps: checks that the benchmark runs")
 
 
-def time_variant(variant, shape, device, dtype, steps, warmup):
-    build = build_hf if variant.startswith("hf") else build_ours
-    m, loss_fn = build(variant, shape, device, dtype)
-    m.train()
-    fused = device == "cuda"
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-4, fused=fused)
-    ids = torch.randint(0, shape["vocab"], (shape["B"], shape["T"]), device=device)
+def parse_variants(text, smoke: bool) -> List[train_models.Variant]:
+    names = [n.strip() for n in (text or ",".join(train_models.SMOKE_VARIANTS if smoke else train_models.VARIANTS))
+             .split(",") if n.strip()]
+    bad = [n for n in names if n not in train_models.VARIANTS]
+    if bad or not names:
+        raise ConfigError(f"--variants {','.join(bad) or repr(text)}: not a variant; choose from: "
+                          f"{', '.join(train_models.VARIANTS)}")
+    return [train_models.VARIANTS[n] for n in dict.fromkeys(names)]
 
-    def step():
-        loss = loss_fn(ids)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
 
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    sync(device)
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    times.sort()
-    med = times[len(times) // 2]
-    peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else float("nan")
-    n_params = sum(p.numel() for p in m.parameters())
-    del m, opt
+def check_plan(records: Dict[str, object], variants) -> None:
+    """The equal-model rule over the planned records (see equal_models.py)."""
+    with_qk = [(v.name, records[v.name]) for v in variants if v.qk_norm]
+    without = [(v.name, records[v.name]) for v in variants if not v.qk_norm]
+    require_equal(with_qk)
+    require_equal(without)
+    if with_qk and without:
+        require_same_but_qk_norm(with_qk[0], without[0])
+
+
+def time_variant(v, shape, device, dtype, timer: Timer, warmup: int, planned) -> dict:
     if device == "cuda":
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    return dict(ms=med * 1e3, tok_s=shape["B"] * shape["T"] / med, peak_GB=peak, warmup_s=compile_s,
-                params_M=n_params / 1e6)
+    model, loss_fn = train_models.build(v, shape, device, dtype)
+    got = describe(model)
+    if got != planned:  # e.g. a patch that changed the model: the plan was checked, this is what runs
+        raise UnequalModelsError(f"refusing to time {v.name}: it built {got.short()}, but its plan had "
+                                 f"{planned.short()}")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+    ids = torch.randint(0, shape.vocab_size, (shape.batch, shape.seq_len), device=device,
+                        generator=torch.Generator(device=device).manual_seed(0))
 
+    def step():
+        loss_fn(ids).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
 
-def sync(device):
+    t0 = time.perf_counter()
+    for _ in range(warmup):  # compilation happens here
+        step()
     if device == "cuda":
         torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - t0
+    ms = timer(step)
+    peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
+    del model, loss_fn, opt
+    return dict(ms=ms, tok_s=shape.batch * shape.seq_len / (ms * 1e-3), peak_GB=peak, warmup_s=warmup_s,
+                **planned.as_dict())
 
 
-def main(argv=None):
-    from ..cli._common import OneLineParser
-
-    ap = OneLineParser(prog="qknorm bench train", description=__doc__.split("\n")[0])
-    ap.add_argument("--variants", default=None, help=f"comma list (default: all; --cpu-smoke: {','.join(SMOKE)})")
-    ap.add_argument("--out", default=os.environ.get("OUT") or None,
-                    help="folder for train_step.json and .md (default $OUT; neither: print only)")
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on CPU, fp32 (checks the script runs)")
-    args = ap.parse_args(argv)
+def _setup(args):
+    """(device, dtype, shape, timer, warm-up steps) after the checks that come before any work."""
     if args.cpu_smoke:
-        device, dtype = "cpu", torch.float32
-        shape = dict(vocab=256, d=64, ff=128, L=2, H=4, B=2, T=32)
-        args.steps, args.warmup = 2, 1
-        args.variants = args.variants or ",".join(SMOKE)
-    else:
-        device, dtype = "cuda", torch.bfloat16
-        shape = dict(vocab=50304, d=1024, ff=4096, L=16, H=16, B=8, T=2048)
-    res = dict(date=datetime.date.today().isoformat(), torch=torch.__version__, shape=shape,
-               device=torch.cuda.get_device_name() if device == "cuda" else "cpu", variants={})
+        return "cpu", torch.float32, train_models.SMOKE, Timer(device="cpu", iters=1, repeats=2, warmup=0), 1
+    if not torch.cuda.is_available():
+        raise ConfigError("no CUDA device: this benchmark times GPU training steps; use --cpu-smoke for a CPU check "
+                          "that it runs")
+    timer = Timer(device="cuda", iters=1, repeats=args.steps, warmup=0)  # events around each step
+    return "cuda", torch.bfloat16, train_models.ANCHOR_372M, timer, args.warmup
+
+
+def _one(v, res, shape, device, dtype, timer, warmup, planned) -> None:
+    """Time variant v into its section of res; an error (a missing optional package, an OOM) is recorded and
+    the other variants go on; unequal models never do."""
+    section = res["variants"] if v.qk_norm else res["variants_without_qk_norm"]
     try:
-        import transformers
+        r = time_variant(v, shape, device, dtype, timer, warmup, planned)
+        peak = "-" if r["peak_GB"] is None else f"{r['peak_GB']:.1f}"
+        print(f"{v.name:18s} {r['ms']:9.1f} ms/step {r['tok_s']:>11,.0f} tok/s  peak {peak} GB  "
+              f"(warm-up {r['warmup_s']:.0f} s)", flush=True)
+    except UnequalModelsError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        r = dict(error=repr(e)[:300], **planned.as_dict())
+        print(f"{v.name:18s} error {repr(e)[:200]}", flush=True)
+    section[v.name] = r
 
-        res["transformers"] = transformers.__version__
-    except ImportError:
-        pass
-    variants = (args.variants or ",".join(ALL)).split(",")
-    bad = [v for v in variants if v not in ALL]
-    if bad:
-        raise qknorm.ConfigError(f"--variants {','.join(bad)} not allowed; choose from: {', '.join(ALL)}")
+
+def run(args) -> int:
+    variants = parse_variants(args.variants, args.cpu_smoke)
+    out = check_out(args.out, FILES, force=args.force)
+    device, dtype, shape, timer, warmup = _setup(args)
+    planned = {v.name: train_models.plan(v, shape, dtype) for v in variants}
+    check_plan(planned, variants)  # before anything is timed or written
+    for name, r in planned.items():
+        print(f"{name:18s} {r.short()}", flush=True)
+    env = environment.collect(device, vars(args))
+    res = dict(benchmark="train_step", **env.as_dict(), timer=timer.as_dict(), warmup_steps=warmup,
+               shape=shape.as_dict(), dtype=str(dtype).replace("torch.", ""),
+               optimizer=f"AdamW (fused={device == 'cuda'})", models={n: r.as_dict() for n, r in planned.items()},
+               variants={}, variants_without_qk_norm={}, complete=False)
     for v in variants:
-        try:
-            r = time_variant(v, shape, device, dtype, args.steps, args.warmup)
-            res["variants"][v] = r
-            print(f"{v:20s} {r['ms']:8.1f} ms/step {r['tok_s']:>10,.0f} tok/s peak {r['peak_GB']:.1f} GB "
-                  f"(warmup {r['warmup_s']:.0f} s)", flush=True)
-        except Exception as e:  # a missing optional package (liger) must not stop the others
-            res["variants"][v] = dict(error=repr(e)[:300])
-            print(f"{v:20s} error {repr(e)[:200]}", flush=True)
+        _one(v, res, shape, device, dtype, timer, warmup, planned[v.name])
+        if out:
+            write_json(out / FILES[0], res)  # a run cut short keeps what it measured
+    res["complete"] = True
     table = render(res)
-    print(table)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "train_step.json"), "w") as f:
-            json.dump(res, f, indent=1)
-        with open(os.path.join(args.out, "train_step.md"), "w") as f:
-            f.write(table + "\n")
-        print(f"wrote {os.path.join(args.out, 'train_step.md')}")
+    print(table, flush=True)
+    if out:
+        write_json(out / FILES[0], res)
+        write_text(out / FILES[1], table)
+        print(f"wrote {out / FILES[0]} and {out / FILES[1]}")
     return 0
-
-
-def render(res):
-    v = res["variants"]
-    refs = [(k, label, v[k]["ms"]) for k, label in REFS if "ms" in v.get(k, {})]
-    lines = [f"Training step, {res['device']}, torch {res['torch']}, transformers {res.get('transformers')}, "
-             f"{res['date']}; shape {res['shape']}", "",
-             "| variant | ms/step | tokens/s | peak GB | " + " | ".join(f"speed vs {lb}" for _, lb, _ in refs) + " |",
-             "|---|---|---|---|" + "---|" * len(refs)]
-    for name, r in v.items():
-        if "error" in r:
-            lines.append(f"| {name} | error: {r['error'][:80]} | | |" + " |" * len(refs))
-            continue
-        lines.append(f"| {name} | {r['ms']:.1f} | {r['tok_s']:,.0f} | {r['peak_GB']:.1f} | " +
-                     " | ".join(f"{ms / r['ms']:.2f}x" for _, _, ms in refs) + " |")
-    if "ours_compile" in v and "ours_compile_noqk" in v and "ms" in v["ours_compile"] and "ms" in v["ours_compile_noqk"]:
-        qk = v["ours_compile"]["ms"] / v["ours_compile_noqk"]["ms"] - 1
-        lines.append(f"\nQK-norm share of our compiled step: {100 * qk:+.1f}%")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
