@@ -32,25 +32,10 @@ from qknorm.parallel import qk_norm_tp as qk_norm_tp_module
 from qknorm.ops import qk_norm_rope
 
 from distributed.harness import run_ranks
-from .tp_helpers import CLIP, B, batches, mismatches, train_steps
+from .tp_helpers import CLIP, B, batches, build, mismatches, single, train_steps
 
 torch.set_num_threads(1)
 TRAINED = ("olmo2", "qwen3", "gemma3", "llama")
-_SINGLE = {}
-
-
-def _model(preset, **overrides):
-    torch.manual_seed(0)
-    return qknorm.TransformerLM(qknorm.get_config(preset, "debug", **overrides))
-
-
-def single(preset, dtype=torch.float64):
-    """(initial state, one-process run) per preset and dtype, computed once per test session."""
-    if (preset, dtype) not in _SINGLE:
-        model = _model(preset).to(dtype)
-        init = {k: v.clone() for k, v in model.state_dict().items()}
-        _SINGLE[preset, dtype] = init, train_steps(model, batches(model.config.vocab_size))
-    return _SINGLE[preset, dtype]
 
 
 def _rank_local_full_norm(q, k, q_weight, k_weight, cos, sin, *, all_reduce, group_size, **kw):
@@ -114,7 +99,6 @@ def _fsdp_tp_rank(rank, preset, init, data):
     return out
 
 
-@pytest.mark.slow
 def test_fsdp2_x_tp_2x2_matches_one_process():
     init, ref = single("olmo2")
     ranks = run_ranks(_fsdp_tp_rank, "olmo2", init, batches(256), world_size=4, timeout=240)
@@ -169,7 +153,7 @@ def test_every_preset_forward_and_gradients_match_one_process():
     ids = torch.randint(0, 256, (2, 25), generator=torch.Generator().manual_seed(3))
     cases, refs = [], []
     for preset, overrides in FORWARD_CASES:
-        model = _model(preset, **overrides)
+        model = build(preset, **overrides)
         cases.append((preset, overrides, {k: v.clone() for k, v in model.state_dict().items()}))
         logits = model(ids[:, :-1])
         _grads_of(model, ids)
@@ -217,6 +201,6 @@ def test_tp_must_divide_the_world_and_a_mesh_is_required():
     with pytest.raises(ConfigError, match=r"^tp=2 does not divide the number of processes \(3\)"):
         check_tp_degree(qknorm.get_config("olmo2", "debug"), 2, world_size=3)
     with pytest.raises(ConfigError, match="tp_mesh must be a 1-D DeviceMesh"):
-        parallelize_tp(_model("olmo2"), "cpu")
+        parallelize_tp(build("olmo2"), "cpu")
     with pytest.raises(ConfigError, match="expects a TransformerLM"):
         parallelize_tp(torch.nn.Linear(2, 2), None)

@@ -81,3 +81,23 @@ def mismatches(ref: Dict, got: Dict, *, weight_atol: float = WEIGHT_ATOL, norm_r
         if got["weights"][name].shape != want.shape or not err <= weight_atol:
             bad.append(f"weight {name}: max |diff| {err:.3g}")
     return bad
+
+
+def build(preset, **overrides):
+    """The debug model of `preset`, initialized from seed 0 (float32)."""
+    import qknorm
+
+    torch.manual_seed(0)
+    return qknorm.TransformerLM(qknorm.get_config(preset, "debug", **overrides))
+
+
+_SINGLE: Dict = {}
+
+
+def single(preset, dtype=torch.float64):
+    """(initial state, one-process run of train_steps) per preset and dtype, computed once per test session."""
+    if (preset, dtype) not in _SINGLE:
+        model = build(preset).to(dtype)
+        init = {k: v.clone() for k, v in model.state_dict().items()}
+        _SINGLE[preset, dtype] = init, train_steps(model, batches(model.config.vocab_size))
+    return _SINGLE[preset, dtype]
