@@ -70,3 +70,15 @@ def test_formula_bytes_for_olmo2_7b_by_hand():
     with pytest.raises(ValueError, match="scheme='ring'"):
         qk_norm_collectives("ring", **kw)
     assert Collective("all_gather", "forward", 8, 2).wire_bytes(4) == 12.0
+
+
+def test_benchmark_table_covers_olmo2_shapes_and_tp_degrees():
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "bench" / "tp_comm_table.py"
+    table = runpy.run_path(str(script))["table"]()
+    rows = [line for line in table.splitlines() if line.startswith("| OLMo 2")]
+    assert [r.split("|")[1:3] for r in rows] == [[f" OLMo 2 {m} ", f" {n} "] for m in ("7B", "13B", "32B")
+                                                 for n in (2, 4, 8)]
+    assert "| OLMo 2 7B | 2 | 8.4 | 8,590 | 8,590 | 1,024x | 1,024x | 2 / 4 / 8 | 17,180 | 0.049% |" in table

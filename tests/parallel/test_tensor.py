@@ -10,12 +10,12 @@
   plain vs the same process with the batch split in two micro-batches differs by 4e-6..1.6e-3 in the weights,
   and float32 vs float64 by 5e-5..4e-3, while the losses agree to 1e-6. float64 leaves only the algorithm.
   One float32 run (olmo2) checks what float32 can: losses rtol 1e-5, gradient norms 1e-4, weights atol 1e-3.
-* FSDP2 x TP on a 2 x 2 mesh (4 processes) for olmo2, the same way; the full state dict from
-  torch.distributed.checkpoint's API holds the whole (H*D,) gains.
+* FSDP2 x TP on a 2 x 2 mesh (4 processes) for olmo2 and gemma3, the same way; the full state dict from
+  torch.distributed.checkpoint's API holds the whole gains ((H*D,) for olmo2).
 * NEGATIVE CONTROL: with the full-width statistic computed per shard (what GPT-NeoX's `across_heads` does
   under TP) the olmo2 comparison fails at the first step. The same comparison code passes above.
 * Every preset's forward logits and gradients in float32 (full logits, loss_parallel=False), postln, biases,
-  softcaps and eager attention included; the gradient norm of clip_grad_norm_ matches, while a naive per-rank
+  softcaps, eager attention and the Triton QK-norm kernels (interpreted) included; the gradient norm of clip_grad_norm_ matches, while a naive per-rank
   sum of squares (counting the replicated gradients on every rank) would not.
 * Bad degrees and indivisible head counts: one ConfigError line naming the field and tp.
 """
@@ -99,16 +99,17 @@ def _fsdp_tp_rank(rank, preset, init, data):
     return out
 
 
-def test_fsdp2_x_tp_2x2_matches_one_process():
-    init, ref = single("olmo2")
-    ranks = run_ranks(_fsdp_tp_rank, "olmo2", init, batches(256), world_size=4, timeout=240)
+@pytest.mark.parametrize("preset", ["olmo2", "gemma3"])  # full-width gains; per-head gains + tied embedding
+def test_fsdp2_x_tp_2x2_matches_one_process(preset):
+    init, ref = single(preset)
+    ranks = run_ranks(_fsdp_tp_rank, preset, init, batches(256), world_size=4, timeout=240)
     for rank, got in enumerate(ranks):
         assert mismatches(ref, got) == [], f"rank {rank}"
-    state = ranks[0]["state"]  # what a checkpoint saves: whole tensors, the gains (H*D,) included
+    state = ranks[0]["state"]  # what a checkpoint saves: whole tensors, the gains included
     assert state.keys() == ref["weights"].keys()
-    cfg = qknorm.get_config("olmo2", "debug")
-    assert state["layers.0.attn.q_norm.weight"].shape == (cfg.n_heads * cfg.head_dim,)
-    assert state["layers.0.attn.k_norm.weight"].shape == (cfg.n_kv_heads * cfg.head_dim,)
+    cfg = qknorm.get_config(preset, "debug")
+    width = cfg.head_dim * (cfg.n_heads if preset == "olmo2" else 1)
+    assert state["layers.0.attn.q_norm.weight"].shape == (width,)
     for name, want in ref["weights"].items():
         torch.testing.assert_close(state[name], want, rtol=0, atol=1e-5, msg=name)
 
@@ -116,7 +117,8 @@ def test_fsdp2_x_tp_2x2_matches_one_process():
 # ---------------------------------------------------------------------------------------------- every preset
 FORWARD_CASES = [("olmo2", {}), ("qwen3", {}), ("gemma3", {}), ("llama", {}), ("postln", {}),
                  ("qwen3", {"attention_bias": True, "o_proj_bias": True, "qk_norm": "full"}),
-                 ("olmo2", {"attn_impl": "eager", "attn_softcap": 30.0, "final_softcap": 20.0})]
+                 ("olmo2", {"attn_impl": "eager", "attn_softcap": 30.0, "final_softcap": 20.0}),
+                 ("olmo2", {"qk_backend": "triton"}), ("gemma3", {"qk_backend": "triton"})]  # the Triton interpreter
 
 
 def _grads_of(model, ids):
@@ -153,7 +155,8 @@ def test_every_preset_forward_and_gradients_match_one_process():
     ids = torch.randint(0, 256, (2, 25), generator=torch.Generator().manual_seed(3))
     cases, refs = [], []
     for preset, overrides in FORWARD_CASES:
-        model = build(preset, **overrides)
+        # the one-process reference always runs the torch QK-norm (the TP ranks run the case's backend)
+        model = build(preset, **{k: v for k, v in overrides.items() if k != "qk_backend"})
         cases.append((preset, overrides, {k: v.clone() for k, v in model.state_dict().items()}))
         logits = model(ids[:, :-1])
         _grads_of(model, ids)

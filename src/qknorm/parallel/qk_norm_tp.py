@@ -40,15 +40,17 @@ class _SumGradOverGroup(torch.autograd.Function):
     @staticmethod
     def forward(ctx, group, *tensors):
         ctx.group = group
+        ctx.like = [t.new_empty(0) for t in tensors]  # dtype and device of each
         ctx.shapes = [t.shape for t in tensors]
         return tuple(t.view_as(t) for t in tensors)
 
     @staticmethod
     def backward(ctx, *grads):
-        grads = [torch.zeros(s) if g is None else g for g, s in zip(grads, ctx.shapes)]
-        flat = torch.cat([g.reshape(-1) for g in grads])  # (sum of numels,)
+        grads = [like.new_zeros(s) if g is None else g for g, like, s in zip(grads, ctx.like, ctx.shapes)]
+        flat = torch.cat([g.reshape(-1) for g in grads])  # (sum of numels,): one collective for all
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=ctx.group)
-        return (None, *(part.view(s) for part, s in zip(flat.split([g.numel() for g in grads]), ctx.shapes)))
+        parts = flat.split([g.numel() for g in grads])
+        return (None, *(part.view(s).to(like.dtype) for part, like, s in zip(parts, ctx.like, ctx.shapes)))
 
 
 def sum_grad_over_group(group, *tensors: torch.Tensor):

@@ -10,8 +10,9 @@ What is sharded, per decoder block (N = mesh size), with `torch.distributed.tens
              QK-norm: parallel/qk_norm_tp.py (full width exact with one (2, B*T) fp32 all-reduce each way;
              per-head needs none forward, its replicated gain's gradient is summed over the group).
   MLP        gate_proj, up_proj column-wise, down_proj row-wise (one all-reduce out).
-  inputs     each sub-layer's input enters as one replicated DTensor (PrepareModuleInput), so q/k/v (and
-             gate/up) add their input gradients as partial sums and the backward all-reduces them once.
+  inputs     each sub-layer's hidden-state input enters as one replicated DTensor (a forward pre-hook that
+             leaves any other argument alone), so q/k/v (and gate/up) add their input gradients as partial
+             sums and the backward all-reduces them once.
   norms      block and final norms (RMSNorm with any offset/cast, LayerNorm) keep replicated parameters and
              run on the replicated residual stream; their gradients are identical on every rank.
   embedding  vocab-parallel: row-wise over the vocabulary (each rank looks up the ids it owns; one
@@ -44,12 +45,7 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
-from torch.distributed.tensor.parallel import (
-    ColwiseParallel,
-    PrepareModuleInput,
-    RowwiseParallel,
-    parallelize_module,
-)
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from ..config import ModelConfig
 from ..errors import ConfigError
@@ -104,21 +100,27 @@ def _replicate(module: nn.Module, mesh: DeviceMesh) -> None:
         distribute_module(module, mesh, input_fn=_to_replicated_dtensor, output_fn=_to_local)
 
 
-def _block_plan() -> dict:
-    one_input = PrepareModuleInput(input_layouts=(Replicate(),), desired_input_layouts=(Replicate(),))
-    return {
-        # (x, cos, sin): x becomes one replicated DTensor, so q/k/v input gradients are reduced once
-        "attn": PrepareModuleInput(input_layouts=(Replicate(), None, None),
-                                   desired_input_layouts=(Replicate(), None, None)),
-        "attn.q_proj": ColwiseParallel(),
-        "attn.k_proj": ColwiseParallel(),
-        "attn.v_proj": ColwiseParallel(),
-        "attn.o_proj": RowwiseParallel(),
-        "mlp": one_input,
-        "mlp.gate_proj": ColwiseParallel(),
-        "mlp.up_proj": ColwiseParallel(),
-        "mlp.down_proj": RowwiseParallel(),
-    }
+def _first_input_replicated(mesh: DeviceMesh):
+    """A forward pre-hook: the sub-layer's first argument (the (B, T, d) hidden states, identical on every rank)
+    becomes one replicated DTensor, so its column-parallel consumers (q/k/v, gate/up) return partial input
+    gradients that autograd adds up and the backward all-reduces once. Other arguments pass through."""
+
+    def hook(module, args):
+        x, *rest = args
+        return (DTensor.from_local(x, mesh, [Replicate()], run_check=False), *rest)
+
+    return hook
+
+
+_BLOCK_PLAN = {
+    "attn.q_proj": ColwiseParallel(),
+    "attn.k_proj": ColwiseParallel(),
+    "attn.v_proj": ColwiseParallel(),
+    "attn.o_proj": RowwiseParallel(),
+    "mlp.gate_proj": ColwiseParallel(),
+    "mlp.up_proj": ColwiseParallel(),
+    "mlp.down_proj": RowwiseParallel(),
+}
 
 
 def parallelize_tp(model: TransformerLM, tp_mesh: DeviceMesh, *, loss_parallel: bool = False) -> TensorParallelLM:
@@ -139,7 +141,9 @@ def parallelize_tp(model: TransformerLM, tp_mesh: DeviceMesh, *, loss_parallel: 
     for block in model.layers:
         for norm in (block.attn_norm_in, block.attn_norm_out, block.mlp_norm_in, block.mlp_norm_out):
             _replicate(norm, tp_mesh)
-        parallelize_module(block, tp_mesh, _block_plan())
+        parallelize_module(block, tp_mesh, _BLOCK_PLAN)
+        for sub in (block.attn, block.mlp):
+            sub.register_forward_pre_hook(_first_input_replicated(tp_mesh))
         shard_attention(block.attn, tp_mesh)
     parallelize_module(model.embed, tp_mesh, RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()))
     _replicate(model.norm, tp_mesh)
