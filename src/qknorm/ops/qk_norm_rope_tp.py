@@ -88,7 +88,7 @@ def _torch_norm_rope(q, k, q_weight, k_weight, cos, sin, s, a: _Args):
         xh = x.to(cd) * _rstd(x, s[row], width, a.eps)  # (B, T, n, D)
         if a.norm_cast == "input":
             xh = xh.to(x.dtype).to(cd)
-        y = xh * (w.to(cd) + a.offset).view(n, D)
+        y = xh * (w.to(cd) + a.offset).view(n, D)  # gains (n*D,) -> (n, D), broadcast over (B, T)
         out.append(rms_norm_rope_ref(y, None, cos, sin, scope="none").to(x.dtype))  # RoPE -> (B, n, T, D)
     return tuple(out)
 
@@ -100,7 +100,7 @@ def _torch_dot(dqo, dko, q, k, q_weight, k_weight, cos, sin, s, a: _Args):
         r = _rstd(x, s[row], width, a.eps)
         xh = x.to(cd) * r
         dy = _rope_t(dout, cos, sin, cd)  # (B, T, n, D)
-        gy = dy * (w.to(cd) + a.offset).view(x.shape[2:])
+        gy = dy * (w.to(cd) + a.offset).view(x.shape[2:])  # gains (n*D,) -> (n, D)
         parts.append((gy * xh).sum((-2, -1)).flatten())  # (B*T,)
         cache.append((r, xh, dy, gy))
     return torch.stack(parts), cache
@@ -110,9 +110,9 @@ def _torch_finish(cache, dqo, dko, q, k, q_weight, k_weight, cos, sin, s, p, a: 
     grads = []
     for (row, x, w, width), (r, xh, dy, gy) in zip(_each(q, k, q_weight, k_weight, a), cache):
         cd = xh.dtype
-        dx = r * (gy - xh * p[row].view(r.shape) / width)
+        dx = r * (gy - xh * p[row].view(r.shape) / width)  # p (B*T,) -> (B, T, 1, 1)
         xw = xh.to(x.dtype).to(cd) if a.norm_cast == "input" else xh
-        grads.append((dx.to(x.dtype), (dy * xw).sum((0, 1)).flatten().to(w.dtype)))
+        grads.append((dx.to(x.dtype), (dy * xw).sum((0, 1)).flatten().to(w.dtype)))  # dg (n, D) -> (n*D,)
     (dq, dqw), (dk, dkw) = grads
     return dq, dk, dqw, dkw
 
