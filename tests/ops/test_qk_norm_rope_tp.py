@@ -11,7 +11,7 @@
 """
 import pytest
 import torch
-from ops_helpers import hf_style_f64, make_inputs
+from helpers.ops_inputs import hf_style_f64, make_inputs
 
 from qknorm import ConfigError
 from qknorm.ops import qk_norm_rope
@@ -124,7 +124,7 @@ def _two_ranks(rank, backend, q, k, qw, kw, cos, sin, gq, gk):
     torch.cuda.is_available(), reason="forked CPU ranks run Triton only in the interpreter, which is off when a GPU "
                                       "is present; the simulated-shard tests above run the compiled kernels"))])
 def test_two_gloo_ranks_match_the_full_width_op(backend):
-    from distributed.harness import run_ranks
+    from helpers.ranks import run_ranks
 
     q, k, qw, kw, cos, sin = make_inputs(2, 6, 4, 2, 64, torch.float32, "full")
     gq, gk = _grads_out(2, 6, 4, 2, 64)

@@ -18,7 +18,7 @@ import qknorm
 from qknorm.parallel import parallelize_tp
 from qknorm.parallel.comm import Collective, layer_collectives, qk_norm_collectives, record_collectives
 
-from distributed.harness import run_ranks
+from helpers.ranks import run_ranks
 
 B, T = 2, 8
 

@@ -18,8 +18,8 @@ import qknorm
 from qknorm.parallel import TensorParallelAttention, parallelize_tp
 from qknorm.parallel import qk_norm_tp as qk_norm_tp_module
 
-from distributed.harness import run_ranks
-from .tp_helpers import batches, mismatches, single, train_steps
+from helpers.ranks import run_ranks
+from helpers.tp_training import batches, mismatches, single, train_steps
 
 
 def _placements_rank(rank):

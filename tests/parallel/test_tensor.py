@@ -1,6 +1,6 @@
 """Tensor parallelism of a TransformerLM against one process (forked gloo ranks on CPU).
 
-* TP=2 training (tp_helpers.train_steps: AdamW, clipped gradient norm, 5 steps, same global batch on both
+* TP=2 training (helpers.tp_training.train_steps: AdamW, clipped gradient norm, 5 steps, same global batch on both
   ranks, same initial weights as the one-process run) for olmo2 (full-width QK-norm), qwen3 (per head,
   explicit head_dim), gemma3 (sandwich 1+w norms, sliding-window layers, local/global RoPE, tied embedding,
   GQA) and llama: loss and global gradient norm at every step rtol 1e-5, every weight afterwards atol 1e-5,
@@ -36,8 +36,8 @@ from qknorm.parallel import check_tp_degree, parallelize_tp
 from qknorm.parallel import qk_norm_tp as qk_norm_tp_module
 from qknorm.ops import qk_norm_rope
 
-from distributed.harness import run_ranks
-from .tp_helpers import CLIP, B, batches, build, mismatches, single, train_steps
+from helpers.ranks import run_ranks
+from helpers.tp_training import CLIP, B, batches, build, mismatches, single, train_steps
 
 torch.set_num_threads(1)
 TRAINED = ("olmo2", "qwen3", "gemma3", "llama")

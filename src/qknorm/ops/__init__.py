@@ -57,9 +57,10 @@ def _kernel_fits(q: torch.Tensor, k: torch.Tensor) -> bool:
 
 
 def _check(q, k, q_weight, k_weight, cos, sin, eps, scope, offset, norm_cast, backend) -> str:
-    """Validate the arguments (scope and norm_cast already parsed to their enums); return the effective scope
-    ("none" when no weights are given) as a string."""
-    scope = scope.value
+    """Validate the arguments (scope and norm_cast: the config's enums or their values); return the effective
+    scope ("none" when no weights are given) as a string."""
+    scope = QKNormScope.parse("scope", scope).value
+    NormCast.parse("norm_cast", norm_cast)
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is not allowed; choose one of None, 'torch', 'triton'")
     for name, t in (("q", q), ("k", k), ("cos", cos), ("sin", sin)):
