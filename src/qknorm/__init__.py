@@ -19,7 +19,7 @@ from .version import __version__
 __all__ = [
     "PRESETS", "SIZES", "get_config", "ModelConfig", "Placement", "QKNormScope", "TransformerLM",
     "ConfigError", "CheckpointError", "DataError", "QKNormError", "from_hf", "to_hf", "patch_hf",
-    "load_model", "save_model",
+    "load_model", "save_model", "load_tokenizer",
 ]
 
 
@@ -32,7 +32,7 @@ def __getattr__(name):  # lazy: interop pulls in safetensors/transformers only w
         from .interop.patch import patch_hf
 
         return patch_hf
-    if name in ("load_model", "save_model"):
+    if name in ("load_model", "save_model", "load_tokenizer"):
         from . import model_io
 
         return getattr(model_io, name)

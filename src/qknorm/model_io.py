@@ -1,12 +1,17 @@
-"""Our own model directories: `config.json` ({"qknorm_config": {...}}) + `model.safetensors`.
+"""Our own model directories: `config.json` ({"qknorm_config": {...}}) + `model.safetensors` (+ the
+`tokenizer.json` a run was trained with).
 
 `save_model` writes both atomically (fileio.atomic_write_bytes), so an interrupted save never leaves a
-half-written file under the final name. `load_model` rebuilds the model and checks every key and shape.
+half-written file under the final name. `load_model` rebuilds the model and checks every key and shape; it
+also takes any training checkpoint directory (train/checkpoints/model_state.py: every checkpoint is a model)
+and a run directory whose final model is not written yet (its newest checkpoint, with a warning).
+`load_tokenizer` finds the tokenizer stored beside a model (None for byte-level models).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, Optional, Union
 
 import torch
 
@@ -14,11 +19,13 @@ from .config import ModelConfig
 from .errors import CheckpointError, ConfigError
 from .fileio import atomic_write_bytes, read_json, read_safetensors
 from .model import TransformerLM
+from .train.checkpoints.layout import CKPT_DIR, list_checkpoints
+from .train.checkpoints.model_state import checkpoint_model, is_checkpoint_dir
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "save_model", "load_model", "read_config", "state_dict_for_save",
-           "load_state_checked"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "TOKENIZER_NAME", "save_model", "load_model", "load_tokenizer",
+           "find_tokenizer", "read_config", "state_dict_for_save", "load_state_checked", "model_source"]
 
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME = "config.json", "model.safetensors", "tokenizer.json"
 
 
 def state_dict_for_save(model: TransformerLM) -> Dict[str, torch.Tensor]:
@@ -65,13 +72,49 @@ def load_state_checked(model: torch.nn.Module, state: Dict[str, torch.Tensor], *
     model.load_state_dict(state, strict=True)
 
 
-def load_model(path: Union[str, Path], *, device=None, dtype=None) -> TransformerLM:
-    """Load a directory written by `save_model` (or `qknorm train`)."""
+def model_source(path: Union[str, Path]) -> Path:
+    """The directory `load_model(path)` reads: `path` itself (a model or checkpoint directory), or the newest
+    checkpoint of a run directory that has no final model yet (with a warning)."""
     d = Path(path)
     if not d.is_dir():
-        raise CheckpointError(f"{d}: not a directory holding {CONFIG_NAME} and {WEIGHTS_NAME}")
-    config = read_config(d / CONFIG_NAME)
-    state = read_safetensors(d / WEIGHTS_NAME)
+        raise CheckpointError(f"{d}: not a directory holding {CONFIG_NAME} and {WEIGHTS_NAME} (or a training "
+                              "checkpoint)")
+    if (d / CONFIG_NAME).is_file() or is_checkpoint_dir(d):
+        return d
+    found = list_checkpoints(d / CKPT_DIR)
+    if not found:
+        raise CheckpointError(f"{d / CONFIG_NAME}: file not found (and no checkpoints/: not a qknorm model, run or "
+                              "checkpoint)")
+    warnings.warn(f"{d} has no final model yet; using its newest checkpoint {found[-1][1].name}", UserWarning,
+                  stacklevel=3)
+    return found[-1][1]
+
+
+def load_model(path: Union[str, Path], *, device=None, dtype=None) -> TransformerLM:
+    """Load a directory written by `save_model` (or `qknorm train`), or any training checkpoint directory."""
+    d = model_source(path)
+    if is_checkpoint_dir(d) and not (d / CONFIG_NAME).is_file():
+        config, state = checkpoint_model(d)
+        source = str(d)
+    else:
+        config = read_config(d / CONFIG_NAME)
+        state = read_safetensors(d / WEIGHTS_NAME)
+        source = str(d / WEIGHTS_NAME)
     model = TransformerLM(config)
-    load_state_checked(model, state, source=str(d / WEIGHTS_NAME))
+    load_state_checked(model, state, source=source)
     return model.to(device=device, dtype=dtype)
+
+
+def find_tokenizer(path: Union[str, Path]) -> Optional[Path]:
+    """The tokenizer.json stored with a model, checkpoint or run directory, if any."""
+    d = Path(path)
+    return d / TOKENIZER_NAME if (d / TOKENIZER_NAME).is_file() else None
+
+
+def load_tokenizer(path: Union[str, Path]):
+    """The `tokenizers.Tokenizer` stored with the model at `path` (load_model's argument), or None when the
+    model has none (byte-level: token = byte value)."""
+    from .train.tokenizer import load_tokenizer as read_tokenizer
+
+    found = find_tokenizer(model_source(path)) or find_tokenizer(path)
+    return read_tokenizer(found)[0] if found is not None else None

@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 PUBLIC_FLAGS = {"--preset", "--size", "--set", "--data", "--tokenizer", "--steps", "--lr", "--batch-size",
                 "--seq-len", "--seed", "--out", "--ckpt-every", "--resume", "--device", "--dtype", "--warmup",
                 "--weight-decay", "--z-loss", "--grad-accum", "--clip", "--on-nan", "--eval-every", "--parallel",
-                "--no-progress"}
+                "--no-progress", "--allow-changes"}
 SMALL = ["--batch-size", "4", "--seq-len", "16", "--device", "cpu", "--no-progress"]
 
 
@@ -39,7 +39,7 @@ def test_public_flags_are_frozen():
     flags = {s for a in parser._actions for s in a.option_strings} - {"-h", "--help"}
     assert flags == PUBLIC_FLAGS == set(train_cli.FLAGS)
     args = parser.parse_args(["--preset", "llama"])
-    assert args.size == "debug" and args.device == "auto" and args.parallel is None and args.overrides == []
+    assert args.size is None and args.device == "auto" and args.parallel is None and args.overrides == []
     help_text = parser.format_help()
     for flag in PUBLIC_FLAGS:
         assert flag in help_text
@@ -55,7 +55,7 @@ def test_end_to_end_writes_metrics_model_and_config(tmp_path, capsys):
     assert len(summary) == 1 and summary[0].startswith("qknorm train: 6 steps, final loss ")
     assert "val loss" in summary[0] and "max attention logit" in summary[0] and "tokens/s" in summary[0]
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl",
-                                                     "model.safetensors"]
+                                                     "model.safetensors", "run.json"]
 
     def strict(c):
         raise ValueError(f"non-strict JSON constant {c}")

@@ -152,10 +152,10 @@ def test_vocab_too_small_for_data_is_a_config_error(data):
 def test_fresh_run_refuses_a_non_empty_out_dir(tmp_path, data):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="is not empty"):
-        train(MODEL, _cfg(steps=1), data, out_dir=tmp_path)
+        train(MODEL, _cfg(steps=1, warmup_steps=0), data, out_dir=tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine" and len(list(tmp_path.iterdir())) == 1
     with pytest.raises(CheckpointError, match="nothing to resume"):
-        train(MODEL, _cfg(steps=1), data, out_dir=tmp_path, resume=True)
+        train(MODEL, _cfg(steps=1, warmup_steps=0), data, out_dir=tmp_path, resume=True)
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -221,11 +221,12 @@ def test_resume_falls_back_past_a_truncated_checkpoint(tmp_path, data):
 
 
 def test_resume_with_a_different_model_config_names_the_field(tmp_path, data):
-    train(MODEL, _cfg(steps=2, ckpt_every=2, stats_every=0), data, out_dir=tmp_path)
+    train(MODEL, _cfg(steps=2, warmup_steps=1, ckpt_every=2, stats_every=0), data, out_dir=tmp_path)
     with pytest.raises(CheckpointError, match=r"saved with n_layers=2, this run has n_layers=3"):
-        train(MODEL.replace(n_layers=3), _cfg(steps=4, stats_every=0), data, out_dir=tmp_path, resume=True)
+        train(MODEL.replace(n_layers=3), _cfg(steps=4, warmup_steps=1, stats_every=0), data, out_dir=tmp_path,
+              resume=True)
     with pytest.warns(RuntimeWarning, match=r"changed training settings \(lr 0.003 -> 0.001\)"):
-        train(MODEL, _cfg(steps=3, stats_every=0, lr=1e-3), data, out_dir=tmp_path, resume=True)
+        train(MODEL, _cfg(steps=3, warmup_steps=1, stats_every=0, lr=1e-3), data, out_dir=tmp_path, resume=True)
 
 
 # ---------------------------------------------------------------------------------------------- NaN / Inf

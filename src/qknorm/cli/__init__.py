@@ -13,7 +13,8 @@ import sys
 from typing import List, Optional
 
 from ..errors import QKNormError
-from ._common import OneLineParser, to_flags
+from ..version import __version__
+from ._common import OneLineParser, print_line, to_flags
 
 COMMANDS = ("study", "train", "convert", "inspect", "bench")
 
@@ -21,6 +22,7 @@ COMMANDS = ("study", "train", "convert", "inspect", "bench")
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="qknorm", description="QK-normalization: models, HF interop, kernels, "
                                      "and a study of what QK-norm buys on your data.")
+    parser.add_argument("--version", action="version", version=f"qknorm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
@@ -36,7 +38,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args._run(args) or 0)
     except QKNormError as e:
-        print(f"qknorm {args.command}: error: {to_flags(str(e), args._flags)}", file=sys.stderr)
+        print_line(f"qknorm {args.command}: error: {to_flags(str(e), args._flags)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"qknorm {args.command}: interrupted", file=sys.stderr)

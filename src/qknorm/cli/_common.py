@@ -15,10 +15,15 @@ A malformed value or an unknown key raises ConfigError naming the key and what w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import difflib
 import enum
+import os
 import re
+import sys
 import typing
+import warnings
 from typing import Any, Dict, Tuple
 
 from ..config import ModelConfig
@@ -105,7 +110,7 @@ def parse_set(items) -> Tuple[Dict[str, Any], Dict[str, Any]]:
             train_over[key] = parse_value(key, raw.strip(), train_types[key])
         else:
             known = sorted(model_types) + sorted(train_types)
-            close = [k for k in known if key.replace("-", "_") == k or key.lower() == k]
+            close = difflib.get_close_matches(key.replace("-", "_").lower(), known, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"--set {key}: unknown key{hint} (model fields: {', '.join(sorted(model_types))}; "
                               f"training fields: {', '.join(sorted(train_types))})")
@@ -114,6 +119,31 @@ def parse_set(items) -> Tuple[Dict[str, Any], Dict[str, Any]]:
 
 def train_config_field_names() -> Tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def print_line(text: str, file=None) -> None:
+    """print() that survives a closed pipe (`qknorm ... | head -1`): once the reader is gone, later output is
+    dropped instead of raising BrokenPipeError (the command goes on and ends normally)."""
+    stream = file or sys.stdout
+    try:
+        print(text, file=stream, flush=True)
+    except (BrokenPipeError, ValueError):  # ValueError: the stream was already closed
+        try:  # point the stream's descriptor at /dev/null so the interpreter's final flush is silent too
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        except (OSError, ValueError):
+            pass
+
+
+@contextlib.contextmanager
+def one_line_warnings(prog: str):
+    """Warnings (e.g. a skipped damaged checkpoint) as single '<prog>: warning: ...' lines on stderr."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print_line(f"{prog}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
 
 
 def to_flags(message: str, field_flags: Dict[str, str]) -> str:

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError, ConfigError
-from ._common import positive_float, positive_int
+from ._common import one_line_warnings, positive_float, positive_int
+
+# library arguments -> this command's flags (errors are reported with the flag the user typed)
+FIELD_FLAGS = {"overwrite=True": "--overwrite", "allow_folded=True": "--allow-folded", "qknorm.from_hf": "--from-hf"}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -29,7 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "directory (--from-hf), or a qknorm model directory to one transformers loads (--to-hf).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-hf", metavar="DIR", help="HF checkpoint directory (config.json + *.safetensors)")
-    src.add_argument("--to-hf", metavar="DIR", help="qknorm model directory (config.json + model.safetensors)")
+    src.add_argument("--to-hf", metavar="DIR", help="qknorm model directory (config.json + model.safetensors), a "
+                     "training checkpoint (RUN/checkpoints/step_N) or a run directory")
     p.add_argument("--out", metavar="DIR", required=True, help="output directory (must be empty or new)")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="dtype of the written weights (default: as stored)")
@@ -81,7 +86,7 @@ def _check(ours, hf_dir: Path, args) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..model_io import load_model, save_model
+    from ..model_io import TOKENIZER_NAME, find_tokenizer, load_model, model_source, save_model
     from ..interop.hf import from_hf, resolve_dtype, to_hf
     from ..interop.hf_config import infer_family
 
@@ -97,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         model = model.to(dtype) if dtype else model
         kind = "qknorm"
     else:
+        with one_line_warnings("qknorm convert"):
+            src = model_source(src)  # a model, any training checkpoint, or a run's newest checkpoint
         model = load_model(src)
         if dtype:
             model = model.to(dtype)
@@ -109,13 +116,17 @@ def run(args: argparse.Namespace) -> int:
                           "nothing written")
                     return 1
         kind = f"transformers {infer_family(model.config).model_type}"
+    tokenizer = find_tokenizer(src)
     try:
         if args.from_hf:
             save_model(model, out)
         else:
             to_hf(model, out, overwrite=args.overwrite)
+        if tokenizer is not None:  # the tokenizer travels with the model
+            shutil.copyfile(tokenizer, out / TOKENIZER_NAME)
     except OSError as e:
         raise CheckpointError(f"{out}: cannot write ({e.strerror or e})") from None
     n = sum(p.numel() for p in model.parameters())
-    print(f"wrote {out} ({kind}, {n:,} parameters, {str(model.embed.weight.dtype).removeprefix('torch.')})")
+    print(f"wrote {out} ({kind}, {n:,} parameters, {str(model.embed.weight.dtype).removeprefix('torch.')}"
+          + (", with tokenizer.json)" if tokenizer is not None else ")"))
     return 0

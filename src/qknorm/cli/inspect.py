@@ -1,6 +1,7 @@
 """`qknorm inspect PATH`: does this checkpoint show attention-logit growth?
 
     qknorm inspect runs/llama-debug                        # our model dir (config.json with qknorm_config)
+    qknorm inspect runs/llama-debug/checkpoints/step_0000100   # any training checkpoint: follow logit growth
     qknorm inspect path/to/Qwen3-0.6B --text "def f(x):"   # an HF directory (tokenizer.json used if present)
     qknorm inspect runs/x --ids 1,2,3 --json
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import read_json
 from ..train.tokenizer import load_tokenizer
-from ._common import positive_int
+from ._common import one_line_warnings, positive_int
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -42,24 +43,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def load_any(path: Path):
-    """Our model directory or an HF checkpoint directory -> TransformerLM (float32, eval mode)."""
-    from ..model_io import CONFIG_NAME, load_model
+    """(TransformerLM in float32 eval mode, the directory it was read from): our model directory, a training
+    checkpoint (any step), a run directory (its final model, else its newest checkpoint), or an HF directory."""
+    from ..model_io import CONFIG_NAME, load_model, model_source
 
     if path.is_file() and path.name == CONFIG_NAME:
         path = path.parent
     if not path.is_dir():
-        raise CheckpointError(f"{path}: not a model directory (expected {CONFIG_NAME} and *.safetensors)")
-    cfg_path = path / CONFIG_NAME
-    raw = read_json(cfg_path)
-    if isinstance(raw, dict) and "qknorm_config" in raw:
-        model = load_model(path)
-    else:
-        try:
-            from ..interop.hf import from_hf
-        except ImportError as e:  # pragma: no cover - interop ships with the package
-            raise CheckpointError(f"{path}: an HF checkpoint, but HF interop is unavailable ({e})") from None
-        model = from_hf(path)
-    return model.float().eval()
+        raise CheckpointError(f"{path}: not a model directory (expected {CONFIG_NAME} and *.safetensors, or a "
+                              "training checkpoint)")
+    raw = read_json(path / CONFIG_NAME) if (path / CONFIG_NAME).is_file() else None
+    if raw is not None and not (isinstance(raw, dict) and "qknorm_config" in raw):
+        from ..interop.hf import from_hf
+
+        return from_hf(path).float().eval(), path
+    source = model_source(path)
+    return load_model(source).float().eval(), source
 
 
 def token_ids(args, model, path: Path) -> tuple:
@@ -108,8 +107,9 @@ def run(args) -> int:
     from ..diagnostics import layer_rows, logit_verdict, nonfinite_to_none, stats_pass
 
     path = Path(args.path)
-    model = load_any(path)
-    ids, described = token_ids(args, model, path)
+    with one_line_warnings("qknorm inspect"):
+        model, source = load_any(path)
+    ids, described = token_ids(args, model, source)
     stats = stats_pass(model, torch.tensor([ids], dtype=torch.long))  # (1, T)
     rows = layer_rows(model, stats)
     c = model.config

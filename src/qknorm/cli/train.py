@@ -2,31 +2,49 @@
 
     qknorm train --preset qwen3 --steps 300 --lr 3e-3 --out runs/q
     qknorm train --preset llama --set qk_norm=head --set d_model=128 --data my_texts/ --out runs/l
-    qknorm train --preset llama --out runs/l --resume            # continue from the newest checkpoint
+    qknorm train --out runs/l --resume                     # continue exactly: model, settings, data from run.json
 
-Writes OUT/metrics.jsonl (a JSON object a step), OUT/checkpoints/ (with --ckpt-every, and on SIGTERM/SIGINT),
-and at the end OUT/model.safetensors + OUT/config.json (`qknorm.load_model(OUT)`). Prints one summary line.
-Exit status: 0 done; 1 stopped on a non-finite loss/gradient; 2 bad input; 128+signal when stopped by one
-(a checkpoint is written first; continue with --resume).
+Writes OUT/run.json (the run's record: model, training settings, data and its fingerprint), OUT/tokenizer.json
+(with --tokenizer), OUT/metrics.jsonl (a JSON object a step), OUT/checkpoints/ (with --ckpt-every, and on
+SIGTERM/SIGINT), and at the end OUT/model.safetensors + OUT/config.json (`qknorm.load_model(OUT)`). Prints one
+summary line with the logit-growth verdict `qknorm inspect` gives.
+
+--resume restores everything the run recorded; a flag that contradicts the record (other data, another
+preset or shape, a changed training setting other than steps/evaluation/checkpointing/device) is an error
+naming the recorded value, unless --allow-changes says the change is intended (then a warning line).
+Exit status: 0 done; 1 the run diverged (a non-finite loss/gradient stopped it, or its final loss ended above
+the initial loss); 2 bad input; 128+signal when stopped by one (a checkpoint is written first; continue with
+--resume).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
+import enum
+import math
 import os
 import signal
 import sys
-import warnings
 from pathlib import Path
+from typing import Any, Dict, List, Tuple
 
+from ..config import ModelConfig
+from ..diagnostics import logit_verdict
 from ..errors import ConfigError
-from ..presets import PRESETS, SIZES
-from ._common import non_negative_float, non_negative_int, parse_set, positive_float, positive_int
+from ..presets import PRESETS, SIZES, get_config
+from ..train.config import FREE_ON_RESUME, TrainConfig
+from ..train.loop import train
+from ..train.manifest import MANIFEST_FILE, TOKENIZER_FILE, RunManifest, legacy_model_config, legacy_train_config
+from ..train.preflight import check_out_dir
+from ..train.tokens import TokenData, load_tokens
+from ._common import (non_negative_float, non_negative_int, parse_set, positive_float, positive_int, print_line,
+                      one_line_warnings)
 
 # the frozen public flags (tests/cli/test_train_cli.py checks the parser against this list)
 FLAGS = ("--preset", "--size", "--set", "--data", "--tokenizer", "--steps", "--lr", "--batch-size", "--seq-len",
-         "--seed", "--out", "--ckpt-every", "--resume", "--device", "--dtype", "--warmup", "--weight-decay",
-         "--z-loss", "--grad-accum", "--clip", "--on-nan", "--eval-every", "--parallel", "--no-progress")
+         "--seed", "--out", "--ckpt-every", "--resume", "--allow-changes", "--device", "--dtype", "--warmup",
+         "--weight-decay", "--z-loss", "--grad-accum", "--clip", "--on-nan", "--eval-every", "--parallel",
+         "--no-progress")
 
 # flag dest -> TrainConfig field (and back, for error messages: FIELD_FLAGS)
 _TRAIN_FLAGS = {"steps": "steps", "lr": "lr", "batch_size": "batch_size", "seq_len": "seq_len", "seed": "seed",
@@ -36,7 +54,8 @@ _TRAIN_FLAGS = {"steps": "steps", "lr": "lr", "batch_size": "batch_size", "seq_l
 
 
 FIELD_FLAGS = {**{field: "--" + dest.replace("_", "-") for dest, field in _TRAIN_FLAGS.items()},
-               "device": "--device", "out_dir": "--out", "resume=True": "--resume"}
+               "device": "--device", "out_dir": "--out", "resume=True": "--resume",
+               "allow_changes=True": "--allow-changes"}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -45,11 +64,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "train", help="train a model with stability diagnostics",
         description="Train a preset (any QK-norm scope and norm placement via --set) and log per-step loss, "
                     "gradient norm, max attention logit and q/k RMS. Flags not given keep the TrainConfig "
-                    "defaults (steps 200, lr 3e-3, warmup 20, batch 16, seq-len 64).",
+                    "defaults (steps 200, lr 3e-3, warmup steps/10, batch 16, seq-len 64), or on --resume the "
+                    "run's recorded values.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     m = p.add_argument_group("model")
-    m.add_argument("--preset", required=True, metavar="P", help=f"model family: {', '.join(PRESETS)}")
-    m.add_argument("--size", default="debug", metavar="S", help=f"preset size (default debug). {sizes}")
+    m.add_argument("--preset", metavar="P", help=f"model family: {', '.join(PRESETS)} (required for a new run)")
+    m.add_argument("--size", metavar="S", help=f"preset size (default debug). {sizes}")
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a model field (qk_norm=head, placement=reordered, d_model=128, "
                         "layer_types=sliding,full, n_kv_heads=none) or a training field (final_lr=0, "
@@ -61,7 +81,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t = p.add_argument_group("training")
     t.add_argument("--steps", type=positive_int, metavar="N")
     t.add_argument("--lr", type=positive_float, metavar="X", help="peak learning rate")
-    t.add_argument("--warmup", type=non_negative_int, metavar="N", help="linear warmup steps")
+    t.add_argument("--warmup", type=non_negative_int, metavar="N", help="linear warmup steps (default steps/10)")
     t.add_argument("--batch-size", type=positive_int, metavar="B", help="GLOBAL batch size in sequences")
     t.add_argument("--seq-len", type=positive_int, metavar="T")
     t.add_argument("--grad-accum", type=positive_int, metavar="K", help="micro-batches per step")
@@ -75,7 +95,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     r = p.add_argument_group("run")
     r.add_argument("--out", metavar="DIR", help="run directory (default runs/<preset>-<size>)")
     r.add_argument("--ckpt-every", type=non_negative_int, metavar="N", help="checkpoint every N steps")
-    r.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    r.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint, "
+                   "with the model, settings and data it recorded")
+    r.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: accept flags that contradict the run's record (other data, settings)")
     r.add_argument("--device", default="auto", metavar="D", help="cpu, cuda, cuda:N, mps, or auto (default)")
     r.add_argument("--dtype", choices=("fp32", "bf16"), help="fp32 (default) or bf16 autocast")
     r.add_argument("--parallel", choices=("ddp", "fsdp"), help="under torchrun: DDP (default) or FSDP2")
@@ -83,22 +106,102 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def build_configs(args):
-    """(ModelConfig, TrainConfig, vocab_size explicitly set?) from parsed arguments."""
-    from ..presets import get_config
-    from ..train.config import TrainConfig
+@dataclasses.dataclass
+class _Plan:
+    """What `run` trains: the model and training configs, the data, and what the run records about itself."""
 
+    model_config: ModelConfig
+    cfg: TrainConfig
+    data: TokenData
+    origin: Dict[str, Any]
+    notes: List[str]
+
+
+def _flag_overrides(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(model fields, training fields) the command line sets explicitly (flags and --set)."""
     model_over, train_over = parse_set(args.overrides)
     for dest, field in _TRAIN_FLAGS.items():
         value = getattr(args, dest)
         if value is not None:
             train_over[field] = value
-    if args.device != "auto" or "device" not in train_over:
-        train_over["device"] = _resolve_device(args.device)
+    if args.device != "auto":
+        train_over["device"] = args.device
     if args.no_progress:
         train_over["progress"] = False
-    model_config = get_config(args.preset, args.size, **model_over)
-    return model_config, TrainConfig(**train_over), "vocab_size" in model_over
+    return model_over, train_over
+
+
+def _model(preset: str, size: str, model_over: Dict[str, Any], data: TokenData, notes: List[str]) -> ModelConfig:
+    """The preset's config with the overrides; its vocabulary grown to the data's unless vocab_size was set."""
+    config = get_config(preset, size, **model_over)
+    if data.vocab_size > config.vocab_size:
+        if "vocab_size" in model_over:
+            raise ConfigError(f"vocab_size={config.vocab_size} is smaller than the data's vocabulary "
+                              f"({data.vocab_size})")
+        config = config.replace(vocab_size=data.vocab_size)
+        notes.append(f"vocab_size set to the data's vocabulary: {data.vocab_size}")
+    return config
+
+
+def _origin(preset: str, size: str, model_over: Dict[str, Any]) -> Dict[str, Any]:
+    plain = {k: (v.value if isinstance(v, enum.Enum) else list(v) if isinstance(v, tuple) else v)
+             for k, v in model_over.items()}
+    return {"preset": preset, "size": size, "overrides": plain}
+
+
+def build_configs(args) -> Tuple[ModelConfig, TrainConfig, bool]:
+    """(ModelConfig, TrainConfig, vocab_size explicitly set?) of a new run from the parsed arguments."""
+    if args.preset is None:
+        raise ConfigError(f"--preset is required for a new run; choose one of: {', '.join(PRESETS)}")
+    model_over, train_over = _flag_overrides(args)
+    train_over.setdefault("device", _resolve_device("auto"))
+    return get_config(args.preset, args.size or "debug", **model_over), TrainConfig(**train_over), \
+        "vocab_size" in model_over
+
+
+def _fresh_plan(args) -> _Plan:
+    _, cfg, _ = build_configs(args)  # a bad preset, size, flag or --set fails before the data is read
+    model_over, _ = _flag_overrides(args)
+    size = args.size or "debug"
+    data = load_tokens(args.data, tokenizer=args.tokenizer)
+    notes: List[str] = []
+    config = _model(args.preset, size, model_over, data, notes)
+    return _Plan(config, cfg, data, _origin(args.preset, size, model_over), notes)
+
+
+def _resume_plan(args, out: Path) -> _Plan:
+    """The run as recorded in out/run.json, with the command line's explicit changes (checked)."""
+    record = RunManifest.read(out)
+    saved = record.train_config if record else legacy_train_config(out)
+    model_over, train_over = _flag_overrides(args)
+    train_over.setdefault("device", _resolve_device("auto"))
+    base = TrainConfig.from_dict(saved, source=str(out / MANIFEST_FILE)) if saved else TrainConfig()
+    changed = {k: (base.to_dict()[k], v) for k, v in TrainConfig(**{**base.to_dict(), **train_over}).to_dict().items()
+               if k in train_over and k not in FREE_ON_RESUME and v != base.to_dict()[k]}
+    if changed and saved and not args.allow_changes:
+        k, (was, now) = next(iter(changed.items()))
+        raise ConfigError(f"{k}={now!r} contradicts the run's record ({k} was {was!r} in {out / MANIFEST_FILE}); "
+                          "continue as recorded, or allow_changes=True to resume with the change")
+    cfg = base.replace(**train_over)
+    notes: List[str] = []
+    tok_copy = out / TOKENIZER_FILE
+    if record is not None and args.data is None and args.tokenizer is None:
+        data = record.data.load(tokenizer=str(tok_copy) if record.data.tokenizer and tok_copy.is_file() else None)
+    else:
+        data = load_tokens(args.data if args.data is not None else (record.data.spec if record else None),
+                           tokenizer=args.tokenizer or (str(tok_copy) if tok_copy.is_file() else None))
+    origin = dict(record.origin) if record else {}
+    if args.preset is None and args.size is None and not model_over and (record or legacy_model_config(out)):
+        config = ModelConfig.from_dict(record.model_config if record else legacy_model_config(out))
+    else:  # the model the flags describe; a different one is refused by the checkpoint, naming the field
+        preset = args.preset or origin.get("preset")
+        if preset is None:
+            raise ConfigError(f"{out} has no run record: give the run's --preset (and --size, --set) to resume it")
+        size = args.size or origin.get("size") or "debug"
+        config = _model(preset, size, {**origin.get("overrides", {}), **model_over} if preset == origin.get("preset")
+                        else model_over, data, notes)
+        origin = _origin(preset, size, model_over)
+    return _Plan(config, cfg, data, origin, notes)
 
 
 def _resolve_device(name: str) -> str:
@@ -110,43 +213,46 @@ def _resolve_device(name: str) -> str:
 
 
 def run(args) -> int:
-    from ..train.loop import train
-    from ..train.rundir import check_out_dir
-    from ..train.tokens import load_tokens
-
-    with _one_line_warnings():
-        model_config, cfg, vocab_given = build_configs(args)
-        out = Path(args.out or f"runs/{args.preset}-{args.size}")
+    with one_line_warnings("qknorm train"):
+        if args.out is None and args.preset is None:
+            raise ConfigError("--out is required with --resume (the run directory)" if args.resume else
+                              f"--preset is required for a new run; choose one of: {', '.join(PRESETS)}")
+        out = Path(args.out or f"runs/{args.preset}-{args.size or 'debug'}")
         check_out_dir(out, args.resume)
-        data = load_tokens(args.data, tokenizer=args.tokenizer)
-        notes = []
-        if data.vocab_size > model_config.vocab_size:
-            if vocab_given:
-                raise ConfigError(f"--set vocab_size={model_config.vocab_size} is smaller than the data's "
-                                  f"vocabulary ({data.vocab_size})")
-            model_config = model_config.replace(vocab_size=data.vocab_size)
-            notes.append(f"vocab_size set to the data's vocabulary: {data.vocab_size}")
-        notes.append(f"{args.preset}/{args.size}: {model_config.num_params() / 1e6:.2f}M params, qk_norm="
-                     f"{model_config.qk_norm.value}, placement={model_config.placement.value}; {cfg.steps} steps, "
-                     f"lr {cfg.lr:g}, batch {cfg.batch_size}x{cfg.seq_len}; data: {data.source}; out: {out}")
+        plan = _resume_plan(args, out) if args.resume else _fresh_plan(args)
+        c, cfg = plan.model_config, plan.cfg
+        what = f"{plan.origin.get('preset', 'recorded model')}/{plan.origin.get('size', '')}".rstrip("/")
+        plan.notes.append(f"{what}: {c.num_params() / 1e6:.2f}M params, qk_norm={c.qk_norm.value}, placement="
+                          f"{c.placement.value}; {cfg.steps} steps, lr {cfg.lr:g}, batch {cfg.batch_size}x"
+                          f"{cfg.seq_len}; data: {plan.data.source}; out: {out}")
         # the notes come once train() has checked everything (device, data length, checkpoint, run dir):
         # bad input found there is reported by its error line alone
-        result = train(model_config, cfg, data, out_dir=out, resume=args.resume,
-                       on_ready=lambda: [_note(n) for n in notes])
+        result = train(c, cfg, plan.data, out_dir=out, resume=args.resume, origin=plan.origin,
+                       allow_changes=args.allow_changes, on_ready=lambda: [_note(n) for n in plan.notes])
+    return _report(result, out, c)
+
+
+def _report(result, out: Path, config: ModelConfig) -> int:
+    """The summary line (stdout) and the exit status."""
     if result.stop_reason and result.stop_reason.startswith("stopped by SIG"):
         signame = result.stop_reason.split()[-1]
         _note(f"{result.stop_reason} after step {result.steps_done}; checkpoint written to {out}/checkpoints; "
               "continue with --resume")
         return 128 + int(getattr(signal, signame, signal.SIGTERM))
     if result.stop_reason:
-        print(f"qknorm train: error: {result.stop_reason}; stopped (on_nan=stop); checkpoints in {out} are "
-              "the last good state", file=sys.stderr)
+        _note(f"error: the run diverged: {result.stop_reason}; stopped (on_nan=stop); checkpoints in {out} are "
+              "the last good state")
         return 1
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
-    flag = " (DIVERGED: final loss above initial loss)" if result.diverged else ""
+    verdict = logit_verdict(result.max_attn_logit, qk_norm=config.qk_norm.value != "none") \
+        if math.isfinite(result.max_attn_logit) else "no attention statistics recorded (stats_every=0)"
     if _is_main():
-        print(f"qknorm train: {result.steps_done} steps, final loss {result.final_loss:.4f}{flag}, val loss {val}, "
-              f"max attention logit {result.max_attn_logit:.4g}, {result.tokens_per_s:,.0f} tokens/s -> {out}")
+        print_line(f"qknorm train: {result.steps_done} steps, final loss {result.final_loss:.4f}, val loss {val}, "
+                   f"{result.tokens_per_s:,.0f} tokens/s -> {out}; {verdict}")
+    if result.diverged:
+        _note(f"error: the run diverged: its final loss {result.final_loss:.4f} is above the initial loss "
+              f"{result.init_loss:.4f}")
+        return 1
     return 0
 
 
@@ -157,16 +263,4 @@ def _is_main() -> bool:
 
 def _note(msg: str) -> None:
     if _is_main():
-        print(f"qknorm train: {msg}", file=sys.stderr)
-
-
-@contextlib.contextmanager
-def _one_line_warnings():
-    """Warnings (e.g. a skipped damaged checkpoint) as single 'qknorm train: warning: ...' lines."""
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"qknorm train: warning: {message}", file=sys.stderr)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-        warnings.showwarning = show
-        yield
+        print_line(f"qknorm train: {msg}", file=sys.stderr)

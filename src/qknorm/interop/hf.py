@@ -146,7 +146,7 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise CheckpointError(f"{out}: exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+        raise CheckpointError(f"{out}: exists and is not empty; pass overwrite=True to replace it")
 
 
 def hf_export(model: TransformerLM, *, dtype: Optional[torch.dtype] = None

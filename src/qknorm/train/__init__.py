@@ -6,7 +6,8 @@
   loop.py          train(): the loop; step.py its arithmetic; optim.py AdamW groups and the LR schedule
   runtime.py       the single-process Runtime seam; distributed.py DDP/FSDP2 under torchrun; runtimes.py picks
   checkpoints/     crash-safe full and sharded checkpoints and resume; metrics_log.py metrics.jsonl
-  export.py        the final consolidated model; rundir.py the run directory's preconditions
+  export.py        the final consolidated model; preflight.py what must hold before a run writes anything
+  manifest.py      run.json, the run's record of itself (model, settings, data fingerprint)
 
 Importing this package imports only `TrainConfig` (no torch); other names come from their modules
 (``from qknorm.train.tokens import load_tokens``).

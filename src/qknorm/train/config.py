@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from ..errors import ConfigError
 
@@ -51,7 +51,7 @@ class Parallel(_Choice):
 
 
 _ENUMS = {"dtype": DType, "on_nan": OnNaN, "parallel": Parallel}
-_INT_MIN = {"steps": 1, "warmup_steps": 0, "batch_size": 1, "seq_len": 1, "grad_accum": 1, "seed": 0,
+_INT_MIN = {"steps": 1, "batch_size": 1, "seq_len": 1, "grad_accum": 1, "seed": 0,
             "eval_every": 0, "eval_batches": 1, "stats_every": 0, "ckpt_every": 0, "keep_last": 1}
 _POSITIVE = ("lr", "adam_eps")
 _NON_NEGATIVE = ("final_lr", "weight_decay", "clip", "z_loss")
@@ -68,7 +68,7 @@ class TrainConfig:
     steps: int = 200  # optimizer steps
     lr: float = 3e-3  # peak learning rate, reached at the end of warmup
     final_lr: float = 1e-5  # cosine decays lr -> final_lr over the steps after warmup (= lr: constant)
-    warmup_steps: int = 20  # linear warmup steps
+    warmup_steps: Optional[int] = None  # linear warmup steps; None = steps // 10 (derived: follows `steps`)
     batch_size: int = 16  # GLOBAL batch (sequences per step over all processes and micro-batches)
     seq_len: int = 64  # tokens per sequence
     grad_accum: int = 1  # micro-batches per step; batch_size per process must divide by it
@@ -115,13 +115,21 @@ class TrainConfig:
         for name in _BOOLS:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
+        if self.warmup_steps is not None:
+            w = self.warmup_steps
+            if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+                raise ConfigError(f"warmup_steps={w!r} must be an integer >= 0")
+            if w > self.steps:
+                raise ConfigError(f"warmup_steps={w} must be <= steps={self.steps} (the LR would never reach its "
+                                  "peak)")
         _check_device_name(self.device)
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"grad_accum={self.grad_accum} must divide batch_size={self.batch_size}")
 
     @property
-    def autocast_bf16(self) -> bool:
-        return self.dtype is DType.BF16
+    def warmup(self) -> int:
+        """The warmup steps in effect: `warmup_steps`, or steps // 10 when it was not set."""
+        return self.steps // 10 if self.warmup_steps is None else self.warmup_steps
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """`dataclasses.replace` with an error naming an unknown field."""

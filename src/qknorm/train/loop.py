@@ -9,10 +9,15 @@ the step or stops the run (`on_nan`). Every `stats_every` steps a no-grad pass o
 records per-layer max attention logit and q/k RMS (diagnostics.stats_pass; max / mean over the ranks of a
 data-parallel run).
 
-With `out_dir`: metrics.jsonl (a line a step, strict JSON: non-finite numbers are null), checkpoints/
-(train/checkpoints/), and at the end model.safetensors + config.json (qknorm.load_model reads them).
-`resume=True` continues from the newest usable checkpoint to bit-identical weights (CPU, same settings).
-SIGTERM/SIGINT finish the current step, write a checkpoint and return (`stop_reason`); a second SIGINT aborts.
+Before anything is written, every setting is checked against the model, the data and the machine
+(preflight.py). With `out_dir`: run.json (the run's record: model, training settings, data and its
+fingerprint; manifest.py) and tokenizer.json (a copy of the tokenizer, when there is one), metrics.jsonl (a
+line a step, strict JSON: non-finite numbers are null), checkpoints/ (train/checkpoints/, each with the
+tokenizer), and at the end model.safetensors + config.json (qknorm.load_model reads them). A fresh run that
+fails before its first step completes removes what it wrote, so the next command can use the directory.
+`resume=True` continues from the newest usable checkpoint to bit-identical weights (CPU, same settings); data
+whose fingerprint differs from the record is refused unless `allow_changes`. SIGTERM/SIGINT finish the
+current step, write a checkpoint and return (`stop_reason`); a second SIGINT aborts.
 
 Data parallelism hooks in through a `Runtime` (train/runtime.py): rank/world size, model wrapping, metric
 reduction, rank-0-only writes. Here nothing calls torch.distributed directly.
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import sys
 import time
 import warnings
@@ -31,7 +37,7 @@ import torch
 
 from ..config import ModelConfig
 from ..diagnostics import stats_pass, summarize
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..model import TransformerLM
 from .batcher import Batcher
 from .checkpoints.layout import CKPT_DIR
@@ -39,9 +45,10 @@ from .checkpoints.resume import load_training_checkpoint, save_training_checkpoi
 from .checkpoints.rng import capture_rng_state, restore_rng_state
 from .config import FREE_ON_RESUME, OnNaN, TrainConfig
 from .export import export_model
+from .manifest import MANIFEST_FILE, TOKENIZER_FILE, DataRecord, RunManifest
 from .metrics_log import METRICS_FILE, MetricsLog
 from .optim import build_optimizer, lr_at, set_lr
-from .rundir import check_out_dir
+from .preflight import STATS_SEQS, check_fits, check_out_dir
 from .runtime import Runtime
 from .runtimes import make_runtime
 from .signals import StopRequest
@@ -49,8 +56,6 @@ from .step import autocast_factory, evaluate, forward_backward, val_batches
 from .tokens import TokenData
 
 __all__ = ["TrainResult", "train", "STATS_SEQS"]
-
-STATS_SEQS = 4  # sequences of the batch the stats pass sees
 
 
 @dataclasses.dataclass
@@ -68,23 +73,55 @@ class TrainResult:
     summary: Dict[str, Any] = dataclasses.field(default_factory=dict)  # diagnostics.summarize(history)
 
 
+@dataclasses.dataclass
+class _Session:
+    """Everything the steps need, built once every check has passed."""
+
+    cfg: TrainConfig
+    model_config: ModelConfig
+    rt: Runtime
+    device: torch.device
+    model: TransformerLM
+    wrapped: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batcher: Batcher
+    val: Optional[list]
+    start: int
+    init_loss: float
+    elapsed0: float
+    out: Optional[Path]
+    log: Optional[MetricsLog]
+    tokenizer: Optional[bytes]  # the run's tokenizer.json, stored in every checkpoint
+    t0: float = 0.0
+    last_ckpt: int = -1
+
+    def checkpoint(self, step_count: int) -> None:
+        """A checkpoint after `step_count` steps (full in one process, sharded under torchrun), once."""
+        if self.out is None or step_count == self.last_ckpt:
+            return
+        save_training_checkpoint(
+            self.rt, self.out / CKPT_DIR, step_count, self.wrapped, self.optimizer, model_config=self.model_config,
+            train_config=self.cfg.to_dict(), rng_state=capture_rng_state(),
+            extra={"init_loss": self.init_loss, "elapsed_s": self.elapsed0 + time.perf_counter() - self.t0},
+            keep_last=self.cfg.keep_last, files={TOKENIZER_FILE: self.tokenizer} if self.tokenizer else None)
+        self.last_ckpt = step_count
+
+
 def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_dir: str | Path | None = None,
           resume: bool = False, callback: Optional[Callable[[Dict[str, Any]], Optional[bool]]] = None,
-          runtime: Optional[Runtime] = None, on_ready: Optional[Callable[[], None]] = None) -> TrainResult:
+          runtime: Optional[Runtime] = None, on_ready: Optional[Callable[[], None]] = None,
+          origin: Optional[Dict[str, Any]] = None, allow_changes: bool = False) -> TrainResult:
     """Train a fresh `TransformerLM(model_config)` (init from `cfg.seed`) on `data`; see the module docstring.
 
     `callback(record)` is called after every step with its metrics record (main process); returning True
     stops training after that step like SIGTERM does (a checkpoint is written when there is an out_dir).
     `on_ready()` is called once the set-up (data, model, resume, run directory) succeeded, just before the
     first step: the CLI prints its start note there, so bad input fails with its error line alone.
+    `origin` (e.g. the preset, size and overrides the config came from) is kept in the run's record.
     """
-    if data.vocab_size > model_config.vocab_size:
-        raise ConfigError(f"vocab_size={model_config.vocab_size} of the model is smaller than the data's "
-                          f"vocabulary ({data.vocab_size} tokens, {data.source}); set vocab_size >= {data.vocab_size}")
     if resume and out_dir is None:
         raise ConfigError("resume=True needs out_dir (the run directory holding checkpoints/)")
     rt = runtime or make_runtime(cfg.device, cfg.parallel)
-    device = torch.device(cfg.device)
     local_batch = cfg.batch_size // rt.world_size
     if cfg.batch_size % rt.world_size or local_batch % cfg.grad_accum:
         raise ConfigError(f"batch_size={cfg.batch_size} must split evenly over {rt.world_size} process(es) x "
@@ -92,120 +129,172 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         check_out_dir(out, resume)
+    check_fits(model_config, cfg, data, local_batch)
+    record = RunManifest(model_config=model_config.to_dict(), train_config=cfg.to_dict(), data=DataRecord.of(data),
+                         origin=dict(origin or {})) if out is not None else None
+    if resume:
+        _check_against_record(out, record, allow_changes)
+    s = _setup(model_config, cfg, data, rt, out, resume)
+    created = out is not None and not out.exists()
+    if out is not None and rt.is_main:
+        s.log, s.tokenizer = _open_run_dir(out, record, data, resume, s.start)
+    if on_ready is not None:
+        on_ready()
+    try:
+        return _run(s, callback, resume)
+    except BaseException:
+        if not resume and out is not None and rt.is_main and not (s.log and s.log.history):
+            _remove_run_files(out, created)  # nothing was trained: leave the directory as it was
+        raise
+
+
+def _setup(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, rt: Runtime, out: Optional[Path],
+           resume: bool) -> _Session:
+    """Batches, model, optimizer and (on resume) the checkpoint's state; nothing written yet."""
     batcher = Batcher(data.train, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed, rank=rt.rank,
                       world_size=rt.world_size, name="training split")
     val = val_batches(data, cfg, rt)
-
+    device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = TransformerLM(model_config).to(device)
     wrapped = rt.wrap(model)
     optimizer = build_optimizer(model, cfg)
-    start, init_loss, elapsed0 = 0, math.nan, 0.0
-    ckpt_root = out / CKPT_DIR if out is not None else None
+    s = _Session(cfg=cfg, model_config=model_config, rt=rt, device=device, model=model, wrapped=wrapped,
+                 optimizer=optimizer, batcher=batcher, val=val, start=0, init_loss=math.nan, elapsed0=0.0, out=out,
+                 log=None, tokenizer=None)
     if resume:
         # either checkpoint format (full, or sharded by a multi-process run), saved under any world size
-        ckpt = load_training_checkpoint(rt, ckpt_root, wrapped, optimizer, model_config)
+        ckpt = load_training_checkpoint(rt, out / CKPT_DIR, wrapped, optimizer, model_config)
         restore_rng_state(ckpt.rng_state)
-        start, init_loss = ckpt.step, float(ckpt.extra.get("init_loss", math.nan))
-        elapsed0 = float(ckpt.extra.get("elapsed_s", 0.0))
+        s.start, s.last_ckpt = ckpt.step, ckpt.step
+        s.init_loss = float(ckpt.extra.get("init_loss", math.nan))
+        s.elapsed0 = float(ckpt.extra.get("elapsed_s", 0.0))
         _warn_changed_settings(ckpt.train_config, cfg, ckpt.path)
-    log = None
-    if out is not None and rt.is_main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"cannot create output directory {out}: {e.strerror or e}") from None
-        log = MetricsLog(out / METRICS_FILE, resume_step=start if resume else None)
-    history = log.history if log is not None else []
+    return s
 
-    autocast = autocast_factory(device, cfg.dtype)
+
+def _check_against_record(out: Path, now: RunManifest, allow_changes: bool) -> None:
+    """On resume: the data must be what the run recorded (else DataError, or a warning with allow_changes)."""
+    saved = RunManifest.read(out)
+    if saved is None:
+        warnings.warn(f"{out} has no {MANIFEST_FILE} (a run of an older version): the data cannot be checked "
+                      "against the run's", RuntimeWarning, stacklevel=3)
+        return
+    if saved.data.fingerprint != now.data.fingerprint:
+        msg = (f"the data differ from the run's record ({out / MANIFEST_FILE}: {saved.data.describe()}, "
+               f"{saved.data.fingerprint.n_tokens:,} tokens, sha256 {saved.data.fingerprint.sha256[:12]}; now "
+               f"{now.data.describe()}, {now.data.fingerprint.n_tokens:,} tokens, sha256 "
+               f"{now.data.fingerprint.sha256[:12]})")
+        if not allow_changes:
+            raise DataError(msg + "; resume on the recorded data, or allow_changes=True to continue on these")
+        warnings.warn(msg + ": continuing on the new data as asked", RuntimeWarning, stacklevel=3)
+
+
+def _open_run_dir(out: Path, record: RunManifest, data: TokenData, resume: bool, start: int):
+    """Create the run directory's files (rank 0): the record and tokenizer of a fresh run, the metrics log."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            record.write(out)
+            if data.tokenizer is not None:
+                shutil.copyfile(data.tokenizer, out / TOKENIZER_FILE)
+    except OSError as e:
+        raise ConfigError(f"out_dir {out}: cannot write the run directory ({e.strerror or e})") from None
+    tok = out / TOKENIZER_FILE
+    return MetricsLog(out / METRICS_FILE, resume_step=start if resume else None), \
+        (tok.read_bytes() if tok.is_file() else None)
+
+
+def _remove_run_files(out: Path, created: bool) -> None:
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for name in (MANIFEST_FILE, TOKENIZER_FILE, METRICS_FILE, CKPT_DIR):
+        p = out / name
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _run(s: _Session, callback, resume: bool) -> TrainResult:
+    """The steps, the final checkpoint and export, and the result."""
+    cfg, rt = s.cfg, s.rt
+    autocast = autocast_factory(s.device, cfg.dtype)
     tokens_per_step = cfg.batch_size * cfg.seq_len
+    history = s.log.history if s.log is not None else []
     stop_reason: Optional[str] = None
-    last_ckpt = start if resume else -1
-
-    def checkpoint(step_count: int) -> None:
-        nonlocal last_ckpt
-        if ckpt_root is None or step_count == last_ckpt:
-            return
-        # full checkpoint files in one process, sharded (torch.distributed.checkpoint) under torchrun
-        save_training_checkpoint(rt, ckpt_root, step_count, wrapped, optimizer, model_config=model_config,
-                                 train_config=cfg.to_dict(), rng_state=capture_rng_state(),
-                                 extra={"init_loss": init_loss, "elapsed_s": elapsed0 + time.perf_counter() - t0},
-                                 keep_last=cfg.keep_last)
-        last_ckpt = step_count
-
-    if on_ready is not None:
-        on_ready()
-    bar = _progress(cfg, rt, start)
-    t0 = time.perf_counter()
-    steps_done = start
+    bar = _progress(cfg, rt, s.start)
+    s.t0 = time.perf_counter()
+    steps_done = s.start
     try:
         with StopRequest() as stop:
-            for step in range(start, cfg.steps):
-                lr = lr_at(step, cfg)
-                set_lr(optimizer, lr)
-                x, y = batcher.batch(step)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                record: Dict[str, Any] = {"step": step}
-                if cfg.stats_every and (step % cfg.stats_every == 0 or step == cfg.steps - 1):
-                    record.update(stats_pass(model, x[:STATS_SEQS], forward=wrapped, autocast=autocast,
-                                                         runtime=rt))
-                loss, gnorm = forward_backward(wrapped, x, y, cfg, rt, autocast)
-                if step == 0 and not resume:
-                    init_loss = loss
-                finite = math.isfinite(loss) and math.isfinite(gnorm)
-                if finite:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                record.update(loss=loss, lr=lr, grad_norm=gnorm, tokens=(step + 1) * tokens_per_step)
-                if not finite:
-                    record["skipped"] = True
-                    if cfg.on_nan is OnNaN.STOP:
-                        stop_reason = (f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at "
-                                       f"step {step} (loss={loss}, grad_norm={gnorm}); the update was not applied")
-                if val is not None and (step == cfg.steps - 1 or (cfg.eval_every and (step + 1) % cfg.eval_every
-                                                                   == 0)) and stop_reason is None:
-                    record["val_loss"] = evaluate(wrapped, val, autocast, rt)
-                record["time_s"] = elapsed0 + time.perf_counter() - t0
+            for step in range(s.start, cfg.steps):
+                record = _one_step(s, step, autocast, resume, tokens_per_step)
+                if record.get("skipped") and cfg.on_nan is OnNaN.STOP:
+                    stop_reason = (f"non-finite {'loss' if not math.isfinite(record['loss']) else 'gradient norm'} "
+                                   f"at step {step} (loss={record['loss']}, grad_norm={record['grad_norm']}); the "
+                                   "update was not applied")
+                elif s.val is not None and (step == cfg.steps - 1 or (cfg.eval_every and (step + 1) % cfg.eval_every
+                                                                      == 0)):
+                    record["val_loss"] = evaluate(s.wrapped, s.val, autocast, rt)
+                record["time_s"] = s.elapsed0 + time.perf_counter() - s.t0
                 history.append(record)
-                if log is not None:
-                    log.write(record)
+                if s.log is not None:
+                    s.log.write(record)
                 if bar is not None:
                     bar.update(1)
                     if step % 10 == 0 or step == cfg.steps - 1:
-                        bar.set_postfix_str(f"loss {loss:.3f}", refresh=False)
+                        bar.set_postfix_str(f"loss {record['loss']:.3f}", refresh=False)
                 if stop_reason is not None:
                     break
                 steps_done = step + 1
                 want_stop = bool(callback(record)) if callback is not None and rt.is_main else False
-                if stop.signame is not None:
-                    want_stop = True
-                if rt.broadcast_flag(want_stop):
+                if rt.broadcast_flag(want_stop or stop.signame is not None):
                     stop_reason = f"stopped by {stop.signame}" if stop.signame else "stopped by the callback"
-                    checkpoint(step + 1)
+                    s.checkpoint(step + 1)
                     break
                 if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
-                    checkpoint(step + 1)
+                    s.checkpoint(step + 1)
     finally:
         if bar is not None:
             bar.close()
-        if log is not None:
-            log.close()
-    train_time = time.perf_counter() - t0
-    completed = stop_reason is None
-    if completed and cfg.ckpt_every:
-        checkpoint(cfg.steps)
-    if completed and out is not None:
-        export_model(rt, wrapped, out)  # rank 0 writes; under FSDP the full state is gathered first
+        if s.log is not None:
+            s.log.close()
+    train_time = time.perf_counter() - s.t0
+    if stop_reason is None and cfg.ckpt_every:
+        s.checkpoint(cfg.steps)
+    if stop_reason is None and s.out is not None:
+        export_model(rt, s.wrapped, s.out)  # rank 0 writes; under FSDP the full state is gathered first
     rt.barrier()
-    summary = summarize(history, init_loss, steps=cfg.steps)
+    summary = summarize(history, s.init_loss, steps=cfg.steps)
     vals = [r["val_loss"] for r in history if "val_loss" in r]
-    done_tokens = (steps_done - start) * tokens_per_step
+    done_tokens = (steps_done - s.start) * tokens_per_step
     return TrainResult(
-        history=history, init_loss=init_loss, final_loss=summary["final_loss"], val_loss=vals[-1] if vals else None,
-        max_attn_logit=summary["max_attn_logit"], diverged=summary["diverged"], steps_done=steps_done,
-        model=rt.unwrap(wrapped).to("cpu"), stop_reason=stop_reason,
+        history=history, init_loss=s.init_loss, final_loss=summary["final_loss"],
+        val_loss=vals[-1] if vals else None, max_attn_logit=summary["max_attn_logit"], diverged=summary["diverged"],
+        steps_done=steps_done, model=rt.unwrap(s.wrapped).to("cpu"), stop_reason=stop_reason,
         tokens_per_s=done_tokens / train_time if train_time > 0 else 0.0, summary=summary)
+
+
+def _one_step(s: _Session, step: int, autocast, resume: bool, tokens_per_step: int) -> Dict[str, Any]:
+    """Stats (when due), forward/backward, the update (skipped on a non-finite value); the step's record."""
+    cfg = s.cfg
+    lr = lr_at(step, cfg)
+    set_lr(s.optimizer, lr)
+    x, y = s.batcher.batch(step)
+    x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+    record: Dict[str, Any] = {"step": step}
+    if cfg.stats_every and (step % cfg.stats_every == 0 or step == cfg.steps - 1):
+        record.update(stats_pass(s.model, x[:STATS_SEQS], forward=s.wrapped, autocast=autocast, runtime=s.rt))
+    loss, gnorm = forward_backward(s.wrapped, x, y, cfg, s.rt, autocast)
+    if step == 0 and not resume:
+        s.init_loss = loss
+    finite = math.isfinite(loss) and math.isfinite(gnorm)
+    if finite:
+        s.optimizer.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    record.update(loss=loss, lr=lr, grad_norm=gnorm, tokens=(step + 1) * tokens_per_step)
+    if not finite:
+        record["skipped"] = True
+    return record
 
 
 def _warn_changed_settings(saved: Dict[str, Any], cfg: TrainConfig, path: Path) -> None:

@@ -26,11 +26,12 @@ __all__ = ["lr_at", "param_groups", "build_optimizer", "set_lr"]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """The learning rate of 0-based `step` under `cfg` (lr, final_lr, warmup_steps, steps)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    t = min(1.0, (step - cfg.warmup_steps) / span)
+    """The learning rate of 0-based `step` under `cfg` (lr, final_lr, warmup, steps)."""
+    warmup = cfg.warmup
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    span = max(1, cfg.steps - warmup)
+    t = min(1.0, (step - warmup) / span)
     return cfg.final_lr + (cfg.lr - cfg.final_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 

@@ -41,9 +41,11 @@ no data-loader state, and under data parallelism rank ``r`` of ``w`` takes the c
 from __future__ import annotations
 
 import glob as _glob
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -53,9 +55,24 @@ from .sources import (BINARY_SAMPLE_BYTES, DEFAULT_CORPUS_MAX_BYTES, FILE_SEPARA
                       is_token_file, load_token_file, read_file, skip_note, stdlib_dir)
 from .tokenizer import encode_texts, load_tokenizer, token_dtype
 
-__all__ = ["BYTE_VOCAB_SIZE", "TokenData", "load_tokens"]
+__all__ = ["BYTE_VOCAB_SIZE", "TokenData", "DataFingerprint", "load_tokens"]
 
 BYTE_VOCAB_SIZE = 256
+
+
+_FULL_HASH_TOKENS = 1 << 27  # streams up to 128M tokens are hashed whole; longer ones by a fixed sample
+_SAMPLE_TOKENS = 1 << 20
+
+
+@dataclass(frozen=True)
+class DataFingerprint:
+    """What identifies a token stream: its length, vocabulary, and a sha256 of its tokens (all of them up to
+    128M tokens; beyond that the first, last and 64 evenly spaced blocks of 1M tokens, `method` says which)."""
+
+    n_tokens: int
+    vocab_size: int
+    sha256: str
+    method: str  # "full" or "sampled"
 
 
 @dataclass
@@ -63,17 +80,47 @@ class TokenData:
     """A token stream split into training and validation parts.
 
     `train` and `val` are 1-D integer arrays (``np.uint16`` when ``vocab_size <= 65536``, else
-    ``np.uint32``; possibly ``np.memmap`` views of a token file). `source` describes the data for people.
+    ``np.uint32``; possibly ``np.memmap`` views of a token file). `source` describes the data for people;
+    `spec`, `tokenizer`, `max_bytes` and `val_fraction` say how it was loaded (the data argument as an absolute
+    path, None for the embedded corpus; the tokenizer file), so a run can record it and load it again.
     """
 
     train: np.ndarray
     val: np.ndarray
     vocab_size: int
     source: str
+    spec: Optional[str] = None
+    tokenizer: Optional[str] = None
+    max_bytes: Optional[int] = None  # the load_tokens arguments that shaped the stream
+    val_fraction: float = 0.05
 
     @property
     def n_tokens(self) -> int:
         return int(len(self.train) + len(self.val))
+
+    def fingerprint(self) -> DataFingerprint:
+        """The stream's identity (train then val, as one array), for a run's record."""
+        n = self.n_tokens
+        h = hashlib.sha256(f"{n}:{self.vocab_size}:".encode())
+        parts = (self.train, self.val)
+        if n <= _FULL_HASH_TOKENS:
+            for part in parts:
+                h.update(np.ascontiguousarray(part, dtype=np.uint32).tobytes())
+            return DataFingerprint(n, self.vocab_size, h.hexdigest(), "full")
+        for start in np.linspace(0, n - _SAMPLE_TOKENS, 66).astype(np.int64):  # first, last, 64 between
+            for piece in _slice(parts, int(start), int(start) + _SAMPLE_TOKENS):
+                h.update(np.ascontiguousarray(piece, dtype=np.uint32).tobytes())
+        return DataFingerprint(n, self.vocab_size, h.hexdigest(), "sampled")
+
+
+def _slice(parts, start: int, stop: int):
+    """The pieces of [start, stop) of the concatenation of `parts` (without concatenating them)."""
+    offset = 0
+    for p in parts:
+        lo, hi = max(start - offset, 0), min(stop - offset, len(p))
+        if lo < hi:
+            yield np.asarray(p[lo:hi])
+        offset += len(p)
 
 
 def load_tokens(
@@ -122,7 +169,7 @@ def load_tokens(
                         f" (give the vocabulary size in {path.name}.json as {{\"vocab_size\": N}})"
                     )
                 arr, vocab, source = load_token_file(path, max_bytes)
-                return _split(arr, vocab, source, val_fraction)
+                return _split(arr, vocab, source, val_fraction, os.path.abspath(spec), None, max_bytes)
             else:
                 content = read_file(path, max_bytes)
                 if not content:
@@ -151,8 +198,10 @@ def load_tokens(
         arr = np.frombuffer(stream, dtype=np.uint8).astype(np.uint16)
         vocab = BYTE_VOCAB_SIZE
         source += f", byte-level tokens (vocab {vocab})"
+        tok_file = None
     else:
         tok, tok_path = load_tokenizer(tokenizer)
+        tok_file = os.path.abspath(tok_path)
         sep = FILE_SEPARATOR.decode()
         ids = encode_texts(tok, [b.decode("utf-8", errors="replace") + sep for _, b in texts])
         if len(ids) == 0:
@@ -160,10 +209,13 @@ def load_tokens(
         vocab = max(int(tok.get_vocab_size(with_added_tokens=True)), int(ids.max()) + 1)
         arr = ids.astype(token_dtype(vocab))
         source += f", tokenizer {tok_path} (vocab {vocab})"
-    return _split(arr, vocab, source, val_fraction)
+    spec_abs = None if data is None else os.path.abspath(os.fspath(data))
+    return _split(arr, vocab, source, val_fraction, spec_abs, tok_file, max_bytes)
 
 
-def _split(arr: np.ndarray, vocab: int, source: str, val_fraction: float) -> TokenData:
+def _split(arr: np.ndarray, vocab: int, source: str, val_fraction: float, spec: Optional[str],
+           tokenizer: Optional[str], max_bytes: Optional[int]) -> TokenData:
     n_val = int(len(arr) * val_fraction)
     n_train = len(arr) - n_val
-    return TokenData(train=arr[:n_train], val=arr[n_train:], vocab_size=int(vocab), source=source)
+    return TokenData(train=arr[:n_train], val=arr[n_train:], vocab_size=int(vocab), source=source, spec=spec,
+                     tokenizer=tokenizer, max_bytes=max_bytes, val_fraction=val_fraction)

@@ -3,6 +3,7 @@
     step_0000020/
       model.safetensors      model weights (full, unsharded, CPU)
       trainer.pt             optimizer state and RNG states (torch.save; loaded with weights_only=True)
+      tokenizer.json         the run's tokenizer, when it has one
       meta.json              step, model config, training config, extras, and size + sha256 of each file
 
 `save_checkpoint` writes into a temp directory, fsyncs every file, then `layout.publish`es it. `load_checkpoint`
@@ -39,8 +40,9 @@ FORMAT_VERSION = 1
 def save_checkpoint(root: str | Path, step: int, *, model_state: Dict[str, torch.Tensor],
                     optimizer_state: Dict[str, Any], model_config: ModelConfig, train_config: Dict[str, Any],
                     extra: Optional[Dict[str, Any]] = None, rng_state: Optional[Dict[str, Any]] = None,
-                    keep_last: int = 3) -> Path:
-    """Write checkpoint `step` under `root` atomically, point `latest` at it, keep the newest `keep_last`."""
+                    keep_last: int = 3, files: Optional[Dict[str, bytes]] = None) -> Path:
+    """Write checkpoint `step` under `root` atomically, point `latest` at it, keep the newest `keep_last`.
+    `files`: more files to store in it as they are (e.g. the run's tokenizer.json), checksummed like the rest."""
     from safetensors.torch import save as st_save
 
     root = Path(root)
@@ -53,6 +55,7 @@ def save_checkpoint(root: str | Path, step: int, *, model_state: Dict[str, torch
         MODEL: st_save({k: v.detach().to("cpu").contiguous() for k, v in model_state.items()},
                        metadata={"format": "pt"}),
         TRAINER: torch_bytes({"optimizer": optimizer_state, "rng": rng_state or capture_rng_state()}),
+        **(files or {}),
     }
     for fname, data in blobs.items():
         write_synced(tmp / fname, data)

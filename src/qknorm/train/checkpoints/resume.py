@@ -30,16 +30,18 @@ __all__ = ["save_training_checkpoint", "load_training_checkpoint"]
 def save_training_checkpoint(rt: Runtime, root: str | Path, step: int, model: nn.Module,
                              optimizer: torch.optim.Optimizer, *, model_config: ModelConfig,
                              train_config: Dict[str, Any], extra: Optional[Dict[str, Any]] = None,
-                             rng_state: Optional[Dict[str, Any]] = None, keep_last: int = 3) -> Path:
-    """The loop's checkpoint: sharded with more than one process, the full single-file format otherwise."""
+                             rng_state: Optional[Dict[str, Any]] = None, keep_last: int = 3,
+                             files: Optional[Dict[str, bytes]] = None) -> Path:
+    """The loop's checkpoint: sharded with more than one process, the full single-file format otherwise;
+    `files` (e.g. the run's tokenizer.json) are stored in it either way."""
     if rt.world_size > 1:
         return save_sharded(root, step, rt, model, optimizer, model_config=model_config, train_config=train_config,
-                            extra=extra, rng_state=rng_state, keep_last=keep_last)
+                            extra=extra, rng_state=rng_state, keep_last=keep_last, files=files)
     model_state = rt.model_state_dict(model)
     optim_state = rt.optimizer_state_dict(model, optimizer)
     path = save_checkpoint(root, step, model_state=model_state, optimizer_state=optim_state,
                            model_config=model_config, train_config=train_config, extra=extra,
-                           rng_state=rng_state, keep_last=keep_last)
+                           rng_state=rng_state, keep_last=keep_last, files=files)
     rt.barrier()
     return path
 

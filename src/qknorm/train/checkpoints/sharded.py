@@ -9,6 +9,7 @@ are shared:
       state/__<r>_0.distcp     rank r's shards of {"model": ..., "optim": ...} (DTensor shards under FSDP;
                                under DDP each replicated tensor is written once, by one rank)
       rng.pt                   rank 0's RNG states
+      tokenizer.json           the run's tokenizer, when it has one
       meta.json                {"format": "dcp", step, world_size, parallel, model and training config,
                                 extras, and size + sha256 of every file above}
 
@@ -103,8 +104,10 @@ def is_sharded(path: str | Path) -> bool:
 
 def save_sharded(root: str | Path, step: int, rt: Runtime, model: nn.Module, optimizer: torch.optim.Optimizer, *,
                  model_config: ModelConfig, train_config: Dict[str, Any], extra: Optional[Dict[str, Any]] = None,
-                 rng_state: Optional[Dict[str, Any]] = None, keep_last: int = 3) -> Path:
-    """Write sharded checkpoint `step` under `root` (collective: every rank calls it); returns its path."""
+                 rng_state: Optional[Dict[str, Any]] = None, keep_last: int = 3,
+                 files: Optional[Dict[str, bytes]] = None) -> Path:
+    """Write sharded checkpoint `step` under `root` (collective: every rank calls it); returns its path.
+    `files`: more files rank 0 stores in it as they are (e.g. the run's tokenizer.json), checksummed."""
     import torch.distributed.checkpoint as dcp
 
     root = Path(root)
@@ -122,15 +125,16 @@ def save_sharded(root: str | Path, step: int, rt: Runtime, model: nn.Module, opt
                  no_dist=not _dist_active())
     rt.barrier()
     rel = sorted(p.relative_to(tmp).as_posix() for p in (tmp / STATE_DIR).iterdir() if p.is_file())
-    files = _digest_files(rt, tmp, rel)
+    table = _digest_files(rt, tmp, rel)
     if rt.is_main:
-        bad = {k: v for k, v in files.items() if "error" in v}
+        bad = {k: v for k, v in table.items() if "error" in v}
         if bad:
             raise CheckpointError(f"{tmp}: could not read back {next(iter(bad))} after writing it "
                                   f"({next(iter(bad.values()))['error']})")
         rng = torch_bytes({"rng": rng_state or capture_rng_state()})
-        write_synced(tmp / RNG_FILE, rng)
-        files[RNG_FILE] = {"size": len(rng), "sha256": hashlib.sha256(rng).hexdigest()}
+        for fname, data in {**(files or {}), RNG_FILE: rng}.items():
+            write_synced(tmp / fname, data)
+            table[fname] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         meta = {
             "format": DCP_FORMAT,
             "format_version": FORMAT_VERSION,
@@ -140,7 +144,7 @@ def save_sharded(root: str | Path, step: int, rt: Runtime, model: nn.Module, opt
             "model_config": model_config.to_dict(),
             "train_config": train_config,
             "extra": extra or {},
-            "files": files,
+            "files": table,
             "torch_version": torch.__version__,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

@@ -1,0 +1,79 @@
+"""What must hold before a training run writes anything: the run directory, and that the settings fit the
+model, the data and this machine. Every check raises a one-line error naming the field; a run that fails here
+leaves its output directory exactly as it was.
+
+* out_dir: a fresh run needs an absent or empty directory; a resumed one a checkpoints/ directory in it.
+* vocab_size: the model's vocabulary must hold the data's.
+* seq_len <= max_seq_len of the model (raise max_seq_len for longer sequences).
+* the attention-statistics pass (stats_every > 0) materializes fp32 scores of shape (S, H, T, T) for S <= 4
+  sequences, per layer, plus a copy for the mask: if that needs more than half the memory available on the
+  device, the run is refused before it starts (a bigger allocation would fail minutes later, or swap).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from ..config import ModelConfig
+from ..errors import CheckpointError, ConfigError
+from .checkpoints.layout import CKPT_DIR
+from .config import TrainConfig
+from .tokens import TokenData
+
+__all__ = ["check_out_dir", "check_fits", "stats_pass_bytes", "available_bytes", "STATS_SEQS"]
+
+STATS_SEQS = 4  # sequences of the batch the stats pass sees
+
+
+def check_out_dir(out: str | Path, resume: bool) -> None:
+    """A fresh run needs an absent or empty directory; a resumed one a checkpoints/ directory in it."""
+    out = Path(out)
+    if resume:
+        if not (out / CKPT_DIR).is_dir():
+            raise CheckpointError(f"{out}: nothing to resume (no {CKPT_DIR}/ directory; was it trained with "
+                                  "ckpt_every=0?)")
+        return
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_dir {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        names = sorted(p.name for p in out.iterdir())
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise ConfigError(f"out_dir {out} is not empty ({shown}); continue the run there with resume=True or "
+                          "choose another output directory")
+
+
+def stats_pass_bytes(model_config: ModelConfig, cfg: TrainConfig, local_batch: int) -> int:
+    """Peak bytes of one layer's exact attention statistics: fp32 scores and their masked copy."""
+    seqs = min(STATS_SEQS, local_batch)
+    return 2 * seqs * model_config.n_heads * cfg.seq_len * cfg.seq_len * 4
+
+
+def available_bytes(device: str) -> Optional[int]:
+    """Memory available for new allocations on `device` (free GPU memory, or available RAM); None if unknown."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, local_batch: int) -> None:
+    """The settings fit the model, the data and this machine (see the module docstring)."""
+    if data.vocab_size > model_config.vocab_size:
+        raise ConfigError(f"vocab_size={model_config.vocab_size} of the model is smaller than the data's "
+                          f"vocabulary ({data.vocab_size} tokens, {data.source}); set vocab_size >= {data.vocab_size}")
+    if cfg.seq_len > model_config.max_seq_len:
+        raise ConfigError(f"seq_len={cfg.seq_len} is longer than the model's max_seq_len={model_config.max_seq_len}; "
+                          "use a shorter seq_len or raise the model's max_seq_len")
+    if cfg.stats_every:
+        need, have = stats_pass_bytes(model_config, cfg, local_batch), available_bytes(cfg.device)
+        if have is not None and need > have // 2:
+            raise ConfigError(
+                f"stats_every={cfg.stats_every}: the attention-statistics pass at seq_len={cfg.seq_len} needs "
+                f"~{need / 1e9:.1f} GB ({min(STATS_SEQS, local_batch)} sequences x {model_config.n_heads} heads x "
+                f"{cfg.seq_len}^2 fp32 scores, twice), more than half the {have / 1e9:.1f} GB available; use a "
+                "shorter seq_len or stats_every=0")
