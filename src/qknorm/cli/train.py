@@ -239,6 +239,9 @@ def _report(result, out: Path, config: ModelConfig) -> int:
         _note(f"{result.stop_reason} after step {result.steps_done}; checkpoint written to {out}/checkpoints; "
               "continue with --resume")
         return 128 + int(getattr(signal, signame, signal.SIGTERM))
+    if result.stop_reason and result.stop_reason.startswith("stopped by"):  # asked to stop (a callback)
+        _note(f"{result.stop_reason} after step {result.steps_done}; continue with --resume")
+        return 0
     if result.stop_reason:
         _note(f"error: the run diverged: {result.stop_reason}; stopped (on_nan=stop); checkpoints in {out} are "
               "the last good state")

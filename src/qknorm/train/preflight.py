@@ -74,6 +74,6 @@ def check_fits(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, loc
         if have is not None and need > have // 2:
             raise ConfigError(
                 f"stats_every={cfg.stats_every}: the attention-statistics pass at seq_len={cfg.seq_len} needs "
-                f"~{need / 1e9:.1f} GB ({min(STATS_SEQS, local_batch)} sequences x {model_config.n_heads} heads x "
-                f"{cfg.seq_len}^2 fp32 scores, twice), more than half the {have / 1e9:.1f} GB available; use a "
+                f"~{need / 1e9:.3g} GB ({min(STATS_SEQS, local_batch)} sequences x {model_config.n_heads} heads x "
+                f"{cfg.seq_len}^2 fp32 scores, twice), more than half the {have / 1e9:.3g} GB available; use a "
                 "shorter seq_len or stats_every=0")

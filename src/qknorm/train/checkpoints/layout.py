@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 from ...config import ModelConfig
-from ...errors import CheckpointError
+from ...errors import CheckpointError, ConfigError
 from ...fileio import atomic_write_bytes, fsync_dir
 
 __all__ = ["CKPT_DIR", "LATEST", "META", "PAUSE_ENV", "Checkpoint", "CheckpointMismatch", "checkpoint_name",
@@ -122,7 +122,13 @@ def move_aside(path: Path) -> str:
 
 
 def check_same_config(saved: Dict[str, Any], model_config: ModelConfig, *, source: str) -> None:
-    """Raise CheckpointMismatch naming the first field where `saved` differs from `model_config`."""
+    """Raise CheckpointMismatch naming the first field where `saved` differs from `model_config`. The saved
+    config is read through ModelConfig first, so a config written by an earlier version in an older form
+    (e.g. `rope_scaling: 8.0` for linear scaling) compares as the model it describes."""
+    try:
+        saved = ModelConfig.from_dict(saved, source=source).to_dict()
+    except (ConfigError, TypeError):
+        pass  # compared field by field below, which names what differs
     current = model_config.to_dict()
     for key in current:
         if key not in saved:
