@@ -5,6 +5,10 @@
                                      (scope "full", OLMo 2), then RoPE, in one fused op -> (B, H|Hkv, T, D)
   o = softmax(scale * q k^T [softcap] [causal/sliding mask]) v  -> o_proj
 
+With a cache (nn/kv_cache.py), the new tokens' k (after QK-norm and RoPE, at their absolute positions) and v
+are appended to the layer's cache and the queries attend over everything it keeps: S >= T keys, the queries
+being the last T of them; the mask follows from that (`causal_mask(T, W, n_past=S-T)`).
+
 Two paths compute the same function: SDPA (default; flash/efficient kernels) and eager (explicit scores; needed
 for attention softcapping). When `record_stats` is set, the layer also stores diagnostics of its last call in
 `self.stats`: the exact max attention logit over allowed (query, key) pairs, the cheap bound
@@ -20,6 +24,7 @@ from torch import nn
 
 from ..config import SLIDING, AttnImpl, ModelConfig, QKNormScope
 from ..ops import qk_norm_rope
+from .kv_cache import LayerKV
 from .norm import RMSNorm
 
 
@@ -47,12 +52,16 @@ class Attention(nn.Module):
         self.record_stats = False
         self.stats: Dict[str, torch.Tensor] = {}
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: Optional[LayerKV] = None) -> torch.Tensor:
+        # x (B, T, d); cos/sin (T, D) for the new tokens' positions; cache: this layer's keys/values so far
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         q, k = self._qk_norm_rope(q, k, cos, sin)  # (B, H, T, D), (B, Hkv, T, D)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, Hkv, S, D): kept past keys, then these T
         if self.record_stats:
             self.stats = attention_stats(q, k, self.scale, self.window)
         o = self._attend_eager(q, k, v) if self.eager else self._attend_sdpa(q, k, v)  # (B, H, T, D)
@@ -67,18 +76,21 @@ class Attention(nn.Module):
 
     def _attend_sdpa(self, q, k, v):
         gqa = self.n_heads != self.n_kv_heads
-        if self.window is None:
+        T, S = q.shape[2], k.shape[2]
+        if self.window is None and S == T:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=gqa)
-        mask = causal_mask(q.shape[2], self.window, q.device)  # (T, T) bool, True = attend
+        if T == 1 < S and (self.window is None or S <= self.window):  # one cached query that sees every key
+            return F.scaled_dot_product_attention(q, k, v, scale=self.scale, enable_gqa=gqa)
+        mask = causal_mask(T, self.window, q.device, n_past=S - T)  # (T, S) bool, True = attend
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
 
     def _attend_eager(self, q, k, v):
         groups = self.n_heads // self.n_kv_heads
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)  # (B, H, T, D)
-        scores = torch.matmul(q, k.transpose(2, 3)) * self.scale  # (B, H, T, T)
+        scores = torch.matmul(q, k.transpose(2, 3)) * self.scale  # (B, H, T, S)
         if self.softcap is not None:
             scores = torch.tanh(scores / self.softcap) * self.softcap
-        mask = causal_mask(q.shape[2], self.window, q.device)
+        mask = causal_mask(q.shape[2], self.window, q.device, n_past=k.shape[2] - q.shape[2])
         scores = scores.masked_fill(~mask, float("-inf"))
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         return torch.matmul(probs, v)
@@ -87,10 +99,13 @@ class Attention(nn.Module):
         return f"qk_norm={self.scope.value}, window={self.window}, scale={self.scale:.4g}, eager={self.eager}"
 
 
-def causal_mask(T: int, window: Optional[int], device) -> torch.Tensor:
-    """(T, T) bool, True where query q may attend key k: k <= q, and q - W < k with a window W."""
-    i = torch.arange(T, device=device)
-    diff = i[:, None] - i[None, :]  # q - k
+def causal_mask(T: int, window: Optional[int], device, *, n_past: int = 0) -> torch.Tensor:
+    """(T, n_past + T) bool, True where query q may attend key k: k <= q, and q - W < k with a window W.
+
+    The T queries are the last T of the n_past + T key positions (n_past > 0: cached decoding)."""
+    qpos = torch.arange(n_past, n_past + T, device=device)
+    kpos = torch.arange(n_past + T, device=device)
+    diff = qpos[:, None] - kpos[None, :]  # q - k
     keep = diff >= 0
     if window is not None:
         keep = keep & (diff < window)
@@ -99,15 +114,16 @@ def causal_mask(T: int, window: Optional[int], device) -> torch.Tensor:
 
 @torch.no_grad()
 def attention_stats(q: torch.Tensor, k: torch.Tensor, scale: float, window: Optional[int]) -> Dict[str, torch.Tensor]:
-    """Diagnostics of one attention call (q (B, H, T, D), k (B, Hkv, T, D), after QK-norm and RoPE).
+    """Diagnostics of one attention call (q (B, H, T, D), k (B, Hkv, S, D), after QK-norm and RoPE; S > T when
+    the queries are the last T of S cached positions).
 
     max_logit: exact max over allowed pairs of scale * q.k (before any softcap), from explicit fp32 scores;
     logit_bound: scale * max_t |q_t| * max_s |k_s| (Cauchy-Schwarz), an upper bound any fused kernel can afford.
     """
     qf, kf = q.float(), k.float()
     groups = q.shape[1] // k.shape[1]
-    scores = torch.matmul(qf, kf.repeat_interleave(groups, dim=1).transpose(2, 3)) * scale  # (B, H, T, T)
-    mask = causal_mask(q.shape[2], window, q.device)
+    scores = torch.matmul(qf, kf.repeat_interleave(groups, dim=1).transpose(2, 3)) * scale  # (B, H, T, S)
+    mask = causal_mask(q.shape[2], window, q.device, n_past=k.shape[2] - q.shape[2])
     max_logit = scores.masked_fill(~mask, float("-inf")).amax()
     bound = scale * qf.norm(dim=-1).amax() * kf.norm(dim=-1).amax()
     return {
