@@ -32,7 +32,7 @@ def spread(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         if p.ndim == 1:
             p.add_(0.3 * noise)
         else:
-            p.copy_((0.03 if name.startswith("embed") else 0.2) * noise)
+            p.copy_((0.03 if "embed" in name else 0.2) * noise)
     return model
 
 
@@ -67,6 +67,23 @@ def test_greedy_equals_transformers_generate(preset, tmp_path):
     ref = hf_greedy(hf_export(model, tmp_path), ids, n)
     assert ours.shape == ref.shape == (2, 12 + n)
     assert torch.equal(ours, ref), f"first difference at {(ours != ref).nonzero()[0].tolist()}"
+
+
+def test_greedy_equals_transformers_for_an_hf_built_gemma3():
+    """Built in transformers, loaded with from_hf: window 8 with mixed layer types, linear RoPE scaling on the
+    global layers (positions of new tokens divided by 4), query_pre_attn_scalar 20, final logit softcap."""
+    cfg = transformers.Gemma3TextConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, max_position_embeddings=256, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"], rope_theta=5e5,
+        rope_local_base_freq=2e4, rope_scaling={"rope_type": "linear", "factor": 4.0}, query_pre_attn_scalar=20,
+        final_logit_softcapping=30.0)
+    torch.manual_seed(0)
+    hf = spread(transformers.Gemma3ForCausalLM(cfg)).eval()
+    ours = qknorm.from_hf(hf)
+    assert ours.config.rope_scaling == 4.0 and ours.config.sliding_window == 8
+    ids = prompt(T=10, vocab=128)
+    assert torch.equal(ours.generate(ids, 22), hf_greedy(hf, ids, 22))
 
 
 def test_eos_stops_a_row_like_transformers(tmp_path):

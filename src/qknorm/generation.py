@@ -20,7 +20,8 @@ row is padded with it); decoding stops early when every row has finished, and `g
 
 Length: prompt + max_new_tokens must fit in config.max_seq_len (the positions the model was built and
 trained for; RoPE beyond them is extrapolation): ConfigError otherwise. Rows of a batch share one length
-(no padding of prompts). The model is used as it is (no eval()/train() switch; ours has no dropout).
+(no padding of prompts). The prompt is moved to the model's device and the result stays there. The model is
+used as it is (no eval()/train() switch; ours has no dropout).
 """
 from __future__ import annotations
 
@@ -126,7 +127,8 @@ def stream(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
 
     Arguments are checked now, not at the first next(); the prompt is prefilled at the first next()."""
     check_request(model, input_ids, max_new_tokens, sampling)
-    return _decode(model, input_ids.long(), max_new_tokens, sampling)
+    device = next(model.parameters()).device
+    return _decode(model, input_ids.long().to(device), max_new_tokens, sampling)
 
 
 @torch.no_grad()
@@ -153,7 +155,7 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int,
              sampling: Sampling = Sampling()) -> torch.Tensor:
     """input_ids (B, T) -> (B, T + max_new_tokens) int64: the prompt, then the new tokens (eos-padded rows)."""
     steps = list(stream(model, input_ids, max_new_tokens, sampling))
-    ids = input_ids.long()
+    ids = input_ids.long().to(next(model.parameters()).device)
     new = torch.stack(steps, dim=1) if steps else ids.new_empty(ids.shape[0], 0)  # (B, n_run)
     if new.shape[1] < max_new_tokens:  # every row finished early: pad with eos
         pad = new.new_full((ids.shape[0], max_new_tokens - new.shape[1]), sampling.eos_token_id)
