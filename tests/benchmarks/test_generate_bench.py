@@ -31,7 +31,7 @@ def test_tiny_run_writes_table_and_record(tmp_path, capsys):
     assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim) == (32, 1, 2, 1, 16)
     assert rec["params"] == cfg.num_params() and rec["torch"] == torch.__version__ and rec["torch_threads"] == 1
     assert [r["new_tokens"] for r in rec["rows"]] == [3, 6] and all(
-        min(r["cached_tok_s_best_median"] + r["full_tok_s_best_median"]) > 0 for r in rec["rows"])
+        min(r["cached_tok_s_wall_best_median_cpu"] + r["full_tok_s_wall_best_median_cpu"]) > 0 for r in rec["rows"])
 
 
 def test_full_recompute_is_greedy_decoding():

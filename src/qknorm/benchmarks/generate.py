@@ -8,9 +8,11 @@ Both contenders decode greedily from the same model and prompt, batch 1, in the 
              KV cache (qknorm/generation.py);
   no cache   the full-recompute loop: every step runs `model(prefix)` over the whole prefix so far and takes
              the argmax of the last position (what decoding costs without a cache).
-tokens/s = N new tokens / wall time of the whole call, the prompt's prefill included, from --repeats timed runs
-after one warm-up call: the best run (the least disturbed by other processes on a shared machine) and the
-median. The load average before and after is recorded. The two must produce the same tokens (checked).
+Rates are N new tokens / time of the whole call, the prompt's prefill included, from --repeats timed runs of
+each contender (alternated, so both see the same load) after one warm-up call: wall-clock tokens/s of the best
+and the median run, and tokens per CPU-second of this process (time.process_time, best run), which with one
+torch thread measures the cost itself and is far less disturbed by other processes on a shared machine. The
+load average before and after is recorded. The two must produce the same tokens (checked, reported).
 The default model is a small llama (pre-norm, GQA): d_model 128, 4 layers, 4 query / 2 kv heads of 32,
 SwiGLU 384, byte vocab 256, prompt 16 tokens. With --out DIR, writes DIR/generate_<device>_<date>.md + .json.
 """
@@ -53,8 +55,11 @@ class Setup:
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
-    best_s: float  # wall seconds of one call: the fastest run
-    median_s: float
+    """Seconds of one call over the timed runs: wall clock (best, median) and this process's CPU time (best)."""
+
+    wall_best: float
+    wall_median: float
+    cpu_best: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,20 +69,25 @@ class Row:
     full: Timing
     identical: bool  # the two produced the same tokens
 
-    def tok_s(self, t: Timing) -> Tuple[float, float]:
-        """(best, median) tokens/s."""
-        return self.new_tokens / t.best_s, self.new_tokens / t.median_s
+    def tok_s(self, t: Timing) -> Tuple[float, float, float]:
+        """(best wall, median wall, per CPU-second) tokens/s."""
+        n = self.new_tokens
+        return n / t.wall_best, n / t.wall_median, n / t.cpu_best
 
 
-def _time(fn, repeats: int, device: str) -> Timing:
-    times = []
+def _time_interleaved(fns, repeats: int, device: str) -> List[Timing]:
+    """Time each of `fns` `repeats` times, alternating between them so that they see the same load."""
+    wall: List[List[float]] = [[] for _ in fns]
+    cpu: List[List[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return Timing(min(times), statistics.median(times))
+        for i, fn in enumerate(fns):
+            w, c = time.perf_counter(), time.process_time()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            wall[i].append(time.perf_counter() - w)
+            cpu[i].append(time.process_time() - c)
+    return [Timing(min(w), statistics.median(w), min(c)) for w, c in zip(wall, cpu)]
 
 
 @torch.no_grad()
@@ -111,11 +121,11 @@ def run(s: Setup) -> Tuple[TransformerLM, List[Row]]:
     for n in s.lengths:
         out_c = model.generate(ids, n)
         out_f = full_recompute(model, ids, n)
-        cached = _time(lambda: model.generate(ids, n), s.repeats, s.device)
-        full = _time(lambda: full_recompute(model, ids, n), s.repeats, s.device)
+        cached, full = _time_interleaved([lambda: model.generate(ids, n), lambda: full_recompute(model, ids, n)],
+                                         s.repeats, s.device)
         rows.append(Row(n, cached, full, bool(torch.equal(out_c, out_f))))
-        print(f"{n:6d} new tokens: cached {n / cached.best_s:9.1f} tok/s, no cache {n / full.best_s:9.1f} tok/s "
-              "(best runs)", flush=True)
+        print(f"{n:6d} new tokens: cached {n / cached.cpu_best:9.1f}, no cache {n / full.cpu_best:9.1f} tokens per "
+              "CPU-second", flush=True)
     return model, rows
 
 
@@ -148,17 +158,20 @@ def render(env: dict, rows: List[Row]) -> str:
         f"{c['n_heads']} query / {c['n_kv_heads']} kv heads of {c['head_dim']}, d_ff {c['d_ff']}, vocab "
         f"{c['vocab_size']}, {env['params']:,} parameters, {env['dtype']}. Batch 1, greedy, prompt "
         f"{s['prompt_len']} tokens.", "",
-        "tokens/s = new tokens / wall time of one whole call (prompt prefill included); best and median of "
-        f"{s['repeats']} runs after a warm-up. 'no cache' runs the full forward over the whole prefix for "
-        f"every new token. Load average (1 min) {env['load_before']} before, {env['load_after']} after: other "
-        "processes shared the CPUs, so the best run is the better estimate of the cost itself.", "",
-        "| new tokens | cached tok/s best | median | no-cache tok/s best | median | speed-up (best) | same tokens |",
-        "|---|---|---|---|---|---|---|",
+        "Each number is new tokens / time of one whole call (prompt prefill included), from "
+        f"{s['repeats']} timed runs of each contender, alternated, after a warm-up: wall-clock tokens/s of the "
+        "best and the median run, and tokens per CPU-second of this process (best run; with one torch thread "
+        "this is the cost itself, much less sensitive to other processes than wall time). 'no cache' runs the "
+        f"full forward over the whole prefix for every new token. Load average (1 min): {env['load_before']} "
+        f"before, {env['load_after']} after, on {env['cpu_count']} CPUs.", "",
+        "| new tokens | cached tok/CPU-s | wall best | wall median | no-cache tok/CPU-s | wall best | wall median "
+        "| speed-up (CPU time) | same tokens |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        (cb, cm), (fb, fm) = r.tok_s(r.cached), r.tok_s(r.full)
-        lines.append(f"| {r.new_tokens} | {cb:,.1f} | {cm:,.1f} | {fb:,.1f} | {fm:,.1f} | {cb / fb:.2f}x | "
-                     f"{'yes' if r.identical else 'NO'} |")
+        (cb, cm, cc), (fb, fm, fc) = r.tok_s(r.cached), r.tok_s(r.full)
+        lines.append(f"| {r.new_tokens} | {cc:,.1f} | {cb:,.1f} | {cm:,.1f} | {fc:,.1f} | {fb:,.1f} | {fm:,.1f} | "
+                     f"{cc / fc:.2f}x | {'yes' if r.identical else 'NO'} |")
     return "\n".join(lines)
 
 
@@ -199,8 +212,8 @@ def main(argv=None) -> int:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
         stem = out / f"generate_{env['device']}_{env['date']}"
-        record = {**env, "rows": [{**dataclasses.asdict(r), "cached_tok_s_best_median": r.tok_s(r.cached),
-                                   "full_tok_s_best_median": r.tok_s(r.full)} for r in rows]}
+        record = {**env, "rows": [{**dataclasses.asdict(r), "cached_tok_s_wall_best_median_cpu": r.tok_s(r.cached),
+                                   "full_tok_s_wall_best_median_cpu": r.tok_s(r.full)} for r in rows]}
         stem.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
         stem.with_suffix(".md").write_text(table + "\n")
         print(f"wrote {stem}.md and .json")
