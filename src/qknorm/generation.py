@@ -146,7 +146,7 @@ def _decode(model, ids, max_new_tokens, sampling) -> Iterator[torch.Tensor]:
             tok = tok.masked_fill(finished, sampling.eos_token_id)
             finished |= tok == sampling.eos_token_id
         yield tok
-        if step + 1 == max_new_tokens or bool(finished.all()):
+        if step + 1 == max_new_tokens or (sampling.eos_token_id is not None and bool(finished.all())):
             return
         logits = last_logits(model, tok[:, None], cache)  # (B, 1) at position T + step
 
