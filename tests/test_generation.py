@@ -15,30 +15,13 @@ import torch
 import qknorm
 from qknorm.generation import Sampling, next_token
 
+from helpers.peaked import peaked, spread
+
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 warnings.filterwarnings("ignore", message=".*(pad_token_id|eos_token_id|generation flags).*")
 
 torch.set_num_threads(1)
-
-
-@torch.no_grad()
-def spread(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Weights far from init (matrices std 0.2, embeddings 0.03, gains/biases perturbed by 0.3): peaked next-token
-    logits and greedy continuations that do not collapse into repeating one token."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        noise = torch.randn(p.shape, generator=g)
-        if p.ndim == 1:
-            p.add_(0.3 * noise)
-        else:
-            p.copy_((0.03 if "embed" in name else 0.2) * noise)
-    return model
-
-
-def tiny(preset: str, seed: int = 0, **over) -> qknorm.TransformerLM:
-    torch.manual_seed(seed)
-    return spread(qknorm.TransformerLM(qknorm.get_config(preset, "debug", **over)), seed).eval()
 
 
 def prompt(B=2, T=12, vocab=256, seed=1):
@@ -61,7 +44,7 @@ def hf_greedy(hf, ids, n, eos=None):
 # --------------------------------------------------------------------------------------------- HF parity
 @pytest.mark.parametrize("preset", ["llama", "qwen3", "olmo2", "gemma3"])
 def test_greedy_equals_transformers_generate(preset, tmp_path):
-    model = tiny(preset)  # debug sizes: GQA 4 query / 2 kv heads; gemma3: window 16, sliding-sliding-full
+    model = peaked(preset)  # debug sizes: GQA 4 query / 2 kv heads; gemma3: window 16, sliding-sliding-full
     ids, n = prompt(T=12), 28  # 40 positions > gemma3's window: its bounded sliding cache is what decides
     ours = model.generate(ids, n)
     ref = hf_greedy(hf_export(model, tmp_path), ids, n)
@@ -87,7 +70,7 @@ def test_greedy_equals_transformers_for_an_hf_built_gemma3():
 
 
 def test_eos_stops_a_row_like_transformers(tmp_path):
-    model = tiny("qwen3")
+    model = peaked("qwen3")
     ids = prompt(T=10)
     free = model.generate(ids, 20)[:, 10:]
     eos = int(free[0, 5])  # row 0 produces it at step 5 (or earlier); row 1 may never
@@ -103,7 +86,7 @@ def test_eos_stops_a_row_like_transformers(tmp_path):
 
 # --------------------------------------------------------------------------------------------- sampling
 def test_sampling_is_reproducible_and_degenerates_to_greedy():
-    model = tiny("llama")
+    model = peaked("llama")
     ids = prompt(T=8)
     greedy = model.generate(ids, 16)
     a = model.generate(ids, 16, temperature=1.0, top_k=50, seed=7)
@@ -137,7 +120,7 @@ def _reference_distribution(logits: torch.Tensor, temperature, top_k, top_p) -> 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, None, None), (1.0, 5, None), (1.3, None, 0.6),
                                                      (2.0, 12, 0.8)])
 def test_samples_follow_the_filtered_distribution(temperature, top_k, top_p):
-    model = tiny("olmo2")
+    model = peaked("olmo2")
     N = 4000
     ids = prompt(B=1, T=6).expand(N, 6)
     with torch.no_grad():
@@ -166,13 +149,13 @@ def test_next_token_top_p_keeps_the_most_likely_token():
     (dict(eos_token_id=256), r"eos_token_id=256 is outside the vocabulary \[0, 256\)"),
 ])
 def test_bad_sampling_arguments_name_the_argument(kwargs, match):
-    model = tiny("llama")
+    model = peaked("llama")
     with pytest.raises(qknorm.ConfigError, match=match):
         model.generate(prompt(), 4, **kwargs)
 
 
 def test_bad_prompt_or_length_name_the_argument():
-    model = tiny("llama")  # max_seq_len 256
+    model = peaked("llama")  # max_seq_len 256
     cases = [
         (prompt().float(), "input_ids must be an integer tensor"), (prompt()[0], r"input_ids .* shape \(12,\)"),
         (prompt()[:, :0], "input_ids must be"), (prompt() + 300, "input_ids: token id .* outside the vocabulary"),

@@ -17,21 +17,14 @@ import qknorm
 from qknorm.cli import main
 from qknorm.cli.generate import ByteText, TokenizerText
 
+from helpers.peaked import peaked
+
 tokenizers = pytest.importorskip("tokenizers")
 torch.set_num_threads(1)
 
 SRC = str(Path(qknorm.__file__).resolve().parents[1])
 ENV = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
 ASCII_TEXT = Path(os.__file__).read_text()[:30_000].encode("ascii", "ignore").decode()
-
-
-@torch.no_grad()
-def spread(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        noise = torch.randn(p.shape, generator=g)
-        p.add_(0.3 * noise) if p.ndim == 1 else p.copy_((0.03 if name.startswith("embed") else 0.2) * noise)
-    return model.eval()
 
 
 def cli(*args, **kw):
@@ -42,8 +35,7 @@ def cli(*args, **kw):
 @pytest.fixture(scope="module")
 def byte_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("gen") / "bytes"
-    torch.manual_seed(0)
-    qknorm.save_model(spread(qknorm.TransformerLM(qknorm.get_config("llama", "debug"))), d)
+    qknorm.save_model(peaked("llama"), d)
     return d
 
 
@@ -65,8 +57,7 @@ def bpe():
 def hf_dir(tmp_path_factory, bpe):
     """An HF Qwen3 directory (exported by to_hf) holding the BPE's tokenizer.json; vocab = the BPE's."""
     d = tmp_path_factory.mktemp("gen") / "hf"
-    torch.manual_seed(1)
-    model = spread(qknorm.TransformerLM(qknorm.get_config("qwen3", "debug", vocab_size=bpe.get_vocab_size())), 1)
+    model = peaked("qwen3", 1, vocab_size=bpe.get_vocab_size())
     qknorm.to_hf(model, d)
     bpe.save(str(d / "tokenizer.json"))
     return d
@@ -168,8 +159,10 @@ def test_unusable_inputs_exit_2_with_one_line(byte_dir, tmp_path, capsys):
         ([str(no_tok), "--prompt", "x"], "vocabulary has 300 tokens and there is no tokenizer.json"),
         ([str(byte_dir), "--prompt", ""], "--prompt: no tokens"),
         ([str(byte_dir), "--prompt", "x" * 200, "--max-new-tokens", "57"],
-         "--max-new-tokens 57: the prompt's 200 tokens \\+ 57 exceed the model's max_seq_len 256"),
-        ([str(byte_dir), "--prompt", "x", "--eos-token-id", "256"], "--eos-token-id 256: outside the vocabulary"),
+         "--max-new-tokens=57: the prompt's 200 tokens \\+ 57 new ones exceed the model's max_seq_len=256 "
+         "\\(at most 56 new tokens fit\\)"),
+        ([str(byte_dir), "--prompt", "x", "--eos-token-id", "256"],
+         "--eos-token-id=256 is outside the vocabulary \\[0, 256\\)"),
     ]
     for argv, match in cases:
         assert main(["generate", *argv]) == 2

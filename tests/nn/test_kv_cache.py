@@ -20,25 +20,9 @@ from qknorm.nn.attention import causal_mask
 from qknorm.nn.kv_cache import KVCache
 from qknorm.nn.rope import RotaryEmbedding
 
+from helpers.peaked import peaked
+
 torch.set_num_threads(1)
-
-
-@torch.no_grad()
-def spread(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Weights far from init, every norm gain and bias perturbed: a wrong offset, cast or position shows."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        noise = torch.randn(p.shape, generator=g)
-        if p.ndim == 1:
-            p.add_(0.3 * noise)
-        else:
-            p.copy_((0.03 if name.startswith("embed") else 0.2) * noise)
-    return model
-
-
-def build(preset: str, **over) -> qknorm.TransformerLM:
-    torch.manual_seed(0)
-    return spread(qknorm.TransformerLM(qknorm.get_config(preset, "debug", **over))).eval()
 
 
 CUSTOM = dict(  # full-width QK-norm on a sandwich block with sliding windows, MQA and softcapped eager attention
@@ -73,7 +57,7 @@ def assert_cached_equals_full(model, chunks=CHUNKS, B=2, tol=2e-5):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_cached_steps_equal_uncached_forward(case):
     preset, over = CASES[case]
-    model = build(preset, **over)
+    model = peaked(preset, **over)
     cache = assert_cached_equals_full(model)
     c = model.config
     for layer, kv in zip(model.layers, cache.layers):  # the window the cache used is the attention's
@@ -90,13 +74,13 @@ def test_cached_steps_equal_uncached_forward_triton_backend(monkeypatch):
     calls = []
     real = op.qk_norm_rope_op
     monkeypatch.setattr(op, "qk_norm_rope_op", lambda *a: calls.append(a[0].shape) or real(*a))
-    model = build("qwen3", qk_backend="triton", n_layers=1)
+    model = peaked("qwen3", qk_backend="triton", n_layers=1)
     assert_cached_equals_full(model, chunks=(5, 1, 3, 1), B=1, tol=1e-5)
     assert (1, 1, 4, 32) in calls and (1, 3, 4, 32) in calls  # the fused op ran on the new tokens only
 
 
 def test_prefill_is_the_uncached_forward_bit_for_bit():
-    model = build("gemma3")
+    model = peaked("gemma3")
     ids = torch.randint(0, 256, (2, 24))
     with torch.no_grad():
         assert torch.equal(model(ids, cache=KVCache(model.config, max_len=24)), model(ids))
@@ -129,7 +113,7 @@ def ref_keys_layer0(model, ids) -> torch.Tensor:
 
 @pytest.mark.parametrize("preset", ["qwen3", "gemma3"])
 def test_cache_holds_keys_after_qk_norm_and_rope_at_absolute_positions(preset):
-    model = build(preset)
+    model = peaked(preset)
     c = model.config
     ids = torch.randint(0, 256, (2, 30), generator=torch.Generator().manual_seed(5))
     cache = KVCache(c, max_len=30)
@@ -149,7 +133,7 @@ def test_cache_holds_keys_after_qk_norm_and_rope_at_absolute_positions(preset):
 
 
 def test_sliding_layers_stay_bounded_and_full_layers_keep_everything():
-    model = build("gemma3")  # layers: sliding (16), sliding (16), full
+    model = peaked("gemma3")  # layers: sliding (16), sliding (16), full
     cache = KVCache(model.config, max_len=100)
     ids = torch.randint(0, 256, (1, 100))
     with torch.no_grad():
@@ -163,7 +147,7 @@ def test_sliding_layers_stay_bounded_and_full_layers_keep_everything():
 
 
 def test_mqa_cache_stores_one_kv_head():
-    model = build("llama", n_kv_heads=1)
+    model = peaked("llama", n_kv_heads=1)
     cache = KVCache(model.config, max_len=8)
     with torch.no_grad():
         model(torch.randint(0, 256, (3, 8)), cache=cache)
@@ -186,7 +170,7 @@ def test_causal_mask_with_past_keys():
 
 # --------------------------------------------------------------------------------------------- errors
 def test_errors_name_the_problem():
-    model = build("llama")
+    model = peaked("llama")
     cache = KVCache(model.config, max_len=4)
     with torch.no_grad():
         model(torch.zeros(2, 3, dtype=torch.long), cache=cache)

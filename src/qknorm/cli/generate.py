@@ -24,8 +24,13 @@ from pathlib import Path
 from typing import List
 
 from ..errors import ConfigError
+from ..train.tokenizer import load_tokenizer
 from ._common import non_negative_float, non_negative_int, positive_int
 from .inspect import load_any
+
+# library field -> flag, for error messages (cli/__init__.py rewrites them)
+FIELD_FLAGS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "top_k": "--top-k",
+               "top_p": "--top-p", "seed": "--seed", "eos_token_id": "--eos-token-id"}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -113,10 +118,7 @@ def text_codec(path: Path, vocab_size: int):
             return ByteText()
         raise ConfigError(f"{path}: the model's vocabulary has {vocab_size} tokens and there is no tokenizer.json "
                           "(bytes are used only for vocab 256)")
-    from ..train.data import _load_tokenizer
-
-    tok, _ = _load_tokenizer(tok_path)
-    return TokenizerText(tok)
+    return TokenizerText(load_tokenizer(tok_path)[0])
 
 
 def _prompt_ids(args, codec, config) -> List[int]:
@@ -126,12 +128,7 @@ def _prompt_ids(args, codec, config) -> List[int]:
     if max(ids) >= config.vocab_size:
         raise ConfigError(f"{args.path}/tokenizer.json produces id {max(ids)} >= the model's vocab_size "
                           f"{config.vocab_size}")
-    if len(ids) + args.max_new_tokens > config.max_seq_len:
-        raise ConfigError(f"--max-new-tokens {args.max_new_tokens}: the prompt's {len(ids)} tokens + "
-                          f"{args.max_new_tokens} exceed the model's max_seq_len {config.max_seq_len}")
-    if args.eos_token_id is not None and args.eos_token_id >= config.vocab_size:
-        raise ConfigError(f"--eos-token-id {args.eos_token_id}: outside the vocabulary [0, {config.vocab_size})")
-    return ids
+    return ids  # the length and --eos-token-id are checked by model.stream (generation.check_request)
 
 
 def _write(out, text: str) -> None:
@@ -149,6 +146,7 @@ def run(args) -> int:
     ids = _prompt_ids(args, codec, model.config)
     tokens = model.stream(torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature,
                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, eos_token_id=args.eos_token_id)
+    # ^ checks every argument now (ConfigError naming the field, shown as its flag), before any output
     try:
         for tok in tokens:  # (1,) a step
             if args.eos_token_id is not None and int(tok[0]) == args.eos_token_id:
