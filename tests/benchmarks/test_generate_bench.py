@@ -1,8 +1,8 @@
-"""`qknorm bench generate`: a tiny run writes the markdown table and the JSON record (versions, parameters,
-setup) named generate_<device>_<date>, both contenders produce the same tokens, bad --lengths is one line."""
+"""`qknorm bench generate`: a tiny run prints the table and, with --out, writes it and the JSON record (device,
+date, versions, command line, parameters, setup) as generate_cpu_<date>.{md,json}; both contenders produce the
+same tokens; results already in --out are not replaced without --force; bad --lengths is one line."""
 import json
 
-import pytest
 import torch
 
 import qknorm
@@ -11,11 +11,6 @@ from qknorm.cli import main
 
 TINY = ["--lengths", "3,6", "--prompt-len", "4", "--d-model", "32", "--n-layers", "1", "--n-heads", "2",
         "--n-kv-heads", "1", "--d-ff", "32", "--repeats", "1", "--threads", "1"]
-
-
-@pytest.fixture(autouse=True)
-def _no_out_env(monkeypatch):
-    monkeypatch.delenv("OUT", raising=False)
 
 
 def test_tiny_run_writes_table_and_record(tmp_path, capsys):
@@ -29,9 +24,14 @@ def test_tiny_run_writes_table_and_record(tmp_path, capsys):
     assert [int(r[0]) for r in rows] == [3, 6] and all(r[-1].strip() == "yes" for r in rows)
     cfg = qknorm.ModelConfig.from_dict(rec["config"])
     assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim) == (32, 1, 2, 1, 16)
-    assert rec["params"] == cfg.num_params() and rec["torch"] == torch.__version__ and rec["torch_threads"] == 1
+    assert rec["params"] == cfg.num_params() and rec["versions"]["torch"] == torch.__version__
+    assert rec["torch_threads"] == 1 and rec["device"].startswith("cpu: ") and rec["argv"]
     assert [r["new_tokens"] for r in rec["rows"]] == [3, 6] and all(
         min(r["cached_tok_s_wall_best_median_cpu"] + r["full_tok_s_wall_best_median_cpu"]) > 0 for r in rec["rows"])
+    # a second run does not replace those results without --force
+    before = md.read_text()
+    assert main(["bench", "generate", *TINY, "--out", str(tmp_path)]) == 2
+    assert "already there" in capsys.readouterr().err and md.read_text() == before
 
 
 def test_full_recompute_is_greedy_decoding():

@@ -1,9 +1,6 @@
-"""Generation benchmark: tokens/s with the KV cache vs recomputing the whole prefix for every new token.
+"""`qknorm bench generate`: tokens/s with the KV cache vs recomputing the whole prefix for every new token.
 
-    qknorm bench generate --out bench/results/              # ~2 min on one CPU core (defaults below)
-    qknorm bench generate --lengths 8,16 --d-model 64       # a quick look
-
-Both contenders decode greedily from the same model and prompt, batch 1, in the model's dtype (fp32 default):
+Both contenders decode greedily from the same model and prompt, batch 1, fp32:
   cached     `model.generate(ids, N)`: one prefill forward over the prompt, then one token a step against the
              KV cache (qknorm/generation.py);
   no cache   the full-recompute loop: every step runs `model(prefix)` over the whole prefix so far and takes
@@ -14,26 +11,31 @@ and the median run, and tokens per CPU-second of this process (time.process_time
 torch thread measures the cost itself and is far less disturbed by other processes on a shared machine. The
 load average before and after is recorded. The two must produce the same tokens (checked, reported).
 The default model is a small llama (pre-norm, GQA): d_model 128, 4 layers, 4 query / 2 kv heads of 32,
-SwiGLU 384, byte vocab 256, prompt 16 tokens. With --out DIR, writes DIR/generate_<device>_<date>.md + .json.
+SwiGLU 384, byte vocab 256, prompt 16 tokens. With --out DIR, writes DIR/generate_<device>_<date>.md + .json
+(device "cpu" or "cuda"; the date in UTC); nothing is written without --out.
+
+    qknorm bench generate --threads 1 --out bench/results/   # ~10 min on one busy CPU core (defaults)
+    qknorm bench generate --lengths 8,16 --d-model 64        # a quick look
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
 
+from ..cli._common import positive_int
 from ..errors import ConfigError
 from ..model import TransformerLM
 from ..presets import get_config
+from . import environment
+from .output import check_out, write_json, write_text
+
+HELP = "generation tokens/s with the KV cache vs recomputing the whole prefix (CPU by default)"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -109,7 +111,7 @@ def build_model(s: Setup) -> TransformerLM:
     return TransformerLM(cfg, device=s.device).eval()
 
 
-def run(s: Setup) -> Tuple[TransformerLM, List[Row]]:
+def measure(s: Setup) -> Tuple[TransformerLM, List[Row]]:
     """Time both contenders at every length; returns the model measured and one Row per length."""
     if s.threads:
         torch.set_num_threads(s.threads)
@@ -136,34 +138,20 @@ def load_average() -> Optional[float]:
         return None
 
 
-def environment(s: Setup, model: TransformerLM) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return dict(date=datetime.date.today().isoformat(), device=s.device, cpu=cpu, cpu_count=os.cpu_count(),
-                torch_threads=torch.get_num_threads(), python=platform.python_version(), torch=torch.__version__,
-                params=model.num_params(), dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-                config=model.config.to_dict(), setup={**dataclasses.asdict(s), "lengths": list(s.lengths)})
-
-
-def render(env: dict, rows: List[Row]) -> str:
-    s, c = env["setup"], env["config"]
+def render(record: dict, heading: str, rows: List[Row]) -> str:
+    s, c = record["setup"], record["config"]
     lines = [
-        f"# Generation tokens/s, KV cache vs full recompute: {env['device']} ({env['cpu']}), {env['date']}", "",
-        f"torch {env['torch']}, Python {env['python']}, {env['torch_threads']} torch thread(s) of "
-        f"{env['cpu_count']} CPUs. Model: llama preset, d_model {c['d_model']}, {c['n_layers']} layers, "
-        f"{c['n_heads']} query / {c['n_kv_heads']} kv heads of {c['head_dim']}, d_ff {c['d_ff']}, vocab "
-        f"{c['vocab_size']}, {env['params']:,} parameters, {env['dtype']}. Batch 1, greedy, prompt "
-        f"{s['prompt_len']} tokens.", "",
+        "# Generation tokens/s, KV cache vs full recompute", "", heading, "",
+        f"Command: `{' '.join(record['argv'])}`. {record['torch_threads']} torch thread(s). Model: llama preset, "
+        f"d_model {c['d_model']}, {c['n_layers']} layers, {c['n_heads']} query / {c['n_kv_heads']} kv heads of "
+        f"{c['head_dim']}, d_ff {c['d_ff']}, vocab {c['vocab_size']}, {record['params']:,} parameters, "
+        f"{record['dtype']}. Batch 1, greedy, prompt {s['prompt_len']} tokens.", "",
         "Each number is new tokens / time of one whole call (prompt prefill included), from "
         f"{s['repeats']} timed runs of each contender, alternated, after a warm-up: wall-clock tokens/s of the "
         "best and the median run, and tokens per CPU-second of this process (best run; with one torch thread "
         "this is the cost itself, much less sensitive to other processes than wall time). 'no cache' runs the "
-        f"full forward over the whole prefix for every new token. Load average (1 min): {env['load_before']} "
-        f"before, {env['load_after']} after, on {env['cpu_count']} CPUs.", "",
+        f"full forward over the whole prefix for every new token. Load average (1 min): {record['load_before']} "
+        f"before, {record['load_after']} after.", "",
         "| new tokens | cached tok/CPU-s | wall best | wall median | no-cache tok/CPU-s | wall best | wall median "
         "| speed-up (CPU time) | same tokens |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -185,40 +173,44 @@ def _lengths(text: str) -> Tuple[int, ...]:
     return vals
 
 
-def main(argv=None) -> int:
-    from ..cli._common import OneLineParser, positive_int
-
-    ap = OneLineParser(prog="qknorm bench generate", description=__doc__.split("\n")[0])
+def add_arguments(p) -> None:
     d = Setup()
-    ap.add_argument("--lengths", default=",".join(map(str, d.lengths)), help="new-token counts (64,...,1024)")
-    ap.add_argument("--prompt-len", type=positive_int, default=d.prompt_len)
-    for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "repeats"):
-        ap.add_argument("--" + name.replace("_", "-"), type=positive_int, default=getattr(d, name))
-    ap.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    ap.add_argument("--out", default=os.environ.get("OUT") or None, help="folder for the .md/.json (default $OUT)")
-    a = ap.parse_args(argv)
-    if a.device == "cuda" and not torch.cuda.is_available():
+    p.add_argument("--lengths", default=",".join(map(str, d.lengths)), metavar="N,N,...",
+                   help=f"new-token counts compared (default {','.join(map(str, d.lengths))})")
+    p.add_argument("--prompt-len", type=positive_int, default=d.prompt_len, metavar="T", help="prompt tokens (16)")
+    for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
+        p.add_argument("--" + name.replace("_", "-"), type=positive_int, default=getattr(d, name),
+                       help=f"model shape (default {getattr(d, name)})")
+    p.add_argument("--repeats", type=positive_int, default=d.repeats, help="timed runs of each (default 3)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs (cpu)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write generate_<device>_<date>.md and .json there (default: print only)")
+    p.add_argument("--force", action="store_true", help="replace those files if they exist in --out")
+
+
+def run(args) -> int:
+    setup = Setup(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads,
+                  d_ff=args.d_ff, prompt_len=args.prompt_len, lengths=_lengths(args.lengths),
+                  repeats=args.repeats, threads=args.threads, device=args.device)
+    if setup.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device here; use --device cpu")
-    setup = Setup(d_model=a.d_model, n_layers=a.n_layers, n_heads=a.n_heads, n_kv_heads=a.n_kv_heads, d_ff=a.d_ff,
-                  prompt_len=a.prompt_len, lengths=_lengths(a.lengths), repeats=a.repeats, threads=a.threads,
-                  device=a.device)
+    stem = f"generate_{setup.device}_{datetime.datetime.now(datetime.timezone.utc).date().isoformat()}"
+    out = check_out(args.out, (stem + ".md", stem + ".json"), force=args.force)
+    build_model(setup)  # a shape error now, before anything is timed
     load_before = load_average()
-    model, rows = run(setup)
-    env = {**environment(setup, model), "load_before": load_before, "load_after": load_average()}
-    table = render(env, rows)
-    print(table)
-    if a.out:
-        out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = out / f"generate_{env['device']}_{env['date']}"
-        record = {**env, "rows": [{**dataclasses.asdict(r), "cached_tok_s_wall_best_median_cpu": r.tok_s(r.cached),
-                                   "full_tok_s_wall_best_median_cpu": r.tok_s(r.full)} for r in rows]}
-        stem.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-        stem.with_suffix(".md").write_text(table + "\n")
-        print(f"wrote {stem}.md and .json")
+    model, rows = measure(setup)
+    env = environment.collect(setup.device, vars(args))
+    c = model.config
+    record = dict(benchmark="generate", **env.as_dict(), setup={**dataclasses.asdict(setup), "lengths":
+                  list(setup.lengths)}, params=model.num_params(), dtype="float32", config=c.to_dict(),
+                  torch_threads=torch.get_num_threads(), load_before=load_before, load_after=load_average(),
+                  rows=[{**dataclasses.asdict(r), "cached_tok_s_wall_best_median_cpu": r.tok_s(r.cached),
+                         "full_tok_s_wall_best_median_cpu": r.tok_s(r.full)} for r in rows])
+    table = render(record, env.heading(), rows)
+    print(table, flush=True)
+    if out:
+        write_json(out / (stem + ".json"), record)
+        write_text(out / (stem + ".md"), table + "\n")
+        print(f"wrote {out / stem}.md and .json")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
