@@ -42,9 +42,15 @@ def hf_greedy(hf, ids, n, eos=None):
 
 
 # --------------------------------------------------------------------------------------------- HF parity
-@pytest.mark.parametrize("preset", ["llama", "qwen3", "olmo2", "gemma3"])
-def test_greedy_equals_transformers_generate(preset, tmp_path):
-    model = peaked(preset)  # debug sizes: GQA 4 query / 2 kv heads; gemma3: window 16, sliding-sliding-full
+LLAMA3_ROPE = dict(rope_type="llama3", factor=8.0, original_max_position_embeddings=16, low_freq_factor=1.0,
+                  high_freq_factor=4.0)  # Llama 3.x's RoPE; positions here run past its original 16
+
+
+@pytest.mark.parametrize("preset,over", [("llama", {}), ("qwen3", {}), ("olmo2", {}), ("gemma3", {}),
+                                         ("llama", dict(rope_scaling=LLAMA3_ROPE))],
+                         ids=["llama", "qwen3", "olmo2", "gemma3", "llama_llama3_rope"])
+def test_greedy_equals_transformers_generate(preset, over, tmp_path):
+    model = peaked(preset, **over)  # debug sizes: GQA 4 query / 2 kv heads; gemma3: window 16, sliding-sliding-full
     ids, n = prompt(T=12), 28  # 40 positions > gemma3's window: its bounded sliding cache is what decides
     ours = model.generate(ids, n)
     ref = hf_greedy(hf_export(model, tmp_path), ids, n)
@@ -64,7 +70,7 @@ def test_greedy_equals_transformers_for_an_hf_built_gemma3():
     torch.manual_seed(0)
     hf = spread(transformers.Gemma3ForCausalLM(cfg)).eval()
     ours = qknorm.from_hf(hf)
-    assert ours.config.rope_scaling == 4.0 and ours.config.sliding_window == 8
+    assert ours.config.rope_scaling.factor == 4.0 and ours.config.sliding_window == 8
     ids = prompt(T=10, vocab=128)
     assert torch.equal(ours.generate(ids, 22), hf_greedy(hf, ids, 22))
 

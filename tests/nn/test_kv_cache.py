@@ -31,6 +31,7 @@ CUSTOM = dict(  # full-width QK-norm on a sandwich block with sliding windows, M
 CASES = {
     "llama": ("llama", {}), "qwen3": ("qwen3", {}), "olmo2": ("olmo2", {}), "gemma3": ("gemma3", {}),
     "postln": ("postln", {}), "custom_full_qk": ("llama", CUSTOM),
+    "yarn_rope": ("qwen3", dict(rope_scaling=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16))),
 }
 CHUNKS = (13, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)  # 40 positions
 
@@ -100,10 +101,9 @@ def ref_keys_layer0(model, ids) -> torch.Tensor:
         if c.qk_norm.value == "head":
             g = attn.k_norm.weight.double() + c.norm_offset
             k = k / k.pow(2).mean(-1, keepdim=True).add(c.norm_eps).sqrt() * g
-        sliding = attn.window is not None
-        theta = (c.rope_local_theta or c.rope_theta) if sliding else c.rope_theta
-        scale = 1.0 if sliding else c.rope_scaling
-        inv = theta ** (-torch.arange(0, c.head_dim, 2, dtype=torch.float64) / c.head_dim) / scale
+        theta, scaling = c.local_rope if attn.window is not None else (c.rope_theta, c.rope_scaling)
+        assert scaling is None  # plain RoPE in these presets: theta^(-2i/D) per pair of dimensions
+        inv = theta ** (-torch.arange(0, c.head_dim, 2, dtype=torch.float64) / c.head_dim)
         ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None]  # (T, D/2)
         cos, sin = ang.cos()[:, None], ang.sin()[:, None]  # (T, 1, D/2)
         k1, k2 = k[..., : c.head_dim // 2], k[..., c.head_dim // 2:]
