@@ -170,3 +170,19 @@ def test_unusable_inputs_exit_2_with_one_line(byte_dir, tmp_path, capsys):
         assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
         assert re.search(match, captured.err), captured.err
     assert json.loads((no_tok / "config.json").read_text())["qknorm_config"]["vocab_size"] == 300
+
+
+def test_a_trained_run_with_its_tokenizer(tmp_path, bpe, capsys):
+    """`qknorm train --tokenizer` stores the tokenizer with the run; `qknorm generate RUN` decodes with it."""
+    data, tok = tmp_path / "data.txt", tmp_path / "tok.json"
+    data.write_text(ASCII_TEXT)
+    bpe.save(str(tok))
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "qwen3", "--data", str(data), "--tokenizer", str(tok), "--steps", "8",
+                 "--batch-size", "2", "--seq-len", "16", "--set", f"vocab_size={bpe.get_vocab_size()}",
+                 "--set", "stats_every=0", "--out", str(run), "--no-progress", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(run), "--prompt", "import os", "--max-new-tokens", "12"]) == 0
+    ids = torch.tensor([bpe.encode("import os", add_special_tokens=False).ids])
+    new = qknorm.load_model(run).generate(ids, 12)[0, ids.shape[1]:]
+    assert capsys.readouterr().out == bpe.decode(new.tolist()) + "\n"

@@ -3,10 +3,11 @@
     qknorm generate runs/llama-debug --prompt "def main():"                   # greedy, 128 new tokens
     qknorm generate path/to/Qwen3-0.6B --prompt "Hello" --temperature 0.8 --top-p 0.95 --seed 0
 
-PATH is our model directory (config.json with "qknorm_config", as `qknorm train` writes) or a Hugging Face
-checkpoint directory of a supported family. Tokens are bytes when the model's vocabulary is 256 and PATH has
-no tokenizer.json; otherwise PATH/tokenizer.json is read with the `tokenizers` library (offline). The prompt
-is encoded without special tokens, as `qknorm train` encodes its data.
+PATH is what `qknorm inspect` reads: our model directory (config.json with "qknorm_config"), a training
+checkpoint, a run directory (its final model, else its newest checkpoint), or a Hugging Face checkpoint
+directory of a supported family. Tokens are bytes when the model's vocabulary is 256 and no tokenizer.json is
+stored with it; otherwise that tokenizer.json is read with the `tokenizers` library (offline). The prompt is
+encoded without special tokens, as `qknorm train` encodes its data.
 
 Only the continuation is printed (not the prompt), piece by piece as the tokens come, then a newline.
 Decoding is incremental: a character whose UTF-8 bytes are split across tokens is printed once it is whole
@@ -24,8 +25,9 @@ from pathlib import Path
 from typing import List
 
 from ..errors import ConfigError
+from ..model_io import find_tokenizer
 from ..train.tokenizer import load_tokenizer
-from ._common import non_negative_float, non_negative_int, positive_int
+from ._common import non_negative_float, non_negative_int, one_line_warnings, positive_int
 from .inspect import load_any
 
 # library field -> flag, for error messages (cli/__init__.py rewrites them)
@@ -110,15 +112,16 @@ class TokenizerText:
         return self._new_text()
 
 
-def text_codec(path: Path, vocab_size: int):
-    """ByteText for a 256-token model without PATH/tokenizer.json, else TokenizerText of that file."""
-    tok_path = path / "tokenizer.json"
-    if not tok_path.is_file():
-        if vocab_size == 256:
-            return ByteText()
-        raise ConfigError(f"{path}: the model's vocabulary has {vocab_size} tokens and there is no tokenizer.json "
-                          "(bytes are used only for vocab 256)")
-    return TokenizerText(load_tokenizer(tok_path)[0])
+def text_codec(path: Path, source: Path, vocab_size: int):
+    """TokenizerText of the tokenizer.json stored with the model (in `source`, the directory it was read
+    from, or in PATH), else ByteText for a 256-token model; ConfigError when neither applies."""
+    tok_path = find_tokenizer(source) or find_tokenizer(path)
+    if tok_path is not None:
+        return TokenizerText(load_tokenizer(tok_path)[0])
+    if vocab_size == 256:
+        return ByteText()
+    raise ConfigError(f"{path}: the model's vocabulary has {vocab_size} tokens and there is no tokenizer.json "
+                      "(bytes are used only for vocab 256)")
 
 
 def _prompt_ids(args, codec, config) -> List[int]:
@@ -141,8 +144,9 @@ def run(args) -> int:
     import torch
 
     path = Path(args.path)
-    model = load_any(path)
-    codec = text_codec(path if path.is_dir() else path.parent, model.config.vocab_size)
+    with one_line_warnings("qknorm generate"):  # e.g. a run without a final model: its newest checkpoint
+        model, source = load_any(path)
+    codec = text_codec(path if path.is_dir() else path.parent, source, model.config.vocab_size)
     ids = _prompt_ids(args, codec, model.config)
     tokens = model.stream(torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature,
                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, eos_token_id=args.eos_token_id)
