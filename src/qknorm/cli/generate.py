@@ -40,7 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "generate", help="continue a prompt with a model directory (ours or HF), streaming the text",
         description="Continue --prompt with a qknorm or Hugging Face model directory using a KV cache; greedy "
                     "by default, sampling with --temperature/--top-k/--top-p; prints the new text as it comes.")
-    p.add_argument("path", metavar="PATH", help="model directory (qknorm train output or an HF checkpoint dir)")
+    p.add_argument("path", metavar="PATH", help="our model, run or checkpoint directory, or an HF checkpoint dir")
     p.add_argument("--prompt", required=True, metavar="TEXT", help="text to continue")
     p.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N", help="tokens to add (128)")
     p.add_argument("--temperature", type=non_negative_float, default=0.0, metavar="T",
@@ -129,8 +129,8 @@ def _prompt_ids(args, codec, config) -> List[int]:
     if not ids:
         raise ConfigError("--prompt: no tokens (give some text)")
     if max(ids) >= config.vocab_size:
-        raise ConfigError(f"{args.path}/tokenizer.json produces id {max(ids)} >= the model's vocab_size "
-                          f"{config.vocab_size}")
+        raise ConfigError(f"the tokenizer.json stored with {args.path} produces id {max(ids)} >= the model's "
+                          f"vocab_size {config.vocab_size}")
     return ids  # the length and --eos-token-id are checked by model.stream (generation.check_request)
 
 
