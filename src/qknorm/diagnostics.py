@@ -54,6 +54,8 @@ def stats_pass(model: nn.Module, input_ids: torch.Tensor, *, forward: Optional[n
                 logits = fwd(input_ids)
     per_layer = torch.stack([torch.stack([s["max_logit"], s["logit_bound"], s["q_rms"], s["k_rms"]])
                              for s in stats])  # (L, 4)
+    if hasattr(logits, "full_tensor"):  # vocab-sharded DTensor under tensor parallelism: the whole (B, T, V)
+        logits = logits.full_tensor()
     lf = logits.float()
     if runtime is not None:
         maxes = torch.cat([per_layer[:, :2].flatten(), lf.amax().reshape(1)]).float()

@@ -10,8 +10,10 @@ SIGTERM/SIGINT), and at the end OUT/model.safetensors + OUT/config.json (`qknorm
 summary line with the logit-growth verdict `qknorm inspect` gives.
 
 --resume restores everything the run recorded; a flag that contradicts the record (other data, another
-preset or shape, a changed training setting other than steps/evaluation/checkpointing/device) is an error
-naming the recorded value, unless --allow-changes says the change is intended (then a warning line).
+preset or shape, a changed training setting other than steps/evaluation/checkpointing/device/parallel/tp) is
+an error naming the recorded value, unless --allow-changes says the change is intended (then a warning line).
+Checkpoints reshard, so a run resumes under any process count and tensor-parallel degree; a recorded --tp
+that does not divide this launch's processes falls back to 1 (with a note) unless --tp is given.
 Exit status: 0 done; 1 the run diverged (a non-finite loss/gradient stopped it, or its final loss ended above
 the initial loss); 2 bad input; 128+signal when stopped by one (a checkpoint is written first; continue with
 --resume).
@@ -36,6 +38,7 @@ from ..train.config import FREE_ON_RESUME, TrainConfig
 from ..train.loop import train
 from ..train.manifest import MANIFEST_FILE, TOKENIZER_FILE, RunManifest, legacy_model_config, legacy_train_config
 from ..train.preflight import check_out_dir
+from ..train.runtimes import world_size_from_env
 from ..train.tokens import TokenData, load_tokens
 from ._common import (non_negative_float, non_negative_int, parse_set, positive_float, positive_int, print_line,
                       one_line_warnings)
@@ -44,13 +47,13 @@ from ._common import (non_negative_float, non_negative_int, parse_set, positive_
 FLAGS = ("--preset", "--size", "--set", "--data", "--tokenizer", "--steps", "--lr", "--batch-size", "--seq-len",
          "--seed", "--out", "--ckpt-every", "--resume", "--allow-changes", "--device", "--dtype", "--warmup",
          "--weight-decay", "--z-loss", "--grad-accum", "--clip", "--on-nan", "--eval-every", "--parallel",
-         "--no-progress")
+         "--tp", "--no-progress")
 
 # flag dest -> TrainConfig field (and back, for error messages: FIELD_FLAGS)
 _TRAIN_FLAGS = {"steps": "steps", "lr": "lr", "batch_size": "batch_size", "seq_len": "seq_len", "seed": "seed",
                 "ckpt_every": "ckpt_every", "dtype": "dtype", "warmup": "warmup_steps",
                 "weight_decay": "weight_decay", "z_loss": "z_loss", "grad_accum": "grad_accum", "clip": "clip",
-                "on_nan": "on_nan", "eval_every": "eval_every", "parallel": "parallel"}
+                "on_nan": "on_nan", "eval_every": "eval_every", "parallel": "parallel", "tp": "tp"}
 
 
 FIELD_FLAGS = {**{field: "--" + dest.replace("_", "-") for dest, field in _TRAIN_FLAGS.items()},
@@ -102,6 +105,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", metavar="D", help="cpu, cuda, cuda:N, mps, or auto (default)")
     r.add_argument("--dtype", choices=("fp32", "bf16"), help="fp32 (default) or bf16 autocast")
     r.add_argument("--parallel", choices=("ddp", "fsdp"), help="under torchrun: DDP (default) or FSDP2")
+    r.add_argument("--tp", type=positive_int, metavar="N", help="under torchrun: tensor-parallel degree (default "
+                   "1); with --parallel fsdp, processes/N data-parallel groups of N")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -184,6 +189,11 @@ def _resume_plan(args, out: Path) -> _Plan:
                           "continue as recorded, or allow_changes=True to resume with the change")
     cfg = base.replace(**train_over)
     notes: List[str] = []
+    world = world_size_from_env()
+    if "tp" not in train_over and cfg.tp > 1 and world % cfg.tp:  # the launch, not the run, sets the layout
+        notes.append(f"the run recorded tp={cfg.tp}; this launch has {world} process(es): resuming with tp=1 "
+                     "(checkpoints reshard)")
+        cfg = cfg.replace(tp=1)
     tok_copy = out / TOKENIZER_FILE
     if record is not None and args.data is None and args.tokenizer is None:
         data = record.data.load(tokenizer=str(tok_copy) if record.data.tokenizer and tok_copy.is_file() else None)
@@ -224,7 +234,7 @@ def run(args) -> int:
         what = f"{plan.origin.get('preset', 'recorded model')}/{plan.origin.get('size', '')}".rstrip("/")
         plan.notes.append(f"{what}: {c.num_params() / 1e6:.2f}M params, qk_norm={c.qk_norm.value}, placement="
                           f"{c.placement.value}; {cfg.steps} steps, lr {cfg.lr:g}, batch {cfg.batch_size}x"
-                          f"{cfg.seq_len}; data: {plan.data.source}; out: {out}")
+                          f"{cfg.seq_len}{f', tp {cfg.tp}' if cfg.tp > 1 else ''}; data: {plan.data.source}; out: {out}")
         # the notes come once train() has checked everything (device, data length, checkpoint, run dir):
         # bad input found there is reported by its error line alone
         result = train(c, cfg, plan.data, out_dir=out, resume=args.resume, origin=plan.origin,

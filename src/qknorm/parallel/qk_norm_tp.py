@@ -3,7 +3,9 @@
 `shard_attention(attn, tp_mesh)` (called by `parallelize_tp`) turns an `Attention` whose q/k/v projections
 are column-sharded into a `TensorParallelAttention`, the way `fully_shard` turns a module into an FSDPModule:
 same object, same parameters, a subclass whose only override is the QK-norm call; `n_heads`/`n_kv_heads`
-become the local counts, so the attention's views, GQA grouping and SDPA see this rank's heads.
+become the local counts, so the attention's views, GQA grouping and SDPA see this rank's heads. When the layer
+records diagnostics it also keeps its heads' largest q and k norms, from which `TensorParallelLM` rebuilds the
+whole layer's logit bound.
 
 * scope "full" (OLMo 2): the gains are sharded with their heads, `Shard(0)` of the (H*D,) vector, so rank r
   holds the gains of heads [r*H/N, (r+1)*H/N), exactly the rows its q_proj shard produces. The statistic
@@ -67,6 +69,12 @@ class TensorParallelAttention(Attention):
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.tp_mesh.get_group())
 
     def _qk_norm_rope(self, q, k, cos, sin):
+        q, k = self._local_qk_norm_rope(q, k, cos, sin)
+        if self.record_stats:  # this rank's largest q and k norms: TensorParallelLM combines the layer's stats
+            self.qk_max_norm = torch.stack([t.detach().float().norm(dim=-1).amax() for t in (q, k)])  # (2,)
+        return q, k
+
+    def _local_qk_norm_rope(self, q, k, cos, sin):
         # q (B, T, n_heads_local, D), k (B, T, n_kv_heads_local, D) -> (B, n, T, D) each
         if self.q_norm is None:
             return super()._qk_norm_rope(q, k, cos, sin)

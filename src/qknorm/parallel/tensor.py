@@ -39,9 +39,12 @@ root *after* this; parameters then live on the 2-D mesh. Not supported here: seq
 """
 from __future__ import annotations
 
-from typing import Optional
+import math
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
@@ -69,8 +72,9 @@ def check_tp_degree(config: ModelConfig, tp, *, world_size: Optional[int] = None
     for field in TP_DIVISIBLE_FIELDS:
         value = getattr(config, field)
         if value % tp:
+            pad = f" or pad vocab_size to {-(-value // tp) * tp}" if field == "vocab_size" else ""
             raise ConfigError(f"{field}={value} is not divisible by tp={tp}: tensor parallelism splits {field} "
-                              f"evenly over the ranks; choose a tp that divides it")
+                              f"evenly over the ranks; choose a tp that divides it{pad}")
 
 
 class TensorParallelLM(TransformerLM):
@@ -83,6 +87,31 @@ class TensorParallelLM(TransformerLM):
         h = DTensor.from_local(h, self.tp_mesh, [Replicate()], run_check=False)
         out = super().logits(h)  # head weight Shard(0) -> logits Shard(-1): each rank its vocabulary slice
         return out if self.loss_parallel else out.full_tensor()
+
+    @contextmanager
+    def recording_attention_stats(self) -> Iterator[List[Dict[str, torch.Tensor]]]:
+        """As `TransformerLM`'s, with each layer's statistics combined over the TP group (collective: every rank
+        of the group runs the same forward): the whole layer's, as one process computes them."""
+        with super().recording_attention_stats() as stats:
+            yield stats
+        if stats and all(stats):  # a forward ran
+            _combine_attention_stats(stats, [b.attn for b in self.layers], self.tp_mesh.get_group())
+
+
+@torch.no_grad()
+def _combine_attention_stats(stats: List[Dict[str, torch.Tensor]], attns, group) -> None:
+    """In place: each rank's stats cover its heads (nn/attention.py `attention_stats`). The layer's max logit is
+    the max over ranks; its bound scale * max|q| * max|k| takes the largest q and k norms of any rank; the RMS
+    is the root of the mean of the ranks' mean squares (every rank holds the same number of elements)."""
+    maxes = torch.stack([torch.cat([s["max_logit"].float().reshape(1), a.qk_max_norm]) for s, a in zip(stats, attns)])
+    maxes = torch.nan_to_num(maxes, nan=math.inf)  # (L, 3): a non-finite logit stays beyond every bound
+    squares = torch.stack([torch.stack([s["q_rms"], s["k_rms"]]).float().pow(2) for s in stats])  # (L, 2)
+    dist.all_reduce(maxes, op=dist.ReduceOp.MAX, group=group)
+    dist.all_reduce(squares, op=dist.ReduceOp.SUM, group=group)
+    rms = (squares / dist.get_world_size(group)).sqrt()
+    for i, a in enumerate(attns):
+        stats[i] = {**stats[i], "max_logit": maxes[i, 0], "logit_bound": a.scale * maxes[i, 1] * maxes[i, 2],
+                    "q_rms": rms[i, 0], "k_rms": rms[i, 1]}
 
 
 def _to_replicated_dtensor(module, inputs, mesh):

@@ -52,13 +52,14 @@ class Parallel(_Choice):
 
 _ENUMS = {"dtype": DType, "on_nan": OnNaN, "parallel": Parallel}
 _INT_MIN = {"steps": 1, "batch_size": 1, "seq_len": 1, "grad_accum": 1, "seed": 0,
-            "eval_every": 0, "eval_batches": 1, "stats_every": 0, "ckpt_every": 0, "keep_last": 1}
+            "eval_every": 0, "eval_batches": 1, "stats_every": 0, "ckpt_every": 0, "keep_last": 1, "tp": 1}
 _POSITIVE = ("lr", "adam_eps")
 _NON_NEGATIVE = ("final_lr", "weight_decay", "clip", "z_loss")
 _BOOLS = ("decay_norms", "progress")
-# settings that do not change the trajectory: a resume may change them without a warning
+# settings that do not change the trajectory: a resume may change them without a warning (checkpoints
+# reshard across process counts, parallel and tp: train/checkpoints/sharded.py)
 FREE_ON_RESUME = ("steps", "eval_every", "eval_batches", "stats_every", "ckpt_every", "keep_last", "device",
-                  "progress", "parallel")
+                  "progress", "parallel", "tp")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -90,6 +91,7 @@ class TrainConfig:
     on_nan: OnNaN = OnNaN.STOP  # non-finite loss/grad: stop (last good checkpoint intact) or skip the step
     progress: bool = True  # tqdm bar on stderr (main process only)
     parallel: Parallel = Parallel.DDP  # under torchrun with >1 process: ddp or fsdp (FSDP2); no effect otherwise
+    tp: int = 1  # tensor-parallel degree (torchrun; processes / tp data-parallel groups, FSDP2 across them)
 
     def __post_init__(self) -> None:
         for name, enum_cls in _ENUMS.items():

@@ -45,7 +45,7 @@ from ..errors import CheckpointError, ConfigError
 from .config import Parallel
 from .runtime import Runtime
 
-__all__ = ["DistributedRuntime", "env_world", "DIGEST_ENV"]
+__all__ = ["DistributedRuntime", "env_world", "fsdp_no_sync", "DIGEST_ENV"]
 
 DIGEST_ENV = "QKNORM_DEBUG_DIGEST_DIR"
 _TIMEOUT_ENV = "QKNORM_DIST_TIMEOUT_S"  # collective timeout; default 30 min (torch's default)
@@ -128,7 +128,7 @@ class DistributedRuntime(Runtime):
     def no_sync(self, model: nn.Module):
         if self.parallel is Parallel.DDP:
             return model.no_sync()
-        return _fsdp_no_sync(model)
+        return fsdp_no_sync(model)
 
     def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
         """The global gradient norm (identical on every rank) before clipping; clips when `max_norm` > 0."""
@@ -236,7 +236,7 @@ def parameter_digests(model: nn.Module) -> Dict[str, str]:
 
 
 @contextlib.contextmanager
-def _fsdp_no_sync(model: nn.Module):
+def fsdp_no_sync(model: nn.Module):
     model.set_requires_gradient_sync(False)
     try:
         yield

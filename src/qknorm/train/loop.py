@@ -121,11 +121,14 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
     """
     if resume and out_dir is None:
         raise ConfigError("resume=True needs out_dir (the run directory holding checkpoints/)")
-    rt = runtime or make_runtime(cfg.device, cfg.parallel)
-    local_batch = cfg.batch_size // rt.world_size
-    if cfg.batch_size % rt.world_size or local_batch % cfg.grad_accum:
-        raise ConfigError(f"batch_size={cfg.batch_size} must split evenly over {rt.world_size} process(es) x "
-                          f"grad_accum={cfg.grad_accum} micro-batches")
+    rt = runtime or make_runtime(cfg.device, cfg.parallel, cfg.tp)
+    if rt.tp != cfg.tp:
+        raise ConfigError(f"tp={cfg.tp} but the given runtime is tensor-parallel over {rt.tp} process(es)")
+    rt.check_model(model_config)
+    local_batch = cfg.batch_size // rt.dp_size
+    if cfg.batch_size % rt.dp_size or local_batch % cfg.grad_accum:
+        raise ConfigError(f"batch_size={cfg.batch_size} must split evenly over {rt.dp_size} data-parallel "
+                          f"process(es) x grad_accum={cfg.grad_accum} micro-batches")
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         check_out_dir(out, resume)
@@ -151,8 +154,8 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
 def _setup(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, rt: Runtime, out: Optional[Path],
            resume: bool) -> _Session:
     """Batches, model, optimizer and (on resume) the checkpoint's state; nothing written yet."""
-    batcher = Batcher(data.train, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed, rank=rt.rank,
-                      world_size=rt.world_size, name="training split")
+    batcher = Batcher(data.train, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed, rank=rt.dp_rank,
+                      world_size=rt.dp_size, name="training split")
     val = val_batches(data, cfg, rt)
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)

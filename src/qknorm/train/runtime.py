@@ -1,11 +1,13 @@
 """The process runtime of a training run: the one place where data parallelism hooks into the loop.
 
-`train()` (loop.py) never calls `torch.distributed` itself. It asks its `Runtime` for: the rank and world
-size (which rows of the global batch this process takes), `wrap(model)` (DDP / FSDP2), `no_sync(model)`
+`train()` (loop.py) never calls `torch.distributed` itself. It asks its `Runtime` for: the data-parallel rank
+and size (`dp_rank`, `dp_size`: which rows of the global batch this process takes; the process rank and count
+unless tensor parallelism makes groups of processes share rows), `wrap(model)` (DDP / FSDP2 / TP), `no_sync(model)`
 (skip gradient all-reduce on all but the last micro-batch), `all_reduce_mean(t)` (metrics reported as the
-global mean), `is_main` (only rank 0 writes files and prints), and the full (unsharded) state dicts that
-checkpoints hold. `Runtime` below is the single-process implementation; a distributed one
-(train/distributed.py, under `torchrun`) subclasses it and overrides these methods.
+global mean), `is_main` (only rank 0 writes files and prints), `loss_context()` (the context the loss and its
+backward run in), `check_model(config)` (the model fits this runtime, before anything is written), and the
+full (unsharded) state dicts that checkpoints hold. `Runtime` below is the single-process implementation;
+the distributed ones (train/distributed.py, train/tensor_parallel_runtime.py, under `torchrun`) subclass it.
 
 `make_runtime` (train/runtimes.py) picks the implementation for the process it runs in.
 """
@@ -18,6 +20,7 @@ from typing import Any, Dict
 import torch
 from torch import nn
 
+from ..config import ModelConfig
 from .config import Parallel
 
 __all__ = ["Runtime"]
@@ -29,6 +32,17 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    tp: int = 1  # tensor-parallel degree: processes that share each data-parallel rank's rows
+
+    @property
+    def dp_rank(self) -> int:
+        """This process's data-parallel rank: which rows of the global batch it takes."""
+        return self.rank // self.tp
+
+    @property
+    def dp_size(self) -> int:
+        """Number of data-parallel groups the global batch is split over."""
+        return self.world_size // self.tp
 
     def __init__(self, device: str = "cpu", parallel: Parallel = Parallel.DDP):
         self.device = torch.device(device)
@@ -37,6 +51,9 @@ class Runtime:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def check_model(self, config: ModelConfig) -> None:
+        """ConfigError (one line) unless `config` can be trained by this runtime; called before anything is written."""
 
     # --- model
     def wrap(self, model: nn.Module) -> nn.Module:
@@ -49,6 +66,10 @@ class Runtime:
 
     def no_sync(self, model: nn.Module):
         """Context for micro-batches whose gradients must not be reduced yet (DDP's `no_sync`)."""
+        return contextlib.nullcontext()
+
+    def loss_context(self):
+        """Context the loss and its backward run in (tensor parallelism: torch's `loss_parallel()`)."""
         return contextlib.nullcontext()
 
     def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:

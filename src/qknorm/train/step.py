@@ -5,6 +5,11 @@ clipping, and the validation loss — everything the loop needs that touches ten
     step: grad of the mean loss over `grad_accum` micro-batches, then clip; the loss and pre-clip gradient norm
           come back as python floats with one device sync; under data parallelism the loss is the mean over
           ranks (the Runtime reduces it).
+
+Under tensor parallelism the logits are a vocab-sharded DTensor: the loss and its backward run inside the
+runtime's `loss_context()` (torch's `loss_parallel()`), the z-loss's logsumexp is written out so that it
+reduces (B*T,)-sized partials over the shards instead of gathering the (B*T, V) logits, and the reported loss
+is the DTensor's full (replicated) value.
 """
 from __future__ import annotations
 
@@ -30,7 +35,25 @@ def forward_loss(model, x: torch.Tensor, y: torch.Tensor, z_loss: float):
     ce = F.cross_entropy(flat, y.reshape(-1))
     if not z_loss:
         return ce, None
-    return ce, z_loss * torch.logsumexp(flat, dim=-1).pow(2).mean()
+    return ce, z_loss * _logsumexp(flat).pow(2).mean()
+
+
+def _logsumexp(flat: torch.Tensor) -> torch.Tensor:
+    """(N, V) -> (N,); a vocab-sharded DTensor reduces its (N,) max and sum over the shards (no gather)."""
+    if not _is_dtensor(flat):
+        return torch.logsumexp(flat, dim=-1)
+    m = flat.detach().amax(dim=-1, keepdim=True)  # (N, 1), replicated
+    return (flat - m).exp().sum(dim=-1).log() + m.squeeze(-1)
+
+
+def _value(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor of `t`'s value (a DTensor loss is replicated: its full tensor)."""
+    return t.full_tensor() if _is_dtensor(t) else t
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    # duck-typed: importing torch.distributed.tensor costs ~1.4 s, which single-process runs need not pay
+    return hasattr(t, "full_tensor")
 
 
 def forward_backward(model, x, y, cfg: TrainConfig, rt: Runtime, autocast) -> Tuple[float, float]:
@@ -44,12 +67,13 @@ def forward_backward(model, x, y, cfg: TrainConfig, rt: Runtime, autocast) -> Tu
     for i in range(cfg.grad_accum):
         sl = slice(i * micro, (i + 1) * micro)
         sync = contextlib.nullcontext() if i == cfg.grad_accum - 1 else rt.no_sync(model)
-        with sync:
+        with sync, rt.loss_context():
             with autocast():
                 ce, zl = forward_loss(model, x[sl], y[sl], cfg.z_loss)
             total = ce if zl is None else ce + zl
             (total / cfg.grad_accum).backward()
-        loss_sum = ce.detach() if loss_sum is None else loss_sum + ce.detach()
+        ce = _value(ce.detach())
+        loss_sum = ce if loss_sum is None else loss_sum + ce
     grad_norm = rt.clip_grad_norm(model, cfg.clip)
     loss = rt.all_reduce_mean(loss_sum / cfg.grad_accum)
     return tuple(torch.stack([loss.float(), grad_norm.float().to(loss.device)]).tolist())
@@ -69,8 +93,8 @@ def val_batches(data: TokenData, cfg: TrainConfig, rt: Runtime) -> Optional[List
             warnings.warn(f"validation split has {len(data.val)} tokens, fewer than one sequence of "
                           f"{cfg.seq_len + 1}: no validation loss", RuntimeWarning, stacklevel=3)
         return None
-    b = Batcher(data.val, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed, rank=rt.rank,
-                world_size=rt.world_size, name="validation split")
+    b = Batcher(data.val, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed, rank=rt.dp_rank,
+                world_size=rt.dp_size, name="validation split")
     return b.val_batches(cfg.eval_batches)
 
 
@@ -80,7 +104,8 @@ def evaluate(model, batches, autocast, rt: Runtime) -> float:
     device = next(model.parameters()).device
     total = None
     for x, y in batches:
-        with autocast():
+        with autocast(), rt.loss_context():
             ce, _ = forward_loss(model, x.to(device), y.to(device), 0.0)
+        ce = _value(ce)
         total = ce if total is None else total + ce
     return float(rt.all_reduce_mean(total / len(batches)))

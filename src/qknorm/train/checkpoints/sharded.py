@@ -6,11 +6,11 @@ are shared:
 
     step_0000020/              a sharded (DCP) checkpoint
       state/.metadata          torch.distributed.checkpoint: the global layout of every tensor
-      state/__<r>_0.distcp     rank r's shards of {"model": ..., "optim": ...} (DTensor shards under FSDP;
-                               under DDP each replicated tensor is written once, by one rank)
+      state/__<r>_0.distcp     rank r's shards of {"model": ..., "optim": ...} (DTensor shards under FSDP
+                               and TP; under DDP each replicated tensor is written once, by one rank)
       rng.pt                   rank 0's RNG states
       tokenizer.json           the run's tokenizer, when it has one
-      meta.json                {"format": "dcp", step, world_size, parallel, model and training config,
+      meta.json                {"format": "dcp", step, world_size, parallel, tp, model and training config,
                                 extras, and size + sha256 of every file above}
 
 Writing (`save_sharded`, collective): all ranks write into `.tmp-step_XXXXXXX-dcp/` (files fsynced by DCP);
@@ -21,7 +21,8 @@ With layout.PAUSE_ENV=<step> every rank sleeps once the temp directory of checkp
 before rank 0 renames it (test-only).
 
 Reading (`load_sharded`, collective): DCP reshards, so a run saved by N processes resumes under any M (M = 1
-included, without a process group). Damage (missing meta.json, a size or checksum mismatch) is agreed on by
+included, without a process group), with any `parallel` and tensor-parallel degree (tensors are matched by
+name and global offsets, whatever mesh wrote them). Damage (missing meta.json, a size or checksum mismatch) is agreed on by
 all ranks and raised as CheckpointError; a different model config raises CheckpointMismatch.
 """
 from __future__ import annotations
@@ -141,6 +142,7 @@ def save_sharded(root: str | Path, step: int, rt: Runtime, model: nn.Module, opt
             "step": step,
             "world_size": rt.world_size,
             "parallel": rt.parallel if rt.world_size > 1 else None,
+            "tp": rt.tp,
             "model_config": model_config.to_dict(),
             "train_config": train_config,
             "extra": extra or {},
