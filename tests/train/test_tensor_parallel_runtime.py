@@ -204,9 +204,10 @@ def test_checkpoints_reshard_across_tp_fsdp_and_one_process(tmp_path, capsys):
 
     # TP=2 -> one process, and FSDP=2 -> TP=2, continue on the one-process curve
     capsys.readouterr()
-    assert main([*RESHARD, "--steps", "6", "--resume", "--out", str(tp)]) == 0  # no --tp: the record's 2 cannot
+    assert main([*RESHARD, "--steps", "6", "--resume", "--out", str(tp)]) == 0  # no --tp: the recorded 2 falls back
     assert "the run recorded tp=2; this launch has 1 process(es): resuming with tp=1" in capsys.readouterr().err
-    assert run_ranks(_cli, [*RESHARD, "--steps", "6", "--tp", "2", "--resume", "--out", str(fsdp)], timeout=600) == [0, 0]
+    assert run_ranks(_cli, [*RESHARD, "--steps", "6", "--tp", "2", "--resume", "--out", str(fsdp)],
+                     timeout=600) == [0, 0]
     want = [r["loss"] for r in _metrics(ref)]
     for out in (tp, fsdp):
         np.testing.assert_allclose([r["loss"] for r in _metrics(out)], want, rtol=LOSS_RTOL, err_msg=out.name)

@@ -234,7 +234,8 @@ def run(args) -> int:
         what = f"{plan.origin.get('preset', 'recorded model')}/{plan.origin.get('size', '')}".rstrip("/")
         plan.notes.append(f"{what}: {c.num_params() / 1e6:.2f}M params, qk_norm={c.qk_norm.value}, placement="
                           f"{c.placement.value}; {cfg.steps} steps, lr {cfg.lr:g}, batch {cfg.batch_size}x"
-                          f"{cfg.seq_len}{f', tp {cfg.tp}' if cfg.tp > 1 else ''}; data: {plan.data.source}; out: {out}")
+                          f"{cfg.seq_len}{f', tp {cfg.tp}' if cfg.tp > 1 else ''}; data: {plan.data.source}; "
+                          f"out: {out}")
         # the notes come once train() has checked everything (device, data length, checkpoint, run dir):
         # bad input found there is reported by its error line alone
         result = train(c, cfg, plan.data, out_dir=out, resume=args.resume, origin=plan.origin,

@@ -22,8 +22,8 @@ before rank 0 renames it (test-only).
 
 Reading (`load_sharded`, collective): DCP reshards, so a run saved by N processes resumes under any M (M = 1
 included, without a process group), with any `parallel` and tensor-parallel degree (tensors are matched by
-name and global offsets, whatever mesh wrote them). Damage (missing meta.json, a size or checksum mismatch) is agreed on by
-all ranks and raised as CheckpointError; a different model config raises CheckpointMismatch.
+name and global offsets, whatever mesh wrote them). Damage (missing meta.json, a size or checksum mismatch) is
+agreed on by all ranks and raised as CheckpointError; a different model config raises CheckpointMismatch.
 """
 from __future__ import annotations
 
