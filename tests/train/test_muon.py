@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import qknorm
-from qknorm.errors import ConfigError
+from qknorm.errors import CheckpointError, ConfigError
 from qknorm.train import TrainConfig
 from qknorm.train import muon as muon_mod
 from qknorm.train.checkpoints.full import load_checkpoint
@@ -149,3 +149,17 @@ def test_muon_refuses_sharded_parameters(monkeypatch):
 def test_optimizer_setting_is_validated():
     with pytest.raises(ConfigError, match="optimizer='sgd' is not allowed; choose one of: adamw, muon"):
         TrainConfig(optimizer="sgd")
+
+
+def test_resuming_with_the_other_optimizer_is_refused_in_one_line(tmp_path, data):
+    model_cfg = qknorm.get_config("llama", "debug")
+    cfg = TrainConfig(steps=2, warmup_steps=0, batch_size=2, seq_len=16, ckpt_every=2, stats_every=0,
+                      eval_batches=1, progress=False)
+    train(model_cfg, cfg, data, out_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"optimizer='muon' cannot resume .*: its checkpoints hold 'adamw' "
+                                          r"optimizer state \(run.json\); resume with optimizer='adamw'"):
+        train(model_cfg, cfg.replace(steps=3, optimizer="muon"), data, out_dir=tmp_path, resume=True,
+              allow_changes=True)
+    adamw_state = build_optimizer(qknorm.TransformerLM(model_cfg), cfg).state_dict()  # a run without run.json
+    with pytest.raises(CheckpointError, match="saved by another optimizer"):
+        build_optimizer(qknorm.TransformerLM(model_cfg), cfg.replace(optimizer="muon")).load_state_dict(adamw_state)

@@ -183,6 +183,10 @@ def _check_against_record(out: Path, now: RunManifest, allow_changes: bool) -> N
         warnings.warn(f"{out} has no {MANIFEST_FILE} (a run of an older version): the data cannot be checked "
                       "against the run's", RuntimeWarning, stacklevel=3)
         return
+    was, want = saved.train_config.get("optimizer", "adamw"), now.train_config["optimizer"]
+    if was != want:  # not even with allow_changes: the checkpoints hold the other optimizer's state
+        raise ConfigError(f"optimizer={want!r} cannot resume {out}: its checkpoints hold {was!r} optimizer state "
+                          f"({MANIFEST_FILE}); resume with optimizer={was!r}")
     if saved.data.fingerprint != now.data.fingerprint:
         msg = (f"the data differ from the run's record ({out / MANIFEST_FILE}: {saved.data.describe()}, "
                f"{saved.data.fingerprint.n_tokens:,} tokens, sha256 {saved.data.fingerprint.sha256[:12]}; now "

@@ -30,7 +30,7 @@ from typing import Any, Dict, List
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 
 try:
     from torch.distributed.tensor import DTensor
@@ -74,6 +74,11 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self._muon.param_groups = [g for g in self.param_groups if g[ALGORITHM] == MUON]
         self._adamw.param_groups = [g for g in self.param_groups if g[ALGORITHM] == ADAMW]
         self._muon.state = self._adamw.state = self.state
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        if any(ALGORITHM not in g for g in state_dict.get("param_groups", [])):
+            raise CheckpointError("the optimizer state was saved by another optimizer (AdamW), not optimizer='muon'")
+        super().load_state_dict(state_dict)
 
     @torch.no_grad()
     def step(self, closure=None):
