@@ -2,19 +2,23 @@
 
 One model class serves every family; the config says which norms exist and where (nn/block.py), whether and
 how q/k are normalized (nn/attention.py), which layers use a sliding window and which RoPE theta each uses.
-`model(input_ids)` returns logits (B, T, vocab).
+`model(input_ids)` returns logits (B, T, vocab); `model(new_ids, cache=cache)` runs only the new tokens of a
+sequence whose earlier keys/values are in a KVCache (nn/kv_cache.py), at their absolute positions.
+`model.generate(...)` / `model.stream(...)` decode with that cache (the loop and the sampling: generation.py).
 """
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
 
+from . import generation
 from .config import SLIDING, ModelConfig, Placement
 from .nn.block import Block
+from .nn.kv_cache import KVCache
 from .nn.norm import RMSNorm, build_norm
 from .nn.qk_norm import QKL2Norm, QKLayerNorm
 from .nn.rope import RotaryEmbedding
@@ -43,22 +47,43 @@ class TransformerLM(nn.Module):
         self.reset_parameters()
 
     # ------------------------------------------------------------------ forward
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, T) int -> (B, T, vocab)
+    def forward(self, input_ids: torch.Tensor, *, cache: Optional[KVCache] = None) -> torch.Tensor:
+        # (B, T) int -> (B, T, vocab); with a cache, input_ids continue the positions it holds (and are added to it)
+        return self.logits(self.hidden_states(input_ids, cache=cache))
+
+    def hidden_states(self, input_ids: torch.Tensor, *, cache: Optional[KVCache] = None) -> torch.Tensor:
+        """(B, T) int -> (B, T, d): the last block's output after the final norm (what the LM head reads)."""
         x = self.embed(input_ids)  # (B, T, d)
         if self.config.embed_scale:
             x = x * torch.tensor(self.config.d_model ** 0.5, dtype=x.dtype)
         T, dev = input_ids.shape[1], input_ids.device
-        rope_g = self.rope_global(T, dev) if not all(self._layer_is_sliding) else None
-        rope_l = self.rope_local(T, dev) if any(self._layer_is_sliding) else None
-        for layer, sliding in zip(self.layers, self._layer_is_sliding):
-            x = layer(x, rope_l if sliding else rope_g)
-        return self.logits(self.norm(x))
+        pos = 0 if cache is None else cache.offset_for(T)  # absolute position of the first token
+        rope_g = self.rope_global(T, dev, offset=pos) if not all(self._layer_is_sliding) else None
+        rope_l = self.rope_local(T, dev, offset=pos) if any(self._layer_is_sliding) else None
+        kvs = cache.layers if cache is not None else [None] * len(self.layers)
+        for layer, sliding, kv in zip(self.layers, self._layer_is_sliding, kvs):
+            x = layer(x, rope_l if sliding else rope_g, kv)
+        return self.norm(x)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, T, vocab)
         w = self.embed.weight if self.lm_head is None else self.lm_head.weight
         out = nn.functional.linear(h, w)
         cap = self.config.final_softcap
         return out if cap is None else torch.tanh(out / cap) * cap
+
+    # ------------------------------------------------------------------ generation (generation.py)
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
+                 eos_token_id: Optional[int] = None) -> torch.Tensor:
+        """input_ids (B, T) -> (B, T + max_new_tokens) LongTensor; temperature 0 is greedy. After a row's
+        eos_token_id the rest of the row is eos_token_id. Bad arguments raise ConfigError naming them."""
+        sampling = generation.Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                       eos_token_id=eos_token_id)
+        return generation.generate(self, input_ids, max_new_tokens, sampling)
+
+    def stream(self, input_ids: torch.Tensor, max_new_tokens: int, **sampling) -> Iterator[torch.Tensor]:
+        """The new tokens, (B,) per step, as they are chosen; keyword arguments as for `generate`."""
+        return generation.stream(self, input_ids, max_new_tokens, generation.Sampling(**sampling))
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()

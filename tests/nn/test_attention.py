@@ -201,6 +201,10 @@ def test_head_max_logits_match_float64_per_head_in_any_block_size(window):
         torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
     running = torch.full((H,), 1e3)
     assert torch.equal(head_max_logits(q, k, 0.3, window, running), running)  # folds into a running max
+    # cached decoding: the last 4 queries against all 13 keys
+    ref_last = s[:, :, -4:].masked_fill(~allowed[-4:], float("-inf")).amax(dim=(0, 2, 3))
+    torch.testing.assert_close(head_max_logits(q[:, :, -4:], k, 0.3, window).double(), ref_last, rtol=1e-5,
+                               atol=1e-5)
 
 
 @pytest.mark.parametrize("cap", [2.0, 5.0])

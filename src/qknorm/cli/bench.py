@@ -16,7 +16,8 @@ import argparse
 import importlib
 
 # Each benchmark is a module with HELP, add_arguments(parser) and run(args) -> int: the CLI owns parsing.
-BENCHES = {"kernel": "qknorm.benchmarks.kernel", "train": "qknorm.benchmarks.train_step"}
+BENCHES = {"kernel": "qknorm.benchmarks.kernel", "train": "qknorm.benchmarks.train_step",
+           "generate": "qknorm.benchmarks.generate"}
 
 
 def add_parser(sub):

@@ -6,6 +6,10 @@
                                      LayerNorm / L2 QK-norm (nn/qk_norm.py) run first, then RoPE alone
   o = softmax(scale * q k^T [softcap] [causal/sliding mask]) v  -> o_proj
 
+With a cache (nn/kv_cache.py), the new tokens' k (after QK-norm and RoPE, at their absolute positions) and v
+are appended to the layer's cache and the queries attend over everything it keeps: S >= T keys, the queries
+being the last T of them; the mask follows from that (`causal_mask(T, W, n_past=S-T)`).
+
 Two paths compute the same function: SDPA (default; flash/efficient kernels) and eager (explicit scores; needed
 for attention softcapping). When `record_stats` is set, the layer also stores diagnostics of its last call in
 `self.stats`: the exact max attention logit over allowed (query, key) pairs, the cheap bound
@@ -24,6 +28,7 @@ from torch import nn
 
 from ..config import SLIDING, AttnImpl, ModelConfig
 from ..ops import qk_norm_rope
+from .kv_cache import LayerKV
 from .norm import RMSNorm
 from .qk_norm import build_qk_norms, qk_logit_scale
 from .sigma_reparam import linear_class
@@ -52,12 +57,16 @@ class Attention(nn.Module):
         self.track_head_max = False
         self.head_max: Optional[torch.Tensor] = None  # (H,) fp32, max over the forwards since the last reset
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: Optional[LayerKV] = None) -> torch.Tensor:
+        # x (B, T, d); cos/sin (T, D) for the new tokens' positions; cache: this layer's keys/values so far
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         q, k = self._qk_norm_rope(q, k, cos, sin)  # (B, H, T, D), (B, Hkv, T, D)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, Hkv, S, D): kept past keys, then these T
         if self.track_head_max and torch.is_grad_enabled():
             self.head_max = head_max_logits(q, k, self.scale, self.window, self.head_max)
         if self.record_stats:
@@ -76,18 +85,21 @@ class Attention(nn.Module):
 
     def _attend_sdpa(self, q, k, v):
         gqa = self.n_heads != self.n_kv_heads
-        if self.window is None:
+        T, S = q.shape[2], k.shape[2]
+        if self.window is None and S == T:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=gqa)
-        mask = causal_mask(q.shape[2], self.window, q.device)  # (T, T) bool, True = attend
+        if T == 1 < S and (self.window is None or S <= self.window):  # one cached query that sees every key
+            return F.scaled_dot_product_attention(q, k, v, scale=self.scale, enable_gqa=gqa)
+        mask = causal_mask(T, self.window, q.device, n_past=S - T)  # (T, S) bool, True = attend
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
 
     def _attend_eager(self, q, k, v):
         groups = self.n_heads // self.n_kv_heads
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)  # (B, H, T, D)
-        scores = torch.matmul(q, k.transpose(2, 3)) * self.scale  # (B, H, T, T)
+        scores = torch.matmul(q, k.transpose(2, 3)) * self.scale  # (B, H, T, S)
         if self.softcap is not None:
             scores = torch.tanh(scores / self.softcap) * self.softcap
-        mask = causal_mask(q.shape[2], self.window, q.device)
+        mask = causal_mask(q.shape[2], self.window, q.device, n_past=k.shape[2] - q.shape[2])
         scores = scores.masked_fill(~mask, float("-inf"))
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         return torch.matmul(probs, v)
@@ -96,10 +108,13 @@ class Attention(nn.Module):
         return f"qk_norm={self.scope.value}, window={self.window}, scale={self.scale:.4g}, eager={self.eager}"
 
 
-def causal_mask(T: int, window: Optional[int], device) -> torch.Tensor:
-    """(T, T) bool, True where query q may attend key k: k <= q, and q - W < k with a window W."""
-    i = torch.arange(T, device=device)
-    diff = i[:, None] - i[None, :]  # q - k
+def causal_mask(T: int, window: Optional[int], device, *, n_past: int = 0) -> torch.Tensor:
+    """(T, n_past + T) bool, True where query q may attend key k: k <= q, and q - W < k with a window W.
+
+    The T queries are the last T of the n_past + T key positions (n_past > 0: cached decoding)."""
+    qpos = torch.arange(n_past, n_past + T, device=device)
+    kpos = torch.arange(n_past + T, device=device)
+    diff = qpos[:, None] - kpos[None, :]  # q - k
     keep = diff >= 0
     if window is not None:
         keep = keep & (diff < window)
@@ -108,15 +123,16 @@ def causal_mask(T: int, window: Optional[int], device) -> torch.Tensor:
 
 @torch.no_grad()
 def attention_stats(q: torch.Tensor, k: torch.Tensor, scale: float, window: Optional[int]) -> Dict[str, torch.Tensor]:
-    """Diagnostics of one attention call (q (B, H, T, D), k (B, Hkv, T, D), after QK-norm and RoPE).
+    """Diagnostics of one attention call (q (B, H, T, D), k (B, Hkv, S, D), after QK-norm and RoPE; S > T when
+    the queries are the last T of S cached positions).
 
     max_logit: exact max over allowed pairs of scale * q.k (before any softcap), from explicit fp32 scores;
     logit_bound: scale * max_t |q_t| * max_s |k_s| (Cauchy-Schwarz), an upper bound any fused kernel can afford.
     """
     qf, kf = q.float(), k.float()
     groups = q.shape[1] // k.shape[1]
-    scores = torch.matmul(qf, kf.repeat_interleave(groups, dim=1).transpose(2, 3)) * scale  # (B, H, T, T)
-    mask = causal_mask(q.shape[2], window, q.device)
+    scores = torch.matmul(qf, kf.repeat_interleave(groups, dim=1).transpose(2, 3)) * scale  # (B, H, T, S)
+    mask = causal_mask(q.shape[2], window, q.device, n_past=k.shape[2] - q.shape[2])
     max_logit = scores.masked_fill(~mask, float("-inf")).amax()
     bound = scale * qf.norm(dim=-1).amax() * kf.norm(dim=-1).amax()
     return {
@@ -132,20 +148,20 @@ def head_max_logits(q: torch.Tensor, k: torch.Tensor, scale: float, window: Opti
                     running: Optional[torch.Tensor] = None, *, max_elements: int = 1 << 24) -> torch.Tensor:
     """Per-head exact max of scale * q.k over allowed (query, key) pairs, (H,) fp32, maxed with `running`.
 
-    q (B, H, T, D), k (B, Hkv, T, D) after QK-norm and RoPE. Explicit fp32 scores, in blocks of queries so
-    that at most ~`max_elements` scores (64 MiB) exist at once: one more q.k^T matmul per layer than the
-    attention itself (SDPA never exposes its scores).
+    q (B, H, T, D), k (B, Hkv, S, D) after QK-norm and RoPE (S > T: the queries are the last T of S cached
+    positions). Explicit fp32 scores, in blocks of queries so that at most ~`max_elements` scores (64 MiB)
+    exist at once: one more q.k^T matmul per layer than the attention itself (SDPA never exposes its scores).
     """
     B, H, T, D = q.shape
-    Hkv = k.shape[1]
+    Hkv, S = k.shape[1], k.shape[2]
     qf = q.float().reshape(B, Hkv, H // Hkv, T, D)  # head h = kv * groups + g uses kv head h // groups
-    kt = k.float().transpose(2, 3).unsqueeze(2)  # (B, Hkv, 1, D, T)
-    mask = causal_mask(T, window, q.device)  # (T, T)
-    block = max(1, min(T, max_elements // max(1, B * H * T)))
+    kt = k.float().transpose(2, 3).unsqueeze(2)  # (B, Hkv, 1, D, S)
+    mask = causal_mask(T, window, q.device, n_past=S - T)  # (T, S)
+    block = max(1, min(T, max_elements // max(1, B * H * S)))
     out = torch.full((H,), float("-inf"), device=q.device)
     for t0 in range(0, T, block):
         t1 = min(T, t0 + block)
-        s = torch.matmul(qf[:, :, :, t0:t1], kt) * scale  # (B, Hkv, G, t, T)
+        s = torch.matmul(qf[:, :, :, t0:t1], kt) * scale  # (B, Hkv, G, t, S)
         s = s.masked_fill(~mask[t0:t1], float("-inf"))
         out = torch.maximum(out, s.amax(dim=(0, 3, 4)).reshape(H))
     return out if running is None else torch.maximum(running, out)

@@ -9,13 +9,14 @@ Unused norms are nn.Identity, resolved at construction, so forward() is the same
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..config import ModelConfig, Placement
 from .attention import Attention
+from .kv_cache import LayerKV
 from .mlp import GatedMLP
 from .norm import build_norm
 
@@ -36,9 +37,11 @@ class Block(nn.Module):
         self.mlp = GatedMLP(config, device=device, dtype=dtype)
         self.post = p is Placement.POST
 
-    def forward(self, x: torch.Tensor, rope: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        # x (B, T, d) -> (B, T, d); rope = (cos, sin), each (T, head_dim), for this layer's attention type
-        x = self._residual(x, lambda h: self.attn(h, *rope), self.attn_norm_in, self.attn_norm_out)
+    def forward(self, x: torch.Tensor, rope: Tuple[torch.Tensor, torch.Tensor],
+                cache: Optional[LayerKV] = None) -> torch.Tensor:
+        # x (B, T, d) -> (B, T, d); rope = (cos, sin), each (T, head_dim), for this layer's attention type and the
+        # tokens' positions; cache: this layer's keys/values of earlier positions (None: x is the whole sequence)
+        x = self._residual(x, lambda h: self.attn(h, *rope, cache), self.attn_norm_in, self.attn_norm_out)
         return self._residual(x, self.mlp, self.mlp_norm_in, self.mlp_norm_out)
 
     def _residual(self, x, f, norm_in, norm_out):
