@@ -25,7 +25,8 @@ torch.set_num_threads(1)
 
 CFG = dict(steps=5, warmup_steps=1, lr=2e-2, batch_size=8, seq_len=32, seed=2, stats_every=0, eval_batches=1,
            progress=False, optimizer="muon")
-CASES = {"muon": (qknorm.get_config("llama", "debug"), {}), "qk_clip": (qknorm.get_config("llama", "debug"), dict(qk_clip=0.05)),  # below the init logits: clips every step
+CASES = {"muon": (qknorm.get_config("llama", "debug"), {}),
+         "qk_clip": (qknorm.get_config("llama", "debug"), dict(qk_clip=0.05)),  # below the init logits: every step
          "sigma_reparam": (qknorm.get_config("llama", "debug", sigma_reparam=True), {})}
 
 

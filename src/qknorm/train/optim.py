@@ -3,8 +3,9 @@
 Parameter groups: every parameter is weight-decayed except the ones `TransformerLM.no_decay_param_names()`
 lists — norm gains (the QK-norm gains included), biases and embeddings — unless `decay_norms=True` puts
 them all in the decayed group. With optimizer="muon", the hidden matrices go to Muon instead and the rest keep
-these AdamW groups (train/muon.py says which and how `lr` applies to each). Wortsman et al. 2023 decay independently of the LR; torch's AdamW multiplies
-the decay by the LR (`p -= lr * wd * p`), which is what we use: `weight_decay` here is torch's.
+these AdamW groups (train/muon.py says which and how `lr` applies to each). Wortsman et al. 2023 decay
+independently of the LR; torch's AdamW multiplies the decay by the LR (`p -= lr * wd * p`), which is what we
+use: `weight_decay` here is torch's.
 
 Schedule (`lr_at`), a pure function of the 0-based step index, so a resumed run needs no scheduler state:
 
