@@ -25,8 +25,9 @@ head's temperature t_h by f_h (the temperature multiplies the logit directly). s
 W_hat = gamma / sigma(W) * W renormalizes any row scaling of W, so no weight change would be the clip.
 
 Cost: per-head max logits need the scores, which SDPA never exposes, so each attention layer computes them
-once more in the training forward (nn/attention.py head_max_logits: one q.k^T in fp32 blocks under no_grad,
-about a third of eager attention's work) plus one (L, H) max over the ranks and one device sync per step.
+once more in the training forward (nn/attention.py head_max_logits: one q.k^T in fp32 blocks of <= 64 MiB
+under no_grad: half of attention's matmul FLOPs, forward only) plus one (L, H) max over the ranks and one
+device sync per step. Measured on 2 CPU cores: +4-5% step time (bench/results/stabilizers_cpu_2026-11-30.md).
 The cheap Cauchy-Schwarz bound scale * max|q_h| * max|k| would avoid the matmul but clips by a bound, i.e.
 more than needed.
 """
