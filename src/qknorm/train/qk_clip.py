@@ -1,8 +1,9 @@
 """QK-clip (the "Clip" of MuonClip, Kimi K2 report, arXiv 2507.20534): cap the attention logits by rescaling
 the weights that produce them, right after each optimizer step.
 
-    m_h   = max attention logit of query head h in this step's training forward (all micro-batches; the max
-            over the ranks of a data-parallel run, so every replica applies the same factors)
+    m_h   = max attention logit of query head h in this step's training forward (scale * q.k before any
+            softcap, as metrics' max_attn_logit; all micro-batches; the max over the ranks of a data-parallel
+            run, so every replica applies the same factors)
     f_h   = min(1, tau / m_h)                  heads at or below tau are left alone
     W_q[h rows] *= sqrt(f_h),  W_k[rows of h's kv head] *= sqrt(f_h)   (biases of those rows too)
 
