@@ -41,6 +41,14 @@ class QKNormScope(_Choice):
     FULL = "full"  # over the whole projection width n_heads*head_dim / n_kv_heads*head_dim (OLMo 2)
 
 
+class QKNormType(_Choice):
+    """What the QK-norm computes over its scope (nn/qk_norm.py): see each value."""
+
+    RMS = "rms"  # RMSNorm with a learned gain (OLMo 2, Gemma 3, Qwen3)
+    LAYERNORM = "layernorm"  # mean-centred, unit variance, learned gain, no bias (Dehghani et al. 2023)
+    L2 = "l2"  # unit L2 norm, logits scaled by a learned per-head temperature (Henry et al. 2020)
+
+
 class Placement(_Choice):
     """Where the block's norms sit relative to the residual stream."""
 
@@ -78,6 +86,7 @@ _LAYER_TYPES = (SLIDING, FULL)
 
 _ENUM_FIELDS = {
     "qk_norm": QKNormScope,
+    "qk_norm_type": QKNormType,
     "placement": Placement,
     "norm_type": NormType,
     "norm_cast": NormCast,
@@ -111,6 +120,8 @@ class ModelConfig:
 
     # --- QK-norm and block placement
     qk_norm: QKNormScope = QKNormScope.NONE
+    # what the QK-norm computes (needs qk_norm head or full): rms | layernorm | l2 (nn/qk_norm.py)
+    qk_norm_type: QKNormType = QKNormType.RMS
     placement: Placement = Placement.PRE
 
     # --- norm numerics
@@ -147,6 +158,9 @@ class ModelConfig:
     tie_embeddings: bool = False
     final_softcap: Optional[float] = None  # tanh(logits/c)*c on the output logits
     init_std: float = 0.02
+    # sigmaReparam (Zhai et al. 2023) on the attention and MLP linears: W_hat = gamma / sigma(W) * W, sigma by
+    # one power iteration per training forward (nn/sigma_reparam.py)
+    sigma_reparam: bool = False
 
     # bookkeeping, not a setting: which of _DERIVABLE this config derived (set in __post_init__; its presence
     # on input is how a dataclasses.replace copy is recognised)
@@ -218,6 +232,15 @@ class ModelConfig:
                 raise ConfigError("layer_types has sliding_attention layers but sliding_window is not set")
         if self.qk_backend not in (None, "torch", "triton"):
             raise ConfigError(f"qk_backend={self.qk_backend!r} is not allowed; choose one of: None, torch, triton")
+        if self.qk_norm_type is not QKNormType.RMS:
+            if self.qk_norm is QKNormScope.NONE:
+                raise ConfigError(f"qk_norm_type={self.qk_norm_type.value!r} needs qk_norm='head' or 'full' (the "
+                                  "span it normalizes over); qk_norm is 'none'")
+            if self.qk_backend == "triton":
+                raise ConfigError(f"qk_backend='triton' is the fused RMSNorm kernel; qk_norm_type="
+                                  f"{self.qk_norm_type.value!r} runs in PyTorch: use qk_backend None or 'torch'")
+        if not isinstance(self.sigma_reparam, bool):
+            raise ConfigError(f"sigma_reparam={self.sigma_reparam!r} must be true or false")
 
     # ------------------------------------------------------------------ derived
     def resolved_layer_types(self) -> Tuple[str, ...]:
@@ -246,11 +269,15 @@ class ModelConfig:
         d, h, hkv, hd = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim
         attn = d * hd * (2 * h + 2 * hkv) + (hd * (h + 2 * hkv) if self.attention_bias else 0)
         attn += d if self.o_proj_bias else 0
-        if self.qk_norm is QKNormScope.HEAD:
+        if self.qk_norm_type is QKNormType.L2 and self.qk_norm is not QKNormScope.NONE:
+            attn += h  # one temperature per query head, no gains
+        elif self.qk_norm is QKNormScope.HEAD:
             attn += 2 * hd
         elif self.qk_norm is QKNormScope.FULL:
             attn += hd * (h + hkv)
         mlp = 3 * d * self.d_ff
+        if self.sigma_reparam:  # one gamma per reparametrized linear (q, k, v, o, gate, up, down)
+            attn, mlp = attn + 4, mlp + 3
         norm_size = d * (2 if self.norm_type is NormType.LAYERNORM else 1)
         n_block_norms = 4 if self.placement is Placement.SANDWICH else 2
         per_layer = attn + mlp + n_block_norms * norm_size

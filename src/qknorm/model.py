@@ -20,7 +20,9 @@ from .config import SLIDING, ModelConfig, Placement
 from .nn.block import Block
 from .nn.kv_cache import KVCache
 from .nn.norm import RMSNorm, build_norm
+from .nn.qk_norm import QKL2Norm, QKLayerNorm
 from .nn.rope import RotaryEmbedding
+from .nn.sigma_reparam import SigmaReparamLinear
 
 
 class TransformerLM(nn.Module):
@@ -86,7 +88,8 @@ class TransformerLM(nn.Module):
     # ------------------------------------------------------------------ init
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Normal(0, init_std) for matrices, output projections scaled by 1/sqrt(2 n_layers); norms at identity."""
+        """Normal(0, init_std) for matrices, output projections scaled by 1/sqrt(2 n_layers); norms at identity
+        (an l2 QK-norm's temperature at its initial value); sigmaReparam gammas = sigma(W)."""
         std = self.config.init_std
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear):
@@ -94,9 +97,11 @@ class TransformerLM(nn.Module):
                 nn.init.normal_(m.weight, 0.0, s)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+                if isinstance(m, SigmaReparamLinear):
+                    m.reset_reparam()  # gamma = sigma(W): W_hat = W at init
             elif isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, 0.0, std)
-            elif isinstance(m, (RMSNorm, nn.LayerNorm)):
+            elif isinstance(m, (RMSNorm, nn.LayerNorm, QKLayerNorm, QKL2Norm)):
                 m.reset_parameters()
 
     # ------------------------------------------------------------------ diagnostics

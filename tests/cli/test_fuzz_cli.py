@@ -43,6 +43,7 @@ MODEL_VALUES = {
     "rope_theta": ["1e4", "0", "1"], "rope_local_theta": ["none", "1e4", "0"], "rope_scaling": ["1", "8", "0"],
     "activation": ["silu", "gelu_tanh", "relu6"], "embed_scale": ["true", "false"], "tie_embeddings": ["yes", "off"],
     "final_softcap": ["none", "30", "0"], "init_std": ["0.02", "0", "10"],
+    "qk_norm_type": ["rms", "layernorm", "l2", "cosine"], "sigma_reparam": ["true", "false"],
 }
 TRAIN_VALUES = {
     "lr": ["1e-3", "10", "0", "1e30"], "final_lr": ["0", "-1"], "warmup_steps": ["0", "5", "-2"],
@@ -51,7 +52,7 @@ TRAIN_VALUES = {
     "z_loss": ["0", "1e-4"], "seed": ["0", "3", "-1"], "eval_every": ["0", "1"], "eval_batches": ["1", "0"],
     "stats_every": ["0", "1"], "ckpt_every": ["0", "1"], "keep_last": ["1", "0"], "dtype": ["fp32", "bf16"],
     "on_nan": ["skip", "stop", "ignore"], "parallel": ["ddp", "fsdp", "tp"], "progress": ["false"],
-    "device": ["cpu", "gpu"],
+    "device": ["cpu", "gpu"], "optimizer": ["adamw", "muon", "sgd"], "qk_clip": ["none", "20", "0"],
 }
 SET_ITEM = st.one_of(
     st.sampled_from(sorted(MODEL_VALUES)).flatmap(lambda k: st.sampled_from(MODEL_VALUES[k] + _BAD[:3]).map(

@@ -15,9 +15,10 @@ import qknorm
 from qknorm.cli import main
 from qknorm.cli import train as train_cli
 from qknorm.cli._common import field_types, parse_set
-from qknorm.config import QKNormScope
+from qknorm.config import QKNormScope, QKNormType
 from qknorm.errors import ConfigError, QKNormError
 from qknorm.train.checkpoints.full import load_checkpoint
+from qknorm.train.config import OptimizerName
 
 torch.set_num_threads(1)
 
@@ -87,7 +88,26 @@ def test_set_overrides_are_typed():
     assert cfg.steps == 7 and cfg.lr == 2e-3 and model_cfg.qk_norm is QKNormScope.HEAD and not vocab_given
 
 
+def test_stabilizer_settings_via_set_end_to_end(tmp_path, capsys):
+    m, t = parse_set(["qk_norm_type=L2", "sigma_reparam=true", "optimizer=muon", "qk_clip=20", "z_loss=1e-4"])
+    assert m == {"qk_norm_type": QKNormType.L2, "sigma_reparam": True}
+    assert t == {"optimizer": OptimizerName.MUON, "qk_clip": 20.0, "z_loss": 1e-4}
+    assert parse_set(["qk_clip=none"])[1] == {"qk_clip": None}
+    out = tmp_path / "run"
+    rc = main(["train", "--preset", "qwen3", "--steps", "2", "--out", str(out), "--set", "qk_norm_type=layernorm",
+               "--set", "sigma_reparam=true", "--set", "optimizer=muon", "--set", "z_loss=1e-4", *SMALL])
+    assert rc == 0, capsys.readouterr().err
+    run = json.loads((out / "run.json").read_text())
+    assert run["train_config"]["optimizer"] == "muon" and run["train_config"]["z_loss"] == 1e-4
+    model = qknorm.load_model(out)  # config.json keeps the fields; the state holds gamma, u, v
+    assert model.config.qk_norm_type is QKNormType.LAYERNORM and model.config.sigma_reparam
+    assert "layers.0.mlp.up_proj.u" in model.state_dict()
+
+
 @pytest.mark.parametrize("item, message", [
+    ("qk_norm_type=cos", "--set qk_norm_type='cos': choose one of: rms, layernorm, l2"),
+    ("optimizer=sgd", "--set optimizer='sgd': choose one of: adamw, muon"),
+    ("qk_clip=high", "--set qk_clip='high': expected a number"),
     ("d_model=abc", "--set d_model='abc': expected an integer"),
     ("d_model=1.5", "--set d_model='1.5': expected an integer"),
     ("lr=fast", "--set lr='fast': expected a number"),

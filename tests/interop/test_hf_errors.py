@@ -206,6 +206,9 @@ def test_to_hf_postln_not_representable(tmp_path):
     ("qwen3", dict(query_pre_attn_scalar=10), r"query_pre_attn_scalar=10"),
     ("gemma3", dict(embed_scale=False), r"embed_scale=False"),
     ("llama", dict(norm_type="layernorm"), r"norm_type='layernorm'"),
+    ("qwen3", dict(qk_norm_type="l2"), r"qk_norm_type='l2' \(qwen3's QK-norm, if any, is an RMSNorm\)"),
+    ("olmo2", dict(qk_norm_type="layernorm"), r"qk_norm_type='layernorm'"),
+    ("llama", dict(sigma_reparam=True), r"sigma_reparam=True \(transformers has no sigmaReparam linears\)"),
 ])
 def test_to_hf_unrepresentable_names_fields(tmp_path, preset, overrides, match):
     model = qknorm.TransformerLM(qknorm.get_config(preset, **overrides))

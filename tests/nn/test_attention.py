@@ -183,3 +183,45 @@ def test_recorded_max_logit_is_exact_and_bound_holds():
     s = s.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
     assert abs(attn.stats["max_logit"].item() - s.max().item()) < 1e-3 * max(1.0, s.max().abs().item())
     assert attn.stats["logit_bound"].item() >= s.max().item()
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_head_max_logits_match_float64_per_head_in_any_block_size(window):
+    from qknorm.nn.attention import head_max_logits
+
+    torch.manual_seed(3)
+    B, H, Hkv, T, D = 2, 6, 2, 13, 8
+    q, k = torch.randn(B, H, T, D) * 3, torch.randn(B, Hkv, T, D) * 3
+    qd, kd = q.double(), k.double().repeat_interleave(H // Hkv, 1)  # head h uses kv head h // (H / Hkv)
+    s = qd @ kd.transpose(-1, -2) * 0.3  # (B, H, T, T)
+    allowed = torch.tensor([[j <= i and (window is None or i - window < j) for j in range(T)] for i in range(T)])
+    ref = s.masked_fill(~allowed, float("-inf")).amax(dim=(0, 2, 3))
+    for max_elements in (1 << 24, 100):  # one block, and a block of one query row at a time
+        got = head_max_logits(q, k, 0.3, window, max_elements=max_elements)
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+    running = torch.full((H,), 1e3)
+    assert torch.equal(head_max_logits(q, k, 0.3, window, running), running)  # folds into a running max
+    # cached decoding: the last 4 queries against all 13 keys
+    ref_last = s[:, :, -4:].masked_fill(~allowed[-4:], float("-inf")).amax(dim=(0, 2, 3))
+    torch.testing.assert_close(head_max_logits(q[:, :, -4:], k, 0.3, window).double(), ref_last, rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("cap", [2.0, 5.0])
+def test_softcap_bounds_the_logits_by_the_cap(cap):
+    """Probabilities read out through v = identity: log p_ij - log p_ik = s_ij - s_ik, so with every capped
+    logit in [-cap, cap] the log-probabilities of a row spread by at most 2 * cap; uncapped they do not."""
+    cfg = get_config("llama", "debug", n_kv_heads=4)
+    torch.manual_seed(0)
+    T, D = 12, cfg.head_dim
+    q, k = torch.randn(1, 4, T, D) * 6, torch.randn(1, 4, T, D) * 6  # raw logits of order +-100
+    v = torch.eye(T, D).expand(1, 4, T, D)  # (B, H, T, D): row t of the output holds the probabilities
+    spread = {}
+    for name, c in (("capped", cap), ("plain", None)):
+        attn = Attention(cfg.replace(attn_softcap=c, attn_impl="eager"), 0)
+        probs = attn._attend_eager(q, k, v)[..., :T].double()  # (1, H, T, T)
+        logp = probs.clamp_min(1e-300).log()
+        rows = [logp[..., i, : i + 1] for i in range(1, T)]  # the allowed keys of query i
+        spread[name] = max((r.amax(-1) - r.amin(-1)).max().item() for r in rows)
+    assert spread["capped"] <= 2 * cap * (1 + 1e-5), spread  # = 2 cap here: tanh saturates at +-1 in fp32
+    assert spread["plain"] > 10 * cap, spread  # the same scores without the cap

@@ -255,6 +255,8 @@ def unrepresentable(config: ModelConfig, fam: Family) -> List[str]:
             bad.append(f"{field}={value!r} ({why})")
 
     need(c.norm_type.value == "rmsnorm", "norm_type", "RMSNorm only")
+    need(c.qk_norm_type.value == "rms", "qk_norm_type", f"{fam.model_type}'s QK-norm, if any, is an RMSNorm")
+    need(not c.sigma_reparam, "sigma_reparam", "transformers has no sigmaReparam linears")
     need(c.norm_cast.value == fam.norm_cast, "norm_cast", f"{fam.model_type} uses {fam.norm_cast!r}")
     need(c.norm_offset == fam.norm_offset, "norm_offset", f"{fam.model_type} uses {fam.norm_offset}")
     need(c.embed_scale == fam.embed_scale, "embed_scale", f"{fam.model_type} uses {fam.embed_scale}")

@@ -2,7 +2,8 @@
 
   q = q_proj(x) -> (B, T, H, D)      k = k_proj(x) -> (B, T, Hkv, D)      v = v_proj(x) -> (B, Hkv, T, D)
   q, k = qk_norm_rope(q, k, ...)     RMSNorm per head (scope "head") or over the whole projection width
-                                     (scope "full", OLMo 2), then RoPE, in one fused op -> (B, H|Hkv, T, D)
+                                     (scope "full", OLMo 2), then RoPE, in one fused op -> (B, H|Hkv, T, D);
+                                     LayerNorm / L2 QK-norm (nn/qk_norm.py) run first, then RoPE alone
   o = softmax(scale * q k^T [softcap] [causal/sliding mask]) v  -> o_proj
 
 With a cache (nn/kv_cache.py), the new tokens' k (after QK-norm and RoPE, at their absolute positions) and v
@@ -13,6 +14,9 @@ Two paths compute the same function: SDPA (default; flash/efficient kernels) and
 for attention softcapping). When `record_stats` is set, the layer also stores diagnostics of its last call in
 `self.stats`: the exact max attention logit over allowed (query, key) pairs, the cheap bound
 scale * max|q| * max|k| that holds for any attention kernel, and the RMS of q and k after QK-norm and RoPE.
+With `track_head_max` (QK-clip), every training forward also folds its exact per-head max logit into
+`self.head_max` (head_max_logits: explicit scores, one extra q.k^T per layer).
+The projections are sigmaReparam linears when the config asks (nn/sigma_reparam.py).
 """
 from __future__ import annotations
 
@@ -22,10 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import SLIDING, AttnImpl, ModelConfig, QKNormScope
+from ..config import SLIDING, AttnImpl, ModelConfig
 from ..ops import qk_norm_rope
 from .kv_cache import LayerKV
 from .norm import RMSNorm
+from .qk_norm import build_qk_norms, qk_logit_scale
+from .sigma_reparam import linear_class
 
 
 class Attention(nn.Module):
@@ -33,24 +39,23 @@ class Attention(nn.Module):
         super().__init__()
         c = config
         self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.n_kv_heads, c.head_dim
-        self.scale = c.query_scale
+        self.scale = qk_logit_scale(c)  # query_scale; 1 for the l2 QK-norm (its temperature is in q)
         self.softcap = c.attn_softcap
         self.window = c.sliding_window if c.resolved_layer_types()[layer_idx] == SLIDING else None
         self.eager = c.attn_impl is AttnImpl.EAGER or c.attn_softcap is not None
         self.scope, self.backend = c.qk_norm, c.qk_backend
         kw = dict(bias=c.attention_bias, device=device, dtype=dtype)
-        self.q_proj = nn.Linear(c.d_model, c.n_heads * c.head_dim, **kw)
-        self.k_proj = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, **kw)
-        self.v_proj = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, **kw)
-        self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=c.o_proj_bias, device=device, dtype=dtype)
-        self.q_norm = self.k_norm = None
-        if c.qk_norm is not QKNormScope.NONE:
-            full = c.qk_norm is QKNormScope.FULL
-            nkw = dict(eps=c.norm_eps, offset=c.norm_offset, cast=c.norm_cast, device=device, dtype=dtype)
-            self.q_norm = RMSNorm(c.head_dim * (c.n_heads if full else 1), **nkw)
-            self.k_norm = RMSNorm(c.head_dim * (c.n_kv_heads if full else 1), **nkw)
+        linear = linear_class(c.sigma_reparam)  # nn.Linear, or sigmaReparam's W_hat = gamma / sigma(W) * W
+        self.q_proj = linear(c.d_model, c.n_heads * c.head_dim, **kw)
+        self.k_proj = linear(c.d_model, c.n_kv_heads * c.head_dim, **kw)
+        self.v_proj = linear(c.d_model, c.n_kv_heads * c.head_dim, **kw)
+        self.o_proj = linear(c.n_heads * c.head_dim, c.d_model, bias=c.o_proj_bias, device=device, dtype=dtype)
+        self.q_norm, self.k_norm = build_qk_norms(c, device=device, dtype=dtype)  # rms | layernorm | l2, or None
         self.record_stats = False
         self.stats: Dict[str, torch.Tensor] = {}
+        # QK-clip (train/qk_clip.py): with track_head_max, training forwards keep the running per-head max logit
+        self.track_head_max = False
+        self.head_max: Optional[torch.Tensor] = None  # (H,) fp32, max over the forwards since the last reset
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: Optional[LayerKV] = None) -> torch.Tensor:
@@ -62,6 +67,8 @@ class Attention(nn.Module):
         q, k = self._qk_norm_rope(q, k, cos, sin)  # (B, H, T, D), (B, Hkv, T, D)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, Hkv, S, D): kept past keys, then these T
+        if self.track_head_max and torch.is_grad_enabled():
+            self.head_max = head_max_logits(q, k, self.scale, self.window, self.head_max)
         if self.record_stats:
             self.stats = attention_stats(q, k, self.scale, self.window)
         o = self._attend_eager(q, k, v) if self.eager else self._attend_sdpa(q, k, v)  # (B, H, T, D)
@@ -71,6 +78,8 @@ class Attention(nn.Module):
         qn, kn = self.q_norm, self.k_norm
         if qn is None:
             return qk_norm_rope(q, k, None, None, cos, sin, scope="none", backend=self.backend)
+        if not isinstance(qn, RMSNorm):  # layernorm / l2 (nn/qk_norm.py) in PyTorch, then RoPE alone
+            return qk_norm_rope(qn(q), kn(k), None, None, cos, sin, scope="none", backend=self.backend)
         return qk_norm_rope(q, k, qn.weight, kn.weight, cos, sin, eps=qn.eps, scope=self.scope,
                             offset=qn.offset, norm_cast=qn.cast, backend=self.backend)
 
@@ -132,3 +141,27 @@ def attention_stats(q: torch.Tensor, k: torch.Tensor, scale: float, window: Opti
         "q_rms": qf.pow(2).mean().sqrt(),
         "k_rms": kf.pow(2).mean().sqrt(),
     }
+
+
+@torch.no_grad()
+def head_max_logits(q: torch.Tensor, k: torch.Tensor, scale: float, window: Optional[int],
+                    running: Optional[torch.Tensor] = None, *, max_elements: int = 1 << 24) -> torch.Tensor:
+    """Per-head exact max of scale * q.k over allowed (query, key) pairs, (H,) fp32, maxed with `running`.
+
+    q (B, H, T, D), k (B, Hkv, S, D) after QK-norm and RoPE (S > T: the queries are the last T of S cached
+    positions). Explicit fp32 scores, in blocks of queries so that at most ~`max_elements` scores (64 MiB)
+    exist at once: one more q.k^T matmul per layer than the attention itself (SDPA never exposes its scores).
+    """
+    B, H, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    qf = q.float().reshape(B, Hkv, H // Hkv, T, D)  # head h = kv * groups + g uses kv head h // groups
+    kt = k.float().transpose(2, 3).unsqueeze(2)  # (B, Hkv, 1, D, S)
+    mask = causal_mask(T, window, q.device, n_past=S - T)  # (T, S)
+    block = max(1, min(T, max_elements // max(1, B * H * S)))
+    out = torch.full((H,), float("-inf"), device=q.device)
+    for t0 in range(0, T, block):
+        t1 = min(T, t0 + block)
+        s = torch.matmul(qf[:, :, :, t0:t1], kt) * scale  # (B, Hkv, G, t, S)
+        s = s.masked_fill(~mask[t0:t1], float("-inf"))
+        out = torch.maximum(out, s.amax(dim=(0, 3, 4)).reshape(H))
+    return out if running is None else torch.maximum(running, out)

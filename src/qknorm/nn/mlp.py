@@ -6,15 +6,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Activation, ModelConfig
+from .sigma_reparam import linear_class
 
 
 class GatedMLP(nn.Module):
     def __init__(self, config: ModelConfig, *, device=None, dtype=None):
         super().__init__()
         kw = dict(bias=False, device=device, dtype=dtype)
-        self.gate_proj = nn.Linear(config.d_model, config.d_ff, **kw)
-        self.up_proj = nn.Linear(config.d_model, config.d_ff, **kw)
-        self.down_proj = nn.Linear(config.d_ff, config.d_model, **kw)
+        linear = linear_class(config.sigma_reparam)  # nn.Linear, or sigmaReparam's W_hat = gamma / sigma(W) * W
+        self.gate_proj = linear(config.d_model, config.d_ff, **kw)
+        self.up_proj = linear(config.d_model, config.d_ff, **kw)
+        self.down_proj = linear(config.d_ff, config.d_model, **kw)
         self.tanh_gelu = config.activation is Activation.GELU_TANH
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, T, d)

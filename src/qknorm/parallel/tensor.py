@@ -69,6 +69,12 @@ def check_tp_degree(config: ModelConfig, tp, *, world_size: Optional[int] = None
     if world_size is not None and world_size % tp:
         raise ConfigError(f"tp={tp} does not divide the number of processes ({world_size}); "
                           f"use a tp that divides it (data-parallel degree = processes / tp)")
+    if tp > 1 and config.qk_norm_type.value != "rms" and config.qk_norm.value != "none":
+        raise ConfigError(f"qk_norm_type={config.qk_norm_type.value!r} is not supported with tp={tp}: tensor "
+                          "parallelism shards the RMS QK-norm only; use qk_norm_type='rms' or tp=1")
+    if tp > 1 and config.sigma_reparam:
+        raise ConfigError(f"sigma_reparam=True is not supported with tp={tp}: the power iteration needs whole "
+                          "matrices; use tp=1")
     for field in TP_DIVISIBLE_FIELDS:
         value = getattr(config, field)
         if value % tp:

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 
 from ..errors import ConfigError
 
-__all__ = ["TrainConfig", "DType", "OnNaN", "Parallel", "FREE_ON_RESUME", "check_device_available"]
+__all__ = ["TrainConfig", "DType", "OnNaN", "OptimizerName", "Parallel", "FREE_ON_RESUME", "check_device_available"]
 
 
 class _Choice(str, enum.Enum):
@@ -45,12 +45,19 @@ class OnNaN(_Choice):
     STOP = "stop"  # stop the run; the last good checkpoint stays intact
 
 
+class OptimizerName(_Choice):
+    """Which optimizer (train/optim.py; Muon and its AdamW groups: train/muon.py)."""
+
+    ADAMW = "adamw"  # torch AdamW on every parameter
+    MUON = "muon"  # torch Muon on the hidden matrices, AdamW on embeddings, head, norms, gains, biases
+
+
 class Parallel(_Choice):
     DDP = "ddp"  # DistributedDataParallel
     FSDP = "fsdp"  # FSDP2 (fully_shard per block)
 
 
-_ENUMS = {"dtype": DType, "on_nan": OnNaN, "parallel": Parallel}
+_ENUMS = {"dtype": DType, "on_nan": OnNaN, "parallel": Parallel, "optimizer": OptimizerName}
 _INT_MIN = {"steps": 1, "batch_size": 1, "seq_len": 1, "grad_accum": 1, "seed": 0,
             "eval_every": 0, "eval_batches": 1, "stats_every": 0, "ckpt_every": 0, "keep_last": 1, "tp": 1}
 _POSITIVE = ("lr", "adam_eps")
@@ -92,6 +99,12 @@ class TrainConfig:
     progress: bool = True  # tqdm bar on stderr (main process only)
     parallel: Parallel = Parallel.DDP  # under torchrun with >1 process: ddp or fsdp (FSDP2); no effect otherwise
     tp: int = 1  # tensor-parallel degree (torchrun; processes / tp data-parallel groups, FSDP2 across them)
+    # adamw, or muon on the hidden matrices (q/k/v/o, gate/up/down) with AdamW on the rest; `lr` is the peak
+    # LR of both (Muon's update scaled to AdamW's RMS: train/muon.py)
+    optimizer: OptimizerName = OptimizerName.ADAMW
+    # QK-clip (Kimi K2's MuonClip) threshold tau: after each step, heads whose max attention logit in that step's
+    # forward exceeded tau get their q/k weights scaled by sqrt(tau / max) (train/qk_clip.py); None = off
+    qk_clip: Optional[float] = None
 
     def __post_init__(self) -> None:
         for name, enum_cls in _ENUMS.items():
@@ -124,6 +137,11 @@ class TrainConfig:
             if w > self.steps:
                 raise ConfigError(f"warmup_steps={w} must be <= steps={self.steps} (the LR would never reach its "
                                   "peak)")
+        if self.qk_clip is not None:
+            q = self.qk_clip
+            if isinstance(q, bool) or not isinstance(q, (int, float)) or not math.isfinite(q) or q <= 0:
+                raise ConfigError(f"qk_clip={q!r} must be a positive number (the max attention logit tau) or None")
+            object.__setattr__(self, "qk_clip", float(q))
         _check_device_name(self.device)
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"grad_accum={self.grad_accum} must divide batch_size={self.batch_size}")

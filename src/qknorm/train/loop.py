@@ -1,4 +1,5 @@
-"""The training loop: AdamW + warmup/cosine, clipping, z-loss, grad accumulation, diagnostics, checkpoints.
+"""The training loop: AdamW or Muon + warmup/cosine, clipping, z-loss, QK-clip, grad accumulation, diagnostics,
+checkpoints.
 
     result = train(get_config("llama", "debug"), TrainConfig(steps=200, lr=3e-3), load_tokens(), out_dir="runs/x")
 
@@ -49,6 +50,7 @@ from .manifest import MANIFEST_FILE, TOKENIZER_FILE, DataRecord, RunManifest
 from .metrics_log import METRICS_FILE, MetricsLog
 from .optim import build_optimizer, lr_at, set_lr
 from .preflight import STATS_SEQS, check_fits, check_out_dir
+from .qk_clip import QKClip
 from .runtime import Runtime
 from .runtimes import make_runtime
 from .signals import StopRequest
@@ -94,6 +96,7 @@ class _Session:
     tokenizer: Optional[bytes]  # the run's tokenizer.json, stored in every checkpoint
     t0: float = 0.0
     last_ckpt: int = -1
+    qk_clip: Optional[QKClip] = None  # with cfg.qk_clip: clips the q/k weights after each step
 
     def checkpoint(self, step_count: int) -> None:
         """A checkpoint after `step_count` steps (full in one process, sharded under torchrun), once."""
@@ -164,7 +167,7 @@ def _setup(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, rt: Run
     optimizer = build_optimizer(model, cfg)
     s = _Session(cfg=cfg, model_config=model_config, rt=rt, device=device, model=model, wrapped=wrapped,
                  optimizer=optimizer, batcher=batcher, val=val, start=0, init_loss=math.nan, elapsed0=0.0, out=out,
-                 log=None, tokenizer=None)
+                 log=None, tokenizer=None, qk_clip=QKClip(model, cfg.qk_clip, rt) if cfg.qk_clip else None)
     if resume:
         # either checkpoint format (full, or sharded by a multi-process run), saved under any world size
         ckpt = load_training_checkpoint(rt, out / CKPT_DIR, wrapped, optimizer, model_config)
@@ -183,6 +186,10 @@ def _check_against_record(out: Path, now: RunManifest, allow_changes: bool) -> N
         warnings.warn(f"{out} has no {MANIFEST_FILE} (a run of an older version): the data cannot be checked "
                       "against the run's", RuntimeWarning, stacklevel=3)
         return
+    was, want = saved.train_config.get("optimizer", "adamw"), now.train_config["optimizer"]
+    if was != want:  # not even with allow_changes: the checkpoints hold the other optimizer's state
+        raise ConfigError(f"optimizer={want!r} cannot resume {out}: its checkpoints hold {was!r} optimizer state "
+                          f"({MANIFEST_FILE}); resume with optimizer={was!r}")
     if saved.data.fingerprint != now.data.fingerprint:
         msg = (f"the data differ from the run's record ({out / MANIFEST_FILE}: {saved.data.describe()}, "
                f"{saved.data.fingerprint.n_tokens:,} tokens, sha256 {saved.data.fingerprint.sha256[:12]}; now "
@@ -293,6 +300,8 @@ def _one_step(s: _Session, step: int, autocast, resume: bool, tokens_per_step: i
     finite = math.isfinite(loss) and math.isfinite(gnorm)
     if finite:
         s.optimizer.step()
+    if s.qk_clip is not None:
+        record.update(s.qk_clip.after_step(applied=finite))
     s.optimizer.zero_grad(set_to_none=True)
     record.update(loss=loss, lr=lr, grad_norm=gnorm, tokens=(step + 1) * tokens_per_step)
     if not finite:
