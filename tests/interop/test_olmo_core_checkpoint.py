@@ -53,6 +53,9 @@ def test_config_beside_or_above_the_dcp_folder_bare_or_under_model(step, tmp_pat
     assert qknorm.from_olmo_core(run / "ckpt").config.max_seq_len == 4096
     assert qknorm.from_olmo_core(run / "ckpt", max_seq_len=8192).config.max_seq_len == 8192
     assert find_olmo_core_checkpoint(run / "ckpt").config_path == run / "config.json"
+    # as_dict() instead of as_config_dict(): every option written, None as null, no class names
+    (run / "config.json").write_text(json.dumps({"model": olmo_config("olmo2_mha").as_dict()}))
+    assert qknorm.from_olmo_core(run / "ckpt").config == bare.config
 
 
 def test_missing_config_is_one_line_and_nothing_is_written(step, tmp_path, capsys):

@@ -12,8 +12,8 @@ What OLMo-core 3.0's trainer writes for a checkpoint step (olmo_core/train/check
       .metadata.json            checkpoint metadata (not read)
       config.json               the run's experiment config (ConfigSaverCallback), the TransformerConfig under "model"
 
-DIR may be the step directory or the DCP folder itself. The config is the first of DIR/config.json and
-DIR/../config.json that parses, under "model" or, if it is a bare TransformerConfig, at the top level. Its
+DIR may be the step directory or the DCP folder itself. The config is the first config.json holding a
+TransformerConfig (under "model", or bare at the top level) in the DCP folder, its parent, DIR or DIR/..; its
 translation to our ModelConfig is olmo_core_config.py.
 
 Only the "model." tensors are read (optimizer state is skipped without being loaded), by
@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
-import re
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
@@ -89,7 +88,8 @@ def is_olmo_core_checkpoint(path: Union[str, Path]) -> bool:
     path = Path(path)
     if (path / DCP_DIR / METADATA).is_file():
         return True
-    return (path / METADATA).is_file() and not (path / "meta.json").is_file()  # meta.json: our own sharded ones
+    ours = (path / "meta.json").is_file() or (path.parent / "meta.json").is_file()  # qknorm's sharded checkpoints
+    return (path / METADATA).is_file() and not ours
 
 
 def find_olmo_core_checkpoint(path: Union[str, Path]) -> OlmoCoreCheckpoint:
@@ -102,7 +102,8 @@ def find_olmo_core_checkpoint(path: Union[str, Path]) -> OlmoCoreCheckpoint:
         raise CheckpointError(f"{path}: no {DCP_DIR}/{METADATA} or {METADATA} (not an OLMo-core checkpoint written "
                               "by its trainer or save_model_and_optim_state)")
     tried = []
-    for cand in dict.fromkeys((dcp_dir / CONFIG_NAME, dcp_dir.parent / CONFIG_NAME, path / CONFIG_NAME)):
+    places = list(dict.fromkeys((dcp_dir, dcp_dir.parent, path, path.parent)))  # DIR, DIR/.. (both forms of DIR)
+    for cand in (d / CONFIG_NAME for d in places):
         if not cand.is_file():
             continue
         try:
@@ -114,7 +115,7 @@ def find_olmo_core_checkpoint(path: Union[str, Path]) -> OlmoCoreCheckpoint:
             return OlmoCoreCheckpoint(dcp_dir, cand, model, doc)
         tried.append(str(cand))
     where = f"{', '.join(tried)} hold(s) no TransformerConfig" if tried else \
-        f"no {CONFIG_NAME} in {dcp_dir} or {dcp_dir.parent}"
+        f"no {CONFIG_NAME} in {' or '.join(map(str, places))}"
     raise CheckpointError(f"{path}: {where}; write the model config there, e.g. json.dump({{'model': "
                           "model_config.as_config_dict()}}, f)")
 
@@ -123,13 +124,17 @@ def find_olmo_core_checkpoint(path: Union[str, Path]) -> OlmoCoreCheckpoint:
 _STORAGE_INFO = ("olmo_core.distributed.checkpoint.filesystem", "torch.distributed.checkpoint.filesystem")
 
 
+_METADATA_CLASSES = {"Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+                     "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING"}
+
+
 class _MetadataUnpickler(pickle.Unpickler):
     """Builds only torch's checkpoint metadata classes, torch.Size, dtypes and layouts."""
 
     def find_class(self, module: str, name: str) -> Any:
         if module in _STORAGE_INFO and name == "_StorageInfo":
             return _StorageInfo
-        if module == "torch.distributed.checkpoint.metadata" and re.fullmatch(r"[A-Za-z_]+", name):
+        if module == "torch.distributed.checkpoint.metadata" and name in _METADATA_CLASSES:
             return super().find_class(module, name)
         if (module, name) in (("torch", "Size"), ("torch.serialization", "_get_layout"),
                               ("collections", "OrderedDict")):

@@ -115,7 +115,7 @@ def model_config_from_olmo_core(model: Dict[str, Any], *, source: str, max_seq_l
            "(normalized) models are not supported", "default")
     m.need("embedding_norm", m.get("embedding_norm") is None, "no norm on the embeddings in qknorm")
     d_model, n_layers = m.integer("d_model"), m.integer("n_layers")
-    layers = [_layer(b, i, n_layers, source) for i, b in enumerate(_block_configs(m, n_layers))]
+    layers = [_layer(b, i, n_layers, d_model, source) for i, b in enumerate(_block_configs(m, n_layers))]
     first = _same_layers(layers, source)
     (cast, eps), (n_heads, n_kv_heads, head_dim) = first.norm, first.heads
     _check_head(m, first)
@@ -157,7 +157,7 @@ def _block_configs(m: _Reader, n_layers: int) -> List[_Reader]:
         m.need("block_pattern", pattern is None, "a pattern needs named blocks")
         out = [_Reader(block, "block", m.source)] * n_layers
         for key, override in (m.get("block_overrides") or {}).items():
-            i = int(key)
+            i = int(key) if str(key).isdigit() else -1  # JSON object keys are strings
             if not 0 <= i < n_layers:
                 raise m.bad("block_overrides", key, f"block index outside 0..{n_layers - 1}")
             out[i] = _Reader(override, f"block_overrides.{key}", m.source)
@@ -167,7 +167,7 @@ def _block_configs(m: _Reader, n_layers: int) -> List[_Reader]:
     return [_Reader(block[name], f"block.{name}", m.source) for name in islice(cycle(pattern), n_layers)]
 
 
-def _layer(b: _Reader, index: int, n_layers: int, source: str) -> _Layer:
+def _layer(b: _Reader, index: int, n_layers: int, d_model: int, source: str) -> _Layer:
     placement = b.choice("name", _PLACEMENTS, "default")
     b.need("feed_forward_moe", b.get("feed_forward_moe") is None, "mixture-of-experts blocks are not supported")
     for name in ("attention_residual_alpha", "feed_forward_residual_alpha"):
@@ -181,7 +181,7 @@ def _layer(b: _Reader, index: int, n_layers: int, source: str) -> _Layer:
         raise b.bad("sequence_mixer", None, "a block needs attention")
     n_heads = att.integer("n_heads", 16)
     n_kv_heads = att.integer("n_kv_heads", n_heads)
-    head_dim = att.get("head_dim")  # None: d_model // n_heads, as ModelConfig derives it
+    head_dim = att.integer("head_dim", d_model // max(n_heads, 1))  # OLMo-core's default, floor division
     qk_norm = _attention(att, norm)
     window, rope = _window(att, index, n_layers), _rope(att, index, n_layers)
     ff = b.required("feed_forward", "a dense feed-forward is required")
@@ -251,8 +251,12 @@ def _rope(a: _Reader, index: int, n_layers: int) -> Tuple[float, float]:
     theta, factor = float(r.get("theta", _ROPE_THETA_DEFAULT)), 1.0
     s = r.sub("scaling")
     if s is not None:
-        kind = str(s.get("_CLASS_", "?")).rsplit(".", 1)[-1]
-        s.need("_CLASS_", kind == "PIRoPEScalingConfig", "position interpolation (linear) only", "?")
+        # as_config_dict() names the class; as_dict() does not, and PI is the only one with just these fields
+        fields = {k for k, v in s.d.items() if v is not None}
+        pi = fields <= {"factor", "attention_rescale_factor"}
+        kind = str(s.get("_CLASS_", "PIRoPEScalingConfig" if pi else "?")).rsplit(".", 1)[-1]
+        s.need("_CLASS_", kind == "PIRoPEScalingConfig", "position interpolation (linear) only",
+               f"? (fields {', '.join(sorted(fields))})")
         s.need("attention_rescale_factor", s.get("attention_rescale_factor", 1.0) == 1.0, "no attention rescaling")
         factor = float(s.get("factor", 2.0))
     return theta, factor
