@@ -56,6 +56,10 @@ def test_config_beside_or_above_the_dcp_folder_bare_or_under_model(step, tmp_pat
     # as_dict() instead of as_config_dict(): every option written, None as null, no class names
     (run / "config.json").write_text(json.dumps({"model": olmo_config("olmo2_mha").as_dict()}))
     assert qknorm.from_olmo_core(run / "ckpt").config == bare.config
+    half = qknorm.from_olmo_core(step, dtype="bf16")
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    with pytest.raises(qknorm.ConfigError, match="max_seq_len=0 must be an integer >= 1"):
+        qknorm.from_olmo_core(step, max_seq_len=0)
 
 
 def test_missing_config_is_one_line_and_nothing_is_written(step, tmp_path, capsys):
