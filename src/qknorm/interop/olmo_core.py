@@ -158,6 +158,17 @@ def read_dcp_metadata(dcp_dir: Path):
     return metadata
 
 
+class _Reader(dcp.FileSystemReader):
+    """torch's own reader, given the metadata read safely above instead of unpickling `.metadata` itself."""
+
+    def __init__(self, path: Path, metadata: Any):
+        super().__init__(str(path))
+        self._metadata = metadata
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        return self._metadata
+
+
 def read_model_tensors(dcp_dir: Path, prefix: str = "model.") -> Dict[str, torch.Tensor]:
     """Every tensor under `prefix` in a DCP folder, whole (shards of any number of ranks joined), on CPU."""
     metadata = read_dcp_metadata(dcp_dir)
@@ -168,15 +179,10 @@ def read_model_tensors(dcp_dir: Path, prefix: str = "model.") -> Dict[str, torch
     if bad:
         raise CheckpointError(f"{dcp_dir}: model entry {bad[0]!r} is not a tensor")
     state = {k: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in entries.items()}
-
-    class Reader(dcp.FileSystemReader):
-        def read_metadata(self, *args, **kwargs):
-            return metadata
-
     try:
         with warnings.catch_warnings():  # "torch.distributed is disabled ... load in a single process": intended
             warnings.filterwarnings("ignore", message=".*torch.distributed is disabled")
-            dcp.load({prefix.rstrip("."): state}, storage_reader=Reader(str(dcp_dir)), no_dist=True)
+            dcp.load({prefix.rstrip("."): state}, storage_reader=_Reader(dcp_dir, metadata), no_dist=True)
     except (Exception, CheckpointException) as e:  # a missing or torn shard (CheckpointException is a BaseException)
         last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
         raise CheckpointError(f"{dcp_dir}: cannot read the model tensors, a shard file is missing or damaged "
