@@ -14,7 +14,7 @@ from qknorm.interop.hf_config import FAMILIES, config_from_hf
 
 transformers = pytest.importorskip("transformers")
 
-DEFAULTS = {"olmo2": 2048, "qwen3": 32768, "gemma3_text": 131072, "llama": 2048}
+DEFAULTS = {"olmo2": 2048, "qwen3": 32768, "gemma3_text": 131072, "llama": 2048, "qwen2": 32768, "mistral": 131072}
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))

@@ -30,8 +30,8 @@ import torch
 import qknorm
 from qknorm.cli import main
 
-from olmo_core_helpers import (VARIANTS, build, input_ids, loss_and_grads, max_rel, olmo_core_to_ours_key,
-                               save_hf, save_native)
+from helpers.olmo_core_models import (VARIANTS, build, input_ids, loss_and_grads, max_rel, olmo_core_to_ours_key,
+                                      save_hf, save_native)
 
 GRAD_TOL = 1e-5
 

@@ -4,12 +4,9 @@ line with nothing written, damaged or malicious files, and a checkpoint sharded 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import pickle
 import shutil
-import socket
-import traceback
 import warnings
 from pathlib import Path
 
@@ -18,9 +15,10 @@ import torch
 
 import qknorm
 from qknorm.cli import main
-from qknorm.interop.olmo_core import find_olmo_core_checkpoint
+from qknorm.interop.olmo_core import find_olmo_core_checkpoint, read_dcp_metadata
 
-from olmo_core_helpers import VOCAB, build, input_ids, olmo_config, save_native
+from helpers.olmo_core_models import VOCAB, build, input_ids, olmo_config, save_native
+from helpers.ranks import run_ranks
 
 from olmo_core.nn.attention import GateConfig, SlidingWindowAttentionConfig  # noqa: E402
 from olmo_core.nn.layer_norm import LayerNormType  # noqa: E402
@@ -71,13 +69,14 @@ def test_missing_config_is_one_line_and_nothing_is_written(step, tmp_path, capsy
 
 
 # ---------------------------------------------------------------------------------------------- options
-def test_sliding_windows_linear_rope_scaling_and_bias_map_exactly(tmp_path):
+@pytest.mark.parametrize("full_only", [True, False], ids=["scaled_full_layers", "scaled_all_layers"])
+def test_sliding_windows_linear_rope_scaling_and_bias_map_exactly(tmp_path, full_only):
     """OLMo 3-style reordered blocks with a window shorter than the sequence, PI scaling on the full layers
-    only (OLMo-core's with_rope_scaling), and biased attention projections."""
+    only (OLMo-core's with_rope_scaling default) or on every layer, and biased attention projections."""
     cfg = TransformerConfig.olmo2_14M(vocab_size=VOCAB, n_layers=4, sliding_window=SlidingWindowAttentionConfig(
         pattern=[8, 8, -1], force_full_attention_on_first_layer=False, force_full_attention_on_last_layer=True))
     cfg.block.sequence_mixer.bias = True
-    cfg = cfg.with_rope_scaling(PIRoPEScalingConfig(factor=4.0))
+    cfg = cfg.with_rope_scaling(PIRoPEScalingConfig(factor=4.0), full_attn_layers_only=full_only)
     model = cfg.build(init_device="cpu")
     model.init_weights(device=torch.device("cpu"))
     with torch.no_grad():
@@ -93,8 +92,10 @@ def test_sliding_windows_linear_rope_scaling_and_bias_map_exactly(tmp_path):
     (tmp_path / "s" / "config.json").write_text(json.dumps({"model": cfg.as_config_dict()}))
     ours = qknorm.from_olmo_core(tmp_path / "s")
     c = ours.config
-    assert c.layer_types == ("sliding_attention", "sliding_attention", "full_attention", "full_attention")
-    assert (c.sliding_window, c.rope_scaling, c.attention_bias, c.o_proj_bias) == (8, 4.0, True, True)
+    assert c.resolved_layer_types() == ("sliding_attention", "sliding_attention", "full_attention", "full_attention")
+    assert (c.sliding_window, c.attention_bias, c.o_proj_bias) == (8, True, True)
+    assert (c.rope_scaling.rope_type.value, c.rope_scaling.factor) == ("linear", 4.0)
+    assert c.local_rope == (c.rope_theta, None if full_only else c.rope_scaling)
     assert torch.equal(_logits(ours), _logits(model.eval()))
 
 
@@ -172,50 +173,27 @@ def test_truncated_shard_is_one_line(step, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------- sharded
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _save_sharded(rank: int, name: str, out: str) -> None:
+    """One FSDP2 rank (helpers.ranks sets the torchrun environment): build OLMo-core's model, the same seed on
+    every rank, shard it, save it with OLMo-core's save_model_and_optim_state."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from olmo_core.distributed.checkpoint import save_model_and_optim_state
 
-
-def _rank(rank: int, world: int, port: int, name: str, out: str) -> None:
-    """One FSDP2 rank: build OLMo-core's model (same seed on every rank), shard it, save with OLMo-core."""
-    code = 1
-    try:
-        import torch.distributed as dist
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-        from olmo_core.distributed.checkpoint import save_model_and_optim_state
-
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        torch.set_num_threads(1)
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-        model = build(name)
-        mesh = init_device_mesh("cpu", (world,))
-        for block in model.blocks.values():
-            fully_shard(block, mesh=mesh)
-        fully_shard(model, mesh=mesh)
-        save_model_and_optim_state(out, model, torch.optim.AdamW(model.parameters()))
-        dist.destroy_process_group()
-        code = 0
-    except BaseException:  # noqa: BLE001 - the parent only sees the exit code; print the cause
-        traceback.print_exc()
-    finally:
-        os._exit(code)
+    dist.init_process_group("gloo")
+    model = build(name)
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    for block in model.blocks.values():
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    save_model_and_optim_state(out, model, torch.optim.AdamW(model.parameters()))
 
 
 def test_checkpoint_sharded_by_two_fsdp_ranks_loads_the_same(tmp_path):
     name, out = "olmo2_gqa", tmp_path / "step" / "model_and_optim"
-    ctx, port = mp.get_context("fork"), _free_port()
-    procs = [ctx.Process(target=_rank, args=(r, 2, port, name, str(out))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0]
+    run_ranks(_save_sharded, name, str(out), world_size=2)
     assert {f.name.split("_")[2] for f in out.glob("*.distcp")} == {"0", "1"}  # both ranks wrote shards
-    from qknorm.interop.olmo_core import read_dcp_metadata
-
     chunks = read_dcp_metadata(out).state_dict_metadata["model.embeddings.weight"].chunks
     assert len(chunks) == 2  # the embedding really is split across the ranks
     (tmp_path / "step" / "config.json").write_text(json.dumps({"model": olmo_config(name).as_config_dict()}))

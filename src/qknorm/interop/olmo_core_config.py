@@ -16,7 +16,8 @@ types are the numerics of our presets:
   QK-norm                use_head_qk_norm -> "head" (one gain vector of head_dim); else "full" (OLMo 2)
   sliding windows        a window W keeps keys q - W < k <= q (OLMo-core passes (W - 1, 0) to its kernels);
                          full-attention and sliding layers may each have their own RoPE theta (Gemma 3)
-  RoPE scaling           none, or position interpolation (PIRoPEScalingConfig = linear) on full layers
+  RoPE scaling           none, or position interpolation (PIRoPEScalingConfig = linear) on the full-attention
+                         layers (sliding layers then unscaled) or on every layer
   embed_scale            None, or sqrt(d_model) (Gemma 3); the product is the same in fp32 as ours
 
 `full_precision` of norms and RoPE (qwen3's builder sets rope_full_precision=False) changes rounding only
@@ -39,6 +40,7 @@ import numpy as np
 
 from ..config import FULL, SLIDING, ModelConfig
 from ..errors import CheckpointError, ConfigError
+from .hf_config import canonical_layers
 
 _PLACEMENTS = {"reordered_norm": "reordered", "default": "pre", "peri_norm": "sandwich"}
 _NORM_CASTS = {"rms": "fp32", "qwen_rms": "input"}
@@ -283,7 +285,8 @@ def _embed_scale(m: _Reader, d_model: int) -> bool:
 
 
 def _windows_and_rope(layers: List[_Layer], source: str) -> Dict[str, Any]:
-    """sliding_window / layer_types / rope_theta / rope_local_theta / rope_scaling from the per-layer values."""
+    """sliding_window / global_every / layer_types (in canonical_layers' form, as from_hf writes them) and
+    rope_theta / rope_scaling / rope_local_theta from the per-layer values."""
     windows = {lay.window for lay in layers if lay.window is not None}
     if len(windows) > 1:
         raise CheckpointError(f"{source}: sliding windows {sorted(windows)} differ between layers (qknorm has one "
@@ -294,15 +297,16 @@ def _windows_and_rope(layers: List[_Layer], source: str) -> Dict[str, Any]:
         if len(ropes) > 1:
             raise CheckpointError(f"{source}: RoPE (theta, scaling) differs between {kind} layers "
                                   f"({sorted(ropes)}); qknorm has one per layer type")
-    if local and next(iter(local))[1] != 1.0:
-        raise CheckpointError(f"{source}: RoPE scaling on sliding layers is not supported (qknorm scales the "
-                              "full-attention layers only)")
-    out: Dict[str, Any] = {}
-    theta, factor = next(iter(full)) if full else next(iter(local))
-    out.update(rope_theta=theta, rope_scaling=factor)
-    if windows:
-        out.update(sliding_window=windows.pop(), rope_local_theta=next(iter(local))[0],
-                   layer_types=tuple(FULL if lay.window is None else SLIDING for lay in layers))
+    (theta, factor), local_rope = next(iter(full or local)), next(iter(local), None)
+    out: Dict[str, Any] = dict(rope_theta=theta,
+                               rope_scaling=None if factor == 1.0 else {"rope_type": "linear", "factor": factor})
+    if local_rope is not None and local_rope != (theta, factor):  # else the sliding layers share the full RoPE
+        if local_rope[1] != 1.0:
+            raise CheckpointError(f"{source}: sliding layers with their own scaled RoPE (theta, factor) = "
+                                  f"{local_rope} are not supported (their RoPE is the full layers' or unscaled)")
+        out["rope_local_theta"] = local_rope[0]
+    types = tuple(FULL if lay.window is None else SLIDING for lay in layers)
+    out.update(canonical_layers(types, next(iter(windows), None)))
     return out
 
 
