@@ -17,6 +17,25 @@ if ! "$PY" -c "import qknorm, torch, transformers, triton, matplotlib, pytest, x
   "$PY" -m pip install -q "torch==2.13.0"
   "$PY" -m pip install -q -e ".[test]"
 fi
+# OLMo-core 3.0, the reference tests/interop/test_olmo_core*.py compare against (the "peers" extra), for `test`
+# and `setup`. Not its full dependency set (pandas, httpx, cloud-SDK helpers its model code never imports): exactly
+# what importing its model, HF-export and checkpoint modules needs (cached-path imports the boto3 and
+# google-cloud-storage clients at import time), pinned, with --no-deps so torch and transformers stay as they are.
+PEERS=(ai2-olmo-core==3.0.0 cached-path==1.8.10 dataclass-extensions==0.5.0 bettermap==1.3.1 dill==0.4.1
+       requests==2.34.2 urllib3==2.8.0 certifi==2026.10.19.post1 charset-normalizer==3.5.3
+       boto3==1.44.8 botocore==1.44.8 s3transfer==0.19.3 jmespath==1.1.0
+       google-cloud-storage==3.17.1 google-cloud-core==2.8.0 google-api-core==2.44.0 google-auth==2.63.0
+       googleapis-common-protos==1.76.0 protobuf==7.36.2 cryptography==50.0.2 cffi==2.1.1)
+peers_installed() {  # every pin present (package metadata only: ~0.1 s, no import)
+  "$PY" - "${PEERS[@]}" <<'PYEOF' 2>/dev/null
+import sys
+from importlib.metadata import version
+sys.exit(any(version(name) != pin for name, _, pin in (s.partition("==") for s in sys.argv[1:])))
+PYEOF
+}
+if [ "${1:-test}" != study ] && ! peers_installed; then
+  "$PY" -m pip install -q --no-deps "${PEERS[@]}"
+fi
 cmd=${1:-test}
 shift || true
 case "$cmd" in

@@ -18,7 +18,7 @@ from .version import __version__
 
 __all__ = [
     "PRESETS", "SIZES", "get_config", "ModelConfig", "Placement", "QKNormScope", "TransformerLM",
-    "ConfigError", "CheckpointError", "DataError", "QKNormError", "from_hf", "to_hf", "patch_hf",
+    "ConfigError", "CheckpointError", "DataError", "QKNormError", "from_hf", "to_hf", "from_olmo_core", "patch_hf",
     "load_model", "save_model", "load_tokenizer",
 ]
 
@@ -28,6 +28,10 @@ def __getattr__(name):  # lazy: interop pulls in safetensors/transformers only w
         from .interop import hf
 
         return getattr(hf, name)
+    if name == "from_olmo_core":
+        from .interop.olmo_core import from_olmo_core
+
+        return from_olmo_core
     if name == "patch_hf":
         from .interop.patch import patch_hf
 

@@ -95,7 +95,7 @@ def test_cli_flags_are_frozen():
 
     p = convert.add_parser(argparse.ArgumentParser().add_subparsers())
     flags = sorted(s for a in p._actions for s in a.option_strings)
-    assert flags == sorted(["-h", "--help", "--from-hf", "--to-hf", "--out", "--dtype", "--check", "--tol",
-                            "--seq-len", "--overwrite", "--allow-folded"])
+    assert flags == sorted(["-h", "--help", "--from-hf", "--to-hf", "--from-olmo-core", "--out", "--dtype", "--check",
+                            "--tol", "--seq-len", "--max-seq-len", "--overwrite", "--allow-folded"])
     with pytest.raises(SystemExit):
         p.parse_args(["--from-hf", "a", "--to-hf", "b", "--out", "c"])

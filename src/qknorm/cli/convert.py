@@ -1,8 +1,14 @@
-"""`qknorm convert`: Hugging Face checkpoints <-> our model directories, exactly.
+"""`qknorm convert`: Hugging Face checkpoints <-> our model directories, and OLMo-core checkpoints in, exactly.
 
     qknorm convert --from-hf path/to/Qwen3-0.6B --out runs/qwen3       # HF dir -> ours (config.json + safetensors)
     qknorm convert --to-hf runs/olmo2-debug --out export/olmo2          # ours -> a dir transformers loads
     qknorm convert --from-hf DIR --out DIR --check --dtype bf16
+    qknorm convert --from-olmo-core runs/olmo2/step10000 --out ours/    # OLMo-core trainer step dir -> ours
+
+--from-olmo-core reads the step directory's model_and_optim/ (torch.distributed.checkpoint, any number of
+ranks) and config.json (interop/olmo_core.py); OLMo-core is not imported. --max-seq-len sets the converted
+model's max_seq_len (--from-hf: instead of config.json's max_position_embeddings, which OLMo-core's HF export
+writes as -1, "unknown"; the defaults are in interop/hf_config.py and interop/olmo_core.py).
 
 Reading an HF directory needs only safetensors. `--check` (needs transformers) runs both models in float32 on
 the same random tokens *before* anything is written, prints the per-block divergence report, and writes nothing
@@ -29,12 +35,15 @@ FIELD_FLAGS = {"overwrite=True": "--overwrite", "allow_folded=True": "--allow-fo
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "convert", help="convert Hugging Face checkpoints to our format and back",
-        description="Convert an HF OLMo 2 / Gemma 3 / Qwen3 / Llama checkpoint directory to a qknorm model "
-                    "directory (--from-hf), or a qknorm model directory to one transformers loads (--to-hf).")
+        description="Convert an HF OLMo 2 / Gemma 3 / Qwen3 / Llama checkpoint directory (--from-hf) or an OLMo-core "
+                    "trainer checkpoint (--from-olmo-core) to a qknorm model directory, or a qknorm model "
+                    "directory to one transformers loads (--to-hf).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-hf", metavar="DIR", help="HF checkpoint directory (config.json + *.safetensors)")
     src.add_argument("--to-hf", metavar="DIR", help="qknorm model directory (config.json + model.safetensors), a "
                      "training checkpoint (RUN/checkpoints/step_N) or a run directory")
+    src.add_argument("--from-olmo-core", metavar="DIR", help="OLMo-core checkpoint step directory "
+                     "(model_and_optim/ + config.json with the model config under 'model')")
     p.add_argument("--out", metavar="DIR", required=True, help="output directory (must be empty or new)")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="dtype of the written weights (default: as stored)")
@@ -43,6 +52,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tol", type=positive_float, default=1e-5, metavar="REL",
                    help="relative error a stage may have under --check (default 1e-5)")
     p.add_argument("--seq-len", type=positive_int, default=64, metavar="T", help="tokens used by --check (64)")
+    p.add_argument("--max-seq-len", type=positive_int, metavar="N",
+                   help="max_seq_len of the converted model (--from-hf / --from-olmo-core; default: the "
+                        "checkpoint's, or the family default when it is unknown)")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an existing non-empty --out")
     p.add_argument("--allow-folded", action="store_true",
                    help="accept Gemma norm weights that look already folded to 1 + w (see interop/hf_keys.py)")
@@ -89,13 +101,23 @@ def run(args: argparse.Namespace) -> int:
     from ..model_io import TOKENIZER_NAME, find_tokenizer, load_model, model_source, save_model
     from ..interop.hf import from_hf, resolve_dtype, to_hf
     from ..interop.hf_config import infer_family
+    from ..interop.olmo_core import from_olmo_core
 
-    src = Path(args.from_hf or args.to_hf)
+    src = Path(args.from_hf or args.to_hf or args.from_olmo_core)
     out = Path(args.out)
+    if args.to_hf and args.max_seq_len:
+        raise ConfigError("--max-seq-len applies to --from-hf and --from-olmo-core (the model's own config is "
+                          "written with --to-hf)")
+    if args.from_olmo_core and args.check:
+        raise ConfigError("--check compares against transformers; with --from-olmo-core convert without it")
     _check_out(out, src, args.overwrite)
     dtype = resolve_dtype(args.dtype)
-    if args.from_hf:
-        model = from_hf(src, allow_folded=args.allow_folded)
+    if args.from_olmo_core:
+        model = from_olmo_core(src, max_seq_len=args.max_seq_len)
+        model = model.to(dtype) if dtype else model
+        kind = "qknorm, from OLMo-core"
+    elif args.from_hf:
+        model = from_hf(src, allow_folded=args.allow_folded, max_seq_len=args.max_seq_len)
         if args.check and not _check(model, src, args):
             print(f"qknorm convert: {src} does not match transformers within rel {args.tol:g}; nothing written")
             return 1
@@ -118,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         kind = f"transformers {infer_family(model.config).model_type}"
     tokenizer = find_tokenizer(src)
     try:
-        if args.from_hf:
+        if args.from_hf or args.from_olmo_core:
             save_model(model, out)
         else:
             to_hf(model, out, overwrite=args.overwrite)

@@ -4,6 +4,7 @@
     qknorm inspect runs/llama-debug/checkpoints/step_0000100   # any training checkpoint: follow logit growth
     qknorm inspect path/to/Qwen3-0.6B --text "def f(x):"   # an HF directory (tokenizer.json used if present)
     qknorm inspect runs/x --ids 1,2,3 --json
+    qknorm inspect runs/olmo2/step10000 --ids 1,2,3         # an OLMo-core trainer checkpoint (interop/olmo_core.py)
 
 Runs one eager pass over some text and prints per layer the exact max attention logit, the Cauchy-Schwarz
 bound scale*max|q|*max|k|, and the RMS of q and k after QK-norm and RoPE, then a verdict line
@@ -30,7 +31,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "inspect", help="per-layer max attention logits and q/k norms of a checkpoint",
         description="Per-layer max attention logit, logit bound and q/k RMS of a checkpoint (ours or a Hugging "
                     "Face directory) on some text, and a verdict on attention-logit growth.")
-    p.add_argument("path", metavar="PATH", help="model directory (qknorm train output or an HF checkpoint dir)")
+    p.add_argument("path", metavar="PATH", help="model directory (qknorm train output, an HF checkpoint dir or an "
+                   "OLMo-core checkpoint step dir)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", help="text to run (default: the start of the stdlib's os.py)")
     src.add_argument("--text-file", metavar="F", help="read the text from this file")
@@ -44,7 +46,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def load_any(path: Path):
     """(TransformerLM in float32 eval mode, the directory it was read from): our model directory, a training
-    checkpoint (any step), a run directory (its final model, else its newest checkpoint), or an HF directory."""
+    checkpoint (any step), a run directory (its final model, else its newest checkpoint), an HF directory, or an
+    OLMo-core checkpoint step directory."""
+    from ..interop.olmo_core import from_olmo_core, is_olmo_core_checkpoint
     from ..model_io import CONFIG_NAME, load_model, model_source
 
     if path.is_file() and path.name == CONFIG_NAME:
@@ -52,6 +56,8 @@ def load_any(path: Path):
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a model directory (expected {CONFIG_NAME} and *.safetensors, or a "
                               "training checkpoint)")
+    if is_olmo_core_checkpoint(path):  # before config.json: a step directory's config.json is OLMo-core's run config
+        return from_olmo_core(path).float().eval(), path
     raw = read_json(path / CONFIG_NAME) if (path / CONFIG_NAME).is_file() else None
     if raw is not None and not (isinstance(raw, dict) and "qknorm_config" in raw):
         from ..interop.hf import from_hf

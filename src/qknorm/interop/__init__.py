@@ -4,6 +4,8 @@
   hf.py          from_hf / to_hf (directories are read without importing transformers)
   hf_config.py   config.json <-> ModelConfig per family
   hf_keys.py     one flat key map per family; the Gemma folded-offset check
+  olmo_core.py   from_olmo_core: OLMo-core trainer checkpoints (DCP + config.json), read with torch alone
+  olmo_core_config.py  OLMo-core TransformerConfig JSON -> ModelConfig
   divergence.py  compare_with_hf -> DivergenceReport (which block first differs, by how much)
   patch.py       patch_hf / unpatch_hf
 
@@ -11,7 +13,7 @@ Importing this package imports neither transformers nor the submodules; use the 
 """
 from __future__ import annotations
 
-__all__ = ["from_hf", "to_hf", "compare_with_hf", "DivergenceReport", "patch_hf", "unpatch_hf"]
+__all__ = ["from_hf", "to_hf", "from_olmo_core", "compare_with_hf", "DivergenceReport", "patch_hf", "unpatch_hf"]
 
 
 def __getattr__(name):
@@ -19,6 +21,10 @@ def __getattr__(name):
         from . import hf
 
         return getattr(hf, name)
+    if name == "from_olmo_core":
+        from . import olmo_core
+
+        return olmo_core.from_olmo_core
     if name in ("compare_with_hf", "DivergenceReport"):
         from . import divergence
 

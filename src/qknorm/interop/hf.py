@@ -101,13 +101,16 @@ def _from_object(model: Any) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor], s
 
 
 def from_hf(model_or_dir: Any, *, dtype: Union[None, str, torch.dtype] = None,
-            allow_folded: bool = False) -> TransformerLM:
+            allow_folded: bool = False, max_seq_len: Optional[int] = None) -> TransformerLM:
     """A TransformerLM computing the same function as an HF Llama/Mistral/Qwen2/Qwen3/Olmo2/Gemma3 causal LM.
 
     model_or_dir: an HF model object (`*ForCausalLM`, or `Gemma3ForConditionalGeneration`, whose text part is
     taken), or a directory with config.json and *.safetensors (read without importing transformers).
     dtype: None keeps the checkpoint's dtype (that of the embedding); else fp32/bf16/fp16 or a torch dtype.
     allow_folded: skip the check that Gemma norm weights were not already folded to 1 + w (hf_keys.py).
+    max_seq_len: the model's max_seq_len instead of config.json's max_position_embeddings; when that is missing
+    or unknown (-1, null: OLMo-core's export writes -1) the family's transformers default is used
+    (hf_config._max_seq_len), with a warning when the field was stated.
     Raises CheckpointError naming the file/key and what is wrong (unsupported model_type or RoPE type, a
     missing or extra key, a shape that does not match the config).
     """
@@ -118,7 +121,7 @@ def from_hf(model_or_dir: Any, *, dtype: Union[None, str, torch.dtype] = None,
         cfg, state, source = _from_object(model_or_dir)
     else:
         raise TypeError(f"from_hf expects an HF model or a directory path, got {type(model_or_dir).__name__}")
-    config, fam = config_from_hf(cfg, source=source)
+    config, fam = config_from_hf(cfg, source=source, max_seq_len=max_seq_len)
     return build_from_hf_state(config, fam.model_type, state, dtype=resolve_dtype(dtype), source=source,
                                allow_folded=allow_folded)
 

@@ -122,8 +122,12 @@ def text_config(cfg: Dict[str, Any], *, source: str) -> Tuple[Dict[str, Any], Fa
     return cfg, FAMILIES[model_type]
 
 
-def config_from_hf(cfg: Dict[str, Any], *, source: str = "config.json") -> Tuple[ModelConfig, Family]:
-    """Translate an HF config dict (config.json, or `model.config.to_dict()`) into our `ModelConfig`."""
+def config_from_hf(cfg: Dict[str, Any], *, source: str = "config.json",
+                   max_seq_len: Optional[int] = None) -> Tuple[ModelConfig, Family]:
+    """Translate an HF config dict (config.json, or `model.config.to_dict()`) into our `ModelConfig`.
+
+    max_seq_len: overrides max_position_embeddings (see `_max_seq_len` for what an unknown one becomes).
+    """
     multimodal = isinstance(cfg, dict) and cfg.get("model_type") == "gemma3"
     cfg, fam = text_config(cfg, source=source)
     d = fam.defaults
@@ -150,7 +154,8 @@ def config_from_hf(cfg: Dict[str, Any], *, source: str = "config.json") -> Tuple
     out: Dict[str, Any] = dict(
         vocab_size=int(get("vocab_size")), d_model=int(get("hidden_size")), n_layers=n_layers, n_heads=n_heads,
         n_kv_heads=int(get("num_key_value_heads") or n_heads), head_dim=int(head_dim),
-        d_ff=int(get("intermediate_size")), max_seq_len=int(get("max_position_embeddings")),
+        d_ff=int(get("intermediate_size")),
+        max_seq_len=_max_seq_len(cfg, fam, source) if max_seq_len is None else max_seq_len,
         qk_norm=fam.qk_norm, placement=fam.placement, norm_type="rmsnorm", norm_eps=float(get("rms_norm_eps")),
         norm_offset=fam.norm_offset, norm_cast=fam.norm_cast, **_bias(fam, get), activation=_ACTIVATIONS[act],
         embed_scale=fam.embed_scale,
@@ -178,6 +183,21 @@ def _bias(fam: Family, get) -> Dict[str, bool]:
         return dict(attention_bias=True, o_proj_bias=False)
     flag = fam.bias == "flag" and bool(get("attention_bias"))
     return dict(attention_bias=flag, o_proj_bias=flag)
+
+
+def _max_seq_len(cfg: Dict[str, Any], fam: Family, source: str) -> int:
+    """max_position_embeddings; missing, null or not a positive integer (OLMo-core writes -1, "unknown": its
+    RoPE has no length limit) -> the family's transformers default (e.g. olmo2 and llama 2048, qwen3 32768,
+    gemma3 131072), the value transformers itself assumes when the field is absent. Only a stated field that is
+    unknown warns; raise the value with `from_hf(..., max_seq_len=N)` / `convert --max-seq-len N`."""
+    value, default = cfg.get("max_position_embeddings"), int(fam.defaults["max_position_embeddings"])
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and float(value).is_integer():
+        return int(value)
+    if "max_position_embeddings" in cfg:
+        warnings.warn(f"{source}: max_position_embeddings={value!r} (unknown): max_seq_len set to {default}, the "
+                      f"{fam.model_type} default; pass max_seq_len=N (convert --max-seq-len N) for longer sequences",
+                      UserWarning, stacklevel=4)
+    return default
 
 
 def _layers(cfg: Dict[str, Any], fam: Family, n_layers: int, source: str) -> Dict[str, Any]:
