@@ -60,10 +60,13 @@ def test_hf_directory_gives_the_same_numbers(trained, tmp_path, capsys):
     assert hf["max_attn_logit"] == pytest.approx(ours["max_attn_logit"], rel=1e-5)
 
 
-def test_large_vocab_needs_a_tokenizer_or_ids(tmp_path, capsys):
+def test_large_vocab_without_tokenizer_uses_random_ids_and_says_so_but_text_needs_one(tmp_path, capsys):
     out = tmp_path / "big"
     qknorm.save_model(qknorm.TransformerLM(qknorm.get_config("llama", "debug", vocab_size=1000)), out)
-    assert main(["inspect", str(out)]) == 2
+    assert main(["inspect", str(out)]) == 0  # e.g. a converted OLMo-core checkpoint: no tokenizer stored
+    printed = capsys.readouterr().out
+    assert "text: 256 random token ids (seed 0): no tokenizer.json with the model" in printed and "verdict" in printed
+    assert main(["inspect", str(out), "--text", "hello"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("qknorm inspect: error: the model's vocabulary has 1000 tokens: give --tokenizer")
     assert main(["inspect", str(out), "--ids", "999,3"]) == 0

@@ -10,7 +10,7 @@ Runs one eager pass over some text and prints per layer the exact max attention 
 bound scale*max|q|*max|k|, and the RMS of q and k after QK-norm and RoPE, then a verdict line
 (diagnostics.logit_verdict). Text: --text, --text-file, or --ids; default the start of the Python standard
 library's os.py. Tokens are bytes when the model's vocabulary is 256, else a tokenizer.json is needed
-(--tokenizer, or PATH/tokenizer.json).
+(--tokenizer, or PATH/tokenizer.json); without one, and with no --text/--ids, 256 seeded random ids.
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+import torch
 
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import read_json
@@ -82,6 +84,13 @@ def token_ids(args, model, path: Path) -> tuple:
         if bad:
             raise ConfigError(f"--ids: token id {bad[0]} is outside the model's vocabulary [0, {vocab})")
         return ids[:T], f"{min(len(ids), T)} ids from --ids"
+    has_tokenizer = bool(args.tokenizer) or (path / "tokenizer.json").is_file()
+    if args.text is None and args.text_file is None and vocab != 256 and not has_tokenizer:
+        # no text was asked for and none can be encoded: the weights' logit scale on random tokens still shows
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, vocab, (T,), generator=g).tolist()
+        return ids, (f"{T} random token ids (seed 0): no tokenizer.json with the model; give --tokenizer or --ids "
+                     "for real text")
     if args.text is not None:
         text, where = args.text, "--text"
     elif args.text_file is not None:
