@@ -85,6 +85,6 @@ def test_spread_over_seeds_in_summary_table_and_report():
     assert at["n"] == 3
     assert (at["mean"], at["lo"], at["hi"]) == (pytest.approx(6.4 / 3), pytest.approx(2.0), pytest.approx(2.3))
     table = study.format_table(summary)
-    assert "mean [min-max] over seeds" in table
+    assert "mean [min-max] over 3 seeds" in table
     assert "2.133 [2.000-2.300] (0.01)" in table and "0.278 [0.167-0.367]" in table
     assert "[0.167–0.367]" in render_html(summary, {})

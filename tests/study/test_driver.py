@@ -132,3 +132,13 @@ def test_plots_have_no_empty_panel_when_runs_were_cut(tmp_path, monkeypatch):
         for ax in fig.axes:
             legend = ax.get_legend()
             assert legend is None or [t.get_text() for t in legend.get_texts()], ax.get_title()
+
+
+def test_a_study_whose_every_run_was_cut_still_writes_its_report(tmp_path):
+    def all_cut(spec):
+        return RunRecord(variant=spec.variant, lr=spec.lr, seed=spec.seed, status="cut", error="skipped")
+
+    out = tmp_path / "s"
+    summary = study.run_study(_plan(), out, runner=all_cut, log=lambda _: None)
+    assert (out / "report.html").is_file() and summary.analysis.lr_sensitivity["baseline"].value is None
+    assert "cut by the time budget: 6 runs" in study.format_table(summary)

@@ -161,8 +161,10 @@ def lr_sensitivities(runs: Sequence[RunRecord], variants: Sequence[str], lrs: Se
 
 
 def logit_at(runs: Sequence[RunRecord], variant: str, lr: float, pick: Callable) -> Optional[float]:
-    """`pick` (min or max) over seeds of `variant`'s max attention logit at `lr` (+inf if non-finite)."""
-    vals = [r.logit for r in runs if r.variant == variant and r.lr == lr and r.logit is not None]
+    """`pick` (min or max) over seeds of `variant`'s max attention logit at `lr` (+inf if non-finite), from runs
+    that trained to their end (a cut or failed run's partial maximum is not the run's)."""
+    vals = [r.logit for r in runs if r.variant == variant and r.lr == lr and r.logit is not None
+            and r.status.measured]
     return pick(vals) if vals else None
 
 

@@ -105,6 +105,7 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
     runs/*.json, summary.json} and, with `report`, report.html and the PNG plots (without plots when matplotlib
     is missing). Returns the summary (also printed by the CLI). KeyboardInterrupt propagates after the worker
     processes are stopped; every run finished by then is on disk."""
+    t0 = time.time()
     out = Path(out_dir)
     check_out_dir(out, plan, force)
     data = load_tokens(plan.data, tokenizer=plan.tokenizer)  # bad data fails here, before any run
@@ -114,7 +115,6 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
     del data
     _prepare_out(out, force)
     write_plan(out, plan)
-    t0 = time.time()
     runs = finished_runs(out, specs)
     done = {r.name for r in runs}
     todo = [s for s in specs if s.name not in done]

@@ -60,21 +60,46 @@ def _errorbar(ax, xs, mean, lo, hi, many: bool, **kw) -> None:
         ax.plot(xs, mean, "o-", **kw)
 
 
+def _finish(ax, missing: List[str], *, logy: bool) -> bool:
+    """Log axes, legend and a note on variants with nothing to show; a gray note instead on an empty panel.
+    Returns whether anything was plotted."""
+    if not ax.get_legend_handles_labels()[0]:
+        _nothing(ax, "no finished run")
+        return False
+    ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    if missing:
+        ax.annotate("no finished run: " + ", ".join(missing), (0.99, 0.01), xycoords="axes fraction",
+                    ha="right", va="bottom", fontsize=8, color="gray")
+    return True
+
+
 def _plot_loss_vs_lr(ax, summary: StudySummary) -> None:
-    l0 = _l0(summary)
     many = len(summary.seeds) > 1
-    marked = False
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel(f"final validation loss ({UNIT})")
+    seeds = f" (mean of {len(summary.seeds)} seeds, bars: min to max)" if many else ""
+    ax.set_title(f"Final loss vs peak learning rate{seeds}\n(lower and flatter is better)", fontsize=11)
+    l0 = _l0(summary)
+    marked, missing = False, []
     for v in summary.variants:
         vr = summary.runs_of(v)
         ok = [p for p in loss_curve([r for r in vr if not r.diverged], summary.lrs, l0 or math.inf) if p.n]
-        label = v if ok else f"{v} (no finished run)"
-        _errorbar(ax, [p.lr for p in ok], [p.mean for p in ok], [p.lo for p in ok], [p.hi for p in ok], many,
-                  color=_color(v), label=label, lw=1.8, ms=5)
+        if ok:
+            _errorbar(ax, [p.lr for p in ok], [p.mean for p in ok], [p.lo for p in ok], [p.hi for p in ok], many,
+                      color=_color(v), label=v, lw=1.8, ms=5)
         bad = [r.lr for r in vr if r.diverged]
         if bad and l0 is not None:
             ax.plot(bad, [l0] * len(bad), "x", color=_color(v), ms=10, mew=2.5,
                     label="diverged (plotted at l0)" if not marked else None)
             marked = True
+        if not ok and not bad:
+            missing.append(v)
+    if not _finish(ax, missing, logy=False):
+        return
     if l0 is not None:
         ax.axhline(l0, color="gray", ls="--", lw=1)
         ax.annotate(f"l0 = loss at init ({l0:.2f})", (0.01, l0), xycoords=("axes fraction", "data"),
@@ -82,43 +107,36 @@ def _plot_loss_vs_lr(ax, summary: StudySummary) -> None:
         finite = [r.sens_loss for r in summary.runs if r.sens_loss is not None]
         if finite:
             ax.set_ylim(min(finite) - 0.1, l0 + 0.25)
-    ax.set_xscale("log")
-    ax.set_xlabel("peak learning rate")
-    ax.set_ylabel(f"final validation loss ({UNIT})")
-    seeds = f" (mean of {len(summary.seeds)} seeds, bars: min to max)" if many else ""
-    ax.set_title(f"Final loss vs peak learning rate{seeds}\n(lower and flatter is better)", fontsize=11)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
 
 
 def _plot_logit_vs_lr(ax, summary: StudySummary) -> None:
     top = 1.0
     many = len(summary.seeds) > 1
-    for v in summary.variants:
-        by_lr: Dict[float, List[float]] = {}
-        for r in summary.runs_of(v):
-            if r.logit is not None:
-                by_lr.setdefault(r.lr, []).append(r.logit)
-        fin = [(lr, spread(xs)) for lr, xs in sorted(by_lr.items()) if all(math.isfinite(x) for x in xs)]
-        top = max([top] + [st[2] for _, st in fin])
-        label = v if fin else f"{v} (no finite logit)"
-        _errorbar(ax, [lr for lr, _ in fin], [st[0] for _, st in fin], [st[1] for _, st in fin],
-                  [st[2] for _, st in fin], many, color=_color(v), label=label, lw=1.8, ms=5)
-        inf = [lr for lr, xs in by_lr.items() if not all(math.isfinite(x) for x in xs)]
-        if inf:
-            ax.plot(inf, [top * 3] * len(inf), "^", color=_color(v), ms=9, label=f"{v}: non-finite logit")
-    ax.axhline(_WORTSMAN_LOGIT, color="gray", ls=":", lw=1)
-    ax.annotate("1e4: every run above this diverged in Wortsman et al. 2023", (0.01, _WORTSMAN_LOGIT),
-                xycoords=("axes fraction", "data"), va="bottom", fontsize=8, color="gray")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel("max attention logit over the run (q·k·scale, unitless)")
     seeds = f" (mean of {len(summary.seeds)} seeds, bars: min to max)" if many else ""
     ax.set_title(f"Attention-logit growth vs peak learning rate{seeds}\n(sampled: a lower bound of each run's "
                  "maximum)", fontsize=11)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    missing = []
+    for v in summary.variants:
+        by_lr: Dict[float, List[float]] = {}
+        for r in summary.runs_of(v):
+            if r.logit is not None and r.status.measured:
+                by_lr.setdefault(r.lr, []).append(r.logit)
+        fin = [(lr, spread(xs)) for lr, xs in sorted(by_lr.items()) if all(math.isfinite(x) for x in xs)]
+        top = max([top] + [st[2] for _, st in fin])
+        if fin:
+            _errorbar(ax, [lr for lr, _ in fin], [st[0] for _, st in fin], [st[1] for _, st in fin],
+                      [st[2] for _, st in fin], many, color=_color(v), label=v, lw=1.8, ms=5)
+        inf = [lr for lr, xs in by_lr.items() if not all(math.isfinite(x) for x in xs)]
+        if inf:
+            ax.plot(inf, [top * 3] * len(inf), "^", color=_color(v), ms=9, label=f"{v}: non-finite logit")
+        if not fin and not inf:
+            missing.append(v)
+    if _finish(ax, missing, logy=True):
+        ax.axhline(_WORTSMAN_LOGIT, color="gray", ls=":", lw=1)
+        ax.annotate("1e4: every run above this diverged in Wortsman et al. 2023", (0.01, _WORTSMAN_LOGIT),
+                    xycoords=("axes fraction", "data"), va="bottom", fontsize=8, color="gray")
 
 
 def _highest_stable(runs: List[RunRecord]) -> Optional[RunRecord]:
@@ -143,12 +161,12 @@ def _plot_logit_over_steps(ax, summary: StudySummary, hist: Histories) -> None:
             ys = [y for y in h.max_attn_logit if y is not None]
             ax.plot(xs, ys, color=_color(v), ls="-" if i == 0 else "--", lw=1.8, label=f"{v}, LR {lr:g}")
             shown = True
-    ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("max attention logit (unitless)")
     ax.set_title("Max attention logit during training, at the highest stable LRs")
     ax.grid(True, which="both", alpha=0.3)
     if shown:
+        ax.set_yscale("log")
         ax.legend(fontsize=8)
     else:
         _nothing(ax, "no finished run recorded its max attention logit")

@@ -88,9 +88,8 @@ def format_notes(summary: StudySummary) -> List[str]:
 def format_table(summary: StudySummary) -> str:
     top = max(summary.lrs)
     many = len(summary.seeds) > 1
-    spread = " (mean [min-max] over seeds)" if many else ""
-    rows = [("variant", f"best val loss{spread} (at LR)", "optimum", f"LR sensitivity{spread}",
-             f"max logit @ LR {top:g}", "diverged", "failed", "cut")]
+    rows = [("variant", "best val loss (at LR)", "optimum", "LR sensitivity", f"max logit @ LR {top:g}", "diverged",
+             "failed", "cut")]
     for v in summary.variants:
         vr = summary.runs_of(v)
         sens = summary.analysis.lr_sensitivity.get(v)
@@ -101,6 +100,9 @@ def format_table(summary: StudySummary) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if many:
+        lines.insert(0, f"loss and LR sensitivity: mean [min-max] over {len(summary.seeds)} seeds; max logit: the "
+                        "largest over seeds")
     lines.extend(format_notes(summary))
     lines.append("")
     lines.extend(format_checks(summary.analysis.checks))
