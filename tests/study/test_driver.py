@@ -142,3 +142,17 @@ def test_a_study_whose_every_run_was_cut_still_writes_its_report(tmp_path):
     summary = study.run_study(_plan(), out, runner=all_cut, log=lambda _: None)
     assert (out / "report.html").is_file() and summary.analysis.lr_sensitivity["baseline"].value is None
     assert "cut by the time budget: 6 runs" in study.format_table(summary)
+
+
+def test_a_plot_that_cannot_be_drawn_leaves_a_report_that_says_so(tmp_path, monkeypatch):
+    from qknorm.study import report
+
+    def broken(out, summary):
+        raise ValueError("Data cannot be log-scaled")
+
+    monkeypatch.setattr(report, "write_plots", broken)
+    lines, out = [], tmp_path / "s"
+    summary = study.run_study(_plan(lrs=(1e-3,)), out, runner=ok_runner, log=lines.append)
+    assert "the plots could not be drawn (ValueError: Data cannot be log-scaled)" in (out / "report.html").read_text()
+    assert summary.config["plots"] is False and json.loads((out / "summary.json").read_text())["config"]["plots"] is False
+    assert lines[-1].startswith("note: report.html has no plots")

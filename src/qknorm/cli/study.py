@@ -45,12 +45,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="seeds per (variant, LR) (default: the profile's, 1); with more than one the table, summary "
                    "and plots give the mean and the min-max over seeds")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="parallel worker processes, one torch thread each (default: the profile's)")
-    p.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:N (default: the profile's)")
+                   help="parallel worker processes, one torch thread each; 1 = in this process (default: the "
+                   "profile's)")
+    p.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:N, mps (default: the profile's)")
     p.add_argument("--variants", default=None, metavar="A,B", help="comma-separated subset of: "
                    + ", ".join(study.VARIANTS))
     p.add_argument("--lrs", default=None, metavar="X,Y", help="comma-separated peak learning rates, e.g. 1e-3,3e-2")
-    p.add_argument("--steps", type=int, default=None, metavar="N", help="optimizer steps per run")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="optimizer steps per run (default: the profile's)")
     p.add_argument("--max-minutes", type=float, default=None, metavar="M",
                    help="time budget: runs not finished by then stop and are recorded as cut, left out of LR "
                    "sensitivity; the same command again trains them")

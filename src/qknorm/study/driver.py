@@ -80,6 +80,10 @@ def _config(plan: StudyPlan, vocab: int, source: str, fingerprint: str, wall_s: 
         "lr_sensitivity_loss": "validation loss at the end of training; diverged runs count as l0; failed and cut "
                                "runs are left out (the variant's sensitivity is then undefined)",
         "stats_seqs": STATS_SEQS,
+        "max_attn_logit_sampling": (
+            f"largest attention logit (fp32) over stats passes every {plan.train.stats_every} steps and at the last "
+            f"step, each on {min(STATS_SEQS, plan.train.batch_size)} of the batch's {plan.train.batch_size} "
+            "sequences: a lower bound of the run's true maximum"),
         "data": {"source": source, "path": plan.data, "tokenizer": plan.tokenizer, "fingerprint": fingerprint},
         "workers": plan.workers, "fingerprint": plan_fingerprint(plan), "qknorm": __version__,
         "environment": _environment(plan.train.device),
@@ -150,5 +154,9 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
                            config=_config(plan, vocab, source, fingerprint, time.time() - t0, len(done), plots))
     write_atomic(out / SUMMARY_FILE, json.dumps(summary.to_json(), indent=1))
     if report:
-        write_report(out, summary)
+        _, note = write_report(out, summary)
+        if note and plots:  # matplotlib imported, yet drawing failed: say so, in the log and in summary.json
+            log(f"note: report.html has no plots: {note}")
+            summary = dataclasses.replace(summary, config={**summary.config, "plots": False, "plots_note": note})
+            write_atomic(out / SUMMARY_FILE, json.dumps(summary.to_json(), indent=1))
     return summary

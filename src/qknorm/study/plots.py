@@ -60,13 +60,15 @@ def _errorbar(ax, xs, mean, lo, hi, many: bool, **kw) -> None:
         ax.plot(xs, mean, "o-", **kw)
 
 
-def _finish(ax, missing: List[str], *, logy: bool) -> bool:
-    """Log axes, legend and a note on variants with nothing to show; a gray note instead on an empty panel.
-    Returns whether anything was plotted."""
+def _finish(ax, lrs: List[float], missing: List[str], *, logy: bool) -> bool:
+    """Log axes with the grid's LRs as ticks, legend and a note on variants with nothing to show; a gray note
+    instead on an empty panel. Returns whether anything was plotted."""
     if not ax.get_legend_handles_labels()[0]:
         _nothing(ax, "no finished run")
         return False
     ax.set_xscale("log")
+    ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs])  # the grid, labelled as the user typed it
+    ax.set_xticks([], minor=True)
     if logy:
         ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
@@ -98,15 +100,28 @@ def _plot_loss_vs_lr(ax, summary: StudySummary) -> None:
             marked = True
         if not ok and not bad:
             missing.append(v)
-    if not _finish(ax, missing, logy=False):
+    starred = False
+    for v in summary.variants:  # each variant's best grid LR
+        opt = summary.analysis.lr_sensitivity[v].optimum if v in summary.analysis.lr_sensitivity else None
+        if opt is not None and opt.best_lr is not None:
+            ax.plot([opt.best_lr], [opt.best_loss], "*", color=_color(v), ms=15, mec="black", mew=0.8, zorder=5)
+            starred = True
+    if starred:
+        ax.plot([], [], "*", color="white", mec="black", ms=12, label="best LR of each variant")
+    if not _finish(ax, summary.lrs, missing, logy=False):
         return
-    if l0 is not None:
+    means = [r.sens_loss for r in summary.runs if r.sens_loss is not None]
+    if means:  # zoom on the measured losses; show l0 only when a diverged run is plotted there
+        lo, hi = min(means), max(means)
+        pad = 0.08 * (hi - lo) + 0.03
+        ax.set_ylim(lo - pad, (l0 + 0.25) if marked and l0 is not None else hi + pad)
+    if l0 is not None and marked:
         ax.axhline(l0, color="gray", ls="--", lw=1)
         ax.annotate(f"l0 = loss at init ({l0:.2f})", (0.01, l0), xycoords=("axes fraction", "data"),
                     va="bottom", fontsize=8, color="gray")
-        finite = [r.sens_loss for r in summary.runs if r.sens_loss is not None]
-        if finite:
-            ax.set_ylim(min(finite) - 0.1, l0 + 0.25)
+    elif l0 is not None:
+        ax.annotate(f"loss at init l0 = {l0:.2f} (above the plot)", (0.01, 0.98), xycoords="axes fraction",
+                    va="top", fontsize=8, color="gray")
 
 
 def _plot_logit_vs_lr(ax, summary: StudySummary) -> None:
@@ -133,7 +148,7 @@ def _plot_logit_vs_lr(ax, summary: StudySummary) -> None:
             ax.plot(inf, [top * 3] * len(inf), "^", color=_color(v), ms=9, label=f"{v}: non-finite logit")
         if not fin and not inf:
             missing.append(v)
-    if _finish(ax, missing, logy=True):
+    if _finish(ax, summary.lrs, missing, logy=True):
         ax.axhline(_WORTSMAN_LOGIT, color="gray", ls=":", lw=1)
         ax.annotate("1e4: every run above this diverged in Wortsman et al. 2023", (0.01, _WORTSMAN_LOGIT),
                     xycoords=("axes fraction", "data"), va="bottom", fontsize=8, color="gray")

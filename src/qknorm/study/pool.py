@@ -43,7 +43,8 @@ def _one_thread() -> int:
 
 def _worker_main(conn, runner: Callable[[RunSpec], RunRecord], log_path: Optional[str]) -> None:
     """A worker process: receive specs, send back records, until it receives None or the parent goes away."""
-    os.setpgrp()  # out of the terminal's foreground group: Ctrl-C is the parent's to handle
+    if hasattr(os, "setpgrp"):  # POSIX: out of the terminal's foreground group; Ctrl-C is the parent's to handle
+        os.setpgrp()
     if log_path is not None:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         for target in (1, 2):

@@ -1,7 +1,7 @@
 """The study report: a self-contained report.html (plots embedded as base64) from a `StudySummary`.
 
-    write_report("study_out")            # reads study_out/summary.json and study_out/runs/*.json
-    write_report(out_dir, summary)       # or from the summary run_study just built
+    path, no_plots = write_report("study_out")   # reads study_out/summary.json and study_out/runs/*.json
+    write_report(out_dir, summary)               # or from the summary run_study just built
 
 It leads with a plain-language reading of the measured numbers (`what_this_shows`), then the checks, the LR
 sensitivity and optimum per variant (with a warning where the grid does not bracket it), the plots (plots.py;
@@ -14,7 +14,7 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .analysis import check_logit_pair
 from .layout import REPORT_FILE, SUMMARY_FILE, write_atomic
@@ -171,16 +171,20 @@ Spike scores: percent of steps whose loss (grad norm) is >= 7 std from the rolli
 """
 
 
-def write_report(out_dir, summary: Optional[StudySummary] = None) -> Path:
-    """Write the PNG plots (when matplotlib imports) and report.html into `out_dir`; returns the report's path."""
+def write_report(out_dir, summary: Optional[StudySummary] = None) -> Tuple[Path, str]:
+    """Write the PNG plots (when matplotlib imports) and report.html into `out_dir`; returns the report's path and
+    why it has no plots ("" when it has them). Plots that cannot be drawn leave a report without them that says
+    why: the study's numbers are its point, and the main job never dies at its end."""
     out = Path(out_dir)
     if summary is None:
         summary = StudySummary.from_json(json.loads((out / SUMMARY_FILE).read_text()))
-    if plots_available():
-        paths = write_plots(out, summary)
-        page = render_html(summary, {p.name: p.read_bytes() for p in paths})
-    else:
-        page = render_html(summary, {}, plots_note=MISSING_PLOTS)
+    images: Dict[str, bytes] = {}
+    note = "" if plots_available() else MISSING_PLOTS
+    if not note:
+        try:
+            images = {p.name: p.read_bytes() for p in write_plots(out, summary)}
+        except Exception as e:  # noqa: BLE001 - reported in the page and returned
+            note = f"the plots could not be drawn ({type(e).__name__}: {e})"
     report = out / REPORT_FILE
-    write_atomic(report, page)
-    return report
+    write_atomic(report, render_html(summary, images, plots_note=note))
+    return report, note
