@@ -237,13 +237,13 @@ def test_out_dir_that_cannot_be_created_is_one_line(capsys):
 
 def test_every_plot_has_a_title_labelled_axes_with_units_and_a_legend(monkeypatch):
     """The report is for a person: each figure of write_plots (drawn from a real study's summary and run
-    histories, bench/results/study_cpu_2026-11-26) has a title, x/y labels, units on the loss/logit axes,
+    histories, bench/results/study_cpu_2026-11-30/default) has a title, x/y labels, units on the loss/logit axes,
     and a legend naming the variants."""
     import pathlib
 
     from qknorm.study import plots
 
-    out = pathlib.Path(__file__).resolve().parents[2] / "bench" / "results" / "study_cpu_2026-11-26"
+    out = pathlib.Path(__file__).resolve().parents[2] / "bench" / "results" / "study_cpu_2026-11-30" / "default"
     summary = json.loads((out / "summary.json").read_text())
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))

@@ -13,6 +13,7 @@ finished runs and exits 130.
 from __future__ import annotations
 
 import argparse
+import time
 
 from .. import study
 from ..study.console import emit
@@ -73,10 +74,11 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.seeds, seed=args.seed, steps=args.steps, device=args.device, data=args.data,
         tokenizer=args.tokenizer, workers=args.workers)
     check_device_available(plan.train.device)
+    t0 = time.perf_counter()
     summary = study.run_study(plan, args.out, force=args.force, max_minutes=args.max_minutes)
     reused = summary.config.get("reused_runs") or 0
     emit(f"qknorm study ({summary.config['label']}): {study.plural(len(summary.runs), 'run')} "
-         + (f"({reused} reused) " if reused else "") + f"in {summary.config['wall_time_s']:.0f} s; wrote "
+         + (f"({reused} reused) " if reused else "") + f"in {time.perf_counter() - t0:.0f} s; wrote "
          f"{args.out}/summary.json, {args.out}/report.html" + ("" if summary.config.get("plots") else " (no plots)")
          + "\n" + study.format_table(summary))
     return 0

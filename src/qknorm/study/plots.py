@@ -72,7 +72,7 @@ def _finish(ax, lrs: List[float], missing: List[str], *, logy: bool) -> bool:
     if logy:
         ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")  # losses and logits grow to the right: the upper left stays free
     if missing:
         ax.annotate("no finished run: " + ", ".join(missing), (0.99, 0.01), xycoords="axes fraction",
                     ha="right", va="bottom", fontsize=8, color="gray")
@@ -120,8 +120,8 @@ def _plot_loss_vs_lr(ax, summary: StudySummary) -> None:
         ax.annotate(f"l0 = loss at init ({l0:.2f})", (0.01, l0), xycoords=("axes fraction", "data"),
                     va="bottom", fontsize=8, color="gray")
     elif l0 is not None:
-        ax.annotate(f"loss at init l0 = {l0:.2f} (above the plot)", (0.01, 0.98), xycoords="axes fraction",
-                    va="top", fontsize=8, color="gray")
+        ax.set_title(ax.get_title().replace("better)", f"better; loss at init l0 = {l0:.2f}, above the plot)"),
+                     fontsize=11)
 
 
 def _plot_logit_vs_lr(ax, summary: StudySummary) -> None:
