@@ -30,36 +30,23 @@ def _tagged(tag):
     return pids
 
 
-def test_a_closed_pipe_neither_hangs_nor_loses_the_study(tmp_path):
-    """`qknorm study ... 2>&1 | head -1`: the reader goes away after the first line; the study still finishes
-    (workers included) within its normal time and writes its files."""
+def test_closed_pipes_neither_hang_nor_lose_the_study(tmp_path):
+    """`qknorm study ... 2>&1 | head -1` with the table's stdout gone from the start and the progress log's reader
+    gone after the first line, while two workers train: the study still finishes within its normal time, with
+    exit status 0 (a traceback, or Python failing to flush at exit, would not be 0), and writes its files."""
     out = tmp_path / "s"
     p = subprocess.Popen([sys.executable, "-m", "qknorm", *TINY, "--lrs", "1e-3,1e-1", "--steps", "3",
                           "--workers", "2", "--out", str(out)],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env())
-    first = p.stdout.readline()
-    p.stdout.close()  # what `head -1` does
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    p.stdout.close()
+    first = p.stderr.readline()
+    p.stderr.close()  # what `head -1` does
     try:
         rc = p.wait(timeout=240)
     finally:
         p.kill()
-    assert first.startswith(b"qknorm study (smoke profile, custom variants, steps): 4 runs")
     assert rc == 0 and (out / "summary.json").is_file() and (out / "report.html").is_file()
-
-
-def test_stdout_to_a_closed_pipe_prints_no_traceback(tmp_path):
-    out, err = tmp_path / "s", tmp_path / "stderr.txt"
-    with open(err, "wb") as f:
-        p = subprocess.Popen([sys.executable, "-m", "qknorm", *TINY, "--lrs", "1e-3", "--steps", "2", "--workers",
-                              "1", "--out", str(out)], stdout=subprocess.PIPE, stderr=f, env=_env())
-        p.stdout.close()  # `| head -0`: the table has nowhere to go
-        try:
-            rc = p.wait(timeout=240)
-        finally:
-            p.kill()
-    text = err.read_text()
-    assert rc == 0 and "Traceback" not in text and "Exception ignored" not in text, text
-    assert (out / "summary.json").is_file()
+    assert first.startswith(b"qknorm study (smoke profile, custom variants, steps): 4 runs")
 
 
 def test_ctrl_c_prints_one_line_keeps_no_worker_and_exits_130(tmp_path):

@@ -72,7 +72,7 @@ def _finish(ax, lrs: List[float], missing: List[str], *, logy: bool) -> bool:
     if logy:
         ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")  # losses and logits grow to the right: the upper left stays free
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a point
     if missing:
         ax.annotate("no finished run: " + ", ".join(missing), (0.99, 0.01), xycoords="axes fraction",
                     ha="right", va="bottom", fontsize=8, color="gray")
@@ -252,7 +252,7 @@ def write_plots(out: Path, summary: StudySummary, hist: Optional[Histories] = No
     hist = read_histories(out, summary.runs) if hist is None else hist
     paths = [out / name for name in PLOTS]
     for path, draw in zip(paths[:2], (_plot_loss_vs_lr, _plot_logit_vs_lr)):
-        fig, ax = plt.subplots(figsize=(7.5, 5))
+        fig, ax = plt.subplots(figsize=(9, 5))
         draw(ax, summary)
         _save(fig, path)
         plt.close(fig)
