@@ -110,3 +110,38 @@ def test_z_loss_term_matches_definition():
     assert ce.item() == pytest.approx(F.cross_entropy(logits, y.view(-1)).item())
     assert z.item() == pytest.approx(1e-4 * torch.logsumexp(logits, -1).pow(2).mean().item())
     assert _forward_loss(model, x, y, 0.0)[1] is None
+
+
+def test_stats_pass_under_bf16_autocast_computes_the_scores_in_fp32():
+    """The training loop runs the stats pass under the run's autocast. The projections then give bf16 q/k (what
+    the model attends with); the max logit must be computed from those in fp32, not by a bf16 matmul: it is
+    compared with a float64 recomputation from the same bf16 q/k (a bf16 result is off by up to 2^-8 relative)."""
+    torch.manual_seed(0)
+    model = qknorm.TransformerLM(qknorm.get_config("llama", "debug"))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "q_proj" in n or "k_proj" in n:
+                p.mul_(8)
+    ids = torch.randint(0, 256, (2, 40))
+
+    def bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    stats = D.stats_pass(model, ids, autocast=bf16)
+    want = []
+    with torch.no_grad(), bf16():
+        x = model.embed(ids)
+        T = ids.shape[1]
+        cos, sin = model.rope_global(T, ids.device)
+        for layer in model.layers:
+            a, h = layer.attn, layer.attn_norm_in(x)
+            q = a.q_proj(h).view(2, T, a.n_heads, a.head_dim)
+            k = a.k_proj(h).view(2, T, a.n_kv_heads, a.head_dim)
+            q, k = a._qk_norm_rope(q, k, cos, sin)  # (B, H, T, D), (B, Hkv, T, D) in bf16
+            assert q.dtype == torch.bfloat16
+            k = k.repeat_interleave(a.n_heads // a.n_kv_heads, dim=1)
+            with torch.autocast("cpu", enabled=False):
+                s = (q.double() @ k.double().transpose(2, 3)) * a.scale  # (B, H, T, T) float64
+            want.append(s.masked_fill(~causal_mask(T, None, ids.device), -math.inf).amax().item())
+            x = layer(x, (cos, sin))
+    assert stats["attn_logit_per_layer"] == pytest.approx(want, rel=1e-5)

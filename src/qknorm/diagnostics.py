@@ -38,7 +38,8 @@ def stats_pass(model: nn.Module, input_ids: torch.Tensor, *, forward: Optional[n
     """Per-layer attention diagnostics and output-logit stats of `model` on `input_ids` (B, T).
 
     `model` is the plain `TransformerLM` (its layers record); `forward` the module to call (a DDP/FSDP
-    wrapper of it; default `model`). `autocast` is a factory of the context to run under (e.g. bf16).
+    wrapper of it; default `model`). `autocast` is a factory of the context to run under (e.g. bf16); the
+    attention scores are still computed in fp32 (autocast off) from the q/k the model attends with.
     `runtime` (train.runtime.Runtime) combines the ranks of a data-parallel run: max over ranks of the max
     logits and bounds, mean of the RMS values and logit std (each rank's sequences weigh the same), so
     rank 0's record describes every rank's data. NaN (a non-finite logit) is kept as +inf through the max.

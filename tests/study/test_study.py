@@ -15,8 +15,9 @@ L0 = 5.0
 
 
 def _run(variant, lr, val, logit, *, seed=0, diverged=False, error=None, **kw):
+    status = "diverged" if diverged else "ok"
     return RunRecord(**{**dict(variant=variant, lr=lr, seed=seed, init_loss=L0, final_loss=val, val_loss=val,
-                               max_attn_logit=logit, max_attn_logit_nonfinite=False, diverged=diverged,
+                               max_attn_logit=logit, max_attn_logit_nonfinite=False, status=status,
                                error=error), **kw})
 
 
@@ -132,15 +133,17 @@ def test_failed_runs_are_recorded_not_fatal(tmp_path, monkeypatch, workers):
     s = study.run_study(plan, tmp_path / "out", runner=fake_runner, report=False, log=lambda _: None).to_json()
     assert len(s["runs"]) == 8
     boom = next(r for r in s["runs"] if r["variant"] == "postln" and r["lr"] == 1e-1)
-    assert boom["diverged"] is True and boom["error"] == "RuntimeError: boom" and boom["val_loss"] is None
+    assert boom["status"] == "failed" and boom["diverged"] is False  # an error is not a divergence
+    assert boom["error"] == "RuntimeError: boom" and boom["val_loss"] is None
+    assert s["lr_sensitivity"]["postln"] is None  # left out, not counted as l0
     if workers > 1:
         dead = next(r for r in s["runs"] if r["variant"] == "olmo2" and r["lr"] == 1e-1)
-        assert dead["diverged"] is True and "worker process died" in dead["error"]
+        assert dead["status"] == "failed" and dead["diverged"] is False and "worker process died" in dead["error"]
     assert sum(r["error"] is not None for r in s["runs"]) == (2 if workers > 1 else 1)
     assert s["checks"]["max_logit_ratio"]["passed"] is True  # 1e4x the LR vs 10x the LR
     assert (tmp_path / "out" / "runs" / "postln_lr0.1_s0.json").is_file()
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert saved["lr_sensitivity"]["postln"] == pytest.approx(s["lr_sensitivity"]["postln"])
+    assert saved["lr_sensitivity"] == s["lr_sensitivity"] and saved["runs"] == s["runs"]
 
 
 def test_out_dir_guard(tmp_path):
@@ -214,16 +217,16 @@ def test_runs_cut_by_the_time_budget_leave_sensitivity_undefined_not_l0():
     """A grid point whose run was skipped or cut short by --max-minutes must not count as l0 (that would make
     the variant look LR-sensitive): the variant's sensitivity is None and the cut points are listed."""
     def cut(v, lr):
-        return _run(v, lr, None, None, error="stopped at step 3: the study's time budget", cut=True)
+        return _run(v, lr, None, None, error="stopped at step 3: the study's time budget", status="cut")
 
     runs = [_run("baseline", 1e-3, 2.0, 5.0), _run("baseline", 1e-1, 3.0, 500.0),
             _run("qknorm", 1e-3, 2.0, 4.0), cut("qknorm", 1e-1)]
     s = _analyze(runs, _plan(lrs=(1e-3, 1e-1)), 256)
     assert s["lr_sensitivity"]["baseline"] == pytest.approx(0.5) and s["lr_sensitivity"]["qknorm"] is None
-    assert s["lr_sensitivity_detail"]["qknorm"]["incomplete"] == [{"seed": 0, "lr": 1e-1}]
+    assert s["lr_sensitivity_detail"]["qknorm"]["incomplete"] == [{"seed": 0, "lr": 1e-1, "status": "cut"}]
     assert s["checks"]["lr_sensitivity_ratio"]["passed"] is None
     table = study.format_table(_summary(runs, [1e-3, 1e-1]))
-    assert "- (1 runs cut)" in table
+    assert "- (1 cut)" in table and "cut by the time budget: 1 run," in table
 
 
 def test_out_dir_that_cannot_be_created_is_one_line(capsys):
@@ -234,13 +237,13 @@ def test_out_dir_that_cannot_be_created_is_one_line(capsys):
 
 def test_every_plot_has_a_title_labelled_axes_with_units_and_a_legend(monkeypatch):
     """The report is for a person: each figure of write_plots (drawn from a real study's summary and run
-    histories, bench/results/study_cpu_2026-11-26) has a title, x/y labels, units on the loss/logit axes,
+    histories, bench/results/study_cpu_2026-11-30/default) has a title, x/y labels, units on the loss/logit axes,
     and a legend naming the variants."""
     import pathlib
 
     from qknorm.study import plots
 
-    out = pathlib.Path(__file__).resolve().parents[2] / "bench" / "results" / "study_cpu_2026-11-26"
+    out = pathlib.Path(__file__).resolve().parents[2] / "bench" / "results" / "study_cpu_2026-11-30" / "default"
     summary = json.loads((out / "summary.json").read_text())
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))

@@ -1,19 +1,22 @@
-"""`qknorm study`: train the norm variants over a peak-LR grid and report what QK-norm buys (study.py).
+"""`qknorm study`: train the norm variants over a peak-LR grid and report what QK-norm buys (the study package).
 
-    qknorm study --quick                     baseline vs qknorm, 4 LRs (~2 min on a 2-core CPU)
-    qknorm study                             all five variants, 6 LRs (~8 min on a 2-core CPU)
+    qknorm study --quick                     baseline vs qknorm (the quick profile)
+    qknorm study                             all five variants (the default profile)
     qknorm study --device cuda               the GPU protocol: bigger model, bf16, Wortsman's 7-point grid
     qknorm study --data my_corpus/ --out my_study --variants baseline,qknorm --lrs 1e-3,1e-2,1e-1
 
 Writes OUT/summary.json, OUT/report.html, OUT/*.png and OUT/runs/<variant>_lr<lr>_s<seed>.json, then prints
-the summary table and the two checks last.
+the summary table and the two checks last. Rerunning the same command reuses the finished runs in OUT. Output
+to a closed pipe (`| head -1`) is dropped and the study carries on; Ctrl-C stops the workers, keeps the
+finished runs and exits 130.
 """
 from __future__ import annotations
 
 import argparse
-import sys
+import time
 
 from .. import study
+from ..study.console import emit
 from ..errors import ConfigError
 from ..train.config import check_device_available
 
@@ -29,25 +32,33 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Train the variants " + ", ".join(study.VARIANTS) + " over a grid of peak learning rates and "
         "write summary.json, report.html and plots. Profiles: " + "; ".join(
             f"{k}: {v.description}" for k, v in study.PROFILES.items()) + ".")
-    p.add_argument("--quick", action="store_true", help="the quick profile (a first look in ~2 minutes)")
+    p.add_argument("--quick", action="store_true", help="the quick profile: " + study.PROFILES["quick"].description)
     p.add_argument("--profile", choices=tuple(study.PROFILES), default=None,
                    help="study size; default: 'gpu' with --device cuda, else 'default' ('quick' with --quick)")
     p.add_argument("--data", default=None, metavar="PATH",
                    help="text file, directory, glob or token file (.bin/.npy); default: the embedded corpus")
     p.add_argument("--tokenizer", default=None, metavar="F", help="a Hugging Face tokenizer.json (default: bytes)")
-    p.add_argument("--out", default="study_out", metavar="DIR", help="output directory (default: study_out)")
+    p.add_argument("--out", default="study_out", metavar="DIR",
+                   help="output directory (default: study_out); rerunning the same study there reuses its finished "
+                   "runs")
     p.add_argument("--seed", type=int, default=0, help="first seed; run seeds are seed, seed+1, ... (default 0)")
-    p.add_argument("--seeds", type=int, default=None, metavar="N", help="seeds per (variant, LR)")
+    p.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="seeds per (variant, LR) (default: the profile's, 1); with more than one the table, summary "
+                   "and plots give the mean and the min-max over seeds")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="parallel worker processes, one torch thread each (default: the profile's)")
-    p.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:N (default: the profile's)")
+                   help="parallel worker processes, one torch thread each; 1 = in this process (default: the "
+                   "profile's)")
+    p.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:N, mps (default: the profile's)")
     p.add_argument("--variants", default=None, metavar="A,B", help="comma-separated subset of: "
                    + ", ".join(study.VARIANTS))
     p.add_argument("--lrs", default=None, metavar="X,Y", help="comma-separated peak learning rates, e.g. 1e-3,3e-2")
-    p.add_argument("--steps", type=int, default=None, metavar="N", help="optimizer steps per run")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="optimizer steps per run (default: the profile's)")
     p.add_argument("--max-minutes", type=float, default=None, metavar="M",
-                   help="time budget: runs not finished by then stop and are recorded as such")
-    p.add_argument("--force", action="store_true", help="overwrite an output directory holding another study")
+                   help="time budget: runs not finished by then stop and are recorded as cut, left out of LR "
+                   "sensitivity; the same command again trains them")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an output directory holding another study (its runs are deleted, none reused)")
     return p
 
 
@@ -63,9 +74,11 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.seeds, seed=args.seed, steps=args.steps, device=args.device, data=args.data,
         tokenizer=args.tokenizer, workers=args.workers)
     check_device_available(plan.train.device)
+    t0 = time.perf_counter()
     summary = study.run_study(plan, args.out, force=args.force, max_minutes=args.max_minutes)
-    print(f"\nqknorm study ({profile}): {len(summary.runs)} runs in {summary.config['wall_time_s']:.0f} s; "
-          f"wrote {args.out}/summary.json, {args.out}/report.html")
-    print(study.format_table(summary))
-    sys.stdout.flush()
+    reused = summary.config.get("reused_runs") or 0
+    emit(f"qknorm study ({summary.config['label']}): {study.plural(len(summary.runs), 'run')} "
+         + (f"({reused} reused) " if reused else "") + f"in {time.perf_counter() - t0:.0f} s; wrote "
+         f"{args.out}/summary.json, {args.out}/report.html" + ("" if summary.config.get("plots") else " (no plots)")
+         + "\n" + study.format_table(summary))
     return 0

@@ -126,15 +126,17 @@ def attention_stats(q: torch.Tensor, k: torch.Tensor, scale: float, window: Opti
     """Diagnostics of one attention call (q (B, H, T, D), k (B, Hkv, S, D), after QK-norm and RoPE; S > T when
     the queries are the last T of S cached positions).
 
-    max_logit: exact max over allowed pairs of scale * q.k (before any softcap), from explicit fp32 scores;
+    max_logit: exact max over allowed pairs of scale * q.k (before any softcap), from explicit fp32 scores of the
+    q/k the layer attends with (under autocast: its bf16 q/k, multiplied in fp32 with autocast off);
     logit_bound: scale * max_t |q_t| * max_s |k_s| (Cauchy-Schwarz), an upper bound any fused kernel can afford.
     """
-    qf, kf = q.float(), k.float()
-    groups = q.shape[1] // k.shape[1]
-    scores = torch.matmul(qf, kf.repeat_interleave(groups, dim=1).transpose(2, 3)) * scale  # (B, H, T, S)
-    mask = causal_mask(q.shape[2], window, q.device, n_past=k.shape[2] - q.shape[2])
-    max_logit = scores.masked_fill(~mask, float("-inf")).amax()
-    bound = scale * qf.norm(dim=-1).amax() * kf.norm(dim=-1).amax()
+    with torch.autocast(device_type=q.device.type, enabled=False):  # else the matmul would run in bf16
+        qf, kf = q.float(), k.float()
+        groups = q.shape[1] // k.shape[1]
+        scores = torch.matmul(qf, kf.repeat_interleave(groups, dim=1).transpose(2, 3)) * scale  # (B, H, T, S)
+        mask = causal_mask(q.shape[2], window, q.device, n_past=k.shape[2] - q.shape[2])
+        max_logit = scores.masked_fill(~mask, float("-inf")).amax()
+        bound = scale * qf.norm(dim=-1).amax() * kf.norm(dim=-1).amax()
     return {
         "max_logit": max_logit,
         "logit_bound": bound,

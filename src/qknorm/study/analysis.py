@@ -1,10 +1,12 @@
 """What a study's runs say, computed once for the summary, the printed table and the report.
 
 * LR sensitivity per variant (Wortsman et al. 2023, arXiv 2309.14322): E_lr[min(l(lr), l0) - l*] on each run's
-  `RunRecord.sens_loss`, per seed and averaged over seeds; l0 = the variant's mean initial loss. A run that
-  diverged or failed counts as l0. A seed whose grid has a point with no finished run (skipped or cut by the
-  time budget, or absent) has no value: counting a run that never ran as l0 would make the variant look
-  LR-sensitive; those grid points are listed as `incomplete`.
+  `RunRecord.sens_loss`, per seed; the value is the mean over seeds, with the min and max over seeds beside it;
+  l0 = the variant's mean initial loss. A run that diverged (a measured non-finite or exploding loss) counts
+  as l0. A seed whose grid has a point with no measured run (failed: it raised or its worker died; cut or
+  skipped by the time budget; absent) has no value: counting a run that measured nothing as l0 would make the
+  variant look LR-sensitive; those grid points are listed as `incomplete` with the reason.
+* Per variant the loss-vs-LR curve over seeds and its optimum, inside the grid or at an edge (curve.py).
 * The study's two checks, on measured numbers of `baseline` and `qknorm`:
   max_logit_ratio: at every grid LR >= 3e-2, (smallest baseline max attention logit over seeds) / (largest
   qknorm one) — conservative over seeds; passes when the ratio is >= 10 at some LR >= 3e-2.
@@ -14,9 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from ..metrics import lr_sensitivity
+from .curve import LRPoint, Optimum, loss_curve, optimum, spread
 from .records import RunRecord
 
 __all__ = ["Sensitivity", "Check", "StudyAnalysis", "analyze", "logit_at", "json_num", "CHECK_LR_MIN",
@@ -50,24 +53,42 @@ def _mean(xs: Sequence[Optional[float]]) -> Optional[float]:
 
 @dataclasses.dataclass(frozen=True)
 class Sensitivity:
-    """One variant's LR sensitivity: the mean over seeds, each seed's value, l0, the best loss on the grid."""
+    """One variant's LR sensitivity (mean over seeds, each seed's value, their min and max), l0, its loss-vs-LR
+    curve and optimum, and the grid points left out (seed, lr, why)."""
 
     value: Optional[float]
     per_seed: Dict[int, float]
     init_loss: float
-    best_loss: Optional[float]
-    incomplete: Tuple[Tuple[int, float], ...] = ()  # (seed, lr) grid points with no finished run
+    optimum: Optimum = Optimum(None, None, None)
+    curve: Tuple[LRPoint, ...] = ()
+    incomplete: Tuple[Tuple[int, float, str], ...] = ()  # (seed, lr, "failed" | "cut" | "missing")
+
+    @property
+    def best_loss(self) -> Optional[float]:
+        return self.optimum.best_loss
+
+    @property
+    def lo(self) -> Optional[float]:
+        return spread(list(self.per_seed.values()))[1]
+
+    @property
+    def hi(self) -> Optional[float]:
+        return spread(list(self.per_seed.values()))[2]
 
     def to_json(self) -> Dict[str, Any]:
         return {"value": self.value, "per_seed": {str(k): v for k, v in self.per_seed.items()},
-                "init_loss": self.init_loss, "best_loss": self.best_loss,
-                "incomplete": [{"seed": s, "lr": lr} for s, lr in self.incomplete]}
+                "min_over_seeds": self.lo, "max_over_seeds": self.hi, "n_seeds": len(self.per_seed),
+                "init_loss": self.init_loss, "best_loss": self.best_loss, **self.optimum.to_json(),
+                "loss_by_lr": [p.to_json() for p in self.curve],
+                "incomplete": [{"seed": s, "lr": lr, "status": why} for s, lr, why in self.incomplete]}
 
     @classmethod
     def from_json(cls, d: Dict[str, Any]) -> "Sensitivity":
         return cls(value=d.get("value"), per_seed={int(k): v for k, v in (d.get("per_seed") or {}).items()},
-                   init_loss=d.get("init_loss"), best_loss=d.get("best_loss"),
-                   incomplete=tuple((p["seed"], p["lr"]) for p in d.get("incomplete") or ()))
+                   init_loss=d.get("init_loss"), optimum=Optimum.from_json(d),
+                   curve=tuple(LRPoint.from_json(p) for p in d.get("loss_by_lr") or ()),
+                   incomplete=tuple((p["seed"], p["lr"], p.get("status", "missing"))
+                                    for p in d.get("incomplete") or ()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +126,7 @@ class StudyAnalysis:
 
     def to_json(self) -> Dict[str, Any]:
         return {"lr_sensitivity": {v: s.value for v, s in self.lr_sensitivity.items()},
+                "optimum": {v: s.optimum.to_json() for v, s in self.lr_sensitivity.items()},
                 "lr_sensitivity_detail": {v: s.to_json() for v, s in self.lr_sensitivity.items()},
                 "checks": {k: c.to_json() for k, c in self.checks.items()}}
 
@@ -117,30 +139,32 @@ class StudyAnalysis:
 
 def lr_sensitivities(runs: Sequence[RunRecord], variants: Sequence[str], lrs: Sequence[float],
                      seeds: Sequence[int], vocab_size: int) -> Dict[str, Sensitivity]:
-    """Per variant: Wortsman's LR sensitivity per seed and its mean over seeds (see the module docstring)."""
+    """Per variant: Wortsman's LR sensitivity per seed and over seeds, the loss curve and its optimum (see the
+    module docstring)."""
     out = {}
     for v in variants:
         vr = [r for r in runs if r.variant == v]
         l0 = _mean([r.init_loss for r in vr]) or math.log(vocab_size)
         per_seed, incomplete = {}, []
         for s in seeds:
-            done = {r.lr: r for r in vr if r.seed == s and not r.cut}
-            missing = [lr for lr in lrs if lr not in done]
-            if missing:
-                incomplete += [(s, lr) for lr in missing]
+            at = {r.lr: r for r in vr if r.seed == s}
+            left_out = [(s, lr, at[lr].status.value if lr in at else "missing") for lr in lrs
+                        if lr not in at or not at[lr].status.measured]
+            if left_out:
+                incomplete += left_out
                 continue
-            by_lr = {lr: r.sens_loss for lr, r in done.items()}
-            if any(x is not None for x in by_lr.values()):
-                per_seed[s] = lr_sensitivity({lr: by_lr.get(lr) for lr in lrs}, l0)
-        best = [x for x in (r.sens_loss for r in vr) if x is not None]
+            per_seed[s] = lr_sensitivity({lr: at[lr].sens_loss for lr in lrs}, l0)
+        curve = loss_curve(vr, lrs, l0)
         out[v] = Sensitivity(value=_mean(list(per_seed.values())), per_seed=per_seed, init_loss=l0,
-                             best_loss=min(best) if best else None, incomplete=tuple(incomplete))
+                             optimum=optimum(curve), curve=tuple(curve), incomplete=tuple(incomplete))
     return out
 
 
 def logit_at(runs: Sequence[RunRecord], variant: str, lr: float, pick: Callable) -> Optional[float]:
-    """`pick` (min or max) over seeds of `variant`'s max attention logit at `lr` (+inf if non-finite)."""
-    vals = [r.logit for r in runs if r.variant == variant and r.lr == lr and r.logit is not None]
+    """`pick` (min or max) over seeds of `variant`'s max attention logit at `lr` (+inf if non-finite), from runs
+    that trained to their end (a cut or failed run's partial maximum is not the run's)."""
+    vals = [r.logit for r in runs if r.variant == variant and r.lr == lr and r.logit is not None
+            and r.status.measured]
     return pick(vals) if vals else None
 
 
@@ -177,8 +201,11 @@ def _sensitivity_ratio_check(sens: Dict[str, Sensitivity]) -> Check:
     if sb <= 0:
         return Check(description, SENSITIVITY_RATIO_MAX, baseline=sb, qknorm=sq,
                      note="not evaluated: the baseline's LR sensitivity is 0 (a flat grid), the ratio is undefined")
+    edge = [v for v in ("baseline", "qknorm") if sens[v].optimum.inside is not True]
+    note = (f"the grid does not bracket the optimum of {' and '.join(edge)}: the sensitivities depend on where "
+            "the grid starts" if edge else "")
     return Check(description, SENSITIVITY_RATIO_MAX, passed=sq / sb <= SENSITIVITY_RATIO_MAX, value=sq / sb,
-                 baseline=sb, qknorm=sq)
+                 baseline=sb, qknorm=sq, note=note)
 
 
 def analyze(runs: Sequence[RunRecord], variants: Sequence[str], lrs: Sequence[float], seeds: Sequence[int],
@@ -196,8 +223,3 @@ def check_logit_pair(check: Check) -> Optional[Dict[str, Any]]:
 
 def check_value(x: Any) -> Optional[float]:
     return _num(x)
-
-
-def best_run(runs: List[RunRecord]) -> Optional[RunRecord]:
-    ok = [r for r in runs if r.sens_loss is not None]
-    return min(ok, key=lambda r: r.sens_loss) if ok else None

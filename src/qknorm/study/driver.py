@@ -4,35 +4,53 @@
     summary = run_study(plan, "study_out")     # runs/*.json, summary.json, report.html, plots
 
 Bad data fails before any run; the output directory is checked before anything is written (layout.py); each
-run's history is written as it finishes; the summary and report at the end.
+run's file (spec, record, history) is written as it finishes. A rerun of the same command into the same
+directory reuses every finished run whose stored spec is identical and trains only the rest (layout.py), so an
+interrupted study (Ctrl-C, kill, the time budget) continues where it stopped and a finished one re-renders its
+report in seconds. Without matplotlib the report is written without plots, and says so.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+import numpy as np
+
 from ..errors import ConfigError
-from ..train.tokens import load_tokens
+from ..train.loop import STATS_SEQS
+from ..train.tokens import TokenData, load_tokens
 from ..version import __version__
 from .analysis import analyze
-from .layout import RUNS_DIR, SUMMARY_FILE, check_out_dir, write_history, write_plan
-from .plan import StudyPlan, describe_models, plan_fingerprint, run_specs
+from .console import log_to_stderr
+from .layout import RUNS_DIR, SUMMARY_FILE, WORKER_LOG, check_out_dir, finished_runs, write_atomic, write_plan, write_run
+from .plan import StudyPlan, describe_models, plan_fingerprint, plan_label, run_specs
+from .plots import MISSING_PLOTS, plots_available
 from .pool import execute
 from .records import RunRecord, RunSpec
 from .report import write_report
 from .run import run_one
 from .summary import StudySummary
-from .table import fmt
+from .table import fmt, plural
 from .variants import VARIANTS
 
-__all__ = ["run_study"]
+__all__ = ["run_study", "data_fingerprint"]
+
+
+def data_fingerprint(data: TokenData) -> str:
+    """sha256 (16 hex digits) of the token stream, its split and vocabulary: what a stored run trained on."""
+    h = hashlib.sha256(f"{data.vocab_size}:{len(data.train)}:{len(data.val)}:".encode())
+    for part in (data.train, data.val):
+        arr = np.asarray(part)
+        for i in range(0, len(arr), 1 << 24):  # chunks: a memory-mapped token file is never read whole
+            h.update(np.ascontiguousarray(arr[i:i + (1 << 24)]).tobytes())
+    return h.hexdigest()[:16]
 
 
 def _environment(device: str) -> Dict[str, Any]:
@@ -45,10 +63,12 @@ def _environment(device: str) -> Dict[str, Any]:
     return env
 
 
-def _config(plan: StudyPlan, vocab: int, source: str, wall_s: float) -> Dict[str, Any]:
+def _config(plan: StudyPlan, vocab: int, source: str, fingerprint: str, wall_s: float, reused: int,
+            plots: bool) -> Dict[str, Any]:
     """summary.json's "config": what was run, for people and for the report."""
     return {
-        "profile": plan.profile, "variants": list(plan.variants), "lrs": list(plan.lrs), "seeds": list(plan.seeds),
+        "profile": plan.profile, "label": plan_label(plan), "variants": list(plan.variants), "lrs": list(plan.lrs),
+        "seeds": list(plan.seeds),
         "variant_descriptions": {v: VARIANTS[v].description for v in plan.variants},
         "model_shape": {**plan.shape, "vocab_size": vocab},
         "models": describe_models(plan, vocab),
@@ -57,11 +77,17 @@ def _config(plan: StudyPlan, vocab: int, source: str, wall_s: float) -> Dict[str
         "spike_score": {"n_std": 7.0, "window": 100, "window_w1000": 1000,
                         "definition": "percent of values >= 7 std from the rolling mean of the previous "
                                       "`window` values (OLMo 2); 'loss'/'grad_norm' use window 100"},
-        "lr_sensitivity_loss": "validation loss at the end of training; diverged/failed runs count as l0",
-        "data": {"source": source, "path": plan.data, "tokenizer": plan.tokenizer},
+        "lr_sensitivity_loss": "validation loss at the end of training; diverged runs count as l0; failed and cut "
+                               "runs are left out (the variant's sensitivity is then undefined)",
+        "stats_seqs": STATS_SEQS,
+        "max_attn_logit_sampling": (
+            f"largest attention logit (fp32) over stats passes every {plan.train.stats_every} steps and at the last "
+            f"step, each on {min(STATS_SEQS, plan.train.batch_size)} of the batch's {plan.train.batch_size} "
+            "sequences: a lower bound of the run's true maximum"),
+        "data": {"source": source, "path": plan.data, "tokenizer": plan.tokenizer, "fingerprint": fingerprint},
         "workers": plan.workers, "fingerprint": plan_fingerprint(plan), "qknorm": __version__,
         "environment": _environment(plan.train.device),
-        "wall_time_s": round(wall_s, 1),
+        "wall_time_s": round(wall_s, 1), "reused_runs": reused, "plots": plots,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
@@ -78,40 +104,59 @@ def _prepare_out(out: Path, force: bool) -> None:
 
 def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord] = run_one, force: bool = False,
               max_minutes: Optional[float] = None, report: bool = True,
-              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> StudySummary:
-    """Run every (variant, lr, seed) of `plan` and write `out_dir`/{plan.json, runs/*.json, summary.json} and,
-    with `report`, report.html and the PNG plots. Returns the summary (also printed by the CLI)."""
+              log: Callable[[str], None] = log_to_stderr) -> StudySummary:
+    """Run every (variant, lr, seed) of `plan` not already finished in `out_dir` and write `out_dir`/{plan.json,
+    runs/*.json, summary.json} and, with `report`, report.html and the PNG plots (without plots when matplotlib
+    is missing). Returns the summary (also printed by the CLI). KeyboardInterrupt propagates after the worker
+    processes are stopped; every run finished by then is on disk."""
+    t0 = time.time()
     out = Path(out_dir)
     check_out_dir(out, plan, force)
     data = load_tokens(plan.data, tokenizer=plan.tokenizer)  # bad data fails here, before any run
-    specs = run_specs(plan, data.vocab_size)
+    fingerprint = data_fingerprint(data)
+    specs = run_specs(plan, data.vocab_size, fingerprint)
     source, vocab = data.source, data.vocab_size
     del data
     _prepare_out(out, force)
     write_plan(out, plan)
-    t0 = time.time()
+    runs = finished_runs(out, specs)
+    done = {r.name for r in runs}
+    todo = [s for s in specs if s.name not in done]
     if max_minutes is not None:
-        specs = [dataclasses.replace(s, deadline=t0 + 60.0 * max_minutes) for s in specs]
-    n, runs = len(specs), []  # type: ignore[var-annotated]
-    log(f"qknorm study: {n} runs ({len(plan.variants)} variants x {len(plan.lrs)} LRs x {len(plan.seeds)} seeds, "
-        f"{plan.train.steps} steps each) on {plan.workers} worker(s), device {plan.train.device}")
+        todo = [dataclasses.replace(s, deadline=t0 + 60.0 * max_minutes) for s in todo]
+    n = len(specs)
+    log(f"qknorm study ({plan_label(plan)}): {plural(n, 'run')} ({plural(len(plan.variants), 'variant')} x "
+        f"{plural(len(plan.lrs), 'LR')} x {plural(len(plan.seeds), 'seed')}, {plan.train.steps} steps each) on "
+        f"{plural(plan.workers, 'worker')}, device {plan.train.device}"
+        + (f"; reusing {len(runs)} finished {'run' if len(runs) == 1 else 'runs'} from {out / RUNS_DIR}"
+           if runs else ""))
+    plots = report and plots_available()
+    if report and not plots:
+        log(f"note: {MISSING_PLOTS}")
+    by_name = {s.name: s for s in specs}
 
     def on_done(rec: RunRecord) -> None:
-        write_history(out, rec)
+        write_run(out, by_name[rec.name], rec)
         rec = dataclasses.replace(rec, history=None)
         runs.append(rec)
-        status = ("FAILED " + rec.error) if rec.error and rec.final_loss is None else (
-            f"val {fmt(rec.val_loss)} max logit {fmt(rec.max_attn_logit, '.4g')}" + (" DIVERGED" if rec.diverged
-                                                                                    else ""))
+        if rec.status.measured:
+            status = f"val {fmt(rec.val_loss)} max logit {fmt(rec.max_attn_logit, '.4g')}" + (
+                " DIVERGED" if rec.diverged else "")
+        else:
+            status = f"{rec.status.value.upper()} {rec.error}"
         log(f"  [{len(runs):>3}/{n}] {rec.name:<24} {status}  ({rec.time_s:.0f}s, {time.time() - t0:.0f}s elapsed)")
 
-    execute(specs, runner, plan.workers, on_done)
+    execute(todo, runner, plan.workers, on_done, worker_log=out / WORKER_LOG)
     order = {(v, lr, s): i for i, (v, lr, s) in enumerate(
         sorted(((s.variant, s.lr, s.seed) for s in specs), key=lambda k: (plan.variants.index(k[0]), k[1], k[2])))}
     runs.sort(key=lambda r: order[(r.variant, r.lr, r.seed)])
     summary = StudySummary(runs=tuple(runs), analysis=analyze(runs, plan.variants, plan.lrs, plan.seeds, vocab),
-                           config=_config(plan, vocab, source, time.time() - t0))
-    (out / SUMMARY_FILE).write_text(json.dumps(summary.to_json(), indent=1))
+                           config=_config(plan, vocab, source, fingerprint, time.time() - t0, len(done), plots))
+    write_atomic(out / SUMMARY_FILE, json.dumps(summary.to_json(), indent=1))
     if report:
-        write_report(out, summary)
+        _, note = write_report(out, summary)
+        if note and plots:  # matplotlib imported, yet drawing failed: say so, in the log and in summary.json
+            log(f"note: report.html has no plots: {note}")
+            summary = dataclasses.replace(summary, config={**summary.config, "plots": False, "plots_note": note})
+            write_atomic(out / SUMMARY_FILE, json.dumps(summary.to_json(), indent=1))
     return summary

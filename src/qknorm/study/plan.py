@@ -21,7 +21,7 @@ from .profiles import PROFILES
 from .records import RunSpec
 from .variants import VARIANTS, model_config
 
-__all__ = ["StudyPlan", "make_plan", "parse_variants", "parse_lrs", "run_specs", "plan_fingerprint"]
+__all__ = ["StudyPlan", "make_plan", "parse_variants", "parse_lrs", "run_specs", "plan_fingerprint", "plan_label"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +119,19 @@ def make_plan(profile: str = "default", *, variants: Optional[Sequence[str]] = N
                      workers=workers or p.workers)
 
 
-def run_specs(plan: StudyPlan, vocab_size: int) -> List[RunSpec]:
+def plan_label(plan: StudyPlan) -> str:
+    """What a printed label may call the plan: "quick profile", or "default profile, custom LRs, steps" when
+    settings that change the results differ from the profile's."""
+    base = make_plan(plan.profile)
+    changed = [name for name, differs in (
+        ("variants", plan.variants != base.variants), ("LRs", plan.lrs != base.lrs),
+        ("seeds", plan.seeds != base.seeds), ("steps", plan.train.steps != base.train.steps),
+        ("device", plan.train.device != base.train.device),
+        ("data", plan.data is not None or plan.tokenizer is not None)) if differs]
+    return f"{plan.profile} profile" + (f", custom {', '.join(changed)}" if changed else "")
+
+
+def run_specs(plan: StudyPlan, vocab_size: int, data_fingerprint: Optional[str] = None) -> List[RunSpec]:
     """One spec a run. Order: baseline and qknorm first (the checks need them), then seed, LR (high LRs
     first: they are the interesting ones), variant."""
     first = [v for v in plan.variants if v in ("baseline", "qknorm")]
@@ -131,7 +143,8 @@ def run_specs(plan: StudyPlan, vocab_size: int) -> List[RunSpec]:
             for lr in sorted(plan.lrs, reverse=True):
                 for variant in group:
                     specs.append(RunSpec(variant=variant, lr=lr, seed=seed, model=models[variant],
-                                         train=plan.train_config(lr, seed), data=plan.data, tokenizer=plan.tokenizer))
+                                         train=plan.train_config(lr, seed), data=plan.data, tokenizer=plan.tokenizer,
+                                         data_fingerprint=data_fingerprint))
     return specs
 
 

@@ -1,9 +1,14 @@
 """The study's PNG plots (matplotlib, Agg backend), drawn from a `StudySummary` and the runs' histories.
 
-  loss_vs_lr.png             final validation loss vs peak LR per variant (log x; diverged runs at l0 as x)
-  max_logit_vs_lr.png        max attention logit over the run vs peak LR per variant (log-log)
+  loss_vs_lr.png             final validation loss vs peak LR per variant (log x; diverged runs at l0 as x;
+                             with several seeds the mean, and bars from the min to the max over seeds)
+  max_logit_vs_lr.png        max attention logit over the run vs peak LR per variant (log-log; with several
+                             seeds the mean, bars min to max)
   max_logit_over_steps.png   max attention logit over training, baseline vs qknorm at their highest stable LRs
-  loss_curves.png            training loss curves of every variant, one panel per LR
+  loss_curves.png            training loss curves of every variant, one panel per LR that has a finished run
+
+matplotlib is optional (`pip install 'qknorm[plots]'`): `plots_available()` says whether it imports, and the
+report is written without plots when it does not.
 """
 from __future__ import annotations
 
@@ -11,11 +16,24 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from .curve import loss_curve, spread
 from .layout import read_histories
-from .records import RunHistory, RunRecord
+from .records import RunHistory, RunRecord, RunStatus
 from .summary import StudySummary
 
-__all__ = ["PLOTS", "write_plots", "UNIT"]
+__all__ = ["PLOTS", "write_plots", "plots_available", "UNIT", "MISSING_PLOTS"]
+
+MISSING_PLOTS = ("matplotlib is not installed: report.html has no plots (pip install 'qknorm[plots]', then rerun "
+                 "the same command: finished runs are reused and the report is redrawn in seconds)")
+
+
+def plots_available() -> bool:
+    """Whether matplotlib imports (the plots' only optional dependency)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 PLOTS = ("loss_vs_lr.png", "max_logit_vs_lr.png", "max_logit_over_steps.png", "loss_curves.png")
 _COLORS = {"baseline": "#d62728", "qknorm": "#1f77b4", "olmo2": "#2ca02c", "gemma3": "#9467bd", "postln": "#ff7f0e"}
@@ -28,62 +46,112 @@ def _color(v: str) -> str:
     return _COLORS.get(v, "#555555")
 
 
-def _plot_loss_vs_lr(ax, summary: StudySummary) -> None:
+def _l0(summary: StudySummary) -> Optional[float]:
     l0s = [s.init_loss for s in summary.analysis.lr_sensitivity.values() if s.init_loss]
-    l0 = sum(l0s) / len(l0s) if l0s else None
-    marked = False
+    return sum(l0s) / len(l0s) if l0s else None
+
+
+def _errorbar(ax, xs, mean, lo, hi, many: bool, **kw) -> None:
+    """A line through the means; with several seeds, bars from the min to the max over seeds."""
+    if many and xs:
+        ax.errorbar(xs, mean, yerr=[[m - a for m, a in zip(mean, lo)], [b - m for m, b in zip(mean, hi)]],
+                    fmt="o-", capsize=3, **kw)
+    else:
+        ax.plot(xs, mean, "o-", **kw)
+
+
+def _finish(ax, lrs: List[float], missing: List[str], *, logy: bool) -> bool:
+    """Log axes with the grid's LRs as ticks, legend and a note on variants with nothing to show; a gray note
+    instead on an empty panel. Returns whether anything was plotted."""
+    if not ax.get_legend_handles_labels()[0]:
+        _nothing(ax, "no finished run")
+        return False
+    ax.set_xscale("log")
+    ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs])  # the grid, labelled as the user typed it
+    ax.set_xticks([], minor=True)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a point
+    if missing:
+        ax.annotate("no finished run: " + ", ".join(missing), (0.99, 0.01), xycoords="axes fraction",
+                    ha="right", va="bottom", fontsize=8, color="gray")
+    return True
+
+
+def _plot_loss_vs_lr(ax, summary: StudySummary) -> None:
+    many = len(summary.seeds) > 1
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel(f"final validation loss ({UNIT})")
+    seeds = f" (mean of {len(summary.seeds)} seeds, bars: min to max)" if many else ""
+    ax.set_title(f"Final loss vs peak learning rate{seeds}\n(lower and flatter is better)", fontsize=11)
+    l0 = _l0(summary)
+    marked, missing = False, []
     for v in summary.variants:
         vr = summary.runs_of(v)
-        xs, ys = [], []
-        for lr in sorted({r.lr for r in vr}):
-            vals = [r.sens_loss for r in vr if r.lr == lr and r.sens_loss is not None]
-            if vals:
-                xs.append(lr)
-                ys.append(sum(vals) / len(vals))
-        ax.plot(xs, ys, "o-", color=_color(v), label=v, lw=1.8, ms=5)
-        bad = [r.lr for r in vr if r.sens_loss is None and not str(r.error or "").startswith("skipped")]
+        ok = [p for p in loss_curve([r for r in vr if not r.diverged], summary.lrs, l0 or math.inf) if p.n]
+        if ok:
+            _errorbar(ax, [p.lr for p in ok], [p.mean for p in ok], [p.lo for p in ok], [p.hi for p in ok], many,
+                      color=_color(v), label=v, lw=1.8, ms=5)
+        bad = [r.lr for r in vr if r.diverged]
         if bad and l0 is not None:
             ax.plot(bad, [l0] * len(bad), "x", color=_color(v), ms=10, mew=2.5,
-                    label="diverged / failed (plotted at l0)" if not marked else None)
+                    label="diverged (plotted at l0)" if not marked else None)
             marked = True
-    if l0 is not None:
+        if not ok and not bad:
+            missing.append(v)
+    starred = False
+    for v in summary.variants:  # each variant's best grid LR
+        opt = summary.analysis.lr_sensitivity[v].optimum if v in summary.analysis.lr_sensitivity else None
+        if opt is not None and opt.best_lr is not None:
+            ax.plot([opt.best_lr], [opt.best_loss], "*", color=_color(v), ms=15, mec="black", mew=0.8, zorder=5)
+            starred = True
+    if starred:
+        ax.plot([], [], "*", color="white", mec="black", ms=12, label="best LR of each variant")
+    if not _finish(ax, summary.lrs, missing, logy=False):
+        return
+    means = [r.sens_loss for r in summary.runs if r.sens_loss is not None]
+    if means:  # zoom on the measured losses; show l0 only when a diverged run is plotted there
+        lo, hi = min(means), max(means)
+        pad = 0.08 * (hi - lo) + 0.03
+        ax.set_ylim(lo - pad, (l0 + 0.25) if marked and l0 is not None else hi + pad)
+    if l0 is not None and marked:
         ax.axhline(l0, color="gray", ls="--", lw=1)
         ax.annotate(f"l0 = loss at init ({l0:.2f})", (0.01, l0), xycoords=("axes fraction", "data"),
                     va="bottom", fontsize=8, color="gray")
-        finite = [r.sens_loss for r in summary.runs if r.sens_loss is not None]
-        if finite:
-            ax.set_ylim(min(finite) - 0.1, l0 + 0.25)
-    ax.set_xscale("log")
-    ax.set_xlabel("peak learning rate")
-    ax.set_ylabel(f"final validation loss ({UNIT})")
-    ax.set_title("Final loss vs peak learning rate (lower and flatter is better)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    elif l0 is not None:
+        ax.set_title(ax.get_title().replace("better)", f"better; loss at init l0 = {l0:.2f}, above the plot)"),
+                     fontsize=11)
 
 
 def _plot_logit_vs_lr(ax, summary: StudySummary) -> None:
     top = 1.0
-    for v in summary.variants:
-        by_lr: Dict[float, float] = {}
-        for r in summary.runs_of(v):
-            if r.logit is not None:
-                by_lr[r.lr] = max(by_lr.get(r.lr, 0.0), r.logit)
-        fin = [(lr, x) for lr, x in sorted(by_lr.items()) if math.isfinite(x)]
-        top = max([top] + [x for _, x in fin])
-        ax.plot([p[0] for p in fin], [p[1] for p in fin], "o-", color=_color(v), label=v, lw=1.8, ms=5)
-        inf = [lr for lr, x in by_lr.items() if not math.isfinite(x)]
-        if inf:
-            ax.plot(inf, [top * 3] * len(inf), "^", color=_color(v), ms=9, label=f"{v}: non-finite logit")
-    ax.axhline(_WORTSMAN_LOGIT, color="gray", ls=":", lw=1)
-    ax.annotate("1e4: every run above this diverged in Wortsman et al. 2023", (0.01, _WORTSMAN_LOGIT),
-                xycoords=("axes fraction", "data"), va="bottom", fontsize=8, color="gray")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    many = len(summary.seeds) > 1
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel("max attention logit over the run (q·k·scale, unitless)")
-    ax.set_title("Attention-logit growth vs peak learning rate")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    seeds = f" (mean of {len(summary.seeds)} seeds, bars: min to max)" if many else ""
+    ax.set_title(f"Attention-logit growth vs peak learning rate{seeds}\n(sampled: a lower bound of each run's "
+                 "maximum)", fontsize=11)
+    missing = []
+    for v in summary.variants:
+        by_lr: Dict[float, List[float]] = {}
+        for r in summary.runs_of(v):
+            if r.logit is not None and r.status.measured:
+                by_lr.setdefault(r.lr, []).append(r.logit)
+        fin = [(lr, spread(xs)) for lr, xs in sorted(by_lr.items()) if all(math.isfinite(x) for x in xs)]
+        top = max([top] + [st[2] for _, st in fin])
+        if fin:
+            _errorbar(ax, [lr for lr, _ in fin], [st[0] for _, st in fin], [st[1] for _, st in fin],
+                      [st[2] for _, st in fin], many, color=_color(v), label=v, lw=1.8, ms=5)
+        inf = [lr for lr, xs in by_lr.items() if not all(math.isfinite(x) for x in xs)]
+        if inf:
+            ax.plot(inf, [top * 3] * len(inf), "^", color=_color(v), ms=9, label=f"{v}: non-finite logit")
+        if not fin and not inf:
+            missing.append(v)
+    if _finish(ax, summary.lrs, missing, logy=True):
+        ax.axhline(_WORTSMAN_LOGIT, color="gray", ls=":", lw=1)
+        ax.annotate("1e4: every run above this diverged in Wortsman et al. 2023", (0.01, _WORTSMAN_LOGIT),
+                    xycoords=("axes fraction", "data"), va="bottom", fontsize=8, color="gray")
 
 
 def _highest_stable(runs: List[RunRecord]) -> Optional[RunRecord]:
@@ -108,13 +176,15 @@ def _plot_logit_over_steps(ax, summary: StudySummary, hist: Histories) -> None:
             ys = [y for y in h.max_attn_logit if y is not None]
             ax.plot(xs, ys, color=_color(v), ls="-" if i == 0 else "--", lw=1.8, label=f"{v}, LR {lr:g}")
             shown = True
-    ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("max attention logit (unitless)")
     ax.set_title("Max attention logit during training, at the highest stable LRs")
     ax.grid(True, which="both", alpha=0.3)
     if shown:
+        ax.set_yscale("log")
         ax.legend(fontsize=8)
+    else:
+        _nothing(ax, "no finished run recorded its max attention logit")
 
 
 def _smooth(ys: List[Optional[float]], k: int) -> List[float]:
@@ -127,12 +197,25 @@ def _smooth(ys: List[Optional[float]], k: int) -> List[float]:
     return out
 
 
+def _curve_lrs(summary: StudySummary, hist: Histories) -> List[float]:
+    """Up to 4 grid LRs, spread over the grid, among those with a recorded loss curve (first seed)."""
+    seed = summary.seeds[0]
+    lrs = sorted(lr for lr in summary.lrs if any((hist.get((v, lr, seed)) or RunHistory()).loss
+                                                    for v in summary.variants))
+    return lrs if len(lrs) <= 4 else [lrs[i] for i in sorted({round(j * (len(lrs) - 1) / 3) for j in range(4)})]
+
+
+def _nothing(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=10, color="gray")
+
+
 def _plot_loss_curves(fig, summary: StudySummary, hist: Histories) -> None:
-    lrs = sorted(summary.lrs)
-    lrs = lrs if len(lrs) <= 4 else [lrs[i] for i in sorted({round(j * (len(lrs) - 1) / 3) for j in range(4)})]
-    axes = fig.subplots(1, len(lrs), sharey=True, squeeze=False)[0]
+    lrs = _curve_lrs(summary, hist)
+    axes = fig.subplots(1, max(1, len(lrs)), sharey=True, squeeze=False)[0]
     l0 = math.log(summary.config["model_shape"]["vocab_size"])
     seed = summary.seeds[0]
+    if not lrs:
+        _nothing(axes[0], "no run recorded a loss curve")
     lo = math.inf
     for ax, lr in zip(axes, lrs):
         for v in summary.variants:
@@ -142,7 +225,8 @@ def _plot_loss_curves(fig, summary: StudySummary, hist: Histories) -> None:
             ys = _smooth(h.loss, max(1, len(h.loss) // 40))
             lo = min([lo] + [y for y in ys if math.isfinite(y)])
             r = next((x for x in summary.runs if x.variant == v and x.lr == lr and x.seed == seed), None)
-            ax.plot(h.step, ys, color=_color(v), lw=1.4, label=v + (" (diverged)" if r and r.diverged else ""))
+            tag = f" ({r.status.value})" if r is not None and r.status is not RunStatus.OK else ""
+            ax.plot(h.step, ys, color=_color(v), lw=1.4, label=v + tag)
         ax.set_title(f"peak LR {lr:g}")
         ax.set_xlabel("training step")
         ax.grid(True, alpha=0.3)
@@ -168,7 +252,7 @@ def write_plots(out: Path, summary: StudySummary, hist: Optional[Histories] = No
     hist = read_histories(out, summary.runs) if hist is None else hist
     paths = [out / name for name in PLOTS]
     for path, draw in zip(paths[:2], (_plot_loss_vs_lr, _plot_logit_vs_lr)):
-        fig, ax = plt.subplots(figsize=(7.5, 5))
+        fig, ax = plt.subplots(figsize=(9, 5))
         draw(ax, summary)
         _save(fig, path)
         plt.close(fig)
@@ -176,7 +260,7 @@ def write_plots(out: Path, summary: StudySummary, hist: Optional[Histories] = No
     _plot_logit_over_steps(ax, summary, hist)
     _save(fig, paths[2])
     plt.close(fig)
-    n = min(4, len(summary.lrs))
+    n = max(1, len(_curve_lrs(summary, hist)))
     fig = plt.figure(figsize=(3.6 * n + 1, 4.4))
     _plot_loss_curves(fig, summary, hist)
     _save(fig, paths[3])

@@ -1,70 +1,135 @@
 """The local scheduler of a study: run specs in `workers` spawned processes, records back as they finish.
 
 workers == 1 runs in this process (one torch thread). Otherwise `workers` spawned processes (one torch thread
-each, so the result of a run depends only on its spec, never on which worker ran it) take one spec at a time;
-a run that raises comes back as a failed record; a worker that dies (segfault, out of memory) is replaced and
-its run retried once, then recorded as failed — the parent always knows which run a dead worker held.
+each, as in the single-process case) take one spec at a time; a run that raises comes back as a failed record;
+a worker that dies (segfault, out of memory) is replaced and its run retried once, then recorded as failed —
+the parent always knows which run a dead worker held.
+
+Interrupting is the parent's business alone. Workers start with SIGINT ignored, in their own process group
+(a Ctrl-C at the terminal reaches only the parent) and with their stdout/stderr sent to a log file (nothing of
+theirs reaches the terminal or a pipe the user closed). On KeyboardInterrupt (Ctrl-C, or SIGTERM, which the
+parent turns into one while the pool runs) or any other error, the parent kills its workers with SIGKILL — a
+SIGTERM would be caught by the training loop, which finishes its step and then blocks sending a record nobody
+reads — and re-raises. In this process, a run that the training loop stopped on SIGINT/SIGTERM raises
+KeyboardInterrupt (its record is not a result).
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import multiprocessing
 import multiprocessing.connection
+import os
+import signal
+import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, List
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from .records import RunRecord, RunSpec
-from .run import failed_record
+from .run import failed_record, interrupted
 
 __all__ = ["execute"]
 
 
-def _worker_init() -> None:
+def _one_thread() -> int:
     import torch
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    return threads
+
+
+def _worker_main(conn, runner: Callable[[RunSpec], RunRecord], log_path: Optional[str]) -> None:
+    """A worker process: receive specs, send back records, until it receives None or the parent goes away."""
+    if hasattr(os, "setpgrp"):  # POSIX: out of the terminal's foreground group; Ctrl-C is the parent's to handle
+        os.setpgrp()
+    if log_path is not None:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        for target in (1, 2):
+            os.dup2(fd, target)
+        os.close(fd)
+    import torch
+
+    _one_thread()
     torch.set_num_interop_threads(1)
-
-
-def _worker_main(conn, runner: Callable[[RunSpec], RunRecord]) -> None:
-    """A worker process: receive specs, send back records, until it receives None."""
-    _worker_init()
     while True:
-        spec = conn.recv()
+        try:
+            spec = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
         if spec is None:
             return
-        conn.send(_guarded(runner, spec))
+        try:
+            conn.send(_guarded(runner, spec))
+        except (BrokenPipeError, OSError):
+            return
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While the pool runs, SIGTERM to the parent raises KeyboardInterrupt (so its workers are killed too)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def execute(specs: List[RunSpec], runner: Callable[[RunSpec], RunRecord], workers: int,
-            on_done: Callable[[RunRecord], None]) -> None:
-    """Run every spec; `on_done(record)` in the parent as each finishes.
-
-    workers == 1 runs in this process (one torch thread). Otherwise `workers` spawned processes take one
-    spec at a time; a worker that dies (segfault, out of memory) is replaced and its run retried once, then
-    recorded as failed — the parent always knows which run a dead worker held."""
-    if workers == 1:
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            for spec in specs:
-                on_done(_guarded(runner, spec))
-        finally:
-            torch.set_num_threads(threads)
+            on_done: Callable[[RunRecord], None], *, worker_log: Optional[Path] = None) -> None:
+    """Run every spec; `on_done(record)` in the parent as each finishes. `worker_log`: the file worker
+    processes write their stdout/stderr to (default: os.devnull)."""
+    if not specs:
         return
+    with _sigterm_interrupts():
+        if workers == 1:
+            _in_process(specs, runner, on_done)
+        else:
+            _in_workers(specs, runner, workers, on_done, str(worker_log) if worker_log else os.devnull)
+
+
+def _in_process(specs: List[RunSpec], runner: Callable[[RunSpec], RunRecord],
+                on_done: Callable[[RunRecord], None]) -> None:
+    import torch
+
+    threads = _one_thread()
+    try:
+        for spec in specs:
+            rec = _guarded(runner, spec)
+            if interrupted(rec):
+                raise KeyboardInterrupt
+            on_done(rec)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _in_workers(specs: List[RunSpec], runner: Callable[[RunSpec], RunRecord], workers: int,
+                on_done: Callable[[RunRecord], None], log_path: str) -> None:
     ctx = multiprocessing.get_context("spawn")
     queue = collections.deque(specs)
     attempts: Dict[str, int] = collections.Counter()
     running: Dict[Any, tuple] = {}  # parent end of the pipe -> (process, spec)
+    procs: List[Any] = []
 
     def start_worker():
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker_main, args=(child, runner), daemon=True)
-        proc.start()
+        proc = ctx.Process(target=_worker_main, args=(child, runner, log_path), daemon=True)
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited: the child starts ignoring SIGINT
+        try:
+            proc.start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
         child.close()
+        procs.append(proc)
         return parent, proc
 
     def dispatch(conn, proc) -> None:
@@ -100,8 +165,11 @@ def execute(specs: List[RunSpec], runner: Callable[[RunSpec], RunRecord], worker
                 on_done(rec)
                 dispatch(conn, proc)
     finally:
-        for proc, _ in running.values():
-            proc.terminate()
+        for proc in procs:  # normally all have exited; after an error or interrupt, none may outlive us
+            if proc.is_alive():
+                proc.kill()
+        for proc in procs:
+            proc.join(timeout=10)
 
 
 def _guarded(runner: Callable[[RunSpec], RunRecord], spec: RunSpec) -> RunRecord:

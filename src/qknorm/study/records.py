@@ -1,9 +1,15 @@
 """Typed records passed between the study's stages: what one run is (`RunSpec`), what it measured
-(`RunRecord`, with its per-step `RunHistory`), and the derived numbers every consumer shares.
+(`RunRecord`, with its `RunStatus` and per-step `RunHistory`), and the derived numbers every consumer shares.
 
 A `RunSpec` goes to a worker (pickled); a `RunRecord` comes back. Their JSON forms are the study's files:
-summary.json's "runs" entries (`RunRecord.to_json`) and runs/<name>.json (`RunHistory.to_json`); `from_json`
-reads both back (tolerating fields that older files lack), so the report can be re-rendered from disk.
+summary.json's "runs" entries (`RunRecord.to_json`) and runs/<name>.json (`RunSpec.identity`, the record and
+`RunHistory.to_json`, layout.py); `from_json` reads them back (tolerating fields that older files lack), so the
+report can be re-rendered and a study resumed from disk.
+
+A run ends in one of four states (`RunStatus`): `ok`; `diverged` — a measured non-finite or exploding loss
+(metrics.is_diverged), which LR sensitivity counts as l0; `failed` — it raised, stopped early for another
+reason, or its worker process died: nothing was measured about the model, so it is left out of LR
+sensitivity and reported apart; `cut` — stopped or skipped by the study's time budget (also left out).
 
 The derived numbers live here, once: `RunRecord.sens_loss` (the loss LR sensitivity and "best loss" use) and
 `RunRecord.logit` (the max attention logit, +inf when it was non-finite).
@@ -11,13 +17,17 @@ The derived numbers live here, once: `RunRecord.sens_loss` (the loss LR sensitiv
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from typing import Any, Dict, List, Optional
 
+import torch
+
 from ..config import ModelConfig
 from ..train.config import TrainConfig
+from ..version import __version__
 
-__all__ = ["RunSpec", "RunRecord", "RunHistory", "SpikeScores", "run_name", "finite_or_none"]
+__all__ = ["RunSpec", "RunRecord", "RunStatus", "RunHistory", "SpikeScores", "run_name", "finite_or_none"]
 
 
 def run_name(variant: str, lr: float, seed: int) -> str:
@@ -40,11 +50,34 @@ class RunSpec:
     train: TrainConfig
     data: Optional[str] = None  # None = the embedded corpus
     tokenizer: Optional[str] = None
+    data_fingerprint: Optional[str] = None  # hash of the token stream the run trains and validates on
     deadline: Optional[float] = None  # time.time() after which the run stops (the study's --max-minutes)
 
     @property
     def name(self) -> str:
         return run_name(self.variant, self.lr, self.seed)
+
+    def identity(self) -> Dict[str, Any]:
+        """Everything that decides what the run measures, as JSON: a stored run is reused only when its
+        identity equals the new spec's (the deadline is a budget, not part of the run)."""
+        return {"variant": self.variant, "lr": self.lr, "seed": self.seed, "model": self.model.to_dict(),
+                "train": self.train.to_dict(), "data": self.data, "tokenizer": self.tokenizer,
+                "data_fingerprint": self.data_fingerprint, "qknorm": __version__,
+                "torch": torch.__version__}  # the installed versions are part of what produced the numbers
+
+
+class RunStatus(str, enum.Enum):
+    """How a run ended (module docstring)."""
+
+    OK = "ok"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+    CUT = "cut"
+
+    @property
+    def measured(self) -> bool:
+        """The run trained to its end and measured the model (ok or diverged): LR sensitivity uses it."""
+        return self in (RunStatus.OK, RunStatus.DIVERGED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +152,7 @@ class RunRecord:
     val_loss: Optional[float] = None  # validation loss at the end
     max_attn_logit: Optional[float] = None  # max over the run's stats passes and layers; None if non-finite
     max_attn_logit_nonfinite: bool = False
-    diverged: bool = False
-    cut: bool = False  # stopped or skipped by the study's time budget
+    status: RunStatus = RunStatus.OK
     steps: int = 0
     time_s: float = 0.0
     tokens_per_s: float = 0.0
@@ -130,15 +162,30 @@ class RunRecord:
     traceback: Optional[str] = None
     history: Optional[RunHistory] = dataclasses.field(default=None, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", RunStatus(self.status))
+
     @property
     def name(self) -> str:
         return run_name(self.variant, self.lr, self.seed)
 
     @property
+    def diverged(self) -> bool:
+        return self.status is RunStatus.DIVERGED
+
+    @property
+    def cut(self) -> bool:
+        return self.status is RunStatus.CUT
+
+    @property
+    def failed(self) -> bool:
+        return self.status is RunStatus.FAILED
+
+    @property
     def sens_loss(self) -> Optional[float]:
-        """The loss LR sensitivity is computed on: validation loss (train loss without validation); None for a
-        run that diverged or failed."""
-        if self.diverged or self.error:
+        """The loss LR sensitivity is computed on: validation loss (train loss without validation); None unless
+        the run is ok (a diverged run counts as l0; failed and cut runs are left out: analysis.py)."""
+        if self.status is not RunStatus.OK:
             return None
         return self.val_loss if self.val_loss is not None else self.final_loss
 
@@ -148,14 +195,29 @@ class RunRecord:
         return math.inf if self.max_attn_logit_nonfinite else self.max_attn_logit
 
     def to_json(self) -> Dict[str, Any]:
-        """summary.json's entry for this run (no history; the traceback only for a failed run)."""
+        """summary.json's entry for this run (no history; the traceback only for a failed run); `diverged`
+        and `cut` are written beside `status` for readers of the older form."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "history"}
-        out["spike_score"] = self.spike_score.to_json()
+        out.update(status=self.status.value, diverged=self.diverged, cut=self.cut,
+                   spike_score=self.spike_score.to_json())
         if not self.error:
             out.pop("traceback")
         return out
 
     @classmethod
     def from_json(cls, d: Dict[str, Any]) -> "RunRecord":
-        known = {f.name for f in dataclasses.fields(cls)} - {"history", "spike_score"}
-        return cls(**{k: v for k, v in d.items() if k in known}, spike_score=SpikeScores.from_json(d.get("spike_score")))
+        known = {f.name for f in dataclasses.fields(cls)} - {"history", "spike_score", "status"}
+        return cls(**{k: v for k, v in d.items() if k in known}, status=_status_of(d),
+                   spike_score=SpikeScores.from_json(d.get("spike_score")))
+
+
+def _status_of(d: Dict[str, Any]) -> RunStatus:
+    """A stored run's status; files written before `status` existed had `diverged`/`cut` flags only, and marked a
+    run that raised as diverged with its error text (a measured divergence had no error)."""
+    if "status" in d:
+        return RunStatus(d["status"])
+    if d.get("cut"):
+        return RunStatus.CUT
+    if d.get("error"):
+        return RunStatus.FAILED
+    return RunStatus.DIVERGED if d.get("diverged") else RunStatus.OK

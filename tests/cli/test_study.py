@@ -1,0 +1,74 @@
+"""`qknorm study` as a user runs it, in a subprocess: output to a closed pipe (`| head -1`) never hangs and never
+prints a traceback; Ctrl-C prints one line, leaves no worker behind and exits 130."""
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+TINY = ["study", "--profile", "smoke", "--variants", "baseline,qknorm", "--device", "cpu"]
+
+
+def _env(**extra):
+    return {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **extra}
+
+
+def _tagged(tag):
+    """PIDs of live processes whose environment holds `tag` (the study and any worker it started)."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and tag.encode() in (p / "environ").read_bytes():
+                stat = (p / "stat").read_text()
+                if stat.rsplit(")", 1)[1].split()[0] != "Z":
+                    pids.append(int(p.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_closed_pipes_neither_hang_nor_lose_the_study(tmp_path):
+    """`qknorm study ... 2>&1 | head -1` with the table's stdout gone from the start and the progress log's reader
+    gone after the first line, while two workers train: the study still finishes within its normal time, with
+    exit status 0 (a traceback, or Python failing to flush at exit, would not be 0), and writes its files."""
+    out = tmp_path / "s"
+    p = subprocess.Popen([sys.executable, "-m", "qknorm", *TINY, "--lrs", "1e-3,1e-1", "--steps", "3",
+                          "--workers", "2", "--out", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    p.stdout.close()
+    first = p.stderr.readline()
+    p.stderr.close()  # what `head -1` does
+    try:
+        rc = p.wait(timeout=240)
+    finally:
+        p.kill()
+    assert rc == 0 and (out / "summary.json").is_file() and (out / "report.html").is_file()
+    assert first.startswith(b"qknorm study (smoke profile, custom variants, steps): 4 runs")
+
+
+def test_ctrl_c_prints_one_line_keeps_no_worker_and_exits_130(tmp_path):
+    """SIGINT to the whole foreground process group, as a terminal sends it, while two workers train."""
+    out, tag = tmp_path / "s", uuid.uuid4().hex
+    p = subprocess.Popen([sys.executable, "-m", "qknorm", *TINY, "--lrs", "1e-3,1e-1", "--steps", "100000",
+                          "--workers", "2", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=_env(QKNORM_TEST_TAG=tag), start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / "workers.log").exists() and time.time() < deadline and p.poll() is None:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        assert len(_tagged(tag)) >= 3, "the study and its two workers should be running"
+        os.killpg(p.pid, signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    lines = stderr.decode().splitlines()
+    assert p.returncode == 130, stderr.decode()
+    assert lines[-1] == "qknorm study: interrupted" and len(lines) == 2, lines  # the start line, then this
+    assert "Traceback" not in stderr.decode() and stdout == b""
+    assert b"KeyboardInterrupt" not in (out / "workers.log").read_bytes()
+    time.sleep(0.5)
+    assert _tagged(tag) == [], "a worker outlived the study"
