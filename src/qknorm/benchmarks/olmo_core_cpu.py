@@ -37,17 +37,9 @@ import torch.nn.functional as F
 
 import qknorm
 
+from .environment import cpu_name
+
 FAMILIES = ("olmo2", "qwen3", "gemma3", "llama")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def olmo_config(family: str, a):

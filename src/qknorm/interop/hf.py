@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
-from ..fileio import atomic_write_bytes, read_safetensors
+from ..fileio import atomic_write_bytes, read_json, read_safetensors
 from ..model_io import state_dict_for_save
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError
@@ -47,23 +47,14 @@ def resolve_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not readable JSON ({e.__class__.__name__}: {e})") from None
-
-
 def read_hf_dir(path: Union[str, Path]) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
     """(config dict, HF state dict) of a checkpoint directory, with json + safetensors only."""
     d = Path(path)
     if not d.is_dir():
         raise CheckpointError(f"{d}: not a directory (expected one holding {CONFIG_NAME} and *.safetensors)")
-    cfg = _read_json(d / CONFIG_NAME)
+    cfg = read_json(d / CONFIG_NAME)
     if (d / INDEX_NAME).is_file():
-        index = _read_json(d / INDEX_NAME)
+        index = read_json(d / INDEX_NAME)
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{d / INDEX_NAME}: has no 'weight_map' object")

@@ -21,8 +21,7 @@ from ...errors import CheckpointError
 from ..runtime import Runtime
 from .full import load_checkpoint, save_checkpoint
 from .layout import Checkpoint, CheckpointMismatch, list_checkpoints, move_aside
-from .sharded import (all_gather, broadcast, is_sharded, load_verified_sharded, read_sharded_meta, save_sharded,
-                      verify_sharded)
+from .sharded import all_gather, broadcast, is_sharded, load_sharded, save_sharded
 
 __all__ = ["save_training_checkpoint", "load_training_checkpoint"]
 
@@ -49,13 +48,11 @@ def save_training_checkpoint(rt: Runtime, root: str | Path, step: int, model: nn
 def _try_load(rt: Runtime, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
               model_config: ModelConfig) -> Checkpoint:
     """Verify (every rank agrees) then load one checkpoint of either format; CheckpointError if damaged."""
-    sharded = is_sharded(path)
-    full, meta, err = None, None, None
+    if is_sharded(path):
+        return load_sharded(path, rt, model, optimizer, model_config)
+    full, err = None, None
     try:
-        if sharded:
-            meta = read_sharded_meta(path, model_config)
-        else:
-            full = load_checkpoint(path, model_config)  # reads and verifies size + sha256 of every file
+        full = load_checkpoint(path, model_config)  # reads and verifies size + sha256 of every file
     except CheckpointMismatch:
         raise
     except CheckpointError as e:
@@ -63,11 +60,6 @@ def _try_load(rt: Runtime, path: Path, model: nn.Module, optimizer: torch.optim.
     errors = [e for e in all_gather(rt, err) if e]
     if errors:
         raise CheckpointError(errors[0])
-    if sharded:
-        problem = verify_sharded(rt, path, meta)
-        if problem:
-            raise CheckpointError(problem)
-        return load_verified_sharded(path, meta, rt, model, optimizer)
     rt.load_model_state_dict(model, full.model_state)
     rt.load_optimizer_state_dict(model, optimizer, full.optimizer_state)
     return full
