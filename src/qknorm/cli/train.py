@@ -3,11 +3,18 @@
     qknorm train --preset qwen3 --steps 300 --lr 3e-3 --out runs/q
     qknorm train --preset llama --set qk_norm=head --set d_model=128 --data my_texts/ --out runs/l
     qknorm train --out runs/l --resume                     # continue exactly: model, settings, data from run.json
+    qknorm train --init-from runs/l --steps 500 --out runs/l2    # a new run from a model (ours, a checkpoint, HF)
 
 Writes OUT/run.json (the run's record: model, training settings, data and its fingerprint), OUT/tokenizer.json
 (with --tokenizer), OUT/metrics.jsonl (a JSON object a step), OUT/checkpoints/ (with --ckpt-every, and on
 SIGTERM/SIGINT), and at the end OUT/model.safetensors + OUT/config.json (`qknorm.load_model(OUT)`). Prints one
 summary line with the logit-growth verdict `qknorm inspect` gives.
+
+--init-from DIR starts a new run (fresh optimizer and schedule) from the weights of a qknorm model, run or
+checkpoint directory, or an HF directory of a supported family; the model config is the source's (shape
+changes are refused; see train/init_from.py for which --set fields may change), its tokenizer.json is the
+run's unless --tokenizer names another (refused unless --allow-changes), and run.json's origin records the
+source's path and the sha256 of its weight files.
 
 --resume restores everything the run recorded; a flag that contradicts the record (other data, another
 preset or shape, a changed training setting other than steps/evaluation/checkpointing/device/parallel/tp) is
@@ -28,17 +35,20 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import ModelConfig
 from ..diagnostics import logit_verdict
 from ..errors import ConfigError
 from ..presets import PRESETS, SIZES, get_config
+from ..pretrained import load_pretrained
 from ..train.config import FREE_ON_RESUME, TrainConfig
+from ..train.init_from import check_vocab, init_config, init_tokenizer
 from ..train.loop import train
 from ..train.manifest import MANIFEST_FILE, TOKENIZER_FILE, RunManifest, legacy_model_config, legacy_train_config
 from ..train.preflight import check_out_dir
 from ..train.runtimes import world_size_from_env
+from ..train.sources import is_token_file
 from ..train.tokens import TokenData, load_tokens
 from ._common import (non_negative_float, non_negative_int, parse_set, positive_float, positive_int, print_line,
                       one_line_warnings)
@@ -47,7 +57,7 @@ from ._common import (non_negative_float, non_negative_int, parse_set, positive_
 FLAGS = ("--preset", "--size", "--set", "--data", "--tokenizer", "--steps", "--lr", "--batch-size", "--seq-len",
          "--seed", "--out", "--ckpt-every", "--resume", "--allow-changes", "--device", "--dtype", "--warmup",
          "--weight-decay", "--z-loss", "--grad-accum", "--clip", "--on-nan", "--eval-every", "--parallel",
-         "--tp", "--no-progress")
+         "--tp", "--no-progress", "--init-from")
 
 # flag dest -> TrainConfig field (and back, for error messages: FIELD_FLAGS)
 _TRAIN_FLAGS = {"steps": "steps", "lr": "lr", "batch_size": "batch_size", "seq_len": "seq_len", "seed": "seed",
@@ -58,7 +68,7 @@ _TRAIN_FLAGS = {"steps": "steps", "lr": "lr", "batch_size": "batch_size", "seq_l
 
 FIELD_FLAGS = {**{field: "--" + dest.replace("_", "-") for dest, field in _TRAIN_FLAGS.items()},
                "device": "--device", "out_dir": "--out", "resume=True": "--resume",
-               "allow_changes=True": "--allow-changes"}
+               "allow_changes=True": "--allow-changes", "init_from": "--init-from", "tokenizer=": "--tokenizer="}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -71,6 +81,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "run's recorded values.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     m = p.add_argument_group("model")
+    m.add_argument("--init-from", metavar="DIR", help="start a new run from this model's weights: a qknorm model, "
+                   "run or checkpoint directory, or an HF directory (the model config is the source's)")
     m.add_argument("--preset", metavar="P", help=f"model family: {', '.join(PRESETS)} (required for a new run)")
     m.add_argument("--size", metavar="S", help=f"preset size (default debug). {sizes}")
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -101,7 +113,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint, "
                    "with the model, settings and data it recorded")
     r.add_argument("--allow-changes", action="store_true",
-                   help="with --resume: accept flags that contradict the run's record (other data, settings)")
+                   help="with --resume: accept flags that contradict the run's record (other data, settings); "
+                        "with --init-from: another tokenizer, or --set fields that change the model's function")
     r.add_argument("--device", default="auto", metavar="D", help="cpu, cuda, cuda:N, mps, or auto (default)")
     r.add_argument("--dtype", choices=("fp32", "bf16"), help="fp32 (default) or bf16 autocast")
     r.add_argument("--parallel", choices=("ddp", "fsdp"), help="under torchrun: DDP (default) or FSDP2")
@@ -120,6 +133,7 @@ class _Plan:
     data: TokenData
     origin: Dict[str, Any]
     notes: List[str]
+    init_state: Optional[Dict[str, Any]] = None  # --init-from: the source's weights
 
 
 def _flag_overrides(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -148,10 +162,13 @@ def _model(preset: str, size: str, model_over: Dict[str, Any], data: TokenData, 
     return config
 
 
+def _plain(model_over: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: (v.value if isinstance(v, enum.Enum) else list(v) if isinstance(v, tuple) else v)
+            for k, v in model_over.items()}
+
+
 def _origin(preset: str, size: str, model_over: Dict[str, Any]) -> Dict[str, Any]:
-    plain = {k: (v.value if isinstance(v, enum.Enum) else list(v) if isinstance(v, tuple) else v)
-             for k, v in model_over.items()}
-    return {"preset": preset, "size": size, "overrides": plain}
+    return {"preset": preset, "size": size, "overrides": _plain(model_over)}
 
 
 def build_configs(args) -> Tuple[ModelConfig, TrainConfig, bool]:
@@ -172,6 +189,31 @@ def _fresh_plan(args) -> _Plan:
     notes: List[str] = []
     config = _model(args.preset, size, model_over, data, notes)
     return _Plan(config, cfg, data, _origin(args.preset, size, model_over), notes)
+
+
+def _init_plan(args) -> _Plan:
+    """A new run from the weights in --init-from (train/init_from.py has the rules), everything checked."""
+    if args.preset is not None or args.size is not None:
+        flag = "--preset" if args.preset is not None else "--size"
+        raise ConfigError(f"{flag}: with --init-from the model comes from {args.init_from}; leave {flag} out (--set "
+                          "may change some fields)")
+    model_over, train_over = _flag_overrides(args)
+    train_over.setdefault("device", _resolve_device("auto"))
+    cfg = TrainConfig(**train_over)  # a bad training flag fails before the source is read
+    src = load_pretrained(args.init_from)
+    where = f"the model of --init-from {src.path}"
+    config = init_config(src.model.config, model_over, allow_changes=args.allow_changes, where=where)
+    notes: List[str] = []
+    if args.data is not None and is_token_file(Path(args.data)) and args.tokenizer is None:
+        tokenizer = None  # already token ids: the model's tokenizer is not applied (nor copied into the run)
+        if src.tokenizer is not None:
+            notes.append(f"{args.data} is already tokenized: {src.tokenizer} is not applied nor copied into the run")
+    else:
+        tokenizer = init_tokenizer(src, args.tokenizer, allow_changes=args.allow_changes)
+    data = load_tokens(args.data, tokenizer=tokenizer)
+    check_vocab(config, data, where)
+    origin = {"init_from": src.record(), "overrides": _plain(model_over)}
+    return _Plan(config, cfg, data, origin, notes, init_state=src.model.state_dict())
 
 
 def _resume_plan(args, out: Path) -> _Plan:
@@ -205,6 +247,10 @@ def _resume_plan(args, out: Path) -> _Plan:
         config = ModelConfig.from_dict(record.model_config if record else legacy_model_config(out))
     else:  # the model the flags describe; a different one is refused by the checkpoint, naming the field
         preset = args.preset or origin.get("preset")
+        if preset is None and record is not None and "init_from" in origin:  # a run started from a model
+            config = init_config(ModelConfig.from_dict(record.model_config), model_over,
+                                 allow_changes=args.allow_changes, where=f"the run in {out}")
+            return _Plan(config, cfg, data, origin, notes)
         if preset is None:
             raise ConfigError(f"{out} has no run record: give the run's --preset (and --size, --set) to resume it")
         size = args.size or origin.get("size") or "debug"
@@ -224,14 +270,20 @@ def _resolve_device(name: str) -> str:
 
 def run(args) -> int:
     with one_line_warnings("qknorm train"):
-        if args.out is None and args.preset is None:
+        if args.init_from is not None and args.resume:
+            raise ConfigError("--init-from starts a new run from a model; --resume continues the run in --out: give "
+                              "one of them")
+        if args.out is None and (args.preset is None or args.init_from is not None):
             raise ConfigError("--out is required with --resume (the run directory)" if args.resume else
-                              f"--preset is required for a new run; choose one of: {', '.join(PRESETS)}")
+                              "--out is required with --init-from (the new run's directory)" if args.init_from
+                              else f"--preset is required for a new run; choose one of: {', '.join(PRESETS)}")
         out = Path(args.out or f"runs/{args.preset}-{args.size or 'debug'}")
         check_out_dir(out, args.resume)
-        plan = _resume_plan(args, out) if args.resume else _fresh_plan(args)
+        plan = _init_plan(args) if args.init_from is not None else \
+            _resume_plan(args, out) if args.resume else _fresh_plan(args)
         c, cfg = plan.model_config, plan.cfg
-        what = f"{plan.origin.get('preset', 'recorded model')}/{plan.origin.get('size', '')}".rstrip("/")
+        what = (f"{plan.origin['preset']}/{plan.origin.get('size', '')}".rstrip("/") if "preset" in plan.origin else
+                f"model of {plan.origin['init_from']['path']}" if "init_from" in plan.origin else "recorded model")
         plan.notes.append(f"{what}: {c.num_params() / 1e6:.2f}M params, qk_norm={c.qk_norm.value}, placement="
                           f"{c.placement.value}; {cfg.steps} steps, lr {cfg.lr:g}, batch {cfg.batch_size}x"
                           f"{cfg.seq_len}{f', tp {cfg.tp}' if cfg.tp > 1 else ''}; data: {plan.data.source}; "
@@ -239,7 +291,8 @@ def run(args) -> int:
         # the notes come once train() has checked everything (device, data length, checkpoint, run dir):
         # bad input found there is reported by its error line alone
         result = train(c, cfg, plan.data, out_dir=out, resume=args.resume, origin=plan.origin,
-                       allow_changes=args.allow_changes, on_ready=lambda: [_note(n) for n in plan.notes])
+                       allow_changes=args.allow_changes, on_ready=lambda: [_note(n) for n in plan.notes],
+                       init_state=plan.init_state)
     return _report(result, out, c)
 
 

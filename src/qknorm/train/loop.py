@@ -113,8 +113,12 @@ class _Session:
 def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_dir: str | Path | None = None,
           resume: bool = False, callback: Optional[Callable[[Dict[str, Any]], Optional[bool]]] = None,
           runtime: Optional[Runtime] = None, on_ready: Optional[Callable[[], None]] = None,
-          origin: Optional[Dict[str, Any]] = None, allow_changes: bool = False) -> TrainResult:
+          origin: Optional[Dict[str, Any]] = None, allow_changes: bool = False,
+          init_state: Optional[Dict[str, torch.Tensor]] = None) -> TrainResult:
     """Train a fresh `TransformerLM(model_config)` (init from `cfg.seed`) on `data`; see the module docstring.
+
+    `init_state`: start from these weights instead (a state dict of that model, e.g. a pretrained model's;
+    train/init_from.py has the checks): a new run with a fresh optimizer and schedule.
 
     `callback(record)` is called after every step with its metrics record (main process); returning True
     stops training after that step like SIGTERM does (a checkpoint is written when there is an out_dir).
@@ -124,6 +128,8 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
     """
     if resume and out_dir is None:
         raise ConfigError("resume=True needs out_dir (the run directory holding checkpoints/)")
+    if resume and init_state is not None:
+        raise ConfigError("init_state starts a new run; resume=True continues one from its checkpoint: give one")
     rt = runtime or make_runtime(cfg.device, cfg.parallel, cfg.tp)
     if rt.tp != cfg.tp:
         raise ConfigError(f"tp={cfg.tp} but the given runtime is tensor-parallel over {rt.tp} process(es)")
@@ -140,7 +146,7 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
                          origin=dict(origin or {})) if out is not None else None
     if resume:
         _check_against_record(out, record, allow_changes)
-    s = _setup(model_config, cfg, data, rt, out, resume)
+    s = _setup(model_config, cfg, data, rt, out, resume, init_state)
     created = out is not None and not out.exists()
     if out is not None and rt.is_main:
         s.log, s.tokenizer = _open_run_dir(out, record, data, resume, s.start)
@@ -155,7 +161,7 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
 
 
 def _setup(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, rt: Runtime, out: Optional[Path],
-           resume: bool) -> _Session:
+           resume: bool, init_state: Optional[Dict[str, torch.Tensor]] = None) -> _Session:
     """Batches, model, optimizer and (on resume) the checkpoint's state; nothing written yet."""
     batcher = Batcher(data.train, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed, rank=rt.dp_rank,
                       world_size=rt.dp_size, name="training split")
@@ -163,6 +169,8 @@ def _setup(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, rt: Run
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = TransformerLM(model_config).to(device)
+    if init_state is not None:  # the given weights replace the seed's init (copied, cast to the model's dtype)
+        model.load_state_dict(init_state, strict=True)
     wrapped = rt.wrap(model)
     optimizer = build_optimizer(model, cfg)
     s = _Session(cfg=cfg, model_config=model_config, rt=rt, device=device, model=model, wrapped=wrapped,
