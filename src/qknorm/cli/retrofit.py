@@ -1,0 +1,114 @@
+"""`qknorm retrofit`: add QK-norm to a trained model that has none, keeping what it knows.
+
+    qknorm retrofit --from runs/llama --scope head --out runs/llama-qk --heal-steps 200
+    qknorm retrofit --from path/to/Llama-dir --scope head --out qwen3-like/ --data my_texts/ --heal-steps 500
+
+Inserts QK-norm before RoPE, fits the gains so every layer's attention stays as close as possible to the
+original's on calibration tokens, optionally heals with a short continued training (by default distillation:
+the KL to the original's next-token distributions, --distill; or --lm-loss: the next-token loss on the data,
+which moves a model that was not trained to convergence onward, away from the original), and measures each
+stage on held-out tokens.
+Writes OUT/retrofit_report.json (kl_naive, kl_calibrated, kl_healed, the validation losses; nats per token),
+OUT/retrofit_report.html with the healing curve (OUT/healing_curve.png), and the model with its tokenizer:
+a transformers directory when a family has the new numerics (llama + --scope head = Qwen3:
+AutoModelForCausalLM.from_pretrained(OUT) or qknorm.from_hf(OUT) load it), else qknorm's format
+(qknorm.load_model(OUT); --scope full has no transformers family). Exit status: 0 done; 1 healing diverged
+(nothing written); 2 bad input (one line, nothing written).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..retrofit.config import RetrofitConfig
+from ..retrofit.heal import HealDiverged
+from ..retrofit.insert import SCOPES
+from ..retrofit.pipeline import retrofit
+from ._common import non_negative_int, one_line_warnings, positive_float, positive_int, print_line
+
+# the frozen public flags (tests/cli/test_retrofit_cli.py checks the parser against this list)
+FLAGS = ("--from", "--scope", "--out", "--data", "--calib-tokens", "--calib-steps", "--heal-steps", "--distill",
+         "--lm-loss", "--lr", "--batch-size", "--seq-len", "--eval-tokens", "--seed", "--device")
+
+# RetrofitConfig field -> flag (library errors name fields; the user typed flags)
+FIELD_FLAGS = {"scope": "--scope", "calib_tokens": "--calib-tokens", "calib_steps": "--calib-steps",
+               "heal_steps": "--heal-steps", "lr": "--lr", "batch_size": "--batch-size", "seq_len": "--seq-len",
+               "eval_tokens": "--eval-tokens", "seed": "--seed", "device": "--device", "out_dir": "--out",
+               "from_dir": "--from"}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    d = RetrofitConfig()
+    p = subparsers.add_parser(
+        "retrofit", help="add QK-norm to a trained model without it, keeping what it knows",
+        description="Insert QK-norm (before RoPE) into a model without it (llama family, or any qknorm model with "
+                    "qk_norm=none), fit its gains to the original attention on calibration tokens, optionally heal "
+                    "it with a short continued training, and report the next-token KL to the original at each stage.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--from", dest="source", required=True, metavar="DIR",
+                   help="the model: a qknorm model, run or checkpoint directory, or an HF directory (llama family)")
+    p.add_argument("--scope", required=True, choices=SCOPES,
+                   help="head: per head over head_dim (llama -> Qwen3 in transformers); full: over the projection "
+                        "width (OLMo 2 style; written in qknorm's format)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (new or empty)")
+    p.add_argument("--data", metavar="PATH", help="text file, directory, glob or token file for calibration, healing "
+                   "and the held-out measurements (default: the embedded corpus); text is encoded with the model's "
+                   "tokenizer.json (bytes without one)")
+    p.add_argument("--calib-tokens", type=positive_int, metavar="N",
+                   help=f"training tokens the gains are fitted on (default {d.calib_tokens})")
+    p.add_argument("--calib-steps", type=non_negative_int, metavar="N",
+                   help=f"Adam steps of the per-layer gain fit (default {d.calib_steps}; 0 = rms-matched gains)")
+    p.add_argument("--heal-steps", type=non_negative_int, metavar="N",
+                   help="continued-training steps after calibration (default 0: no healing)")
+    obj = p.add_mutually_exclusive_group()
+    obj.add_argument("--distill", dest="objective", action="store_const", const="distill",
+                     help="heal by the KL to the original's next-token distributions (the default)")
+    obj.add_argument("--lm-loss", dest="objective", action="store_const", const="lm",
+                     help="heal by the next-token loss on the data instead")
+    p.add_argument("--lr", type=positive_float, metavar="X", help=f"peak healing learning rate (default {d.lr:g})")
+    p.add_argument("--batch-size", type=positive_int, metavar="B",
+                   help=f"healing and evaluation batch (default {d.batch_size})")
+    p.add_argument("--seq-len", type=positive_int, metavar="T", help=f"window length (default {d.seq_len})")
+    p.add_argument("--eval-tokens", type=positive_int, metavar="N",
+                   help=f"held-out tokens every KL and loss is measured on (default {d.eval_tokens})")
+    p.add_argument("--seed", type=non_negative_int, metavar="S", help="calibration and healing batches (default 0)")
+    p.add_argument("--device", default="auto", metavar="D", help="cpu, cuda, cuda:N, mps, or auto (default)")
+    return p
+
+
+def _config(args) -> RetrofitConfig:
+    given = {"scope": args.scope, "calib_tokens": args.calib_tokens, "calib_steps": args.calib_steps,
+             "heal_steps": args.heal_steps, "lr": args.lr, "batch_size": args.batch_size, "seq_len": args.seq_len,
+             "eval_tokens": args.eval_tokens, "seed": args.seed}
+    fields = {k: v for k, v in given.items() if v is not None}
+    if args.objective is not None:
+        fields["objective"] = args.objective
+    if args.device != "auto":
+        fields["device"] = args.device
+    else:
+        import torch
+
+        fields["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    return RetrofitConfig(**fields)
+
+
+def _note(msg: str) -> None:
+    print_line(f"qknorm retrofit: {msg}", file=sys.stderr)
+
+
+def run(args) -> int:
+    with one_line_warnings("qknorm retrofit"):
+        cfg = _config(args)
+        try:
+            r = retrofit(args.source, args.out, cfg, data=args.data, log=_note)
+        except HealDiverged as e:
+            _note(f"error: {e}; nothing written")
+            return 1
+    where = ("transformers " + r.export[3:] + ": AutoModelForCausalLM.from_pretrained or qknorm.from_hf"
+             if r.export.startswith("hf/") else "qknorm format: qknorm.load_model")
+    healed = "" if r.kl_healed is None else f", healed {r.kl_healed:.4f} (val loss {r.val_loss_healed:.4f})"
+    print_line(f"qknorm retrofit: scope {r.scope}: next-token KL to the original (nats/token) naive "
+               f"{r.kl_naive:.4f}, calibrated {r.kl_calibrated:.4f}{healed}; val loss original "
+               f"{r.val_loss_original:.4f}, retrofitted {r.val_loss_retrofitted:.4f} -> {args.out} ({where}); "
+               "report: retrofit_report.json, retrofit_report.html")
+    return 0

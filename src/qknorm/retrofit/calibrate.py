@@ -1,0 +1,193 @@
+"""Choose the QK-norm gains of a retrofitted model so that every layer attends as the original did.
+
+Without QK-norm a layer's logits are  s * R(q_t).R(k_u)  (s = query scale, R = RoPE). With it, q and k are
+first replaced by  g_q * q / rms(q)  and  g_k * k / rms(k)  (per head over head_dim, or over the whole
+projection width for scope "full"). Two things are lost that no choice of gains brings back: the per-token
+norms rms(q_t) and rms(k_u), which scaled each logit (a query's sharpness, a key's salience), and, for scope
+"head", the different scales of the heads, which share one gain vector. Gains of 1 ("naive") go further:
+they pin every logit to |logit| <= s * head_dim, far from what a trained model uses.
+
+What matters downstream is not the logits but the attention distribution over keys (softmax ignores a
+per-query shift), so the gains are fitted, layer by layer, to minimise the mean KL divergence
+KL(P_orig(. | t) || P_new(. | t)) over every (sequence, head, query) of the calibration tokens, where both
+distributions are computed from the *original* model's q and k at that layer (the layers are fitted
+independently: the inputs are the original's hidden states, which is also what the retrofitted model
+should reproduce). Parameters: log g_q and log g_k (positive gains; only their product per RoPE pair and
+the RMS-normalised directions matter), initialised at the mean RMS of q and of k (the one scalar that keeps
+the average logit scale: "rms-matched"), then Adam on the whole calibration set, full batch, in fp32.
+
+A per-head softmax temperature would recover the heads' scales for scope "head", but Qwen3 (the family
+llama + per-head QK-norm exports to) has no such parameter, so it is not fitted; scope "full" already has a
+gain per (head, dim), which includes a per-head scale.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, List, Optional, Tuple
+
+import torch
+
+from ..config import SLIDING, QKNormScope
+from ..model import TransformerLM
+from ..nn.attention import causal_mask
+from ..ops.reference import qk_norm_rope_ref
+
+__all__ = ["LayerFit", "capture_qk", "attention_kl", "fit_layer", "calibrate"]
+
+_CHUNK_SCORES = 1 << 24  # score elements (B*H*T*T) per chunk of the objective: bounds the memory of a step
+_MASKED = -1e30
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerFit:
+    """One layer's calibration: mean attention KL (nats per query) for three choices of gains, and the fit."""
+
+    layer: int
+    kl_naive: float  # gains 1
+    kl_rms_matched: float  # scalar gains = mean RMS of q and of k (the initialisation)
+    kl_fitted: float  # after the fit
+    q_scale: torch.Tensor  # (head_dim,) or (n_heads*head_dim,)
+    k_scale: torch.Tensor  # (head_dim,) or (n_kv_heads*head_dim,)
+
+
+@torch.no_grad()
+def capture_qk(model: TransformerLM, ids: torch.Tensor, layers: List[int]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """The q and k projections (before any norm and RoPE) of `layers` on `ids`: q (B, T, H, D), k (B, T, Hkv, D)."""
+    got: dict = {}
+    hooks = []
+    for i in layers:
+        attn = model.layers[i].attn
+        for name in ("q_proj", "k_proj"):
+            hooks.append(getattr(attn, name).register_forward_hook(
+                lambda mod, inp, out, key=(i, name): got.__setitem__(key, out.detach())))
+    try:
+        model(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = []
+    for i in layers:
+        attn, (B, T) = model.layers[i].attn, ids.shape
+        q = got[(i, "q_proj")].view(B, T, attn.n_heads, attn.head_dim)  # (B, T, H, D)
+        k = got[(i, "k_proj")].view(B, T, attn.n_kv_heads, attn.head_dim)  # (B, T, Hkv, D)
+        out.append((q, k))
+    return out
+
+
+def _log_probs(q, k, attn, cos, sin, scales, scope: QKNormScope, norm) -> torch.Tensor:
+    """Masked attention log-probabilities (B, H, T, T) of one layer from its pre-norm q, k (fp32)."""
+    if scales is None:
+        qr, kr = qk_norm_rope_ref(q, k, None, None, cos, sin, scope="none")
+    else:
+        qr, kr = qk_norm_rope_ref(q, k, scales[0], scales[1], cos, sin, eps=norm.eps, scope=scope, offset=0.0,
+                                  norm_cast=norm.cast)
+    groups = attn.n_heads // attn.n_kv_heads
+    scores = qr @ kr.repeat_interleave(groups, dim=1).transpose(2, 3) * attn.scale  # (B, H, T, T)
+    if attn.softcap is not None:
+        scores = torch.tanh(scores / attn.softcap) * attn.softcap
+    mask = causal_mask(q.shape[1], attn.window, q.device)
+    # a finite fill: masked log-probabilities stay finite, so 0 * log q = 0 in the KL
+    return torch.log_softmax(scores.masked_fill(~mask, _MASKED), dim=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    """The original's attention on one chunk: log-probabilities and probabilities, (B, H, T, T) each."""
+
+    logp: torch.Tensor
+    p: torch.Tensor
+
+    @classmethod
+    def of(cls, logp: torch.Tensor) -> "_Target":
+        return cls(logp, logp.exp())
+
+    def kl(self, logq: torch.Tensor) -> torch.Tensor:
+        """Sum over the rows of KL(p || q), term by term (sum p log p - sum p log q would cancel in fp32)."""
+        return (self.p * (self.logp - logq)).sum()
+
+
+def attention_kl(target_logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """Sum over rows of KL(target || q) of (..., T, T) attention log-probabilities (as `_log_probs` gives)."""
+    return _Target.of(target_logp).kl(logq)
+
+
+def _chunks(q: torch.Tensor, attn) -> List[slice]:
+    B, T = q.shape[:2]
+    per = max(1, _CHUNK_SCORES // max(1, attn.n_heads * T * T))
+    return [slice(i, min(B, i + per)) for i in range(0, B, per)]
+
+
+def _mean_kl(q, k, attn, cos, sin, scales, scope, norm, targets) -> float:
+    total = 0.0
+    with torch.no_grad():
+        for sl, tgt in zip(_chunks(q, attn), targets):
+            total += float(tgt.kl(_log_probs(q[sl], k[sl], attn, cos, sin, scales, scope, norm)))
+    return total / (q.shape[0] * attn.n_heads * q.shape[1])
+
+
+def _rms_init(x: torch.Tensor, scope: QKNormScope, size: int) -> torch.Tensor:
+    dims = (-1,) if scope is QKNormScope.HEAD else (-2, -1)
+    mean_rms = x.pow(2).mean(dims).sqrt().mean()
+    return torch.full((size,), float(mean_rms), dtype=torch.float32, device=x.device)
+
+
+def fit_layer(model: TransformerLM, layer: int, q: torch.Tensor, k: torch.Tensor, *, steps: int = 100,
+              lr: float = 0.05) -> LayerFit:
+    """Fit the q/k norm gains of `layer` of the retrofitted `model` to the original's q, k (module docstring)."""
+    attn = model.layers[layer].attn
+    scope, norm = attn.scope, attn.q_norm
+    T = q.shape[1]
+    rope = model.rope_local if model.config.resolved_layer_types()[layer] == SLIDING else model.rope_global
+    cos, sin = rope(T, q.device)
+    q, k = q.float(), k.float()
+    with torch.no_grad():
+        targets = [_Target.of(_log_probs(q[sl], k[sl], attn, cos, sin, None, scope, norm)) for sl in _chunks(q, attn)]
+    n_rows = q.shape[0] * attn.n_heads * T
+    ones = (torch.ones_like(norm.weight, dtype=torch.float32), torch.ones_like(attn.k_norm.weight,
+                                                                              dtype=torch.float32))
+    init = (_rms_init(q, scope, ones[0].numel()), _rms_init(k, scope, ones[1].numel()))
+    kl = [_mean_kl(q, k, attn, cos, sin, s, scope, norm, targets) for s in (ones, init)]
+    logs = [torch.nn.Parameter(s.log()) for s in init]
+    opt = torch.optim.Adam(logs, lr=lr)
+    best = (kl[1], tuple(s.clone() for s in init))
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for sl, tgt in zip(_chunks(q, attn), targets):
+            loss = tgt.kl(_log_probs(q[sl], k[sl], attn, cos, sin, (logs[0].exp(), logs[1].exp()), scope,
+                                     norm)) / n_rows
+            loss.backward()
+            total += float(loss.detach())
+        if total < best[0]:  # the value of the gains before this step
+            best = (total, tuple(p.detach().exp().clone() for p in logs))
+        opt.step()
+    final = tuple(p.detach().exp() for p in logs)
+    kl_final = _mean_kl(q, k, attn, cos, sin, final, scope, norm, targets)
+    chosen_kl, chosen = (kl_final, final) if kl_final <= best[0] else best
+    return LayerFit(layer=layer, kl_naive=kl[0], kl_rms_matched=kl[1], kl_fitted=chosen_kl, q_scale=chosen[0],
+                    k_scale=chosen[1])
+
+
+def calibrate(original: TransformerLM, retrofitted: TransformerLM, ids: torch.Tensor, *, steps: int = 100,
+              lr: float = 0.05, max_bytes: int = 1 << 30,
+              log: Optional[Callable[[str], None]] = None) -> List[LayerFit]:
+    """Fit every layer's gains on calibration tokens `ids` (B, T); the original's q, k are captured in as few
+    passes as keep them under `max_bytes`. Returns the fits; the gains are not set here (insert.set_gains)."""
+    c = original.config
+    per_layer = ids.numel() * (c.n_heads + c.n_kv_heads) * c.head_dim * 4
+    group = max(1, int(max_bytes // max(1, per_layer)))
+    fits: List[LayerFit] = []
+    for start in range(0, c.n_layers, group):
+        layers = list(range(start, min(c.n_layers, start + group)))
+        for i, (q, k) in zip(layers, capture_qk(original, ids, layers)):
+            fit = fit_layer(retrofitted, i, q, k, steps=steps, lr=lr)
+            fits.append(fit)
+            if log is not None:
+                log(f"layer {i}: attention KL {_fmt(fit.kl_naive)} (gains 1) -> {_fmt(fit.kl_rms_matched)} "
+                    f"(rms-matched) -> {_fmt(fit.kl_fitted)} (fitted) nats per query")
+    return fits
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}" if math.isfinite(x) else str(x)

@@ -1,0 +1,68 @@
+"""The settings of a QK-norm retrofit: one frozen, keyword-only record, every field checked on construction
+(a ConfigError names the field and what is allowed; the command line maps fields to its flags)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict
+
+from ..errors import ConfigError
+from ..train.config import TrainConfig
+from .heal import OBJECTIVES
+from .insert import SCOPES
+
+__all__ = ["RetrofitConfig"]
+
+_INT_MIN = {"calib_tokens": 1, "calib_steps": 0, "heal_steps": 0, "batch_size": 1, "seq_len": 2, "eval_tokens": 1,
+            "seed": 0}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RetrofitConfig:
+    scope: str = "head"  # head (per head over head_dim: Qwen3, Gemma 3) | full (over the projection width: OLMo 2)
+    calib_tokens: int = 16384  # tokens of the training split the gains are fitted on (whole windows of seq_len)
+    calib_steps: int = 100  # Adam steps of the per-layer fit (0 = keep the rms-matched initialisation)
+    calib_lr: float = 0.05  # Adam step size on the log-gains
+    heal_steps: int = 0  # continued-training steps after calibration (0 = no healing)
+    # healing objective: "distill" (KL to the original's next-token distributions: back to the function it had)
+    # or "lm" (next-token cross-entropy on the data: onward on the data, which for a source not trained to
+    # convergence moves the model away from the original; see heal.py)
+    objective: str = "distill"
+    lr: float = 1e-3  # peak healing learning rate (warmup heal_steps // 10, cosine to final_lr)
+    final_lr: float = 1e-5
+    batch_size: int = 8  # healing batch, and the held-out evaluation's
+    seq_len: int = 128  # window length of calibration, healing and evaluation
+    eval_tokens: int = 16384  # held-out tokens (the validation split's) every KL and loss is measured on
+    eval_every: int = 0  # held-out evaluation every N healing steps; 0 = about 10 points over the healing
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise ConfigError(f"scope={self.scope!r} is not allowed; choose one of: {', '.join(SCOPES)}")
+        for name, lo in _INT_MIN.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"{name}={v!r} must be an integer >= {lo}")
+        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise ConfigError(f"eval_every={self.eval_every!r} must be an integer >= 0")
+        for name in ("calib_lr", "lr"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"{name}={v!r} must be a finite number > 0")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective={self.objective!r} is not allowed; choose one of: {', '.join(OBJECTIVES)}")
+        self.heal_config()  # device name, final_lr: checked by the training settings they become
+
+    @property
+    def eval_interval(self) -> int:
+        return self.eval_every or max(1, self.heal_steps // 10)
+
+    def heal_config(self) -> TrainConfig:
+        """The healing run's training settings (AdamW, no weight decay, clipping at 1)."""
+        return TrainConfig(steps=max(1, self.heal_steps), lr=self.lr, final_lr=min(self.final_lr, self.lr),
+                           batch_size=self.batch_size, seq_len=self.seq_len, seed=self.seed, device=self.device,
+                           progress=False, stats_every=0)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)

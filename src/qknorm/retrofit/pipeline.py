@@ -1,0 +1,169 @@
+"""A QK-norm retrofit from start to end: read the source, check everything, insert, calibrate, heal, measure,
+write.
+
+    report = retrofit("runs/llama", "runs/llama-qk", RetrofitConfig(scope="head", heal_steps=200))
+
+1. `prepare` (nothing written): the source (any directory `load_pretrained` reads) must have no QK-norm; the
+   data (default: the embedded corpus; text is encoded with the source's tokenizer.json) must fit its
+   vocabulary and hold a held-out window; the output directory must be absent or empty; where the result
+   will be written is decided here: as a transformers directory when a family has the new numerics (llama +
+   per-head QK-norm is Qwen3), else in qknorm's format.
+2. QK-norm is inserted with gains 1 (insert.py): `kl_naive`.
+3. The gains are fitted per layer to the original's attention distributions on `calib_tokens` training
+   tokens (calibrate.py). Fitted gains that do worse end to end than gains 1 on those calibration tokens
+   are not kept (`calibration_kept`): `kl_calibrated`.
+4. Optionally healed (heal.py): `kl_healed`.
+5. Written: the model (in the source's dtype), its tokenizer, retrofit_report.json/.html and the healing
+   curve (report.py).
+Every KL and loss is measured on the same held-out windows of the validation split (measure.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, Union
+
+import torch
+
+from ..errors import ConfigError, DataError
+from ..interop.hf import to_hf
+from ..interop.hf_config import infer_family, unrepresentable
+from ..model import TransformerLM
+from ..model_io import TOKENIZER_NAME, save_model
+from ..pretrained import Pretrained, load_pretrained
+from ..train.batcher import Batcher
+from ..train.config import check_device_available
+from ..train.init_from import check_vocab
+from ..train.sources import is_token_file
+from ..train.tokens import TokenData, load_tokens
+from .calibrate import calibrate
+from .config import RetrofitConfig
+from .heal import heal
+from .insert import check_retrofittable, gains, insert_qk_norm, set_gains
+from .measure import next_token_kl, val_loss
+from .report import RetrofitReport, write_report
+
+__all__ = ["Prepared", "prepare", "retrofit"]
+
+Log = Optional[Callable[[str], None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """Everything the retrofit needs, checked; nothing written yet."""
+
+    src: Pretrained
+    data: TokenData
+    export: str  # "hf/<model_type>" or "qknorm"
+    calib_ids: torch.Tensor  # (n, seq_len) windows of the training split
+    eval_batches: list  # [(x, y)] fixed held-out windows of the validation split
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_dir {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"out_dir {out} is not empty; choose a new or empty directory (nothing is overwritten)")
+
+
+def _export_format(src: Pretrained, scope: str) -> str:
+    config = src.model.config.replace(qk_norm=scope)
+    try:
+        fam = infer_family(config)
+    except ConfigError:
+        return "qknorm"
+    return "qknorm" if unrepresentable(config, fam) else f"hf/{fam.model_type}"
+
+
+def prepare(source: Union[str, Path], out: Union[str, Path], cfg: RetrofitConfig,
+            data: Optional[str] = None) -> Prepared:
+    """Step 1 of the module docstring: every check, before anything is computed or written."""
+    out = Path(out)
+    _check_out(out)
+    check_device_available(cfg.device)
+    src = load_pretrained(source)
+    check_retrofittable(src.model, cfg.scope)
+    config = src.model.config
+    if cfg.seq_len > config.max_seq_len:
+        raise ConfigError(f"seq_len={cfg.seq_len} is longer than the model's max_seq_len={config.max_seq_len}")
+    text = data is None or not is_token_file(Path(data))
+    tokens = load_tokens(data, tokenizer=str(src.tokenizer) if text and src.tokenizer is not None else None)
+    check_vocab(config, tokens, f"the model of from_dir {src.path}")
+    if len(tokens.val) < cfg.seq_len + 1:
+        raise DataError(f"the validation split of {tokens.source} has {len(tokens.val)} tokens, fewer than one "
+                        f"window of seq_len + 1 = {cfg.seq_len + 1}: the held-out KL needs more data")
+    n_calib = math.ceil(cfg.calib_tokens / cfg.seq_len)
+    calib = Batcher(tokens.train, batch_size=n_calib, seq_len=cfg.seq_len, seed=cfg.seed + 1,
+                    name="training split").batch(0)[0]
+    n_eval = math.ceil(cfg.eval_tokens / (cfg.batch_size * cfg.seq_len))
+    evals = Batcher(tokens.val, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed,
+                    name="validation split").val_batches(n_eval)
+    return Prepared(src=src, data=tokens, export=_export_format(src, cfg.scope), calib_ids=calib,
+                    eval_batches=evals)
+
+
+def _batched(ids: torch.Tensor, size: int) -> list:
+    return [(ids[i:i + size], None) for i in range(0, ids.shape[0], size)]
+
+
+def retrofit(source: Union[str, Path], out: Union[str, Path], cfg: RetrofitConfig = RetrofitConfig(), *,
+             data: Optional[str] = None, log: Log = None) -> RetrofitReport:
+    """Retrofit QK-norm into the model at `source` and write the result to `out` (module docstring)."""
+    t_start = time.perf_counter()
+    p = prepare(source, out, cfg, data)
+    say = log or (lambda msg: None)
+    dev = torch.device(cfg.device)
+    dtype = p.src.model.embed.weight.dtype
+    original = p.src.model.float().to(dev).eval().requires_grad_(False)
+    model = insert_qk_norm(original, cfg.scope).eval()
+    evals = [(x.to(dev), y.to(dev)) for x, y in p.eval_batches]
+
+    def evaluate(m: TransformerLM):
+        return next_token_kl(original, m, evals), val_loss(m, evals)
+
+    val_original = val_loss(original, evals)
+    kl_naive, val_naive = evaluate(model)
+    say(f"original: held-out loss {val_original:.4f}; QK-norm with gains 1: KL {kl_naive:.4f}, loss {val_naive:.4f}")
+    t0 = time.perf_counter()
+    calib = p.calib_ids.to(dev)
+    ones = gains(model)
+    calib_naive = next_token_kl(original, model, _batched(calib, cfg.batch_size))
+    fits = calibrate(original, model, calib, steps=cfg.calib_steps, lr=cfg.calib_lr, log=say)
+    set_gains(model, [(f.q_scale, f.k_scale) for f in fits])
+    calib_fitted = next_token_kl(original, model, _batched(calib, cfg.batch_size))
+    kept = "fitted"
+    if not calib_fitted <= calib_naive:
+        set_gains(model, ones)
+        kept = "naive"
+    t_calib = time.perf_counter() - t0
+    kl_cal, val_cal = evaluate(model)
+    say(f"calibrated ({kept} gains kept): KL {kl_cal:.4f}, loss {val_cal:.4f} ({t_calib:.1f} s)")
+    healed = None
+    if cfg.heal_steps:
+        healed = heal(model, original, p.data.train, cfg.heal_config(), objective=cfg.objective, evaluate=evaluate,
+                      eval_every=cfg.eval_interval, log=say)
+    last = healed.evals[-1] if healed is not None else None
+    report = RetrofitReport(
+        source=p.src.record(), scope=cfg.scope, export=p.export, data=p.data.source, settings=cfg.to_dict(),
+        eval_tokens=sum(int(y.numel()) for _, y in evals), kl_naive=kl_naive, kl_calibrated=kl_cal,
+        kl_healed=last.kl if last else None, val_loss_original=val_original, val_loss_naive=val_naive,
+        val_loss_retrofitted=val_cal, val_loss_healed=last.val_loss if last else None, calibration_kept=kept,
+        calib_kl_naive=calib_naive, calib_kl_fitted=calib_fitted, layers=fits, heal=healed,
+        seconds={"calibrate": t_calib, "heal": healed.seconds if healed else 0.0,
+                 "total": time.perf_counter() - t_start})
+    _write(Path(out), model.to("cpu", dtype), p, report)
+    return report
+
+
+def _write(out: Path, model: TransformerLM, p: Prepared, report: RetrofitReport) -> List[Path]:
+    _check_out(out)  # still absent or empty
+    if p.export.startswith("hf/"):
+        to_hf(model, out)
+    else:
+        save_model(model, out)
+    if p.src.tokenizer is not None:  # the tokenizer travels with the model
+        shutil.copyfile(p.src.tokenizer, out / TOKENIZER_NAME)
+    return write_report(out, report)

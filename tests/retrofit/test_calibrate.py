@@ -1,0 +1,88 @@
+"""The calibration objective is the attention KL it claims to be (checked against a float64 reference written
+independently: RoPE as complex rotation, softmax and KL by their definitions), and the fit finds the exact
+gains where they exist."""
+import pytest
+import torch
+
+import qknorm
+from qknorm.retrofit.calibrate import capture_qk, fit_layer
+from qknorm.retrofit.insert import insert_qk_norm
+
+torch.set_num_threads(1)
+
+
+def _rope64(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """x (B, T, n, D) float64 rotated by position: pairs (i, i + D/2) as complex numbers times e^{i t w_i}."""
+    B, T, n, D = x.shape
+    w = theta ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)  # (D/2,)
+    angle = torch.arange(T, dtype=torch.float64)[:, None] * w  # (T, D/2)
+    z = torch.complex(x[..., : D // 2], x[..., D // 2:]) * torch.polar(torch.ones_like(angle), angle)[None, :, None]
+    return torch.cat([z.real, z.imag], dim=-1)
+
+
+def _attention64(q, k, scale, theta, gq=None, gk=None, eps=0.0):
+    """Causal attention probabilities (B, H, T, T) in float64; RMSNorm with gains first when given."""
+    q, k = q.double(), k.double()
+    if gq is not None:
+        q = gq.double() * q / (q.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+        k = gk.double() * k / (k.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    q, k = _rope64(q, theta), _rope64(k, theta)
+    groups = q.shape[2] // k.shape[2]
+    k = k.repeat_interleave(groups, dim=2)
+    s = torch.einsum("bthd,bshd->bhts", q, k) * scale
+    T = q.shape[1]
+    s = s.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    e = (s - s.amax(-1, keepdim=True)).exp()
+    return e / e.sum(-1, keepdim=True)
+
+
+def _mean_kl64(p, r):
+    term = torch.where(p > 0, p * (p.log() - r.log()), torch.zeros((), dtype=p.dtype))
+    return float(term.sum(-1).mean())
+
+
+def test_objective_equals_a_float64_reference():
+    torch.manual_seed(0)
+    src = qknorm.TransformerLM(qknorm.get_config("llama", "debug", rope_theta=1e4)).eval()
+    with torch.no_grad():
+        for layer in src.layers:  # bigger projections: attention far from uniform, so gains matter
+            layer.attn.q_proj.weight.mul_(6.0)
+            layer.attn.k_proj.weight.mul_(6.0)
+    new = insert_qk_norm(src, "head")
+    ids = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(1))
+    (q, k), = capture_qk(src, ids, [1])
+    fit = fit_layer(new, 1, q, k, steps=0)
+    c = src.config
+    orig = _attention64(q, k, c.head_dim ** -0.5, 1e4)
+    ones = torch.ones(c.head_dim)
+    naive = _attention64(q, k, c.head_dim ** -0.5, 1e4, ones, ones, eps=c.norm_eps)
+    assert fit.kl_naive == pytest.approx(_mean_kl64(orig, naive), rel=1e-4)
+    # steps=0: the rms-matched gains, the mean RMS of q and of k over tokens and heads
+    rq, rk = q.double().pow(2).mean(-1).sqrt().mean(), k.double().pow(2).mean(-1).sqrt().mean()
+    assert torch.allclose(fit.q_scale.double(), rq.expand(c.head_dim), rtol=1e-5)
+    assert torch.allclose(fit.k_scale.double(), rk.expand(c.head_dim), rtol=1e-5)
+    matched = _attention64(q, k, c.head_dim ** -0.5, 1e4, fit.q_scale, fit.k_scale, eps=c.norm_eps)
+    assert fit.kl_rms_matched == pytest.approx(_mean_kl64(orig, matched), rel=1e-4)
+    assert fit.kl_naive > 0.01 and fit.kl_rms_matched < fit.kl_naive
+
+
+@pytest.mark.parametrize("scope", ["head", "full"])
+def test_the_fit_finds_exact_gains_where_they_exist(scope):
+    """q and k with the same RMS for every token (per head, or over the whole width): QK-norm with the right gains
+    reproduces the original attention exactly; gains 1 do not."""
+    torch.manual_seed(0)
+    new = insert_qk_norm(qknorm.TransformerLM(qknorm.get_config("llama", "debug")), scope)
+    c = new.config
+    dims = (-1,) if scope == "head" else (-2, -1)
+
+    def constant_rms(shape, value):
+        x = torch.randn(shape)
+        return value * x / x.pow(2).mean(dims, keepdim=True).sqrt()
+
+    q = constant_rms((4, 20, c.n_heads, c.head_dim), 3.0)
+    k = constant_rms((4, 20, c.n_kv_heads, c.head_dim), 2.5)
+    fit = fit_layer(new, 0, q, k, steps=20)
+    assert fit.kl_naive > 1e-2
+    assert fit.kl_fitted < 1e-6 * fit.kl_naive
+    prod = (fit.q_scale.view(-1, c.head_dim).mean(0) * fit.k_scale.view(-1, c.head_dim).mean(0))
+    assert torch.allclose(prod, torch.full_like(prod, 7.5), rtol=1e-3)
