@@ -33,9 +33,9 @@ from ..model import TransformerLM
 from ..nn.attention import causal_mask
 from ..ops.reference import qk_norm_rope_ref
 
-__all__ = ["LayerFit", "capture_qk", "attention_kl", "fit_layer", "calibrate"]
+__all__ = ["LayerFit", "capture_qk", "fit_layer", "calibrate"]
 
-_CHUNK_SCORES = 1 << 24  # score elements (B*H*T*T) per chunk of the objective: bounds the memory of a step
+_CHUNK_SCORES = 1 << 22  # score elements (B*H*T*T) per chunk of the objective: bounds the memory of a step
 _MASKED = -1e30
 
 
@@ -107,23 +107,10 @@ class _Target:
         return (self.p * (self.logp - logq)).sum()
 
 
-def attention_kl(target_logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """Sum over rows of KL(target || q) of (..., T, T) attention log-probabilities (as `_log_probs` gives)."""
-    return _Target.of(target_logp).kl(logq)
-
-
 def _chunks(q: torch.Tensor, attn) -> List[slice]:
     B, T = q.shape[:2]
     per = max(1, _CHUNK_SCORES // max(1, attn.n_heads * T * T))
     return [slice(i, min(B, i + per)) for i in range(0, B, per)]
-
-
-def _mean_kl(q, k, attn, cos, sin, scales, scope, norm, targets) -> float:
-    total = 0.0
-    with torch.no_grad():
-        for sl, tgt in zip(_chunks(q, attn), targets):
-            total += float(tgt.kl(_log_probs(q[sl], k[sl], attn, cos, sin, scales, scope, norm)))
-    return total / (q.shape[0] * attn.n_heads * q.shape[1])
 
 
 def _rms_init(x: torch.Tensor, scope: QKNormScope, size: int) -> torch.Tensor:
@@ -132,45 +119,74 @@ def _rms_init(x: torch.Tensor, scope: QKNormScope, size: int) -> torch.Tensor:
     return torch.full((size,), float(mean_rms), dtype=torch.float32, device=x.device)
 
 
-def fit_layer(model: TransformerLM, layer: int, q: torch.Tensor, k: torch.Tensor, *, steps: int = 100,
-              lr: float = 0.05) -> LayerFit:
+@dataclasses.dataclass(frozen=True)
+class _Problem:
+    """One layer's fit: the original's q, k (fp32), its RoPE tables and attention, the target distributions."""
+
+    q: torch.Tensor  # (B, T, H, D)
+    k: torch.Tensor  # (B, T, Hkv, D)
+    attn: torch.nn.Module
+    cos: torch.Tensor
+    sin: torch.Tensor
+    targets: List[_Target]  # one per chunk of sequences
+
+    @classmethod
+    def build(cls, model: TransformerLM, layer: int, q: torch.Tensor, k: torch.Tensor) -> "_Problem":
+        attn = model.layers[layer].attn
+        rope = model.rope_local if model.config.resolved_layer_types()[layer] == SLIDING else model.rope_global
+        cos, sin = rope(q.shape[1], q.device)
+        q, k = q.float(), k.float()
+        with torch.no_grad():
+            targets = [_Target.of(_log_probs(q[sl], k[sl], attn, cos, sin, None, attn.scope, attn.q_norm))
+                       for sl in _chunks(q, attn)]
+        return cls(q, k, attn, cos, sin, targets)
+
+    @property
+    def rows(self) -> int:  # (sequence, head, query) rows the KL is averaged over
+        return self.q.shape[0] * self.attn.n_heads * self.q.shape[1]
+
+    def kl(self, scales: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Mean attention KL per row, summed chunk by chunk; backpropagates each chunk when scales need grad."""
+        total = torch.zeros((), dtype=torch.float64)
+        for sl, tgt in zip(_chunks(self.q, self.attn), self.targets):
+            part = tgt.kl(_log_probs(self.q[sl], self.k[sl], self.attn, self.cos, self.sin, scales, self.attn.scope,
+                                     self.attn.q_norm)) / self.rows
+            if part.requires_grad:
+                part.backward(retain_graph=False)
+            total += part.detach().double().cpu()
+        return total
+
+
+def fit_layer(model: TransformerLM, layer: int, q: torch.Tensor, k: torch.Tensor, *, steps: int = 30,
+              lr: float = 0.1) -> LayerFit:
     """Fit the q/k norm gains of `layer` of the retrofitted `model` to the original's q, k (module docstring)."""
-    attn = model.layers[layer].attn
-    scope, norm = attn.scope, attn.q_norm
-    T = q.shape[1]
-    rope = model.rope_local if model.config.resolved_layer_types()[layer] == SLIDING else model.rope_global
-    cos, sin = rope(T, q.device)
-    q, k = q.float(), k.float()
+    prob = _Problem.build(model, layer, q, k)
+    attn = prob.attn
+    dev = prob.q.device
+    ones = (torch.ones(attn.q_norm.weight.shape, device=dev), torch.ones(attn.k_norm.weight.shape, device=dev))
+    init = (_rms_init(prob.q, attn.scope, ones[0].numel()), _rms_init(prob.k, attn.scope, ones[1].numel()))
     with torch.no_grad():
-        targets = [_Target.of(_log_probs(q[sl], k[sl], attn, cos, sin, None, scope, norm)) for sl in _chunks(q, attn)]
-    n_rows = q.shape[0] * attn.n_heads * T
-    ones = (torch.ones_like(norm.weight, dtype=torch.float32), torch.ones_like(attn.k_norm.weight,
-                                                                              dtype=torch.float32))
-    init = (_rms_init(q, scope, ones[0].numel()), _rms_init(k, scope, ones[1].numel()))
-    kl = [_mean_kl(q, k, attn, cos, sin, s, scope, norm, targets) for s in (ones, init)]
-    logs = [torch.nn.Parameter(s.log()) for s in init]
+        kl_naive, kl_init = float(prob.kl(ones)), float(prob.kl(init))
+    logs = [torch.nn.Parameter(s.log()) for s in init]  # positive gains, fitted in log space
     opt = torch.optim.Adam(logs, lr=lr)
-    best = (kl[1], tuple(s.clone() for s in init))
+    best = (kl_init, init)
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
-        total = 0.0
-        for sl, tgt in zip(_chunks(q, attn), targets):
-            loss = tgt.kl(_log_probs(q[sl], k[sl], attn, cos, sin, (logs[0].exp(), logs[1].exp()), scope,
-                                     norm)) / n_rows
-            loss.backward()
-            total += float(loss.detach())
-        if total < best[0]:  # the value of the gains before this step
-            best = (total, tuple(p.detach().exp().clone() for p in logs))
+        before = tuple(p.detach().exp().clone() for p in logs)
+        value = float(prob.kl((logs[0].exp(), logs[1].exp())))  # the KL at `before`; gradients accumulated
+        if value < best[0]:
+            best = (value, before)
         opt.step()
     final = tuple(p.detach().exp() for p in logs)
-    kl_final = _mean_kl(q, k, attn, cos, sin, final, scope, norm, targets)
+    with torch.no_grad():
+        kl_final = float(prob.kl(final))
     chosen_kl, chosen = (kl_final, final) if kl_final <= best[0] else best
-    return LayerFit(layer=layer, kl_naive=kl[0], kl_rms_matched=kl[1], kl_fitted=chosen_kl, q_scale=chosen[0],
+    return LayerFit(layer=layer, kl_naive=kl_naive, kl_rms_matched=kl_init, kl_fitted=chosen_kl, q_scale=chosen[0],
                     k_scale=chosen[1])
 
 
-def calibrate(original: TransformerLM, retrofitted: TransformerLM, ids: torch.Tensor, *, steps: int = 100,
-              lr: float = 0.05, max_bytes: int = 1 << 30,
+def calibrate(original: TransformerLM, retrofitted: TransformerLM, ids: torch.Tensor, *, steps: int = 30,
+              lr: float = 0.1, max_bytes: int = 1 << 30,
               log: Optional[Callable[[str], None]] = None) -> List[LayerFit]:
     """Fit every layer's gains on calibration tokens `ids` (B, T); the original's q, k are captured in as few
     passes as keep them under `max_bytes`. Returns the fits; the gains are not set here (insert.set_gains)."""

@@ -105,19 +105,20 @@ def _plot(path: Path, r: RetrofitReport) -> Path:
     h = r.heal
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     ev = h.evals
-    a1.plot([e.step for e in ev], [e.kl for e in ev], "o-", color="#1f77b4", label="retrofitted, healing")
+    a1.plot([e.step for e in ev], [e.kl for e in ev], "o-", color="#1f77b4", label="held-out KL")
     a1.axhline(r.kl_naive, color="#d62728", ls="--", label=f"gains 1 (naive): {r.kl_naive:.3g}")
     a1.set_yscale("log")
     a1.set_xlabel("healing step")
-    a1.set_ylabel("held-out next-token KL to the original (nats/token)")
+    a1.set_ylabel("next-token KL to the original (nats/token)")
+    # the objective on each training batch, beside what it is comparable with: KL (distill) or loss (lm)
+    on = a1 if h.objective == "distill" else a2
+    on.plot([s.step for s in h.steps], [s.loss for s in h.steps], color="#aaaaaa", lw=0.8, zorder=1,
+            label="training batch (the healing objective)")
     a1.legend(fontsize=8)
-    objective = "KL to the original" if h.objective == "distill" else "cross-entropy"
-    a2.plot([s.step for s in h.steps], [s.loss for s in h.steps], color="#aaaaaa", lw=0.8,
-            label=f"training batch ({objective})")
     a2.plot([e.step for e in ev], [e.val_loss for e in ev], "o-", color="#1f77b4", label="held-out loss")
     a2.axhline(r.val_loss_original, color="#2ca02c", ls="--", label=f"original: {r.val_loss_original:.3f}")
     a2.set_xlabel("healing step")
-    a2.set_ylabel("nats/token")
+    a2.set_ylabel("cross-entropy (nats/token)")
     a2.legend(fontsize=8)
     fig.suptitle(f"Healing after QK-norm retrofit (scope {r.scope}, {h.objective} objective)")
     fig.tight_layout()
