@@ -22,7 +22,7 @@ class RetrofitConfig:
     scope: str = "head"  # head (per head over head_dim: Qwen3, Gemma 3) | full (over the projection width: OLMo 2)
     # tokens of the training split the gains are fitted on (whole windows of seq_len). The calibration defaults:
     # on the llama of bench/results/retrofit_cpu_2026-11-30.md, 8192 tokens x 30 steps at 0.1 gave a held-out KL
-    # of 0.167, 16384 x 100 at 0.05 0.169, at about 8x the cost
+    # of 0.167, 16384 x 100 at 0.05 0.169, at about 7x the cost
     calib_tokens: int = 8192
     calib_steps: int = 30  # Adam steps of the per-layer fit (0 = keep the rms-matched initialisation)
     calib_lr: float = 0.1  # Adam step size on the log-gains

@@ -28,7 +28,7 @@ from typing import Callable, List, Optional, Union
 
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..interop.hf import to_hf
 from ..interop.hf_config import infer_family, unrepresentable
 from ..model import TransformerLM
@@ -160,10 +160,13 @@ def retrofit(source: Union[str, Path], out: Union[str, Path], cfg: RetrofitConfi
 
 def _write(out: Path, model: TransformerLM, p: Prepared, report: RetrofitReport) -> List[Path]:
     _check_out(out)  # still absent or empty
-    if p.export.startswith("hf/"):
-        to_hf(model, out)
-    else:
-        save_model(model, out)
-    if p.src.tokenizer is not None:  # the tokenizer travels with the model
-        shutil.copyfile(p.src.tokenizer, out / TOKENIZER_NAME)
-    return write_report(out, report)
+    try:
+        if p.export.startswith("hf/"):
+            to_hf(model, out)
+        else:
+            save_model(model, out)
+        if p.src.tokenizer is not None:  # the tokenizer travels with the model
+            shutil.copyfile(p.src.tokenizer, out / TOKENIZER_NAME)
+        return write_report(out, report)
+    except OSError as e:
+        raise CheckpointError(f"out_dir {out}: cannot write ({e.strerror or e})") from None
