@@ -5,7 +5,7 @@ import torch
 from torch.distributions import Categorical, kl_divergence
 
 import qknorm
-from qknorm.retrofit.measure import next_token_kl, val_loss
+from qknorm.retrofit.measure import cache_logits, next_token_kl, val_loss
 
 torch.set_num_threads(1)
 
@@ -24,3 +24,6 @@ def test_next_token_kl_and_val_loss_against_torch_distributions():
     assert next_token_kl(a, b, batches) == pytest.approx(float(torch.cat(kls).mean()), rel=1e-5)
     assert val_loss(b, batches) == pytest.approx(float(torch.cat(ces).mean()), rel=1e-5)
     assert next_token_kl(a, a, batches) == pytest.approx(0.0, abs=1e-6)
+    cached = cache_logits(a, batches)  # the original's logits computed once give the same KL
+    assert cached is not None and next_token_kl(a, b, batches, cached) == next_token_kl(a, b, batches)
+    assert cache_logits(a, batches, max_bytes=1000) is None

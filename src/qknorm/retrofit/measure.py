@@ -5,18 +5,19 @@
                                               predictions (0 = the same next-token distributions)
     val_loss(model, batches)                  mean cross-entropy of the true next token, nats per token
 
-Both run in fp32 without gradients over the same fixed batches, so differences between models are paired.
+Both run in fp32 without gradients over the same fixed batches, so differences between models are paired. The
+original's logits on those batches can be computed once (`cache_logits`) when they fit in memory.
 """
 from __future__ import annotations
 
-from typing import Iterable, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ..model import TransformerLM
 
-__all__ = ["next_token_kl", "val_loss", "kl_per_token"]
+__all__ = ["next_token_kl", "val_loss", "kl_per_token", "cache_logits"]
 
 
 def kl_per_token(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -28,15 +29,29 @@ def kl_per_token(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> 
 
 @torch.no_grad()
 def next_token_kl(original: TransformerLM, model: TransformerLM,
-                  batches: Iterable[Tuple[torch.Tensor, torch.Tensor]]) -> float:
+                  batches: Sequence[Tuple[torch.Tensor, torch.Tensor]],
+                  original_logits: Optional[List[torch.Tensor]] = None) -> float:
+    """`original_logits`: the original's logits on `batches` when already computed (`cache_logits`)."""
     dev = next(model.parameters()).device
     total, n = 0.0, 0
-    for x, _ in batches:
+    for i, (x, _) in enumerate(batches):
         x = x.to(dev)
-        kl = kl_per_token(original(x), model(x))  # (B, T)
+        target = original(x) if original_logits is None else original_logits[i]
+        kl = kl_per_token(target, model(x))  # (B, T)
         total += float(kl.sum())
         n += kl.numel()
     return total / n
+
+
+@torch.no_grad()
+def cache_logits(model: TransformerLM, batches: Sequence[Tuple[torch.Tensor, torch.Tensor]], *,
+                 max_bytes: int = 1 << 28) -> Optional[List[torch.Tensor]]:
+    """The model's logits on `batches`, kept when they fit in `max_bytes` (fp32), else None (recompute them)."""
+    tokens = sum(int(x.numel()) for x, _ in batches)
+    if tokens * model.config.vocab_size * 4 > max_bytes:
+        return None
+    dev = next(model.parameters()).device
+    return [model(x.to(dev)).float() for x, _ in batches]
 
 
 @torch.no_grad()

@@ -43,7 +43,7 @@ from .calibrate import calibrate
 from .config import RetrofitConfig
 from .heal import heal
 from .insert import check_retrofittable, gains, insert_qk_norm, set_gains
-from .measure import next_token_kl, val_loss
+from .measure import cache_logits, next_token_kl, val_loss
 from .report import RetrofitReport, write_report
 
 __all__ = ["Prepared", "prepare", "retrofit"]
@@ -121,8 +121,10 @@ def retrofit(source: Union[str, Path], out: Union[str, Path], cfg: RetrofitConfi
     model = insert_qk_norm(original, cfg.scope).eval()
     evals = [(x.to(dev), y.to(dev)) for x, y in p.eval_batches]
 
+    cached = cache_logits(original, evals)
+
     def evaluate(m: TransformerLM):
-        return next_token_kl(original, m, evals), val_loss(m, evals)
+        return next_token_kl(original, m, evals, cached), val_loss(m, evals)
 
     val_original = val_loss(original, evals)
     kl_naive, val_naive = evaluate(model)
