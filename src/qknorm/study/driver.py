@@ -12,7 +12,6 @@ report in seconds. Without matplotlib the report is written without plots, and s
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import platform
@@ -21,11 +20,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-import numpy as np
-
 from ..errors import ConfigError
 from ..train.loop import STATS_SEQS
-from ..train.tokens import TokenData, load_tokens
+from ..train.tokens import load_tokens
 from ..version import __version__
 from .analysis import analyze
 from .console import log_to_stderr
@@ -35,22 +32,12 @@ from .plots import MISSING_PLOTS, plots_available
 from .pool import execute
 from .records import RunRecord, RunSpec
 from .report import write_report
-from .run import run_one
+from .run import data_fingerprint, run_one
 from .summary import StudySummary
 from .table import fmt, plural
 from .variants import VARIANTS
 
 __all__ = ["run_study", "data_fingerprint"]
-
-
-def data_fingerprint(data: TokenData) -> str:
-    """sha256 (16 hex digits) of the token stream, its split and vocabulary: what a stored run trained on."""
-    h = hashlib.sha256(f"{data.vocab_size}:{len(data.train)}:{len(data.val)}:".encode())
-    for part in (data.train, data.val):
-        arr = np.asarray(part)
-        for i in range(0, len(arr), 1 << 24):  # chunks: a memory-mapped token file is never read whole
-            h.update(np.ascontiguousarray(arr[i:i + (1 << 24)]).tobytes())
-    return h.hexdigest()[:16]
 
 
 def _environment(device: str) -> Dict[str, Any]:
