@@ -26,14 +26,20 @@ PEERS=(ai2-olmo-core==3.0.0 cached-path==1.8.10 dataclass-extensions==0.5.0 bett
        boto3==1.44.8 botocore==1.44.8 s3transfer==0.19.3 jmespath==1.1.0
        google-cloud-storage==3.17.1 google-cloud-core==2.8.0 google-api-core==2.44.0 google-auth==2.63.0
        googleapis-common-protos==1.76.0 protobuf==7.36.2 cryptography==50.0.2 cffi==2.1.1)
-peers_installed() {  # every pin present (package metadata only: ~0.1 s, no import)
-  "$PY" - "${PEERS[@]}" <<'PYEOF' 2>/dev/null
-import sys
+# Ray, the "ray" extra, for `test` and `setup` (tests/study/test_ray_backend.py; `qknorm study --backend ray`),
+# pinned to the version the tests ran with; installed before the peers, whose exact pins then win (--no-deps).
+RAY=("ray[client]==2.60.0" grpcio==1.85.3)
+installed() {  # every name==pin present (package metadata only: ~0.1 s, no import)
+  "$PY" - "$@" <<'PYEOF' 2>/dev/null
+import re, sys
 from importlib.metadata import version
-sys.exit(any(version(name) != pin for name, _, pin in (s.partition("==") for s in sys.argv[1:])))
+sys.exit(any(version(re.sub(r"\[.*\]", "", name)) != pin for name, _, pin in (s.partition("==") for s in sys.argv[1:])))
 PYEOF
 }
-if [ "${1:-test}" != study ] && ! peers_installed; then
+if [ "${1:-test}" != study ] && ! installed "${RAY[@]}"; then
+  "$PY" -m pip install -q "${RAY[@]}"
+fi
+if [ "${1:-test}" != study ] && ! installed "${PEERS[@]}"; then
   "$PY" -m pip install -q --no-deps "${PEERS[@]}"
 fi
 cmd=${1:-test}
@@ -41,6 +47,6 @@ shift || true
 case "$cmd" in
   setup) echo "set up: $("$PY" -c 'import torch, qknorm; print("qknorm", qknorm.__version__, "torch", torch.__version__)')" ;;
   study) exec "$VENV/bin/qknorm" study "$@" ;;
-  test)  exec "$PY" -m pytest -q -n 2 --durations=15 tests "$@" ;;
+  test)  exec "$PY" -m pytest -q -n 2 --dist loadgroup --durations=15 tests "$@" ;;
   *) echo "run.sh: unknown command '$cmd' (use: study, test, setup)" >&2; exit 2 ;;
 esac

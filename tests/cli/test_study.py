@@ -72,3 +72,24 @@ def test_ctrl_c_prints_one_line_keeps_no_worker_and_exits_130(tmp_path):
     assert b"KeyboardInterrupt" not in (out / "workers.log").read_bytes()
     time.sleep(0.5)
     assert _tagged(tag) == [], "a worker outlived the study"
+
+
+def test_backend_ray_without_ray_and_ray_address_without_it_are_one_line_before_any_work(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """Ray is an optional extra: without it (the import fails), `--backend ray` names the extra; `--ray-address`
+    needs `--backend ray`; a malformed address says which forms there are. Exit 2, one line, nothing written."""
+    from qknorm.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when it is not installed
+    out = tmp_path / "s"
+    cases = [(["--backend", "ray"], "qknorm study: error: --backend=ray needs Ray, an optional extra: pip install "
+                                    "'qknorm[ray]' ("),
+             (["--ray-address", "head:6379"], "qknorm study: error: --ray-address=head:6379 is for --backend=ray "
+                                              "(add --backend ray)"),
+             (["--backend", "ray", "--ray-address", "http://head"], "qknorm study: error: --ray-address='http://head':"
+                                                                    " give the cluster's address as HOST:PORT")]
+    for flags, start in cases:
+        assert main(["study", "--quick", "--out", str(out), *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(start) and err.count("\n") == 1, err
+        assert not out.exists()

@@ -1,6 +1,12 @@
 """One run's outcome (study/run.py): an error is `failed`, only a measured divergence is `diverged`."""
+import dataclasses
+import json
 import math
+import os
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +60,57 @@ def test_old_summary_files_read_back_with_the_right_status():
     assert study.RunRecord.from_json({**base, "diverged": True}).status.value == "diverged"
     assert study.RunRecord.from_json({**base, "cut": True, "error": "skipped"}).status.value == "cut"
     assert study.RunRecord.from_json({**base}).status.value == "ok"
+
+
+def test_a_worker_whose_data_differ_from_the_plans_fails_the_run_and_says_why(tmp_path):
+    """The worker reads the data itself: a path missing there, or tokens other than those the study was planned on
+    (their fingerprint), fail the run with the reason instead of training on something else."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("def f(x):\n    return x + 1\n" * 300)
+    data = study.run.load_tokens(str(corpus))
+    spec = dataclasses.replace(_spec(), data=str(corpus), data_fingerprint=study.run.data_fingerprint(data))
+    missing = study.run_one(dataclasses.replace(spec, data=str(tmp_path / "gone.txt")))
+    assert missing.failed and not missing.diverged
+    assert missing.error == f"DataError: data path {tmp_path / 'gone.txt'} does not exist"
+    corpus.write_text("class A:\n    pass\n" * 500)  # the same path, other tokens (e.g. another node's copy)
+    other = study.run_one(spec)
+    assert other.failed and "DataError: data " + str(corpus) in other.error
+    assert f"not the {spec.data_fingerprint} the study was planned on" in other.error
+
+
+_NO_WRITES = r"""
+import json, os, sys
+from qknorm import study
+spec = study.run_specs(study.make_plan("smoke", variants=("qknorm",), lrs=(1e-3,), steps=3, workers=1,
+                                       device="cpu"), 256)[0]
+study.run_one(spec)  # once first: torch's first use makes its node-local cache dir (/tmp/torchinductor_<user>)
+writes = []
+WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+
+def hook(event, args):
+    if event == "open" and ((args[1] or "r").strip("rbt") or (args[2] or 0) & WRITE):
+        writes.append(f"open {args[0]} {args[1]} {args[2]}")
+    elif event in ("os.mkdir", "os.rename", "os.remove", "shutil.rmtree", "os.truncate", "os.symlink"):
+        writes.append(f"{event} {args[0]}")
+
+
+sys.addaudithook(hook)
+rec = study.run_one(spec)
+print(json.dumps({"status": rec.status.value, "writes": writes}))
+"""
+
+
+def test_a_run_writes_no_file_so_workers_need_no_shared_filesystem(tmp_path):
+    """A whole real run under an audit hook (every open for writing, mkdir, rename, remove): the run returns its
+    record and writes nothing (after a first run in the same process, which lets torch make its node-local cache
+    dir), so workers on other machines (Ray) need no shared filesystem and the driver alone writes the study's
+    files. The hook itself is checked by hand: np.save, os.makedirs and open(.., 'a') in its place are reported."""
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = subprocess.run([sys.executable, "-c", _NO_WRITES], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"status": "ok", "writes": []}
+    assert list(tmp_path.iterdir()) == []

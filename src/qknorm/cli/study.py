@@ -4,6 +4,7 @@
     qknorm study                             all five variants (the default profile)
     qknorm study --device cuda               the GPU protocol: bigger model, bf16, Wortsman's 7-point grid
     qknorm study --data my_corpus/ --out my_study --variants baseline,qknorm --lrs 1e-3,1e-2,1e-1
+    qknorm study --backend ray --ray-address HEAD:6379     the runs as Ray tasks on a cluster (the ray extra)
 
 Writes OUT/summary.json, OUT/report.html, OUT/*.png and OUT/runs/<variant>_lr<lr>_s<seed>.json, then prints
 the summary table and the two checks last. Rerunning the same command reuses the finished runs in OUT. Output
@@ -17,13 +18,15 @@ import time
 
 from .. import study
 from ..study.console import emit
+from ..study.ray_backend import MAX_RETRIES, RAY_EXTRA
 from ..errors import ConfigError
 from ..train.config import check_device_available
 
 # library fields -> this command's flags (errors are reported with the flag the user typed)
 FIELD_FLAGS = {"variants": "--variants", "lrs": "--lrs", "seeds": "--seeds", "seed": "--seed", "steps": "--steps",
                "workers": "--workers", "profile": "--profile", "device": "--device", "out_dir": "--out",
-               "force=True": "--force", "max_minutes": "--max-minutes"}
+               "force=True": "--force", "max_minutes": "--max-minutes", "backend": "--backend",
+               "ray_address": "--ray-address"}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -57,6 +60,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=None, metavar="M",
                    help="time budget: runs not finished by then stop and are recorded as cut, left out of LR "
                    "sensitivity; the same command again trains them")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="where the runs train: local = worker processes on this machine (default); ray = one Ray "
+                   "task a run (1 CPU, and 1/workers of a GPU with --device cuda), on a Ray instance started for the "
+                   "study or the cluster at --ray-address; a run whose Ray worker dies (killed, lost node) is retried "
+                   f"{MAX_RETRIES} times, then recorded failed; needs " + RAY_EXTRA)
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --backend ray: a running Ray cluster, HOST:PORT of its head node (ray start --head; "
+                   "port 6379), ray://HOST:10001 (Ray Client) or auto; default: $RAY_ADDRESS if set, else start a "
+                   "local Ray instance with --workers CPUs")
     p.add_argument("--force", action="store_true",
                    help="overwrite an output directory holding another study (its runs are deleted, none reused)")
     return p
@@ -65,6 +77,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     profile = args.profile or ("quick" if args.quick else
                                "gpu" if (args.device or "").startswith("cuda") else "default")
+    if args.ray_address is not None and args.backend != "ray":
+        raise ConfigError(f"ray_address={args.ray_address} is for backend=ray (add --backend ray)")
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise ConfigError(f"max_minutes={args.max_minutes!r} must be a positive number of minutes")
     plan = study.make_plan(
@@ -73,9 +87,12 @@ def run(args: argparse.Namespace) -> int:
         lrs=study.parse_lrs(args.lrs) if args.lrs is not None else None,
         seeds=args.seeds, seed=args.seed, steps=args.steps, device=args.device, data=args.data,
         tokenizer=args.tokenizer, workers=args.workers)
-    check_device_available(plan.train.device)
+    ray = study.RayScheduler(args.ray_address) if args.backend == "ray" else None  # no Ray: one line, exit 2
+    if ray is None or ray.address is None:  # a cluster's GPUs are its nodes', checked when the study connects
+        check_device_available(plan.train.device)
     t0 = time.perf_counter()
-    summary = study.run_study(plan, args.out, force=args.force, max_minutes=args.max_minutes)
+    summary = study.run_study(plan, args.out, force=args.force, max_minutes=args.max_minutes,
+                               scheduler=ray or study.LocalPool())
     reused = summary.config.get("reused_runs") or 0
     emit(f"qknorm study ({summary.config['label']}): {study.plural(len(summary.runs), 'run')} "
          + (f"({reused} reused) " if reused else "") + f"in {time.perf_counter() - t0:.0f} s; wrote "

@@ -12,7 +12,6 @@ report in seconds. Without matplotlib the report is written without plots, and s
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import platform
@@ -21,36 +20,25 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-import numpy as np
-
 from ..errors import ConfigError
 from ..train.loop import STATS_SEQS
-from ..train.tokens import TokenData, load_tokens
+from ..train.tokens import load_tokens
 from ..version import __version__
 from .analysis import analyze
 from .console import log_to_stderr
 from .layout import RUNS_DIR, SUMMARY_FILE, WORKER_LOG, check_out_dir, finished_runs, write_atomic, write_plan, write_run
 from .plan import StudyPlan, describe_models, plan_fingerprint, plan_label, run_specs
 from .plots import MISSING_PLOTS, plots_available
-from .pool import execute
+from .pool import LocalPool
 from .records import RunRecord, RunSpec
 from .report import write_report
-from .run import run_one
+from .run import data_fingerprint, run_one
+from .scheduler import Scheduler
 from .summary import StudySummary
 from .table import fmt, plural
 from .variants import VARIANTS
 
 __all__ = ["run_study", "data_fingerprint"]
-
-
-def data_fingerprint(data: TokenData) -> str:
-    """sha256 (16 hex digits) of the token stream, its split and vocabulary: what a stored run trained on."""
-    h = hashlib.sha256(f"{data.vocab_size}:{len(data.train)}:{len(data.val)}:".encode())
-    for part in (data.train, data.val):
-        arr = np.asarray(part)
-        for i in range(0, len(arr), 1 << 24):  # chunks: a memory-mapped token file is never read whole
-            h.update(np.ascontiguousarray(arr[i:i + (1 << 24)]).tobytes())
-    return h.hexdigest()[:16]
 
 
 def _environment(device: str) -> Dict[str, Any]:
@@ -104,11 +92,13 @@ def _prepare_out(out: Path, force: bool) -> None:
 
 def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord] = run_one, force: bool = False,
               max_minutes: Optional[float] = None, report: bool = True,
-              log: Callable[[str], None] = log_to_stderr) -> StudySummary:
+              log: Callable[[str], None] = log_to_stderr, scheduler: Optional[Scheduler] = None) -> StudySummary:
     """Run every (variant, lr, seed) of `plan` not already finished in `out_dir` and write `out_dir`/{plan.json,
     runs/*.json, summary.json} and, with `report`, report.html and the PNG plots (without plots when matplotlib
-    is missing). Returns the summary (also printed by the CLI). KeyboardInterrupt propagates after the worker
+    is missing). Returns the summary (also printed by the CLI). `scheduler`: where the runs train (default: the
+    local process pool; ray_backend.RayScheduler for Ray). KeyboardInterrupt propagates after the worker
     processes are stopped; every run finished by then is on disk."""
+    scheduler = LocalPool() if scheduler is None else scheduler
     t0 = time.time()
     out = Path(out_dir)
     check_out_dir(out, plan, force)
@@ -117,9 +107,14 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
     specs = run_specs(plan, data.vocab_size, fingerprint)
     source, vocab = data.source, data.vocab_size
     del data
-    _prepare_out(out, force)
-    write_plan(out, plan)
-    runs = finished_runs(out, specs)
+    scheduler.prepare(workers=plan.workers, device=plan.train.device)  # Ray: connect now, before anything is written
+    try:
+        _prepare_out(out, force)
+        write_plan(out, plan)
+        runs = finished_runs(out, specs)
+    except BaseException:
+        scheduler.close()  # execute() closes it otherwise
+        raise
     done = {r.name for r in runs}
     todo = [s for s in specs if s.name not in done]
     if max_minutes is not None:
@@ -146,7 +141,7 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
             status = f"{rec.status.value.upper()} {rec.error}"
         log(f"  [{len(runs):>3}/{n}] {rec.name:<24} {status}  ({rec.time_s:.0f}s, {time.time() - t0:.0f}s elapsed)")
 
-    execute(todo, runner, plan.workers, on_done, worker_log=out / WORKER_LOG)
+    scheduler.execute(todo, runner, plan.workers, on_done, worker_log=out / WORKER_LOG)
     order = {(v, lr, s): i for i, (v, lr, s) in enumerate(
         sorted(((s.variant, s.lr, s.seed) for s in specs), key=lambda k: (plan.variants.index(k[0]), k[1], k[2])))}
     runs.sort(key=lambda r: order[(r.variant, r.lr, r.seed)])

@@ -16,29 +16,33 @@ KeyboardInterrupt (its record is not a result).
 from __future__ import annotations
 
 import collections
-import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import threading
 import time
-import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .records import RunRecord, RunSpec
 from .run import failed_record, interrupted
+from .scheduler import guarded, one_torch_thread, sigterm_interrupts
 
-__all__ = ["execute"]
+__all__ = ["LocalPool", "execute"]
 
 
-def _one_thread() -> int:
-    import torch
+class LocalPool:
+    """The local scheduler (scheduler.py's interface): `workers` processes on this machine, nothing to prepare."""
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    return threads
+    def prepare(self, *, workers: int, device: str) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def execute(self, specs: List[RunSpec], runner: Callable[[RunSpec], RunRecord], workers: int,
+                on_done: Callable[[RunRecord], None], *, worker_log: Optional[Path] = None) -> None:
+        execute(specs, runner, workers, on_done, worker_log=worker_log)
 
 
 def _worker_main(conn, runner: Callable[[RunSpec], RunRecord], log_path: Optional[str]) -> None:
@@ -52,7 +56,7 @@ def _worker_main(conn, runner: Callable[[RunSpec], RunRecord], log_path: Optiona
         os.close(fd)
     import torch
 
-    _one_thread()
+    one_torch_thread()
     torch.set_num_interop_threads(1)
     while True:
         try:
@@ -62,26 +66,9 @@ def _worker_main(conn, runner: Callable[[RunSpec], RunRecord], log_path: Optiona
         if spec is None:
             return
         try:
-            conn.send(_guarded(runner, spec))
+            conn.send(guarded(runner, spec))
         except (BrokenPipeError, OSError):
             return
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """While the pool runs, SIGTERM to the parent raises KeyboardInterrupt (so its workers are killed too)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def execute(specs: List[RunSpec], runner: Callable[[RunSpec], RunRecord], workers: int,
@@ -90,7 +77,7 @@ def execute(specs: List[RunSpec], runner: Callable[[RunSpec], RunRecord], worker
     processes write their stdout/stderr to (default: os.devnull)."""
     if not specs:
         return
-    with _sigterm_interrupts():
+    with sigterm_interrupts():
         if workers == 1:
             _in_process(specs, runner, on_done)
         else:
@@ -101,10 +88,10 @@ def _in_process(specs: List[RunSpec], runner: Callable[[RunSpec], RunRecord],
                 on_done: Callable[[RunRecord], None]) -> None:
     import torch
 
-    threads = _one_thread()
+    threads = one_torch_thread()
     try:
         for spec in specs:
-            rec = _guarded(runner, spec)
+            rec = guarded(runner, spec)
             if interrupted(rec):
                 raise KeyboardInterrupt
             on_done(rec)
@@ -170,14 +157,3 @@ def _in_workers(specs: List[RunSpec], runner: Callable[[RunSpec], RunRecord], wo
                 proc.kill()
         for proc in procs:
             proc.join(timeout=10)
-
-
-def _guarded(runner: Callable[[RunSpec], RunRecord], spec: RunSpec) -> RunRecord:
-    """`runner(spec)`, with anything it raises turned into a failed-run record."""
-    t0 = time.perf_counter()
-    try:
-        return runner(spec)
-    except BaseException as e:  # noqa: BLE001 - a run never takes the study down
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        return failed_record(spec, f"{type(e).__name__}: {e}", t0, trace=traceback.format_exc(limit=4))

@@ -5,30 +5,59 @@ logit over the run (exact, from the loop's stats pass), divergence (NaN/Inf or f
 one), the OLMo 2 spike score of the loss and gradient-norm series (7 std; windows 100 and 1000). A run that
 raises comes back as a failed record with its error text; a run whose deadline (the study's time budget)
 passes is stopped and marked `cut` (records.py: RunStatus).
+
+A worker reads the run's data itself (from `spec.data`, on whatever machine it runs) and checks that the tokens
+it read are the ones the study was planned on (`data_fingerprint` against `spec.data_fingerprint`): data that
+differ on a worker — a file changed mid-study, another copy on a cluster node, the embedded corpus of another
+Python version — fail the run with that reason instead of measuring something else.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import socket
 import time
 import traceback
 from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
+
+from ..errors import DataError
 from ..train.loop import train
 from ..train.tokens import TokenData, load_tokens
 from .records import RunHistory, RunRecord, RunSpec, RunStatus, SpikeScores, finite_or_none
 
-__all__ = ["run_one", "failed_record", "interrupted"]
+__all__ = ["run_one", "failed_record", "interrupted", "data_fingerprint"]
 
-_DATA_CACHE: Dict[Tuple[Optional[str], Optional[str]], TokenData] = {}
+_DATA_CACHE: Dict[Tuple[Optional[str], Optional[str]], Tuple[TokenData, str]] = {}
 
 
-def _load_data(data: Optional[str], tokenizer: Optional[str]) -> TokenData:
-    """The spec's tokens, cached per worker process (one study reads one data source)."""
-    key = (data, tokenizer)
+def data_fingerprint(data: TokenData) -> str:
+    """sha256 (16 hex digits) of the token stream, its split and vocabulary: what a stored run trained on."""
+    h = hashlib.sha256(f"{data.vocab_size}:{len(data.train)}:{len(data.val)}:".encode())
+    for part in (data.train, data.val):
+        arr = np.asarray(part)
+        for i in range(0, len(arr), 1 << 24):  # chunks: a memory-mapped token file is never read whole
+            h.update(np.ascontiguousarray(arr[i:i + (1 << 24)]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _load_data(spec: RunSpec) -> TokenData:
+    """The spec's tokens, read and fingerprinted once per worker process (one study reads one data source);
+    DataError when they are not the tokens the study was planned on."""
+    key = (spec.data, spec.tokenizer)
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
-        _DATA_CACHE[key] = load_tokens(data, tokenizer=tokenizer)
-    return _DATA_CACHE[key]
+        data = load_tokens(spec.data, tokenizer=spec.tokenizer)
+        _DATA_CACHE[key] = (data, data_fingerprint(data))
+    data, fingerprint = _DATA_CACHE[key]
+    if spec.data_fingerprint is not None and fingerprint != spec.data_fingerprint:
+        what = (f"data {spec.data}" if spec.data is not None else "the embedded corpus (this Python's standard "
+                "library sources)") + (f" with tokenizer {spec.tokenizer}" if spec.tokenizer else "")
+        raise DataError(f"{what} read on {socket.gethostname()} gives tokens with fingerprint {fingerprint}, not the "
+                        f"{spec.data_fingerprint} the study was planned on: every worker must read the same data "
+                        "(same files at the same path; for the embedded corpus, the same Python version)")
+    return data
 
 
 def failed_record(spec_or_rec: Any, error: str, t0: float, trace: Optional[str] = None, *,
@@ -49,7 +78,7 @@ def run_one(spec: RunSpec) -> RunRecord:
         return failed_record(spec, "skipped: the study's time budget (--max-minutes) was spent", t0,
                              status=RunStatus.CUT)
     try:
-        data = _load_data(spec.data, spec.tokenizer)
+        data = _load_data(spec)
         torch.manual_seed(spec.train.seed)
         stop = (lambda _r: time.time() > deadline) if deadline is not None else None
         res = train(spec.model, spec.train, data, callback=stop)
