@@ -15,6 +15,7 @@ import qknorm
 from qknorm.cli import main
 from qknorm.train.batcher import Batcher
 from qknorm.train.tokens import load_tokens
+from helpers.bpe import train_bpe_file
 
 torch.set_num_threads(1)
 SMALL = ["--batch-size", "4", "--seq-len", "16", "--device", "cpu", "--no-progress", "--set", "stats_every=0",
@@ -87,15 +88,10 @@ def test_first_loss_equals_the_hf_source_loss_and_the_origin_is_recorded(tmp_pat
 
 
 def test_a_checkpoint_source_starts_at_its_loss_with_its_tokenizer(tmp_path, capsys):
-    tokenizers = pytest.importorskip("tokenizers")
-    from tokenizers import models, pre_tokenizers, trainers
-
+    pytest.importorskip("tokenizers")
     corpus = _corpus(tmp_path)
-    tok = tokenizers.Tokenizer(models.BPE(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
-    tok.train([str(p) for p in sorted(corpus.iterdir())], trainers.BpeTrainer(vocab_size=280, special_tokens=["[UNK]"]))
     tok_file = tmp_path / "tok.json"
-    tok.save(str(tok_file))
+    train_bpe_file(corpus, tok_file, vocab_size=280)
     base = tmp_path / "base"
     assert _run(["--preset", "llama", "--data", str(corpus), "--tokenizer", str(tok_file), "--steps", "3",
                  "--ckpt-every", "2", "--out", str(base), *SMALL], capsys)[0] == 0
@@ -115,10 +111,7 @@ def test_a_checkpoint_source_starts_at_its_loss_with_its_tokenizer(tmp_path, cap
     assert origin["weights_sha256"] == {"model.safetensors": _sha(ckpt / "model.safetensors")}
     # another tokenizer is refused, in one line, unless --allow-changes
     other = tmp_path / "other.json"
-    tok2 = tokenizers.Tokenizer(models.BPE(unk_token="[UNK]"))
-    tok2.pre_tokenizer = pre_tokenizers.ByteLevel()
-    tok2.train([str(corpus / "f0.txt")], trainers.BpeTrainer(vocab_size=270, special_tokens=["[UNK]"]))
-    tok2.save(str(other))
+    train_bpe_file([corpus / "f0.txt"], other, vocab_size=270)
     args = ["--init-from", str(ckpt), "--data", str(corpus), "--tokenizer", str(other), "--steps", "1", *SMALL]
     code, _, err = _run([*args, "--out", str(tmp_path / "r2")], capsys)
     assert code == 2 and len(err) == 1 and "--tokenizer=" in err[0] and "--allow-changes" in err[0], err

@@ -19,6 +19,7 @@ from qknorm.train import TrainConfig
 from qknorm.train.checkpoints.layout import META
 from qknorm.train.loop import train
 from qknorm.train.tokens import load_tokens
+from helpers.bpe import train_bpe_file
 
 torch.set_num_threads(1)
 SMALL = ["--batch-size", "4", "--seq-len", "16", "--device", "cpu", "--no-progress", "--set", "stats_every=0",
@@ -135,15 +136,10 @@ def test_a_fresh_run_that_fails_in_its_first_step_leaves_the_directory_as_it_was
 
 
 def test_the_tokenizer_travels_with_the_run_its_checkpoints_and_exports(tmp_path, capsys):
-    tokenizers = pytest.importorskip("tokenizers")
-    from tokenizers import models, pre_tokenizers, trainers
-
+    pytest.importorskip("tokenizers")
     corpus = _corpus(tmp_path)
-    tok = tokenizers.Tokenizer(models.BPE(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
-    tok.train([str(p) for p in sorted(corpus.iterdir())], trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"]))
     tok_file = tmp_path / "tok.json"
-    tok.save(str(tok_file))
+    tok = train_bpe_file(corpus, tok_file, vocab_size=300)
     run = tmp_path / "run"
     assert _run(["--preset", "llama", "--data", str(corpus), "--tokenizer", str(tok_file), "--steps", "2",
                  "--ckpt-every", "1", "--out", str(run), *SMALL], capsys)[0] == 0
