@@ -55,6 +55,53 @@ def test_stats_pass_matches_explicit_scores(preset):
     assert not any(layer.attn.record_stats for layer in model.layers)  # recording switched off again
 
 
+def _explicit_entropies(model, ids):
+    """Per-layer mean attention entropy in float64 from explicit scores (softcapped as the layer does), as
+    logsumexp(s) - sum p s over the allowed keys of each query."""
+    out = []
+    x = model.embed(ids)
+    B, T = ids.shape
+    cos, sin = model.rope_global(T, ids.device)
+    allowed = causal_mask(T, None, ids.device)
+    for layer in model.layers:
+        a = layer.attn
+        h = layer.attn_norm_in(x)
+        q = a.q_proj(h).view(B, T, a.n_heads, a.head_dim)
+        k = a.k_proj(h).view(B, T, a.n_kv_heads, a.head_dim)
+        q, k = a._qk_norm_rope(q, k, cos, sin)  # (B, H, T, D), (B, Hkv, T, D)
+        k = k.repeat_interleave(a.n_heads // a.n_kv_heads, dim=1)
+        s = (q.double() @ k.double().transpose(2, 3)) * a.scale  # (B, H, T, T)
+        if a.softcap is not None:
+            s = torch.tanh(s / a.softcap) * a.softcap
+        s = s.masked_fill(~allowed, -math.inf)
+        p = torch.softmax(s, -1)
+        ent = torch.logsumexp(s, -1) - (p * s.masked_fill(~allowed, 0.0)).sum(-1)  # (B, H, T)
+        out.append(ent.mean().item())
+        x = layer(x, (cos, sin))
+    return out
+
+
+@pytest.mark.parametrize("overrides", [{}, {"attn_softcap": 2.0}])
+def test_stats_pass_entropy_and_log_z_match_explicit_float64(overrides):
+    """The per-layer attention entropy (with the layer's softcap) and the mean output log Z, against float64."""
+    torch.manual_seed(1)
+    model = qknorm.TransformerLM(qknorm.get_config("llama", "debug", **overrides))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "q_proj" in n or "k_proj" in n:
+                p.mul_(8)  # peaked attention: entropies well away from the uniform value
+    ids = torch.randint(0, 256, (3, 24))
+    stats = D.stats_pass(model, ids)
+    with torch.no_grad():
+        want = _explicit_entropies(model, ids)
+        log_z = torch.logsumexp(model(ids).double(), dim=-1).mean().item()
+    assert stats["attn_entropy_per_layer"] == pytest.approx(want, rel=1e-4)
+    assert stats["attn_entropy"] == pytest.approx(sum(want) / len(want), rel=1e-4)
+    assert stats["log_z"] == pytest.approx(log_z, rel=1e-6)
+    uniform = sum(math.log(t + 1) for t in range(24)) / 24
+    assert all(0 < e < uniform for e in want)  # peaked, not uniform: the check is not vacuous
+
+
 def test_stats_pass_sliding_layers_and_rows():
     model = qknorm.TransformerLM(qknorm.get_config("gemma3", "debug"))
     stats = D.stats_pass(model, torch.randint(0, 256, (1, 24)))

@@ -2,8 +2,10 @@
 
 * `stats_pass(model, ids)` — one forward pass under `no_grad` with every attention layer recording
   (nn/attention.py `attention_stats`): per layer the exact max attention logit over allowed (query, key)
-  pairs, the Cauchy-Schwarz bound scale * max|q| * max|k|, and the RMS of q and k after QK-norm and RoPE;
-  plus the max and std of the output logits. All numbers come back with one device sync. The training loop
+  pairs, the Cauchy-Schwarz bound scale * max|q| * max|k|, the RMS of q and k after QK-norm and RoPE and the
+  mean attention entropy (nats; its collapse toward 0 is Zhai et al. 2023's instability); plus the max and std
+  of the output logits and their mean log Z = logsumexp over the vocabulary (the quantity z-loss pulls toward
+  0). All numbers come back with one device sync. The training loop
   runs it every `stats_every` steps on at most 4 sequences of the batch.
 * `summarize(history, init_loss)` — the OLMo 2 spike score (arXiv 2501.00656) of the loss and gradient-norm
   series, with the window stated, and the divergence rule (`metrics.is_diverged`).
@@ -41,10 +43,10 @@ def stats_pass(model: nn.Module, input_ids: torch.Tensor, *, forward: Optional[n
     wrapper of it; default `model`). `autocast` is a factory of the context to run under (e.g. bf16); the
     attention scores are still computed in fp32 (autocast off) from the q/k the model attends with.
     `runtime` (train.runtime.Runtime) combines the ranks of a data-parallel run: max over ranks of the max
-    logits and bounds, mean of the RMS values and logit std (each rank's sequences weigh the same), so
-    rank 0's record describes every rank's data. NaN (a non-finite logit) is kept as +inf through the max.
-    Returns python floats: max_attn_logit, logit_max, logit_std, and per-layer lists attn_logit_per_layer,
-    attn_bound_per_layer, q_rms, k_rms.
+    logits and bounds, mean of the RMS values, entropies, logit std and log Z (each rank's sequences weigh the
+    same), so rank 0's record describes every rank's data. NaN (a non-finite logit) is kept as +inf through
+    the max. Returns python floats: max_attn_logit, attn_entropy (mean over layers), logit_max, logit_std,
+    log_z, and per-layer lists attn_logit_per_layer, attn_bound_per_layer, q_rms, k_rms, attn_entropy_per_layer.
     """
     fwd = forward if forward is not None else model
     with model.recording_attention_stats() as stats:
@@ -53,31 +55,36 @@ def stats_pass(model: nn.Module, input_ids: torch.Tensor, *, forward: Optional[n
         else:
             with autocast():
                 logits = fwd(input_ids)
-    per_layer = torch.stack([torch.stack([s["max_logit"], s["logit_bound"], s["q_rms"], s["k_rms"]])
-                             for s in stats])  # (L, 4)
+    per_layer = torch.stack([torch.stack([s["max_logit"], s["logit_bound"], s["q_rms"], s["k_rms"], s["entropy"]])
+                             for s in stats])  # (L, 5)
     if hasattr(logits, "full_tensor"):  # vocab-sharded DTensor under tensor parallelism: the whole (B, T, V)
         logits = logits.full_tensor()
     lf = logits.float()
+    out = torch.stack([lf.std(), torch.logsumexp(lf, dim=-1).mean()])  # logit std, mean log Z
     if runtime is not None:
         maxes = torch.cat([per_layer[:, :2].flatten(), lf.amax().reshape(1)]).float()
         maxes = runtime.all_reduce_max(torch.nan_to_num(maxes, nan=math.inf))
-        means = runtime.all_reduce_mean(torch.cat([per_layer[:, 2:].flatten(), lf.std().reshape(1)]).float())
-        per_layer = torch.cat([maxes[:-1].view(-1, 2), means[:-1].view(-1, 2)], dim=1)
-        lf_max, lf_std = maxes[-1], means[-1]
+        means = runtime.all_reduce_mean(torch.cat([per_layer[:, 2:].flatten(), out]).float())
+        per_layer = torch.cat([maxes[:-1].view(-1, 2), means[:-2].view(-1, 3)], dim=1)
+        lf_max, out = maxes[-1], means[-2:]
     else:
-        lf_max, lf_std = lf.amax(), lf.std()
-    flat = torch.cat([per_layer.flatten().float(), torch.stack([lf_max, lf_std]).float()]).tolist()  # one sync
+        lf_max = lf.amax()
+    flat = torch.cat([per_layer.flatten().float(), lf_max.reshape(1).float(), out.float()]).tolist()  # one sync
     n = len(stats)
-    rows = [flat[4 * i: 4 * i + 4] for i in range(n)]
+    rows = [flat[5 * i: 5 * i + 5] for i in range(n)]
     per_max = [r[0] for r in rows]
+    per_entropy = [r[4] for r in rows]
     return {
         "max_attn_logit": _max(per_max),
         "attn_logit_per_layer": per_max,
         "attn_bound_per_layer": [r[1] for r in rows],
         "q_rms": [r[2] for r in rows],
         "k_rms": [r[3] for r in rows],
-        "logit_max": flat[-2],
-        "logit_std": flat[-1],
+        "attn_entropy": sum(per_entropy) / n if n else math.nan,
+        "attn_entropy_per_layer": per_entropy,
+        "logit_max": flat[-3],
+        "logit_std": flat[-2],
+        "log_z": flat[-1],
     }
 
 

@@ -225,3 +225,41 @@ def test_softcap_bounds_the_logits_by_the_cap(cap):
         spread[name] = max((r.amax(-1) - r.amin(-1)).max().item() for r in rows)
     assert spread["capped"] <= 2 * cap * (1 + 1e-5), spread  # = 2 cap here: tanh saturates at +-1 in fp32
     assert spread["plain"] > 10 * cap, spread  # the same scores without the cap
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_attention_entropy_of_uniform_attention_is_log_of_the_keys_seen(window):
+    """q = 0 makes every allowed key equally likely: query t sees min(t + 1, W) keys, so its entropy is the log of
+    that count (an analytic value, independent of the code)."""
+    from qknorm.nn.attention import attention_stats
+
+    B, H, T, D = 2, 3, 10, 8
+    stats = attention_stats(torch.zeros(B, H, T, D), torch.randn(B, H, T, D), 0.5, window)
+    want = sum(math.log(min(t + 1, window or T)) for t in range(T)) / T
+    assert stats["entropy"].item() == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("softcap, window", [(None, None), (3.0, None), (None, 5), (3.0, 5)])
+def test_attention_entropy_matches_float64_per_row(softcap, window):
+    """Mean over batch, heads and queries of -sum p log p, against float64 rows computed one at a time as
+    H = logsumexp(s) - sum p s (another identity than the code's), with the layer's softcap and window; GQA."""
+    from qknorm.nn.attention import attention_stats
+
+    torch.manual_seed(4)
+    B, H, Hkv, T, D = 2, 4, 2, 9, 8
+    q, k = torch.randn(B, H, T, D) * 2, torch.randn(B, Hkv, T, D) * 2
+    kd = k.double().repeat_interleave(H // Hkv, 1)
+    rows = []
+    for b in range(B):
+        for h in range(H):
+            for t in range(T):
+                keys = [j for j in range(T) if j <= t and (window is None or t - window < j)]
+                s = q[b, h, t].double() @ kd[b, h, keys].T * 0.4
+                if softcap is not None:
+                    s = torch.tanh(s / softcap) * softcap
+                p = torch.softmax(s, 0)
+                rows.append((torch.logsumexp(s, 0) - (p * s).sum()).item())
+    got = attention_stats(q, k, 0.4, window, softcap)["entropy"].item()
+    assert got == pytest.approx(sum(rows) / len(rows), rel=1e-5)
+    if softcap is not None:  # capping flattens the scores: the entropy is higher than without the cap
+        assert got > attention_stats(q, k, 0.4, window)["entropy"].item()

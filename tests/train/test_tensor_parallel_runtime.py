@@ -55,7 +55,7 @@ torch.set_num_threads(1)
 QUIET = ["--no-progress", "--device", "cpu"]
 LOSS_RTOL = 1e-5
 STATS = ("max_attn_logit", "attn_logit_per_layer", "attn_bound_per_layer", "q_rms", "k_rms", "logit_max",
-         "logit_std")
+         "logit_std", "attn_entropy", "attn_entropy_per_layer", "log_z")
 
 
 def _cli(rank, args):

@@ -13,7 +13,8 @@ being the last T of them; the mask follows from that (`causal_mask(T, W, n_past=
 Two paths compute the same function: SDPA (default; flash/efficient kernels) and eager (explicit scores; needed
 for attention softcapping). When `record_stats` is set, the layer also stores diagnostics of its last call in
 `self.stats`: the exact max attention logit over allowed (query, key) pairs, the cheap bound
-scale * max|q| * max|k| that holds for any attention kernel, and the RMS of q and k after QK-norm and RoPE.
+scale * max|q| * max|k| that holds for any attention kernel, the RMS of q and k after QK-norm and RoPE, and the
+mean entropy of the attention distributions.
 With `track_head_max` (QK-clip), every training forward also folds its exact per-head max logit into
 `self.head_max` (head_max_logits: explicit scores, one extra q.k^T per layer).
 The projections are sigmaReparam linears when the config asks (nn/sigma_reparam.py).
@@ -70,7 +71,7 @@ class Attention(nn.Module):
         if self.track_head_max and torch.is_grad_enabled():
             self.head_max = head_max_logits(q, k, self.scale, self.window, self.head_max)
         if self.record_stats:
-            self.stats = attention_stats(q, k, self.scale, self.window)
+            self.stats = attention_stats(q, k, self.scale, self.window, self.softcap)
         o = self._attend_eager(q, k, v) if self.eager else self._attend_sdpa(q, k, v)  # (B, H, T, D)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
@@ -122,13 +123,17 @@ def causal_mask(T: int, window: Optional[int], device, *, n_past: int = 0) -> to
 
 
 @torch.no_grad()
-def attention_stats(q: torch.Tensor, k: torch.Tensor, scale: float, window: Optional[int]) -> Dict[str, torch.Tensor]:
+def attention_stats(q: torch.Tensor, k: torch.Tensor, scale: float, window: Optional[int],
+                    softcap: Optional[float] = None) -> Dict[str, torch.Tensor]:
     """Diagnostics of one attention call (q (B, H, T, D), k (B, Hkv, S, D), after QK-norm and RoPE; S > T when
     the queries are the last T of S cached positions).
 
     max_logit: exact max over allowed pairs of scale * q.k (before any softcap), from explicit fp32 scores of the
     q/k the layer attends with (under autocast: its bf16 q/k, multiplied in fp32 with autocast off);
-    logit_bound: scale * max_t |q_t| * max_s |k_s| (Cauchy-Schwarz), an upper bound any fused kernel can afford.
+    logit_bound: scale * max_t |q_t| * max_s |k_s| (Cauchy-Schwarz), an upper bound any fused kernel can afford;
+    entropy: mean over batch, heads and queries of the attention distribution's entropy -sum_s p_s log p_s
+    (nats; from the same scores, softcapped as the layer does), ln(n) for uniform attention over n keys and 0
+    for one-hot attention: its collapse is Zhai et al. 2023's symptom of unstable training.
     """
     with torch.autocast(device_type=q.device.type, enabled=False):  # else the matmul would run in bf16
         qf, kf = q.float(), k.float()
@@ -137,11 +142,16 @@ def attention_stats(q: torch.Tensor, k: torch.Tensor, scale: float, window: Opti
         mask = causal_mask(q.shape[2], window, q.device, n_past=k.shape[2] - q.shape[2])
         max_logit = scores.masked_fill(~mask, float("-inf")).amax()
         bound = scale * qf.norm(dim=-1).amax() * kf.norm(dim=-1).amax()
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        logp = torch.log_softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # (B, H, T, S)
+        entropy = -(logp.exp() * logp.masked_fill(~mask, 0.0)).sum(-1).mean()  # masked keys: p = 0, no term
     return {
         "max_logit": max_logit,
         "logit_bound": bound,
         "q_rms": qf.pow(2).mean().sqrt(),
         "k_rms": kf.pow(2).mean().sqrt(),
+        "entropy": entropy,
     }
 
 

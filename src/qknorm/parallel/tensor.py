@@ -108,16 +108,18 @@ class TensorParallelLM(TransformerLM):
 def _combine_attention_stats(stats: List[Dict[str, torch.Tensor]], attns, group) -> None:
     """In place: each rank's stats cover its heads (nn/attention.py `attention_stats`). The layer's max logit is
     the max over ranks; its bound scale * max|q| * max|k| takes the largest q and k norms of any rank; the RMS
-    is the root of the mean of the ranks' mean squares (every rank holds the same number of elements)."""
+    is the root of the mean of the ranks' mean squares (every rank holds the same number of elements); the mean
+    attention entropy is the mean of the ranks' means (every rank holds the same number of heads)."""
     maxes = torch.stack([torch.cat([s["max_logit"].float().reshape(1), a.qk_max_norm]) for s, a in zip(stats, attns)])
     maxes = torch.nan_to_num(maxes, nan=math.inf)  # (L, 3): a non-finite logit stays beyond every bound
-    squares = torch.stack([torch.stack([s["q_rms"], s["k_rms"]]).float().pow(2) for s in stats])  # (L, 2)
+    sums = torch.stack([torch.stack([s["q_rms"].float().pow(2), s["k_rms"].float().pow(2), s["entropy"].float()])
+                        for s in stats])  # (L, 3): mean squares of q and k, mean entropy
     dist.all_reduce(maxes, op=dist.ReduceOp.MAX, group=group)
-    dist.all_reduce(squares, op=dist.ReduceOp.SUM, group=group)
-    rms = (squares / dist.get_world_size(group)).sqrt()
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+    means = sums / dist.get_world_size(group)
     for i, a in enumerate(attns):
         stats[i] = {**stats[i], "max_logit": maxes[i, 0], "logit_bound": a.scale * maxes[i, 1] * maxes[i, 2],
-                    "q_rms": rms[i, 0], "k_rms": rms[i, 1]}
+                    "q_rms": means[i, 0].sqrt(), "k_rms": means[i, 1].sqrt(), "entropy": means[i, 2]}
 
 
 def _to_replicated_dtensor(module, inputs, mesh):
