@@ -114,3 +114,48 @@ def test_a_run_writes_no_file_so_workers_need_no_shared_filesystem(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"status": "ok", "writes": []}
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_setting_the_loop_refuses_is_refused_not_failed(monkeypatch):
+    from qknorm import ConfigError
+
+    def refuse(*a, **k):
+        raise ConfigError("qk_clip=50 cannot act on sigma_reparam=True projections")
+
+    monkeypatch.setattr(run_mod, "train", refuse)
+    rec = study.run_one(_spec()).to_json()
+    assert rec["status"] == "refused" and rec["diverged"] is False and rec.get("traceback") is None
+    assert rec["error"] == "refused: qk_clip=50 cannot act on sigma_reparam=True projections"
+
+
+def test_a_real_refused_combination_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
+    """qk_clip with sigma_reparam (no study variant combines them; a made-up one does): the real training loop
+    refuses it before any step; the study records it as refused, trains the rest and reports the arm as refused."""
+    from qknorm.study.variants import TrainSettings, Variant
+
+    monkeypatch.setitem(study.VARIANTS, "clip_sigma", Variant("llama", {"sigma_reparam": True}, "made up",
+                                                              TrainSettings(qk_clip=50.0)))
+    plan = study.make_plan("smoke", variants=("baseline", "clip_sigma"), lrs=(1e-3,), steps=2, workers=1,
+                           device="cpu")
+    s = study.run_study(plan, tmp_path / "s", report=False, log=lambda _: None)
+    status = {r.variant: r.status.value for r in s.runs}
+    assert status == {"baseline": "ok", "clip_sigma": "refused"}
+    row = {r.variant: r for r in s.analysis.leaderboard}["clip_sigma"]
+    assert row.status == "refused" and "sigma_reparam" in row.note
+    assert "refused (1 run" in study.format_table(s)
+
+
+def test_a_real_run_records_entropy_log_z_and_step_times():
+    """At initialization (weights ~ N(0, 0.02)) the output logits are ~0 (std ~0.2), so log Z = ln(vocab) +
+    sigma^2 / 2 ~ ln(vocab) + 0.02, and q.k ~ 0, so attention is uniform: each query t of T sees t + 1 keys,
+    entropy ln(t + 1) (both analytic values)."""
+    rec = study.run_one(_spec())
+    h = rec.history
+    T = 32  # the smoke profile's seq_len
+    assert rec.log_z_start == h.log_z[0] == pytest.approx(math.log(256), abs=0.05)
+    assert rec.log_z_end == h.log_z[-1] and rec.log_z_drift == pytest.approx(h.log_z[-1] - h.log_z[0])
+    uniform = sum(math.log(t + 1) for t in range(T)) / T
+    assert sum(h.attn_entropy[0]) / len(h.attn_entropy[0]) == pytest.approx(uniform, abs=0.01)
+    assert rec.attn_entropy == pytest.approx(sum(h.attn_entropy[-1]) / len(h.attn_entropy[-1]))
+    assert rec.attn_entropy_min_layer == min(h.attn_entropy[-1])
+    assert rec.step_ms > 0 and rec.step_cpu_ms > 0 and rec.optimizer == "adamw"

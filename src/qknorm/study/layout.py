@@ -3,7 +3,8 @@ finished runs a rerun reuses.
 
     OUT/plan.json            the plan and its fingerprint (identifies the study's results)
     OUT/runs/<name>.json     each run as it finishes: its spec (`RunSpec.identity`), its record and its per-step
-                             history (name = <variant>_lr<lr>_s<seed>); written whole or not at all
+                             history (name = <variant>_lr<lr>_s<seed>, <variant>_<optimizer>_lr<lr>_s<seed> for
+                             optimizers other than AdamW: records.run_name); written whole or not at all
     OUT/workers.log          what worker processes printed (warnings; nothing of theirs goes to the terminal)
     OUT/summary.json         every run's record, the analysis, what was run (summary.py)
     OUT/report.html, *.png   the report (report.py, plots.py)
@@ -17,11 +18,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence
 
 from ..errors import ConfigError
 from .plan import StudyPlan, plan_fingerprint
-from .records import RunHistory, RunRecord, RunSpec, run_name
+from .records import RunHistory, RunRecord, RunSpec
 
 __all__ = ["PLAN_FILE", "SUMMARY_FILE", "RUNS_DIR", "REPORT_FILE", "WORKER_LOG", "check_out_dir", "write_run",
            "read_histories", "write_plan", "finished_runs", "write_atomic"]
@@ -63,7 +64,8 @@ def write_run(out: Path, spec: RunSpec, rec: RunRecord) -> None:
     the plots read them)."""
     history = (rec.history or RunHistory()).to_json()
     write_atomic(out / RUNS_DIR / f"{rec.name}.json", json.dumps(
-        {"variant": rec.variant, "lr": rec.lr, "seed": rec.seed, "spec": spec.identity(), "record": rec.to_json(),
+        {"variant": rec.variant, "optimizer": rec.optimizer, "lr": rec.lr, "seed": rec.seed, "spec": spec.identity(),
+         "record": rec.to_json(),
          **history}))
 
 
@@ -78,7 +80,7 @@ def finished_runs(out: Path, specs: Sequence[RunSpec]) -> List[RunRecord]:
             rec = RunRecord.from_json(stored["record"])
         except (KeyError, TypeError, ValueError):
             continue
-        if rec.status.measured and (rec.variant, rec.lr, rec.seed) == (spec.variant, spec.lr, spec.seed):
+        if rec.status.measured and rec.name == spec.name:
             found.append(rec)
     return found
 
@@ -95,11 +97,11 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def read_histories(out: Path, runs: Sequence[RunRecord]) -> Dict[Tuple[str, float, int], RunHistory]:
-    """The histories of `runs` that are on disk, keyed by (variant, lr, seed)."""
+def read_histories(out: Path, runs: Sequence[RunRecord]) -> Dict[str, RunHistory]:
+    """The histories of `runs` that are on disk, keyed by run name (records.run_name)."""
     hist = {}
     for r in runs:
-        stored = _read_json(out / RUNS_DIR / f"{run_name(r.variant, r.lr, r.seed)}.json")
+        stored = _read_json(out / RUNS_DIR / f"{r.name}.json")
         if isinstance(stored, dict):
-            hist[(r.variant, r.lr, r.seed)] = RunHistory.from_json(stored)
+            hist[r.name] = RunHistory.from_json(stored)
     return hist

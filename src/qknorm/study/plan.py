@@ -1,11 +1,16 @@
-"""The plan of a study: which variants, LRs and seeds, at which model shape and training settings (`StudyPlan`),
-and the runs it expands to (`RunSpec`s).
+"""The plan of a study: which variants, optimizers, LRs and seeds, at which model shape and training settings
+(`StudyPlan`), and the runs it expands to (`RunSpec`s): every variant x optimizer x LR x seed.
 
     plan = make_plan("default", variants=("baseline", "qknorm"), lrs=(1e-3, 1e-2))
+    plan = make_plan("stabilizers", optimizers=("adamw", "muon"))
     specs = run_specs(plan, vocab_size=256)
 
-Errors name the plan's fields (variants, lrs, seeds, seed, steps, workers, profile); the command line maps
-them to its flags.
+A run's TrainConfig is the plan's template with the run's peak LR, seed and optimizer, plus the training
+settings its variant switches on (variants.py: qk_clip, z_loss); the run's stored spec (records.py
+`RunSpec.identity`) holds all of them, so a study is resumed only from runs trained with the same ones.
+
+Errors name the plan's fields (variants, optimizers, lrs, seeds, seed, steps, workers, profile); the command line
+maps them to its flags.
 """
 from __future__ import annotations
 
@@ -16,12 +21,15 @@ import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
-from ..train.config import TrainConfig
+from ..train.config import OptimizerName, TrainConfig
 from .profiles import PROFILES
-from .records import RunSpec
+from .records import DEFAULT_OPTIMIZER, RunSpec
 from .variants import VARIANTS, model_config
 
-__all__ = ["StudyPlan", "make_plan", "parse_variants", "parse_lrs", "run_specs", "plan_fingerprint", "plan_label"]
+__all__ = ["StudyPlan", "make_plan", "parse_variants", "parse_optimizers", "parse_lrs", "run_specs",
+           "plan_fingerprint", "plan_label", "OPTIMIZERS"]
+
+OPTIMIZERS = tuple(o.value for o in OptimizerName)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,16 +49,25 @@ class StudyPlan:
     data: Optional[str] = None
     tokenizer: Optional[str] = None
     workers: int = 1
+    optimizers: Tuple[str, ...] = (DEFAULT_OPTIMIZER,)
 
-    def train_config(self, lr: float, seed: int) -> TrainConfig:
+    def train_config(self, lr: float, seed: int, variant: Optional[str] = None,
+                     optimizer: str = DEFAULT_OPTIMIZER) -> TrainConfig:
+        """The TrainConfig of the run (variant, optimizer, lr, seed); without a variant, the template's."""
         final = lr if self.schedule == "constant" else self.train.final_lr
-        return self.train.replace(lr=lr, seed=seed, final_lr=final, progress=False)
+        cfg = self.train.replace(lr=lr, seed=seed, final_lr=final, progress=False, optimizer=optimizer)
+        return VARIANTS[variant].train.apply(cfg) if variant is not None else cfg
 
     def to_json(self) -> Dict[str, Any]:
-        return {"profile": self.profile, "variants": list(self.variants), "lrs": list(self.lrs),
-                "seeds": list(self.seeds), "shape": dict(self.shape), "schedule": self.schedule,
-                "train": self.train.to_dict(), "data": self.data, "tokenizer": self.tokenizer,
-                "workers": self.workers}
+        """The plan as plan.json holds it. An AdamW-only plan is written without "optimizers", as before the
+        study crossed optimizers, so that its fingerprint (and a study directory written then) stays valid."""
+        out = {"profile": self.profile, "variants": list(self.variants), "lrs": list(self.lrs),
+               "seeds": list(self.seeds), "shape": dict(self.shape), "schedule": self.schedule,
+               "train": self.train.to_dict(), "data": self.data, "tokenizer": self.tokenizer,
+               "workers": self.workers}
+        if self.optimizers != (DEFAULT_OPTIMIZER,):
+            out["optimizers"] = list(self.optimizers)
+        return out
 
 
 def plan_fingerprint(plan: StudyPlan) -> str:
@@ -68,6 +85,18 @@ def parse_variants(text: str) -> Tuple[str, ...]:
         raise ConfigError(f"variants: unknown variant {shown}; choose from: {', '.join(VARIANTS)}")
     if len(set(names)) != len(names):
         raise ConfigError(f"variants: {text!r} names a variant twice")
+    return names
+
+
+def parse_optimizers(text: str) -> Tuple[str, ...]:
+    """A comma-separated list of optimizer names, each known and named once."""
+    names = tuple(o.strip() for o in text.split(",") if o.strip())
+    bad = [o for o in names if o not in OPTIMIZERS]
+    if not names or bad:
+        shown = repr(bad[0]) if bad else repr(text)
+        raise ConfigError(f"optimizers: unknown optimizer {shown}; choose from: {', '.join(OPTIMIZERS)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"optimizers: {text!r} names an optimizer twice")
     return names
 
 
@@ -91,7 +120,8 @@ def parse_lrs(text: str) -> Tuple[float, ...]:
 def make_plan(profile: str = "default", *, variants: Optional[Sequence[str]] = None,
               lrs: Optional[Sequence[float]] = None, seeds: Optional[int] = None, seed: int = 0,
               steps: Optional[int] = None, device: Optional[str] = None, data: Optional[str] = None,
-              tokenizer: Optional[str] = None, workers: Optional[int] = None) -> StudyPlan:
+              tokenizer: Optional[str] = None, workers: Optional[int] = None,
+              optimizers: Optional[Sequence[str]] = None) -> StudyPlan:
     """The plan of `profile` with any of its defaults replaced."""
     if profile not in PROFILES:
         raise ConfigError(f"profile: unknown profile {profile!r}; choose from: {', '.join(PROFILES)}")
@@ -100,6 +130,9 @@ def make_plan(profile: str = "default", *, variants: Optional[Sequence[str]] = N
     for v in variants:
         if v not in VARIANTS:
             raise ConfigError(f"variants: unknown variant {v!r}; choose from: {', '.join(VARIANTS)}")
+    optimizers = tuple(optimizers) if optimizers is not None else p.optimizers
+    if not optimizers or any(o not in OPTIMIZERS for o in optimizers) or len(set(optimizers)) != len(optimizers):
+        raise ConfigError(f"optimizers={optimizers!r}: give distinct names from: {', '.join(OPTIMIZERS)}")
     lrs = tuple(sorted(lrs)) if lrs is not None else p.lrs
     if not lrs:
         raise ConfigError("lrs: give at least one learning rate, e.g. 1e-3,3e-2")
@@ -116,7 +149,7 @@ def make_plan(profile: str = "default", *, variants: Optional[Sequence[str]] = N
                         progress=False)
     return StudyPlan(profile=profile, variants=variants, lrs=lrs, seeds=tuple(seed + i for i in range(seeds or p.seeds)),
                      shape=dict(p.shape), schedule=p.schedule, train=train, data=data, tokenizer=tokenizer,
-                     workers=workers or p.workers)
+                     workers=workers or p.workers, optimizers=optimizers)
 
 
 def plan_label(plan: StudyPlan) -> str:
@@ -124,7 +157,8 @@ def plan_label(plan: StudyPlan) -> str:
     settings that change the results differ from the profile's."""
     base = make_plan(plan.profile)
     changed = [name for name, differs in (
-        ("variants", plan.variants != base.variants), ("LRs", plan.lrs != base.lrs),
+        ("variants", plan.variants != base.variants), ("optimizers", plan.optimizers != base.optimizers),
+        ("LRs", plan.lrs != base.lrs),
         ("seeds", plan.seeds != base.seeds), ("steps", plan.train.steps != base.train.steps),
         ("device", plan.train.device != base.train.device),
         ("data", plan.data is not None or plan.tokenizer is not None)) if differs]
@@ -133,7 +167,7 @@ def plan_label(plan: StudyPlan) -> str:
 
 def run_specs(plan: StudyPlan, vocab_size: int, data_fingerprint: Optional[str] = None) -> List[RunSpec]:
     """One spec a run. Order: baseline and qknorm first (the checks need them), then seed, LR (high LRs
-    first: they are the interesting ones), variant."""
+    first: they are the interesting ones), optimizer, variant."""
     first = [v for v in plan.variants if v in ("baseline", "qknorm")]
     rest = [v for v in plan.variants if v not in first]
     models = {v: model_config(v, plan.shape, vocab_size) for v in plan.variants}
@@ -141,13 +175,19 @@ def run_specs(plan: StudyPlan, vocab_size: int, data_fingerprint: Optional[str] 
     for group in (first, rest):
         for seed in plan.seeds:
             for lr in sorted(plan.lrs, reverse=True):
-                for variant in group:
-                    specs.append(RunSpec(variant=variant, lr=lr, seed=seed, model=models[variant],
-                                         train=plan.train_config(lr, seed), data=plan.data, tokenizer=plan.tokenizer,
-                                         data_fingerprint=data_fingerprint))
+                for opt in plan.optimizers:
+                    for variant in group:
+                        specs.append(RunSpec(variant=variant, lr=lr, seed=seed, model=models[variant],
+                                             train=plan.train_config(lr, seed, variant, opt), data=plan.data,
+                                             tokenizer=plan.tokenizer, data_fingerprint=data_fingerprint))
     return specs
 
 
 def describe_models(plan: StudyPlan, vocab_size: int) -> Dict[str, Dict[str, Any]]:
     """Each variant's model config as JSON (for summary.json)."""
     return {v: model_config(v, plan.shape, vocab_size).to_dict() for v in plan.variants}
+
+
+def describe_training(plan: StudyPlan) -> Dict[str, Dict[str, Any]]:
+    """The training settings each variant switches on, as JSON (for summary.json; {} for most variants)."""
+    return {v: VARIANTS[v].train.to_json() for v in plan.variants}

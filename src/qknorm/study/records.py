@@ -6,10 +6,15 @@ summary.json's "runs" entries (`RunRecord.to_json`) and runs/<name>.json (`RunSp
 `RunHistory.to_json`, layout.py); `from_json` reads them back (tolerating fields that older files lack), so the
 report can be re-rendered and a study resumed from disk.
 
-A run ends in one of four states (`RunStatus`): `ok`; `diverged` — a measured non-finite or exploding loss
+A run ends in one of five states (`RunStatus`): `ok`; `diverged` — a measured non-finite or exploding loss
 (metrics.is_diverged), which LR sensitivity counts as l0; `failed` — it raised, stopped early for another
 reason, or its worker process died: nothing was measured about the model, so it is left out of LR
-sensitivity and reported apart; `cut` — stopped or skipped by the study's time budget (also left out).
+sensitivity and reported apart; `cut` — stopped or skipped by the study's time budget (also left out);
+`refused` — the training loop refused the run's settings before any step (a ConfigError: a mechanism that does
+not combine with the variant, e.g. qk_clip with sigma_reparam), a property of the combination, not of training.
+
+A run is one (variant, optimizer, peak LR, seed); (variant, optimizer) is its *arm*, labelled by `arm_label`:
+the variant's name for AdamW (so AdamW-only studies keep their names and files) and "variant/optimizer" else.
 
 The derived numbers live here, once: `RunRecord.sens_loss` (the loss LR sensitivity and "best loss" use) and
 `RunRecord.logit` (the max attention logit, +inf when it was non-finite).
@@ -27,11 +32,22 @@ from ..config import ModelConfig
 from ..train.config import TrainConfig
 from ..version import __version__
 
-__all__ = ["RunSpec", "RunRecord", "RunStatus", "RunHistory", "SpikeScores", "run_name", "finite_or_none"]
+__all__ = ["RunSpec", "RunRecord", "RunStatus", "RunHistory", "SpikeScores", "run_name", "arm_label",
+           "finite_or_none", "DEFAULT_OPTIMIZER"]
+
+DEFAULT_OPTIMIZER = "adamw"  # runs of it keep the names they had before the study crossed optimizers
 
 
-def run_name(variant: str, lr: float, seed: int) -> str:
-    return f"{variant}_lr{lr:g}_s{seed}"
+def run_name(variant: str, lr: float, seed: int, optimizer: str = DEFAULT_OPTIMIZER) -> str:
+    """<variant>_lr<lr>_s<seed> for AdamW, <variant>_<optimizer>_lr<lr>_s<seed> else (no variant name ends in
+    an optimizer's, so names stay unique: tests/study/test_plan_optimizers.py)."""
+    opt = "" if optimizer == DEFAULT_OPTIMIZER else f"_{optimizer}"
+    return f"{variant}{opt}_lr{lr:g}_s{seed}"
+
+
+def arm_label(variant: str, optimizer: str = DEFAULT_OPTIMIZER) -> str:
+    """The arm's label in tables, plots and summary.json's per-arm maps: "qknorm", "qknorm/muon"."""
+    return variant if optimizer == DEFAULT_OPTIMIZER else f"{variant}/{optimizer}"
 
 
 def finite_or_none(x: Any) -> Optional[float]:
@@ -54,8 +70,12 @@ class RunSpec:
     deadline: Optional[float] = None  # time.time() after which the run stops (the study's --max-minutes)
 
     @property
+    def optimizer(self) -> str:
+        return self.train.optimizer.value
+
+    @property
     def name(self) -> str:
-        return run_name(self.variant, self.lr, self.seed)
+        return run_name(self.variant, self.lr, self.seed, self.optimizer)
 
     def identity(self) -> Dict[str, Any]:
         """Everything that decides what the run measures, as JSON: a stored run is reused only when its
@@ -73,6 +93,7 @@ class RunStatus(str, enum.Enum):
     DIVERGED = "diverged"
     FAILED = "failed"
     CUT = "cut"
+    REFUSED = "refused"
 
     @property
     def measured(self) -> bool:
@@ -111,6 +132,8 @@ class RunHistory:
     attn_logit_per_layer: List[List[Optional[float]]] = dataclasses.field(default_factory=list)
     q_rms: List[List[Optional[float]]] = dataclasses.field(default_factory=list)
     k_rms: List[List[Optional[float]]] = dataclasses.field(default_factory=list)
+    attn_entropy: List[List[Optional[float]]] = dataclasses.field(default_factory=list)  # nats, per layer
+    log_z: List[Optional[float]] = dataclasses.field(default_factory=list)  # mean logsumexp of the output logits
     val_step: List[int] = dataclasses.field(default_factory=list)
     val_loss: List[Optional[float]] = dataclasses.field(default_factory=list)
 
@@ -130,6 +153,7 @@ class RunHistory:
                    max_attn_logit=col("max_attn_logit", stats),
                    attn_logit_per_layer=per_layer("attn_logit_per_layer", stats),
                    q_rms=per_layer("q_rms", stats), k_rms=per_layer("k_rms", stats),
+                   attn_entropy=per_layer("attn_entropy_per_layer", stats), log_z=col("log_z", stats),
                    val_step=[r["step"] for r in vals], val_loss=col("val_loss", vals))
 
     def to_json(self) -> Dict[str, Any]:
@@ -147,6 +171,7 @@ class RunRecord:
     variant: str
     lr: float
     seed: int
+    optimizer: str = DEFAULT_OPTIMIZER  # files written before the study crossed optimizers: AdamW
     init_loss: Optional[float] = None
     final_loss: Optional[float] = None  # mean train loss of the last 5% of steps
     val_loss: Optional[float] = None  # validation loss at the end
@@ -156,6 +181,13 @@ class RunRecord:
     steps: int = 0
     time_s: float = 0.0
     tokens_per_s: float = 0.0
+    cpu_s: Optional[float] = None  # process CPU time of the whole run (one thread: a quiet machine's wall time)
+    step_ms: Optional[float] = None  # median wall time of a training step
+    step_cpu_ms: Optional[float] = None  # median process CPU time of a step (CPU runs: robust to a loaded machine)
+    attn_entropy: Optional[float] = None  # mean attention entropy (nats) over layers at the last stats pass
+    attn_entropy_min_layer: Optional[float] = None  # the lowest layer's, at the last stats pass
+    log_z_start: Optional[float] = None  # mean logsumexp of the output logits at the first stats pass (step 0)
+    log_z_end: Optional[float] = None  # ... at the last stats pass (the last step, before its update)
     spike_score: SpikeScores = SpikeScores()
     error: Optional[str] = None
     stop_reason: Optional[str] = None
@@ -167,7 +199,19 @@ class RunRecord:
 
     @property
     def name(self) -> str:
-        return run_name(self.variant, self.lr, self.seed)
+        return run_name(self.variant, self.lr, self.seed, self.optimizer)
+
+    @property
+    def label(self) -> str:
+        """The run's arm (variant, optimizer) as `arm_label` writes it."""
+        return arm_label(self.variant, self.optimizer)
+
+    @property
+    def log_z_drift(self) -> Optional[float]:
+        """Output log Z at the end minus at the start (None unless both were measured and finite)."""
+        if self.log_z_start is None or self.log_z_end is None:
+            return None
+        return self.log_z_end - self.log_z_start
 
     @property
     def diverged(self) -> bool:
@@ -180,6 +224,10 @@ class RunRecord:
     @property
     def failed(self) -> bool:
         return self.status is RunStatus.FAILED
+
+    @property
+    def refused(self) -> bool:
+        return self.status is RunStatus.REFUSED
 
     @property
     def sens_loss(self) -> Optional[float]:
