@@ -1,13 +1,18 @@
 """What a study's runs say, computed once for the summary, the printed table and the report.
 
-* LR sensitivity per variant (Wortsman et al. 2023, arXiv 2309.14322): E_lr[min(l(lr), l0) - l*] on each run's
+Everything is per *arm*, a (variant, optimizer) pair, keyed by its label (records.arm_label: the variant's name
+for AdamW, "variant/optimizer" else), so an AdamW-only study reads as before.
+
+* LR sensitivity per arm (Wortsman et al. 2023, arXiv 2309.14322): E_lr[min(l(lr), l0) - l*] on each run's
   `RunRecord.sens_loss`, per seed; the value is the mean over seeds, with the min and max over seeds beside it;
   l0 = the variant's mean initial loss. A run that diverged (a measured non-finite or exploding loss) counts
   as l0. A seed whose grid has a point with no measured run (failed: it raised or its worker died; cut or
   skipped by the time budget; absent) has no value: counting a run that measured nothing as l0 would make the
   variant look LR-sensitive; those grid points are listed as `incomplete` with the reason.
 * Per variant the loss-vs-LR curve over seeds and its optimum, inside the grid or at an edge (curve.py).
-* The study's two checks, on measured numbers of `baseline` and `qknorm`:
+* The leaderboard (leaderboard.py): per arm the best loss, LR sensitivity, logit, entropy, log Z drift, spike
+  score and step-time overhead, with 95% CIs over seeds.
+* The study's two checks, on measured numbers of `baseline` and `qknorm` (their AdamW arms):
   max_logit_ratio: at every grid LR >= 3e-2, (smallest baseline max attention logit over seeds) / (largest
   qknorm one) — conservative over seeds; passes when the ratio is >= 10 at some LR >= 3e-2.
   lr_sensitivity_ratio: qknorm's LR sensitivity / baseline's; passes when <= 0.6.
@@ -16,11 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from ..metrics import lr_sensitivity
 from .curve import LRPoint, Optimum, loss_curve, optimum, spread
-from .records import RunRecord
+from .leaderboard import Arm, LeaderboardRow, leaderboard
+from .records import DEFAULT_OPTIMIZER, RunRecord, arm_label
 
 __all__ = ["Sensitivity", "Check", "StudyAnalysis", "analyze", "logit_at", "json_num", "CHECK_LR_MIN",
            "LOGIT_RATIO_MIN", "SENSITIVITY_RATIO_MAX"]
@@ -121,29 +127,33 @@ class Check:
 
 @dataclasses.dataclass(frozen=True)
 class StudyAnalysis:
-    lr_sensitivity: Dict[str, Sensitivity]
+    lr_sensitivity: Dict[str, Sensitivity]  # keyed by arm label
     checks: Dict[str, Check]
+    leaderboard: Tuple[LeaderboardRow, ...] = ()
 
     def to_json(self) -> Dict[str, Any]:
         return {"lr_sensitivity": {v: s.value for v, s in self.lr_sensitivity.items()},
                 "optimum": {v: s.optimum.to_json() for v, s in self.lr_sensitivity.items()},
                 "lr_sensitivity_detail": {v: s.to_json() for v, s in self.lr_sensitivity.items()},
+                "leaderboard": [row.to_json() for row in self.leaderboard],
                 "checks": {k: c.to_json() for k, c in self.checks.items()}}
 
     @classmethod
     def from_json(cls, d: Dict[str, Any]) -> "StudyAnalysis":
         detail = d.get("lr_sensitivity_detail") or {}
         sens = {v: Sensitivity.from_json(detail.get(v) or {"value": x}) for v, x in d.get("lr_sensitivity", {}).items()}
-        return cls(lr_sensitivity=sens, checks={k: Check.from_json(c) for k, c in d.get("checks", {}).items()})
+        return cls(lr_sensitivity=sens, checks={k: Check.from_json(c) for k, c in d.get("checks", {}).items()},
+                   leaderboard=tuple(LeaderboardRow.from_json(r) for r in d.get("leaderboard") or ()))
 
 
-def lr_sensitivities(runs: Sequence[RunRecord], variants: Sequence[str], lrs: Sequence[float],
+def lr_sensitivities(runs: Sequence[RunRecord], arms: Sequence[Arm], lrs: Sequence[float],
                      seeds: Sequence[int], vocab_size: int) -> Dict[str, Sensitivity]:
-    """Per variant: Wortsman's LR sensitivity per seed and over seeds, the loss curve and its optimum (see the
-    module docstring)."""
+    """Per arm (keyed by its label): Wortsman's LR sensitivity per seed and over seeds, the loss curve and its
+    optimum (see the module docstring)."""
     out = {}
-    for v in variants:
-        vr = [r for r in runs if r.variant == v]
+    for variant, opt in arms:
+        v = arm_label(variant, opt)
+        vr = [r for r in runs if r.label == v]
         l0 = _mean([r.init_loss for r in vr]) or math.log(vocab_size)
         per_seed, incomplete = {}, []
         for s in seeds:
@@ -160,17 +170,17 @@ def lr_sensitivities(runs: Sequence[RunRecord], variants: Sequence[str], lrs: Se
     return out
 
 
-def logit_at(runs: Sequence[RunRecord], variant: str, lr: float, pick: Callable) -> Optional[float]:
-    """`pick` (min or max) over seeds of `variant`'s max attention logit at `lr` (+inf if non-finite), from runs
-    that trained to their end (a cut or failed run's partial maximum is not the run's)."""
-    vals = [r.logit for r in runs if r.variant == variant and r.lr == lr and r.logit is not None
+def logit_at(runs: Sequence[RunRecord], label: str, lr: float, pick: Callable) -> Optional[float]:
+    """`pick` (min or max) over seeds of the arm `label`'s max attention logit at `lr` (+inf if non-finite), from
+    runs that trained to their end (a cut or failed run's partial maximum is not the run's)."""
+    vals = [r.logit for r in runs if r.label == label and r.lr == lr and r.logit is not None
             and r.status.measured]
     return pick(vals) if vals else None
 
 
 def _logit_ratio_check(runs: Sequence[RunRecord], lrs: Sequence[float]) -> Check:
     description = f"baseline max attention logit >= {LOGIT_RATIO_MIN:g}x qknorm's at a peak LR >= {CHECK_LR_MIN:g}"
-    have = {r.variant for r in runs}
+    have = {r.label for r in runs}
     top = [lr for lr in lrs if lr >= CHECK_LR_MIN * (1 - 1e-9)]
     if not {"baseline", "qknorm"} <= have or not top:
         return Check(description, LOGIT_RATIO_MIN,
@@ -209,11 +219,18 @@ def _sensitivity_ratio_check(sens: Dict[str, Sensitivity]) -> Check:
 
 
 def analyze(runs: Sequence[RunRecord], variants: Sequence[str], lrs: Sequence[float], seeds: Sequence[int],
-            vocab_size: int) -> StudyAnalysis:
-    """LR sensitivity per variant and the checks, from run records."""
-    sens = lr_sensitivities(runs, variants, lrs, seeds, vocab_size)
-    return StudyAnalysis(lr_sensitivity=sens, checks={"max_logit_ratio": _logit_ratio_check(runs, lrs),
-                                                      "lr_sensitivity_ratio": _sensitivity_ratio_check(sens)})
+            vocab_size: int, optimizers: Sequence[str] = (DEFAULT_OPTIMIZER,),
+            softcaps: Optional[Mapping[str, Optional[float]]] = None) -> StudyAnalysis:
+    """LR sensitivity per arm (variant x optimizer), the leaderboard and the checks, from run records.
+    `softcaps`: each variant's attention soft-cap, if any (the leaderboard notes it beside the logits)."""
+    arms = [(v, o) for o in optimizers for v in variants]
+    sens = lr_sensitivities(runs, arms, lrs, seeds, vocab_size)
+    board = leaderboard(runs, arms, lrs, {k: s.init_loss for k, s in sens.items()},
+                        {k: s.optimum for k, s in sens.items()}, {k: s.per_seed for k, s in sens.items()},
+                        {k: bool(s.incomplete) for k, s in sens.items()}, softcaps)
+    return StudyAnalysis(lr_sensitivity=sens, leaderboard=board,
+                         checks={"max_logit_ratio": _logit_ratio_check(runs, lrs),
+                                 "lr_sensitivity_ratio": _sensitivity_ratio_check(sens)})
 
 
 def check_logit_pair(check: Check) -> Optional[Dict[str, Any]]:

@@ -3,9 +3,12 @@
     path, no_plots = write_report("study_out")   # reads study_out/summary.json and study_out/runs/*.json
     write_report(out_dir, summary)               # or from the summary run_study just built
 
-It leads with a plain-language reading of the measured numbers (`what_this_shows`), then the checks, the LR
-sensitivity and optimum per variant (with a warning where the grid does not bracket it), the plots (plots.py;
-a note instead when matplotlib is missing), the runs left out of LR sensitivity, and every run.
+It leads with the leaderboard (one row per variant x optimizer with 95% CIs over seeds, sortable by any column
+with a few lines of inline JavaScript), then the conclusions in words (verdicts.py: derived from the CIs) and a
+plain-language reading of the QK-norm checks (`what_this_shows`), the loss-vs-LR and logit-vs-LR plots (one
+panel per optimizer), the checks, the LR sensitivity and optimum per arm (with a warning where the grid does
+not bracket it), the other plots (plots.py; a note instead when matplotlib is missing), the runs left out of
+LR sensitivity, and every run.
 """
 from __future__ import annotations
 
@@ -17,12 +20,14 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .analysis import check_logit_pair
+from .ci import CI_METHOD
 from .layout import REPORT_FILE, SUMMARY_FILE, write_atomic
 from .plots import MISSING_PLOTS, UNIT, plots_available, write_plots
 from .summary import StudySummary
 from .table import format_notes, plural, sampling_note
+from .verdicts import conclusions
 
-__all__ = ["write_report", "render_html", "what_this_shows"]
+__all__ = ["write_report", "render_html", "what_this_shows", "leaderboard_html"]
 
 
 def _f(x, spec=".3f") -> str:
@@ -57,7 +62,7 @@ def what_this_shows(summary: StudySummary) -> str:
     if edge:
         parts.append("For " + ", ".join(edge) + " the best learning rate is at an end of the grid, so the optimum "
                      "was not measured and the LR sensitivity depends on where the grid starts.")
-    div = {v: sum(r.diverged for r in summary.runs_of(v)) for v in summary.variants}
+    div = {v: sum(r.diverged for r in summary.runs_of(v)) for v in summary.labels}
     if any(div.values()):
         parts.append("Runs that diverged (non-finite or exploding loss): "
                      + ", ".join(f"{v} {n}" for v, n in div.items() if n) + ".")
@@ -77,10 +82,19 @@ def what_this_shows(summary: StudySummary) -> str:
     return " ".join(parts)
 
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;
 text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.pass{color:#080;
-font-weight:bold}.fail{color:#b00;font-weight:bold}img{max-width:100%;margin:1em 0}.note{color:#666;font-size:13px}"""
+font-weight:bold}.fail{color:#b00;font-weight:bold}img{max-width:100%;margin:1em 0}.note{color:#666;font-size:13px}
+li{margin:0.3em 0}table.sortable th{cursor:pointer;user-select:none}table.sortable th:after{content:" \\2195";color:#aaa}
+table.sortable td:nth-child(2),table.sortable th:nth-child(2){text-align:left}.ci{color:#777;font-size:12px}"""
+
+# click a header: sort by its column (numbers by data-v, missing values last); click again: reverse
+_SORT_JS = """document.querySelectorAll("table.sortable").forEach(t=>t.querySelectorAll("th").forEach((th,i)=>
+th.addEventListener("click",()=>{const b=t.tBodies[0],d=th.dataset.dir==="asc"?-1:1;th.dataset.dir=d>0?"asc":"desc";
+const k=r=>{const c=r.cells[i],v=c.dataset.v!==undefined?c.dataset.v:c.textContent,n=parseFloat(v);
+return v===""?null:(isNaN(n)?v:n)};[...b.rows].sort((x,y)=>{const a=k(x),c=k(y);if(a===null||c===null)
+return (a===null)-(c===null);return (a<c?-1:a>c?1:0)*d}).forEach(r=>b.appendChild(r))})));"""
 
 
 def _table(header: List[str], rows: List[List[str]]) -> str:
@@ -93,11 +107,65 @@ def _spread(mean, lo, hi, many: bool) -> str:
     return _f(mean) + (f" [{_f(lo)}–{_f(hi)}]" if many and mean is not None else "")
 
 
+def _cell(value, spec: str = ".3f", ci=None, extra: str = "") -> str:
+    """A sortable cell: the value (its number in data-v), its CI below in gray, any extra text."""
+    v = "" if value is None else ("1e308" if value == "inf" or (isinstance(value, float) and math.isinf(value))
+                                  else repr(float(value)))
+    text = _f(value, spec) + (f'<br><span class="ci">[{_f(ci[0], spec)}, {_f(ci[1], spec)}]</span>' if ci else "")
+    return f'<td data-v="{v}">{text}{extra}</td>'
+
+
+_BOARD_HEAD = ["variant", "optimizer", "best val loss [95% CI]", "best LR", "LR sensitivity [95% CI]",
+               "max logit @ top LR (max, min over seeds)", "attn entropy @ top LR [95% CI] (lowest layer)",
+               "log Z drift @ top LR [95% CI]", "spikes @ top LR (loss/grad %)", "step time vs baseline [95% CI]",
+               "diverged / runs", "status"]
+
+
+def leaderboard_html(summary: StudySummary) -> str:
+    """The sortable leaderboard table (every number with its interval where there is one)."""
+    rows = []
+    for r in summary.analysis.leaderboard:
+        logit = _cell(r.max_attn_logit_top_lr, ".4g", extra=(
+            f'<span class="ci"> ({_f(r.max_attn_logit_top_lr_min, ".4g")})</span>'
+            if r.max_attn_logit_top_lr_min is not None and r.max_attn_logit_top_lr_min != r.max_attn_logit_top_lr
+            else "") + (f'<br><span class="ci">before the cap {r.attn_softcap:g}</span>' if r.attn_softcap else ""))
+        lowest = (f'<span class="ci"> ({_f(r.attn_entropy_min_layer_top_lr)})</span>'
+                  if r.attn_entropy_min_layer_top_lr is not None else "")
+        spikes = (f"{_f(r.loss_spike_score_top_lr, '.2f')} / {_f(r.grad_spike_score_top_lr, '.2f')}")
+        status = r.status if r.status == "ok" else f'<span class="fail">{html.escape(r.status)}</span>'
+        note = f'<br><span class="ci">{html.escape(r.note)}</span>' if r.note else ""
+        rows.append("<tr>" + "".join([
+            f"<td>{html.escape(r.variant)}</td>", f"<td>{html.escape(r.optimizer)}</td>",
+            _cell(r.best_val_loss, ci=r.best_val_loss_ci95), _cell(r.best_lr, "g"),
+            _cell(r.lr_sensitivity, ci=r.lr_sensitivity_ci95), logit,
+            _cell(r.attn_entropy_top_lr, ci=r.attn_entropy_top_lr_ci95, extra=lowest),
+            _cell(r.log_z_drift_top_lr, "+.3f", ci=r.log_z_drift_top_lr_ci95),
+            f'<td data-v="{r.loss_spike_score_top_lr if r.loss_spike_score_top_lr is not None else ""}">{spikes}</td>',
+            _cell(r.step_time_ratio, ".2f", ci=r.step_time_ratio_ci95),
+            f'<td data-v="{r.diverged}">{r.diverged} / {r.runs}</td>', f"<td>{status}{note}</td>"]) + "</tr>")
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in _BOARD_HEAD)
+    return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _board_note(summary: StudySummary) -> str:
+    top = max(summary.lrs)
+    basis = {r.step_time_basis for r in summary.analysis.leaderboard} - {None}
+    time = ("process CPU time per step (one torch thread per run; robust to a loaded machine)" if basis == {"cpu"}
+            else "wall time per step")
+    return (f"One row per variant x optimizer; click a column header to sort. Uncertainty: "
+            f"{html.escape(summary.config.get('uncertainty') or CI_METHOD)}. Best val loss: at the best grid LR, "
+            f"min(val loss, l0) averaged over seeds (a diverged run counts as l0). Top LR = {top:g}: max attention "
+            f"logit (the largest over seeds; softcap's before its cap), mean attention entropy over layers at the "
+            "last stats pass (nats; in brackets the lowest layer's: near 0 = one-hot attention), output log Z "
+            "(mean logsumexp of the logits) at the end minus at step 0, OLMo 2 spike scores (window 100). Step "
+            f"time: {time} against the baseline with the same optimizer, over every LR and seed.")
+
+
 def _sensitivity_rows(summary: StudySummary) -> List[List[str]]:
     cfg, sens, many = summary.config, summary.analysis.lr_sensitivity, len(summary.seeds) > 1
     where = {True: "inside the grid", False: '<span class="fail">at a grid edge</span>', None: "unknown"}
     rows = []
-    for v in summary.variants:
+    for v in summary.labels:
         s = sens.get(v)
         if s is None:
             rows.append([html.escape(v)] + ["–"] * 6)
@@ -107,7 +175,7 @@ def _sensitivity_rows(summary: StudySummary) -> List[List[str]]:
                      _spread(s.best_loss, point.lo if point else None, point.hi if point else None, many),
                      _f(s.optimum.best_lr, "g"), where[s.optimum.inside] + (
                          f' <span class="note">({html.escape(s.optimum.note)})</span>' if s.optimum.note else ""),
-                     _f(s.init_loss), html.escape(cfg.get("variant_descriptions", {}).get(v, ""))])
+                     _f(s.init_loss), html.escape(cfg.get("variant_descriptions", {}).get(v.split("/")[0], ""))])
     return rows
 
 
@@ -129,27 +197,42 @@ def render_html(summary: StudySummary, images: Dict[str, bytes], *, plots_note: 
     verdict = {True: '<span class="pass">PASS</span>', False: '<span class="fail">FAIL</span>', None: "n/a"}
     check_rows = [[html.escape(c.description), _f(c.value, ".3g"), _f(c.threshold, "g"), verdict[c.passed],
                    html.escape(c.note)] for c in summary.analysis.checks.values()]
-    figs = "".join(f'<img alt="{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}">'
-                   for n, b in images.items())
-    if plots_note:
-        figs = f'<p class="fail">No plots: {html.escape(plots_note)}.</p>'
+    figs_list = [f'<img alt="{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}">'
+                 for n, b in images.items()]
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in format_notes(summary))
     env = cfg.get("environment", {})
     reused = cfg.get("reused_runs") or 0
     wall = f"wall time {cfg.get('wall_time_s', 0):.0f} s" + (
         f" for this invocation, which reused {plural(reused, 'finished run')} of an earlier one" if reused else "")
     spread = " (mean [min–max] over seeds)" if many else ""
+    words = "".join(f"<h3>{html.escape(h)}</h3><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in sentences)
+                    + "</ul>" for h, sentences in conclusions(summary.analysis.leaderboard, summary.variants,
+                                                              summary.optimizers))
+    first, rest = "".join(figs_list[:2]), "".join(figs_list[2:])
+    if plots_note:
+        first, rest = f'<p class="fail">No plots: {html.escape(plots_note)}.</p>', ""
+    opts = summary.optimizers
+    grid = " x ".join([plural(len(cfg["variants"]), "variant")] + ([plural(len(opts), "optimizer")] if len(opts) > 1
+                                                                    else []) + [plural(len(cfg["lrs"]), "peak LR"),
+                                                                                plural(len(cfg["seeds"]), "seed")])
+    optim = ("AdamW" if opts == ["adamw"] else " and ".join({"adamw": "AdamW", "muon": "Muon"}.get(o, o) for o in opts)
+             + " (Muon on the hidden matrices, AdamW on embeddings, head, norms and gains)")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>qknorm study</title>
 <style>{_CSS}</style></head><body>
-<h1>QK-norm stability study</h1>
-<p class="note">{html.escape(cfg.get('label') or cfg['profile'] + ' profile')}: {plural(len(cfg['variants']), 'variant')}
-x {plural(len(cfg['lrs']), 'peak LR')} x {plural(len(cfg['seeds']), 'seed')}, {tr['steps']} steps each
+<h1>Attention stability study</h1>
+<p class="note">{html.escape(cfg.get('label') or cfg['profile'] + ' profile')}: {grid},
+{tr['steps']} steps each
 ({html.escape(tr['schedule'])} schedule after {tr['warmup_steps']} warmup steps, batch {tr['batch_size']} x
-{tr['seq_len']} tokens, AdamW (beta2 {tr['beta2']}, weight decay {tr['weight_decay']}), clip {tr['clip']},
+{tr['seq_len']} tokens, {html.escape(optim)} (beta2 {tr['beta2']}, weight decay {tr['weight_decay']}),
+clip {tr['clip']},
 {html.escape(tr['dtype'])}). Model shape: {html.escape(json.dumps(cfg['model_shape']))}. Data:
 {html.escape(str(cfg['data']['source']))}. torch {html.escape(str(env.get('torch')))} on
 {html.escape(str(env.get('gpu') or env.get('device')))}; {wall}; {html.escape(cfg.get('date', ''))}.</p>
-<h2>What this shows</h2><p>{html.escape(what_this_shows(summary))}</p>
+<h2>Leaderboard</h2>
+<p class="note">{_board_note(summary)}</p>
+{leaderboard_html(summary)}
+<h2>What this shows</h2>{words}<h3>The QK-norm checks</h3><p>{html.escape(what_this_shows(summary))}</p>
+<h2>Loss and attention logits vs learning rate</h2>{first}
 <h2>Checks</h2>{_table(['check', 'measured', 'threshold', 'result', 'note'], check_rows)}
 <h2>LR sensitivity and optimum per variant</h2>
 <p class="note">LR sensitivity: E over the LR grid of [min(loss(lr), l0) - l*] on the final validation loss
@@ -159,7 +242,7 @@ the learning rate. It depends on where the grid starts unless the best LR is ins
 {_table(['variant', f'LR sensitivity{spread}', f'best val loss ({UNIT}){spread}', 'best LR', 'optimum', 'l0',
          'norms'], _sensitivity_rows(summary))}
 <ul class="note">{notes}</ul>
-<h2>Plots</h2>{figs}
+<h2>More plots</h2>{rest}
 <h2>All runs</h2>
 <p class="note">Status: ok; diverged (a measured non-finite or exploding loss); failed (raised an error or its
 worker process died: nothing measured); cut (stopped or skipped by the time budget). {html.escape(sampling_note(summary))}.
@@ -167,6 +250,7 @@ Spike scores: percent of steps whose loss (grad norm) is >= 7 std from the rolli
 (OLMo 2's rule with a window for short runs).</p>
 {_table(['variant', 'LR', 'seed', 'val loss', 'train loss', 'max logit', 'status', 'loss spikes %',
          'grad spikes %', 'time s', 'error'], _run_rows(summary))}
+<script>{_SORT_JS}</script>
 </body></html>
 """
 

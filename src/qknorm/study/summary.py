@@ -1,9 +1,10 @@
 """`StudySummary`: a study's runs, what they say (analysis.py) and what was run (`config`), as summary.json holds
 it. `to_json` writes the file's form; `from_json` reads it back so the report can be re-rendered from disk.
 
-summary.json: {"runs": [RunRecord...], "lr_sensitivity": {variant: float|null}, "lr_sensitivity_detail": {...},
-"checks": {name: {...}}, "config": {profile, variants, lrs, seeds, model_shape, models, train, data,
-environment, wall_time_s, date, ...}}.
+summary.json: {"runs": [RunRecord...], "lr_sensitivity": {arm: float|null}, "lr_sensitivity_detail": {...},
+"leaderboard": [one row per arm, leaderboard.py], "checks": {name: {...}}, "config": {profile, variants,
+optimizers, lrs, seeds, model_shape, models, train, data, environment, wall_time_s, date, ...}}. An arm is a
+(variant, optimizer) pair, keyed by its label: the variant's name for AdamW, "variant/optimizer" else.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import dataclasses
 from typing import Any, Dict, List, Tuple
 
 from .analysis import StudyAnalysis
-from .records import RunRecord
+from .records import DEFAULT_OPTIMIZER, RunRecord, arm_label
 
 __all__ = ["StudySummary"]
 
@@ -27,6 +28,20 @@ class StudySummary:
         return list(self.config["variants"])
 
     @property
+    def optimizers(self) -> List[str]:
+        """The optimizers crossed with the variants (summaries written before there was a choice: AdamW)."""
+        return list(self.config.get("optimizers") or [DEFAULT_OPTIMIZER])
+
+    @property
+    def arms(self) -> List[Tuple[str, str]]:
+        """(variant, optimizer) pairs, optimizer-major, in the study's order."""
+        return [(v, o) for o in self.optimizers for v in self.variants]
+
+    @property
+    def labels(self) -> List[str]:
+        return [arm_label(v, o) for v, o in self.arms]
+
+    @property
     def lrs(self) -> List[float]:
         return list(self.config["lrs"])
 
@@ -34,8 +49,9 @@ class StudySummary:
     def seeds(self) -> List[int]:
         return list(self.config["seeds"])
 
-    def runs_of(self, variant: str) -> List[RunRecord]:
-        return [r for r in self.runs if r.variant == variant]
+    def runs_of(self, label: str) -> List[RunRecord]:
+        """The runs of one arm, by its label (for AdamW, the variant's name)."""
+        return [r for r in self.runs if r.label == label]
 
     def to_json(self) -> Dict[str, Any]:
         return {"runs": [r.to_json() for r in self.runs], **self.analysis.to_json(), "config": self.config}

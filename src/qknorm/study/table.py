@@ -67,12 +67,16 @@ def sampling_note(summary: StudySummary) -> str:
 def format_notes(summary: StudySummary) -> List[str]:
     """Optima at a grid edge, runs left out of LR sensitivity (failed, cut), and what the max logit samples."""
     out = []
-    for v in summary.variants:
+    for v in summary.labels:
         sens = summary.analysis.lr_sensitivity.get(v)
         if sens is not None and sens.optimum.inside is not True and sens.optimum.note:
             extend = ("; extend --lrs past it" if sens.optimum.inside is False and len(summary.lrs) > 1 else "")
             out.append(f"note: {v}: {sens.optimum.note}" + (f" ({sens.optimum.best_lr:g})" if sens.optimum.best_lr
                                                                 else "") + extend)
+    refused = [r for r in summary.runs if r.refused]
+    if refused:
+        out.append(f"refused ({plural(len(refused), 'run')}: the training loop refused the settings; not trained):")
+        out.extend(f"  {r.name}: {r.error}" for r in refused)
     failed = [r for r in summary.runs if r.failed]
     if failed:
         out.append(f"failed ({plural(len(failed), 'run')}, left out of LR sensitivity; not divergence):")
@@ -90,7 +94,7 @@ def format_table(summary: StudySummary) -> str:
     many = len(summary.seeds) > 1
     rows = [("variant", "best val loss (at LR)", "optimum", "LR sensitivity", f"max logit @ LR {top:g}", "diverged",
              "failed", "cut")]
-    for v in summary.variants:
+    for v in summary.labels:
         vr = summary.runs_of(v)
         sens = summary.analysis.lr_sensitivity.get(v)
         rows.append((v, _best(sens, many), _where(sens), _sensitivity(sens, many),
