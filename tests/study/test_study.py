@@ -88,7 +88,7 @@ def test_checks_not_evaluated_without_the_pair_and_nonfinite_logit_is_inf():
 
 def test_plan_errors_name_the_field():
     """Library errors name the plan's fields; the CLI maps them to its flags (test_cli_errors_... below)."""
-    with pytest.raises(ConfigError, match="^variants.*'nope'.*baseline, qknorm, olmo2, gemma3, postln"):
+    with pytest.raises(ConfigError, match="^variants.*'nope'.*baseline, qknorm, qknorm_full, .*, postln$"):
         study.parse_variants("baseline,nope")
     with pytest.raises(ConfigError, match="^lrs: 'x' is not a learning rate"):
         study.parse_lrs("1e-3,x")
@@ -106,8 +106,9 @@ def test_variants_share_one_shape_and_differ_in_norms():
         assert (c.d_model, c.n_layers, c.n_heads, c.head_dim, c.d_ff, c.vocab_size) == (128, 2, 2, 64, 512, 256)
         assert c.sliding_window is None and c.query_scale == 64 ** -0.5
     assert cfgs["baseline"].replace(qk_norm="head") == cfgs["qknorm"]
-    assert [cfgs[v].placement.value for v in study.VARIANTS] == ["pre", "pre", "reordered", "sandwich", "post"]
-    assert [cfgs[v].qk_norm.value for v in study.VARIANTS] == ["none", "head", "full", "head", "none"]
+    family = plan.variants  # the default profile: the five families (the stabilizers: test_variants.py)
+    assert [cfgs[v].placement.value for v in family] == ["pre", "pre", "reordered", "sandwich", "post"]
+    assert [cfgs[v].qk_norm.value for v in family] == ["none", "head", "full", "head", "none"]
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -258,3 +259,40 @@ def test_every_plot_has_a_title_labelled_axes_with_units_and_a_legend(monkeypatc
         assert "(" in ax.get_ylabel(), ax.get_ylabel()  # a unit: (nats/token) or (unitless)
         legend = [t.get_text() for t in ax.get_legend().get_texts()]
         assert all(any(v in t for t in legend) for v in summary["config"]["variants"]), legend
+
+
+LEADERBOARD_KEYS = ("variant", "optimizer", "best_val_loss", "best_val_loss_ci95", "lr_sensitivity",
+                    "lr_sensitivity_ci95", "max_attn_logit_top_lr", "step_time_ratio")
+
+
+def test_tiny_stabilizer_study_end_to_end(tmp_path, capsys):
+    """The acceptance command's shape at CI size (3 variants x 2 optimizers x 2 LRs x 2 seeds x 3 steps, the smoke
+    model): a complete leaderboard of finite numbers, the optimizer on every run, a report led by a sortable
+    leaderboard; the same command again reuses every run, Muon's included."""
+    out = tmp_path / "s"
+    argv = ["study", "--profile", "smoke", "--variants", "baseline,softcap,qk_clip", "--optimizers", "adamw,muon",
+            "--lrs", "1e-2,1e-1", "--steps", "3", "--seeds", "2", "--workers", "1", "--device", "cpu", "--out",
+            str(out)]
+    assert main(argv) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert len(s["runs"]) == 24 and {r["optimizer"] for r in s["runs"]} == {"adamw", "muon"}
+    assert {(r["variant"], r["optimizer"]) for r in s["leaderboard"]} == {
+        (v, o) for v in ("baseline", "softcap", "qk_clip") for o in ("adamw", "muon")}
+    for row in s["leaderboard"]:
+        for key in LEADERBOARD_KEYS[2:]:
+            value = row[key]
+            assert value is not None, (row["variant"], row["optimizer"], key)
+            assert all(math.isfinite(x) for x in (value if isinstance(value, list) else [value])), (row, key)
+        assert len(row["best_val_loss_ci95"]) == 2 and row["best_val_loss_ci95"][0] <= row["best_val_loss"]
+    assert (out / "runs" / "qk_clip_muon_lr0.1_s1.json").is_file()
+    assert (out / "runs" / "qk_clip_lr0.1_s1.json").is_file()
+    assert set(s["lr_sensitivity"]) == {"baseline", "softcap", "qk_clip", "baseline/muon", "softcap/muon",
+                                        "qk_clip/muon"}
+    assert s["config"]["optimizers"] == ["adamw", "muon"] and s["config"]["variant_training"]["qk_clip"] == {
+        "qk_clip": 50.0}
+    page = (out / "report.html").read_text()
+    assert page.index("<h2>Leaderboard</h2>") < page.index("<h2>What this shows</h2>") < page.index("<img")
+    assert '<table class="sortable">' in page and "<script>" in page and "<h3>Muon</h3>" in page
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "(24 reused)" in capsys.readouterr().out

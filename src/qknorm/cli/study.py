@@ -5,6 +5,7 @@
     qknorm study --device cuda               the GPU protocol: bigger model, bf16, Wortsman's 7-point grid
     qknorm study --data my_corpus/ --out my_study --variants baseline,qknorm --lrs 1e-3,1e-2,1e-1
     qknorm study --backend ray --ray-address HEAD:6379     the runs as Ray tasks on a cluster (the ray extra)
+    qknorm study --profile stabilizers       every stabilizer x AdamW and Muon, 2 seeds, leaderboard with CIs
 
 Writes OUT/summary.json, OUT/report.html, OUT/*.png and OUT/runs/<variant>_lr<lr>_s<seed>.json, then prints
 the summary table and the two checks last. Rerunning the same command reuses the finished runs in OUT. Output
@@ -23,7 +24,8 @@ from ..errors import ConfigError
 from ..train.config import check_device_available
 
 # library fields -> this command's flags (errors are reported with the flag the user typed)
-FIELD_FLAGS = {"variants": "--variants", "lrs": "--lrs", "seeds": "--seeds", "seed": "--seed", "steps": "--steps",
+FIELD_FLAGS = {"variants": "--variants", "optimizers": "--optimizers", "lrs": "--lrs", "seeds": "--seeds",
+               "seed": "--seed", "steps": "--steps",
                "workers": "--workers", "profile": "--profile", "device": "--device", "out_dir": "--out",
                "force=True": "--force", "max_minutes": "--max-minutes", "backend": "--backend",
                "ray_address": "--ray-address"}
@@ -37,7 +39,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             f"{k}: {v.description}" for k, v in study.PROFILES.items()) + ".")
     p.add_argument("--quick", action="store_true", help="the quick profile: " + study.PROFILES["quick"].description)
     p.add_argument("--profile", choices=tuple(study.PROFILES), default=None,
-                   help="study size; default: 'gpu' with --device cuda, else 'default' ('quick' with --quick)")
+                   help="study size; default: 'gpu' with --device cuda, else 'default' ('quick' with --quick); "
+                   "'stabilizers' with --device cuda runs 'stabilizers_gpu'")
     p.add_argument("--data", default=None, metavar="PATH",
                    help="text file, directory, glob or token file (.bin/.npy); default: the embedded corpus")
     p.add_argument("--tokenizer", default=None, metavar="F", help="a Hugging Face tokenizer.json (default: bytes)")
@@ -54,6 +57,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, metavar="D", help="cpu, cuda, cuda:N, mps (default: the profile's)")
     p.add_argument("--variants", default=None, metavar="A,B", help="comma-separated subset of: "
                    + ", ".join(study.VARIANTS))
+    p.add_argument("--optimizers", default=None, metavar="A,B",
+                   help="comma-separated optimizers crossed with the variants: " + ", ".join(study.OPTIMIZERS)
+                   + " (default: the profile's; adamw except for the stabilizers profiles)")
     p.add_argument("--lrs", default=None, metavar="X,Y", help="comma-separated peak learning rates, e.g. 1e-3,3e-2")
     p.add_argument("--steps", type=int, default=None, metavar="N",
                    help="optimizer steps per run (default: the profile's)")
@@ -79,12 +85,14 @@ def run(args: argparse.Namespace) -> int:
                                "gpu" if (args.device or "").startswith("cuda") else "default")
     if args.ray_address is not None and args.backend != "ray":
         raise ConfigError(f"ray_address={args.ray_address} is for backend=ray (add --backend ray)")
+    profile = study.device_profile(profile, args.device)  # stabilizers -> stabilizers_gpu on CUDA
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise ConfigError(f"max_minutes={args.max_minutes!r} must be a positive number of minutes")
     plan = study.make_plan(
         profile,
         variants=study.parse_variants(args.variants) if args.variants is not None else None,
         lrs=study.parse_lrs(args.lrs) if args.lrs is not None else None,
+        optimizers=study.parse_optimizers(args.optimizers) if args.optimizers is not None else None,
         seeds=args.seeds, seed=args.seed, steps=args.steps, device=args.device, data=args.data,
         tokenizer=args.tokenizer, workers=args.workers)
     ray = study.RayScheduler(args.ray_address) if args.backend == "ray" else None  # no Ray: one line, exit 2

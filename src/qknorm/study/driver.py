@@ -27,7 +27,8 @@ from ..version import __version__
 from .analysis import analyze
 from .console import log_to_stderr
 from .layout import RUNS_DIR, SUMMARY_FILE, WORKER_LOG, check_out_dir, finished_runs, write_atomic, write_plan, write_run
-from .plan import StudyPlan, describe_models, plan_fingerprint, plan_label, run_specs
+from .ci import CI_METHOD
+from .plan import StudyPlan, describe_models, describe_training, plan_fingerprint, plan_label, run_specs
 from .plots import MISSING_PLOTS, plots_available
 from .pool import LocalPool
 from .records import RunRecord, RunSpec
@@ -55,9 +56,10 @@ def _config(plan: StudyPlan, vocab: int, source: str, fingerprint: str, wall_s: 
             plots: bool) -> Dict[str, Any]:
     """summary.json's "config": what was run, for people and for the report."""
     return {
-        "profile": plan.profile, "label": plan_label(plan), "variants": list(plan.variants), "lrs": list(plan.lrs),
-        "seeds": list(plan.seeds),
+        "profile": plan.profile, "label": plan_label(plan), "variants": list(plan.variants),
+        "optimizers": list(plan.optimizers), "lrs": list(plan.lrs), "seeds": list(plan.seeds),
         "variant_descriptions": {v: VARIANTS[v].description for v in plan.variants},
+        "variant_training": describe_training(plan), "uncertainty": CI_METHOD,
         "model_shape": {**plan.shape, "vocab_size": vocab},
         "models": describe_models(plan, vocab),
         "train": {**plan.train.to_dict(), "final_lr": None if plan.schedule == "constant" else plan.train.final_lr,
@@ -120,7 +122,8 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
     if max_minutes is not None:
         todo = [dataclasses.replace(s, deadline=t0 + 60.0 * max_minutes) for s in todo]
     n = len(specs)
-    log(f"qknorm study ({plan_label(plan)}): {plural(n, 'run')} ({plural(len(plan.variants), 'variant')} x "
+    opts = f"{plural(len(plan.optimizers), 'optimizer')} x " if len(plan.optimizers) > 1 else ""
+    log(f"qknorm study ({plan_label(plan)}): {plural(n, 'run')} ({plural(len(plan.variants), 'variant')} x {opts}"
         f"{plural(len(plan.lrs), 'LR')} x {plural(len(plan.seeds), 'seed')}, {plan.train.steps} steps each) on "
         f"{plural(plan.workers, 'worker')}, device {plan.train.device}"
         + (f"; reusing {len(runs)} finished {'run' if len(runs) == 1 else 'runs'} from {out / RUNS_DIR}"
@@ -139,13 +142,14 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
                 " DIVERGED" if rec.diverged else "")
         else:
             status = f"{rec.status.value.upper()} {rec.error}"
-        log(f"  [{len(runs):>3}/{n}] {rec.name:<24} {status}  ({rec.time_s:.0f}s, {time.time() - t0:.0f}s elapsed)")
+        log(f"  [{len(runs):>3}/{n}] {rec.name:<30} {status}  ({rec.time_s:.0f}s, {time.time() - t0:.0f}s elapsed)")
 
     scheduler.execute(todo, runner, plan.workers, on_done, worker_log=out / WORKER_LOG)
-    order = {(v, lr, s): i for i, (v, lr, s) in enumerate(
-        sorted(((s.variant, s.lr, s.seed) for s in specs), key=lambda k: (plan.variants.index(k[0]), k[1], k[2])))}
-    runs.sort(key=lambda r: order[(r.variant, r.lr, r.seed)])
-    summary = StudySummary(runs=tuple(runs), analysis=analyze(runs, plan.variants, plan.lrs, plan.seeds, vocab),
+    order = {s.name: (plan.optimizers.index(s.optimizer), plan.variants.index(s.variant), s.lr, s.seed) for s in specs}
+    runs.sort(key=lambda r: order[r.name])
+    softcaps = {v: m["attn_softcap"] for v, m in describe_models(plan, vocab).items()}
+    summary = StudySummary(runs=tuple(runs), analysis=analyze(runs, plan.variants, plan.lrs, plan.seeds, vocab,
+                                                              plan.optimizers, softcaps),
                            config=_config(plan, vocab, source, fingerprint, time.time() - t0, len(done), plots))
     write_atomic(out / SUMMARY_FILE, json.dumps(summary.to_json(), indent=1))
     if report:

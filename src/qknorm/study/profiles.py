@@ -15,11 +15,11 @@ that does not bracket a variant's optimum on other data is reported as such (cur
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .variants import VARIANTS
+from .variants import FAMILY_VARIANTS, VARIANTS
 
-__all__ = ["Profile", "PROFILES", "WORTSMAN_GRID"]
+__all__ = ["Profile", "PROFILES", "WORTSMAN_GRID", "device_profile"]
 
 WORTSMAN_GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # Wortsman et al. 2023 (arXiv 2309.14322)
 
@@ -43,9 +43,11 @@ class Profile:
     workers: int = 2
     device: str = "cpu"
     description: str = ""
+    optimizers: Tuple[str, ...] = ("adamw",)
 
 
-_ALL = tuple(VARIANTS)
+_ALL = FAMILY_VARIANTS
+_STAB_GRID = WORTSMAN_GRID[:5]
 _CPU_SHAPE = dict(d_model=128, n_layers=2, n_heads=2, n_kv_heads=2, head_dim=64, d_ff=512)
 _GPU_SHAPE = dict(d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, head_dim=64, d_ff=1024)
 
@@ -62,9 +64,30 @@ PROFILES: Dict[str, Profile] = {
                    device="cuda", description="all five variants, 7 LRs 3e-4..3e-1, 2x the CPU model's width and "
                    "depth, bf16, 1200 steps, 8 runs at once on one GPU (not yet run in full: an H200 ran 800 "
                    "steps a run at ~45 s per wave of 8 runs, so ~6 minutes is an extrapolation)"),
+    "stabilizers": Profile(
+        shape=_CPU_SHAPE, variants=tuple(VARIANTS), optimizers=("adamw", "muon"), lrs=_STAB_GRID, seeds=2, steps=150,
+        warmup_frac=0.1, schedule="constant", batch_size=16, seq_len=64,
+        description="every stabilizer and family variant x AdamW and Muon, 5 LRs 3e-4..3e-2, 2 seeds, 150 steps, "
+        "the default profile's model; ~23 minutes on 2 CPU cores (estimated from CPU time)"),
+    "stabilizers_gpu": Profile(
+        shape=_GPU_SHAPE, variants=tuple(VARIANTS), optimizers=("adamw", "muon"), lrs=WORTSMAN_GRID[:6], seeds=2,
+        steps=250, warmup_frac=0.05, schedule="cosine", batch_size=64, seq_len=256, dtype="bf16", stats_every=25,
+        workers=8, device="cuda",
+        description="every stabilizer and family variant x AdamW and Muon, 6 LRs 3e-4..1e-1, 2 seeds, the gpu "
+        "profile's model and batch, bf16, cosine, 250 steps, 8 runs at once; ~9 minutes on an H200 (an estimate "
+        "from the gpu profile's measured throughput, not measured)"),
     "smoke": Profile(shape=dict(d_model=64, n_layers=2, n_heads=2, n_kv_heads=2, head_dim=32, d_ff=128),
                      variants=_ALL, lrs=(1e-3, 1e-1), seeds=1, steps=6, warmup_frac=0.34, schedule="cosine",
                      batch_size=4, seq_len=32, dtype="bf16", stats_every=2, eval_batches=1, workers=2,
                      description="the gpu profile's code path at a tiny size, 6 steps (tests, dry runs; measures "
                      "nothing)"),
 }
+_GPU_TWINS = {"stabilizers": "stabilizers_gpu"}
+
+
+def device_profile(profile: str, device: Optional[str]) -> str:
+    """The profile to run for `profile` on `device`: a CPU profile with a GPU twin becomes the twin on CUDA
+    (`stabilizers` -> `stabilizers_gpu`); every other profile is itself on any device."""
+    if device is not None and device.startswith("cuda"):
+        return _GPU_TWINS.get(profile, profile)
+    return profile
