@@ -34,10 +34,20 @@ def test_separated_intervals_are_named_with_their_numbers():
     text = _text(rows)
     assert ("qknorm has the lowest best-LR validation loss with AdamW, 1.900 [1.850, 1.950], its 95% CI apart from "
             "every other method's.") in text
-    assert "Separated above them (CI apart): baseline 2.100 [2.000, 2.200], postln 2.600 [2.400, 2.800]" in text
+    assert ("Above qknorm's 1.900 [1.850, 1.950] with CIs apart: baseline 2.100 [2.000, 2.200], postln 2.600 "
+            "[2.400, 2.800]") in text
     assert ("Best validation loss against the baseline's 2.100 [2.000, 2.200]: lower (CIs apart): qknorm 1.900 "
             "[1.850, 1.950]; higher (CIs apart): postln 2.600 [2.400, 2.800]; not separated from the baseline at "
             "this scale: softcap.") in text
+
+
+def test_separated_from_the_lowest_is_not_called_separated_from_its_ties():
+    """C's CI is apart from the lowest (A) but overlaps B, which ties with A: C is above A, not above A and B."""
+    rows = [_row("a", 1.0, (0.9, 1.1)), _row("b", 1.3, (1.0, 1.6)), _row("c", 1.5, (1.2, 1.8))]
+    text = _text(rows)
+    assert "Lowest best-LR validation loss with AdamW: a, b are not separated at this scale" in text
+    assert "Above a's 1.000 [0.900, 1.100] with CIs apart: c 1.500 [1.200, 1.800]." in text
+    assert "above them" not in text
 
 
 def test_one_seed_ranks_nothing():

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 from ..metrics import lr_sensitivity
 from .curve import LRPoint, Optimum, loss_curve, optimum, spread
 from .leaderboard import Arm, LeaderboardRow, leaderboard
-from .records import DEFAULT_OPTIMIZER, RunRecord, arm_label
+from .records import DEFAULT_OPTIMIZER, RunRecord, arm_label, json_num, num_from_json
 
 __all__ = ["Sensitivity", "Check", "StudyAnalysis", "analyze", "logit_at", "json_num", "CHECK_LR_MIN",
            "LOGIT_RATIO_MIN", "SENSITIVITY_RATIO_MAX"]
@@ -34,22 +34,6 @@ __all__ = ["Sensitivity", "Check", "StudyAnalysis", "analyze", "logit_at", "json
 CHECK_LR_MIN = 3e-2  # the logit check compares baseline and qknorm at peak LRs >= this
 LOGIT_RATIO_MIN = 10.0  # baseline max logit / qknorm max logit must be at least this
 SENSITIVITY_RATIO_MAX = 0.6  # qknorm LR sensitivity / baseline LR sensitivity must be at most this
-
-
-def json_num(x: Optional[float]) -> Any:
-    """Floats for JSON: None stays None, +inf becomes the string "inf" (strict JSON has no Infinity)."""
-    if x is None:
-        return None
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return None if math.isnan(x) else float(x)
-
-
-def _num(x: Any) -> Optional[float]:
-    """The inverse of json_num."""
-    if isinstance(x, str):
-        return math.inf if x == "inf" else -math.inf
-    return x
 
 
 def _mean(xs: Sequence[Optional[float]]) -> Optional[float]:
@@ -239,4 +223,4 @@ def check_logit_pair(check: Check) -> Optional[Dict[str, Any]]:
 
 
 def check_value(x: Any) -> Optional[float]:
-    return _num(x)
+    return num_from_json(x)

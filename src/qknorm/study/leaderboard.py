@@ -26,24 +26,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .ci import Interval, mean_ci95, ratio_ci95
 from .curve import Optimum
-from .records import RunRecord, arm_label
+from .records import RunRecord, arm_label, json_num, num_from_json
 
 __all__ = ["LeaderboardRow", "leaderboard", "Arm"]
 
 Arm = Tuple[str, str]  # (variant, optimizer)
-
-
-def _j(x: Optional[float]) -> Any:
-    """A float for strict JSON: +-inf as the strings "inf"/"-inf", NaN as None."""
-    if x is None or math.isnan(x):
-        return None
-    return ("inf" if x > 0 else "-inf") if math.isinf(x) else x
-
-
-def _num(x: Any) -> Optional[float]:
-    if isinstance(x, str):
-        return math.inf if x == "inf" else -math.inf
-    return x
 
 
 def _ci(x: Any) -> Optional[Interval]:
@@ -92,7 +79,7 @@ class LeaderboardRow:
     def to_json(self) -> Dict[str, Any]:
         out = dataclasses.asdict(self)
         for k in ("max_attn_logit_top_lr", "max_attn_logit_top_lr_min"):
-            out[k] = _j(out[k])
+            out[k] = json_num(out[k])
         for k, v in out.items():
             if k.endswith("_ci95") and v is not None:
                 out[k] = [v[0], v[1]]
@@ -106,7 +93,7 @@ class LeaderboardRow:
             if k.endswith("_ci95"):
                 kw[k] = _ci(kw[k])
             elif k.startswith("max_attn_logit"):
-                kw[k] = _num(kw[k])
+                kw[k] = num_from_json(kw[k])
         return cls(**kw)
 
 

@@ -33,7 +33,7 @@ from ..train.config import TrainConfig
 from ..version import __version__
 
 __all__ = ["RunSpec", "RunRecord", "RunStatus", "RunHistory", "SpikeScores", "run_name", "arm_label",
-           "finite_or_none", "DEFAULT_OPTIMIZER"]
+           "finite_or_none", "json_num", "num_from_json", "DEFAULT_OPTIMIZER"]
 
 DEFAULT_OPTIMIZER = "adamw"  # runs of it keep the names they had before the study crossed optimizers
 
@@ -53,6 +53,22 @@ def arm_label(variant: str, optimizer: str = DEFAULT_OPTIMIZER) -> str:
 def finite_or_none(x: Any) -> Optional[float]:
     """float(x) when it is a finite number, else None (strict JSON has no NaN/inf)."""
     return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+def json_num(x: Optional[float]) -> Any:
+    """A float for strict JSON: None and NaN as None, +-inf as the strings "inf" / "-inf"."""
+    if x is None or math.isnan(x):
+        return None
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return float(x)
+
+
+def num_from_json(x: Any) -> Optional[float]:
+    """The inverse of json_num."""
+    if isinstance(x, str):
+        return math.inf if x == "inf" else -math.inf
+    return x
 
 
 @dataclasses.dataclass(frozen=True)

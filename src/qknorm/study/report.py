@@ -184,7 +184,7 @@ def _run_rows(summary: StudySummary) -> List[List[str]]:
     for r in summary.runs:
         sp = r.spike_score
         status = r.status.value if r.status.value == "ok" else f'<span class="fail">{r.status.value}</span>'
-        rows.append([html.escape(r.variant), f"{r.lr:g}", str(r.seed), _f(r.val_loss), _f(r.final_loss),
+        rows.append([html.escape(r.variant), html.escape(r.optimizer), f"{r.lr:g}", str(r.seed), _f(r.val_loss), _f(r.final_loss),
                      _f(r.logit, ".4g"), status, _f(sp.loss, ".2f"), _f(sp.grad_norm, ".2f"), _f(r.time_s, ".0f"),
                      html.escape(str(r.error or ""))])
     return rows
@@ -248,7 +248,7 @@ the learning rate. It depends on where the grid starts unless the best LR is ins
 worker process died: nothing measured); cut (stopped or skipped by the time budget). {html.escape(sampling_note(summary))}.
 Spike scores: percent of steps whose loss (grad norm) is >= 7 std from the rolling mean of the previous 100 steps
 (OLMo 2's rule with a window for short runs).</p>
-{_table(['variant', 'LR', 'seed', 'val loss', 'train loss', 'max logit', 'status', 'loss spikes %',
+{_table(['variant', 'optimizer', 'LR', 'seed', 'val loss', 'train loss', 'max logit', 'status', 'loss spikes %',
          'grad spikes %', 'time s', 'error'], _run_rows(summary))}
 <script>{_SORT_JS}</script>
 </body></html>

@@ -76,7 +76,8 @@ def _lowest(rows: Sequence[LeaderboardRow], metric: Metric, what: str, opt: str)
         text = (f"Lowest {what} with {opt}: {_names(tie)} are not separated at this scale (each one's 95% CI "
                 f"overlaps that of the lowest mean).")
     if groups[Separation.ABOVE]:
-        text += f" Separated above them (CI apart): {_names(groups[Separation.ABOVE], metric)}."
+        text += (f" Above {lead.variant}'s {_with_ci(*metric(lead))} with CIs apart: "
+                 f"{_names(groups[Separation.ABOVE], metric)}.")
     return text
 
 
