@@ -268,7 +268,8 @@ LEADERBOARD_KEYS = ("variant", "optimizer", "best_val_loss", "best_val_loss_ci95
 def test_tiny_stabilizer_study_end_to_end(tmp_path, capsys):
     """The acceptance command's shape at CI size (3 variants x 2 optimizers x 2 LRs x 2 seeds x 3 steps, the smoke
     model): a complete leaderboard of finite numbers, the optimizer on every run, a report led by a sortable
-    leaderboard; the same command again reuses every run, Muon's included."""
+    leaderboard that marks optima at a grid edge, runs listed with their optimizer; the same command again reuses
+    every run, Muon's included."""
     out = tmp_path / "s"
     argv = ["study", "--profile", "smoke", "--variants", "baseline,softcap,qk_clip", "--optimizers", "adamw,muon",
             "--lrs", "1e-2,1e-1", "--steps", "3", "--seeds", "2", "--workers", "1", "--device", "cpu", "--out",
@@ -293,6 +294,9 @@ def test_tiny_stabilizer_study_end_to_end(tmp_path, capsys):
     page = (out / "report.html").read_text()
     assert page.index("<h2>Leaderboard</h2>") < page.index("<h2>What this shows</h2>") < page.index("<img")
     assert '<table class="sortable">' in page and "<script>" in page and "<h3>Muon</h3>" in page
+    board = page[page.index('<table class="sortable">'):page.index("<h2>What this shows</h2>")]
+    assert board.count('<span class="fail">grid edge</span>') == 6  # two LRs: every best LR is at an edge
+    assert "<td>qk_clip</td><td>muon</td><td>0.1</td><td>1</td>" in page  # the all-runs table names the optimizer
     capsys.readouterr()
     assert main(argv) == 0
     assert "(24 reused)" in capsys.readouterr().out

@@ -14,7 +14,6 @@ report is written without plots when it does not.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -32,7 +31,12 @@ MISSING_PLOTS = ("matplotlib is not installed: report.html has no plots (pip ins
 
 def plots_available() -> bool:
     """Whether matplotlib imports (the plots' only optional dependency)."""
-    return importlib.util.find_spec("matplotlib") is not None
+    try:
+        __import__("matplotlib")
+    except ImportError:
+        return False
+    return True
+
 
 PLOTS = ("loss_vs_lr.png", "max_logit_vs_lr.png", "max_logit_over_steps.png", "loss_curves.png")
 _COLORS = {"baseline": "#d62728", "qknorm": "#1f77b4", "olmo2": "#2ca02c", "gemma3": "#9467bd", "postln": "#ff7f0e",

@@ -133,10 +133,11 @@ def leaderboard_html(summary: StudySummary) -> str:
                   if r.attn_entropy_min_layer_top_lr is not None else "")
         spikes = (f"{_f(r.loss_spike_score_top_lr, '.2f')} / {_f(r.grad_spike_score_top_lr, '.2f')}")
         status = r.status if r.status == "ok" else f'<span class="fail">{html.escape(r.status)}</span>'
+        edge = '<br><span class="fail">grid edge</span>' if r.optimum_inside_grid is False else ""
         note = f'<br><span class="ci">{html.escape(r.note)}</span>' if r.note else ""
         rows.append("<tr>" + "".join([
             f"<td>{html.escape(r.variant)}</td>", f"<td>{html.escape(r.optimizer)}</td>",
-            _cell(r.best_val_loss, ci=r.best_val_loss_ci95), _cell(r.best_lr, "g"),
+            _cell(r.best_val_loss, ci=r.best_val_loss_ci95), _cell(r.best_lr, "g", extra=edge),
             _cell(r.lr_sensitivity, ci=r.lr_sensitivity_ci95), logit,
             _cell(r.attn_entropy_top_lr, ci=r.attn_entropy_top_lr_ci95, extra=lowest),
             _cell(r.log_z_drift_top_lr, "+.3f", ci=r.log_z_drift_top_lr_ci95),
@@ -184,7 +185,8 @@ def _run_rows(summary: StudySummary) -> List[List[str]]:
     for r in summary.runs:
         sp = r.spike_score
         status = r.status.value if r.status.value == "ok" else f'<span class="fail">{r.status.value}</span>'
-        rows.append([html.escape(r.variant), html.escape(r.optimizer), f"{r.lr:g}", str(r.seed), _f(r.val_loss), _f(r.final_loss),
+        rows.append([html.escape(r.variant), html.escape(r.optimizer), f"{r.lr:g}", str(r.seed), _f(r.val_loss),
+                     _f(r.final_loss),
                      _f(r.logit, ".4g"), status, _f(sp.loss, ".2f"), _f(sp.grad_norm, ".2f"), _f(r.time_s, ".0f"),
                      html.escape(str(r.error or ""))])
     return rows
