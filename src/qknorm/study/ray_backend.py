@@ -233,7 +233,14 @@ class RayScheduler:
                 why = "Ray did not run it to the end"
             return failed_record(spec, f"{why} ({type(e).__name__}: {_first_line(e)})", t0)
 
-    def _cancel(self, pending: Dict[Any, Tuple[RunSpec, float]]) -> None:
-        for ref in pending:
+    def _cancel(self, pending: Dict[Any, Tuple[RunSpec, float]], patience_s: float = 15.0) -> None:
+        """Cancel every outstanding task and wait (up to `patience_s`) until each has ended, cancelling again the
+        ones still running: a task caught between lease and start can miss a single cancel and then hold its CPU
+        (or GPU share) until the run ends (seen once in CI, a 10-minute test run kept one of 2 CPUs)."""
+        refs, deadline = list(pending), time.monotonic() + patience_s
+        while refs and time.monotonic() < deadline:
+            for ref in refs:
+                with contextlib.suppress(Exception):
+                    self.ray.cancel(ref, force=True)
             with contextlib.suppress(Exception):
-                self.ray.cancel(ref, force=True)
+                _, refs = self.ray.wait(refs, num_returns=len(refs), timeout=1.0)
