@@ -1,6 +1,7 @@
 """run_study (study/driver.py): a study resumes from its stored runs (reused only when the stored spec is
 identical), an interrupt keeps what finished, the report is written without plots when matplotlib is missing,
 and what the study prints about itself is true (plurals, labels, no empty plot panels)."""
+import base64
 import builtins
 import json
 
@@ -156,3 +157,25 @@ def test_a_plot_that_cannot_be_drawn_leaves_a_report_that_says_so(tmp_path, monk
     assert "the plots could not be drawn (ValueError: Data cannot be log-scaled)" in (out / "report.html").read_text()
     assert summary.config["plots"] is False and json.loads((out / "summary.json").read_text())["config"]["plots"] is False
     assert lines[-1].startswith("note: report.html has no plots")
+
+
+def test_a_rerun_with_nothing_new_keeps_the_plots_and_a_changed_result_redraws_them(tmp_path):
+    """A finished study run again redraws nothing (matplotlib is most of a rerun's time): the PNGs stay as they
+    were and report.html still embeds them; once a stored result changes, the plots are drawn again."""
+    pytest.importorskip("matplotlib")
+    out, plan = tmp_path / "s", _plan()
+    study.run_study(plan, out, runner=ok_runner, log=lambda _: None)
+    pngs = sorted(out.glob("*.png"))
+    assert pngs, "the first run draws the plots"
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in pngs}
+    CALLS.clear()
+    study.run_study(plan, out, runner=ok_runner, log=lambda _: None)
+    assert CALLS == [] and all(p.stat().st_mtime_ns == t for p, (t, _) in before.items())
+    page = (out / "report.html").read_text()
+    assert all(base64.b64encode(b).decode() in page for _, b in before.values())
+    path = out / "runs" / "baseline_lr0.01_s0.json"  # a stored result that differs from what the plots show
+    stored = json.loads(path.read_text())
+    stored["record"]["val_loss"] += 0.5
+    path.write_text(json.dumps(stored))
+    study.run_study(plan, out, runner=ok_runner, log=lambda _: None)
+    assert all(p.stat().st_mtime_ns != t for p, (t, _) in before.items())

@@ -29,7 +29,7 @@ from .console import log_to_stderr
 from .layout import RUNS_DIR, SUMMARY_FILE, WORKER_LOG, check_out_dir, finished_runs, write_atomic, write_plan, write_run
 from .ci import CI_METHOD
 from .plan import StudyPlan, describe_models, describe_training, plan_fingerprint, plan_label, run_specs
-from .plots import MISSING_PLOTS, plots_available
+from .plots import MISSING_PLOTS, PLOTS, plots_available
 from .pool import LocalPool
 from .records import RunRecord, RunSpec
 from .report import write_report
@@ -92,6 +92,23 @@ def _prepare_out(out: Path, force: bool) -> None:
         raise ConfigError(f"out_dir {out}: cannot create the output directory ({e.strerror or e})") from None
 
 
+_VOLATILE = ("date", "wall_time_s", "reused_runs")  # summary.json "config" keys a rerun changes without changing a plot
+
+
+def _shows_the_same(out: Path, summary: StudySummary) -> bool:
+    """Whether out/summary.json already holds `summary`'s results and settings (all but _VOLATILE) and the plots
+    on disk are newer than every stored run (whose per-step columns they draw): then a rerun that trained nothing
+    need not redraw them (matplotlib is most of such a rerun's time)."""
+    def strip(d: Dict[str, Any]) -> Dict[str, Any]:
+        return {**d, "config": {k: v for k, v in d.get("config", {}).items() if k not in _VOLATILE}}
+    try:
+        same = strip(json.loads((out / SUMMARY_FILE).read_text())) == strip(json.loads(json.dumps(summary.to_json())))
+        newest_run = max((p.stat().st_mtime_ns for p in (out / RUNS_DIR).glob("*.json")), default=0)
+        return same and all((out / name).stat().st_mtime_ns >= newest_run for name in PLOTS)
+    except (OSError, ValueError):
+        return False
+
+
 def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord] = run_one, force: bool = False,
               max_minutes: Optional[float] = None, report: bool = True,
               log: Callable[[str], None] = log_to_stderr, scheduler: Optional[Scheduler] = None) -> StudySummary:
@@ -151,9 +168,10 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
     summary = StudySummary(runs=tuple(runs), analysis=analyze(runs, plan.variants, plan.lrs, plan.seeds, vocab,
                                                               plan.optimizers, softcaps),
                            config=_config(plan, vocab, source, fingerprint, time.time() - t0, len(done), plots))
+    redraw = bool(todo) or not _shows_the_same(out, summary)
     write_atomic(out / SUMMARY_FILE, json.dumps(summary.to_json(), indent=1))
     if report:
-        _, note = write_report(out, summary)
+        _, note = write_report(out, summary, redraw=redraw)
         if note and plots:  # matplotlib imported, yet drawing failed: say so, in the log and in summary.json
             log(f"note: report.html has no plots: {note}")
             summary = dataclasses.replace(summary, config={**summary.config, "plots": False, "plots_note": note})

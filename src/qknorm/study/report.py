@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Tuple
 from .analysis import check_logit_pair
 from .ci import CI_METHOD
 from .layout import REPORT_FILE, SUMMARY_FILE, write_atomic
-from .plots import MISSING_PLOTS, UNIT, plots_available, write_plots
+from .plots import MISSING_PLOTS, PLOTS, UNIT, plots_available, write_plots
 from .summary import StudySummary
 from .table import format_notes, plural, sampling_note
 from .verdicts import conclusions
@@ -257,16 +257,20 @@ Spike scores: percent of steps whose loss (grad norm) is >= 7 std from the rolli
 """
 
 
-def write_report(out_dir, summary: Optional[StudySummary] = None) -> Tuple[Path, str]:
+def write_report(out_dir, summary: Optional[StudySummary] = None, *, redraw: bool = True) -> Tuple[Path, str]:
     """Write the PNG plots (when matplotlib imports) and report.html into `out_dir`; returns the report's path and
     why it has no plots ("" when it has them). Plots that cannot be drawn leave a report without them that says
-    why: the study's numbers are its point, and the main job never dies at its end."""
+    why: the study's numbers are its point, and the main job never dies at its end. `redraw=False`: the caller
+    knows the plots on disk show `summary`; they are embedded as they are when all of them exist."""
     out = Path(out_dir)
     if summary is None:
         summary = StudySummary.from_json(json.loads((out / SUMMARY_FILE).read_text()))
     images: Dict[str, bytes] = {}
     note = "" if plots_available() else MISSING_PLOTS
-    if not note:
+    drawn = [out / name for name in PLOTS]
+    if not note and not redraw and all(p.is_file() for p in drawn):
+        images = {p.name: p.read_bytes() for p in drawn}
+    elif not note:
         try:
             images = {p.name: p.read_bytes() for p in write_plots(out, summary)}
         except Exception as e:  # noqa: BLE001 - reported in the page and returned
