@@ -19,6 +19,7 @@ from qknorm.cli import retrofit as retrofit_cli
 from qknorm.train import TrainConfig
 from qknorm.train.loop import train
 from qknorm.train.tokens import load_tokens
+from helpers.cli import run_cli
 
 torch.set_num_threads(1)
 PUBLIC_FLAGS = {"--from", "--scope", "--out", "--data", "--calib-tokens", "--calib-steps", "--heal-steps",
@@ -39,13 +40,8 @@ def trained(tmp_path_factory):
 
 
 def _run(args, capsys):
-    capsys.readouterr()
-    try:
-        code = main(["retrofit", *args])
-    except SystemExit as e:  # argparse rejects a bad flag value itself (one line, status 2)
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out.strip().splitlines(), err.strip().splitlines()
+    code, out, err = run_cli("retrofit", args, capsys)
+    return code, out.strip().splitlines(), err
 
 
 def test_public_flags_are_frozen():

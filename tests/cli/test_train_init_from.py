@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 import qknorm
-from qknorm.cli import main
 from qknorm.train.batcher import Batcher
 from qknorm.train.tokens import load_tokens
 from helpers.bpe import train_bpe_file
+from helpers.cli import run_cli
 
 torch.set_num_threads(1)
 SMALL = ["--batch-size", "4", "--seq-len", "16", "--device", "cpu", "--no-progress", "--set", "stats_every=0",
@@ -32,10 +32,7 @@ def _corpus(tmp_path: Path) -> Path:
 
 
 def _run(args, capsys):
-    capsys.readouterr()
-    code = main(["train", *args])
-    out, err = capsys.readouterr()
-    return code, out, err.strip().splitlines()
+    return run_cli("train", args, capsys)
 
 
 def _first_loss(run: Path) -> float:

@@ -20,6 +20,7 @@ from qknorm.train.checkpoints.layout import META
 from qknorm.train.loop import train
 from qknorm.train.tokens import load_tokens
 from helpers.bpe import train_bpe_file
+from helpers.cli import run_cli
 
 torch.set_num_threads(1)
 SMALL = ["--batch-size", "4", "--seq-len", "16", "--device", "cpu", "--no-progress", "--set", "stats_every=0",
@@ -41,10 +42,7 @@ def _corpus(tmp_path: Path) -> Path:
 
 
 def _run(args, capsys):
-    capsys.readouterr()
-    code = main(["train", *args])
-    out, err = capsys.readouterr()
-    return code, out, err.strip().splitlines()
+    return run_cli("train", args, capsys)
 
 
 def test_resume_without_data_or_preset_continues_on_the_recorded_run(tmp_path, capsys, monkeypatch):
