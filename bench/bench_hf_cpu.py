@@ -20,9 +20,7 @@ machine the ratio, not the absolute ms, is the measurement.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -34,6 +32,7 @@ import torch.nn.functional as F
 import qknorm
 from qknorm.benchmarks import environment
 from qknorm.benchmarks.equal_models import describe, require_equal
+from qknorm.benchmarks.paired_cpu import add_shape_args, resolve_shape, time_pair
 from qknorm.errors import QKNormError
 
 FAMILIES = ("olmo2", "gemma3", "qwen3", "llama")
@@ -97,43 +96,18 @@ def bench_family(family: str, a) -> dict:
     with torch.no_grad():
         x, y = ours(ids[:, :-1]).double(), hf(input_ids=ids[:, :-1]).logits.double()
         rel = float((x - y).abs().max() / y.abs().max())
-    times = {"ours": [], "hf": []}
-    for i in range(a.warmup + a.rounds):
-        gc.collect()
-        for name, model in (("ours", ours), ("hf", hf)) if i % 2 == 0 else (("hf", hf), ("ours", ours)):
-            t0 = time.perf_counter()
-            step(model, ids, hf=name == "hf")
-            dt = time.perf_counter() - t0
-            if i >= a.warmup:
-                times[name].append(dt)
-    ratios = sorted(o / h for o, h in zip(times["ours"], times["hf"]))
-    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-    return dict(family=family, ours_ms=1e3 * statistics.median(times["ours"]),
-                hf_ms=1e3 * statistics.median(times["hf"]), ratio=statistics.median(ratios), q25=q[0], q75=q[2],
+    t = time_pair(lambda: step(ours, ids, hf=False), lambda: step(hf, ids, hf=True), rounds=a.rounds, warmup=a.warmup)
+    return dict(family=family, ours_ms=t.ours_ms, hf_ms=t.theirs_ms, ratio=t.ratio, q25=t.q25, q75=t.q75,
                 rel=rel, params=record.params, head_dim=record.head_dim, n_kv_heads=record.n_kv_heads)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
-    p.add_argument("--d-model", type=int, default=512)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=4)
-    p.add_argument("--head-dim", type=int, default=None, help="default d_model / heads (Qwen3, Gemma 3 only)")
-    p.add_argument("--d-ff", type=int, default=None, help="default 3 * d_model")
-    p.add_argument("--vocab", type=int, default=8192)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--rounds", type=int, default=15, help="timed rounds (one step of each model per round)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    add_shape_args(p, FAMILIES)
     p.add_argument("--attn", choices=("sdpa", "eager"), default="sdpa", help="HF attention implementation")
     p.add_argument("--no-write", action="store_true", help="print only; do not write the result file")
     p.add_argument("--out", type=Path, default=None, help="result file (default bench/results/hf_cpu_<date>.md)")
-    args = p.parse_args(argv)
-    args.head_dim = args.head_dim or args.d_model // args.heads
-    args.d_ff = args.d_ff or 3 * args.d_model
+    args = resolve_shape(p.parse_args(argv))
     torch.set_num_threads(args.threads)
     import transformers
 

@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +35,7 @@ import torch.nn.functional as F
 import qknorm
 
 from .environment import cpu_name
+from .paired_cpu import add_shape_args, resolve_shape, time_pair
 
 FAMILIES = ("olmo2", "qwen3", "gemma3", "llama")
 
@@ -107,20 +105,9 @@ def bench_family(family: str, a, workdir: Path) -> dict:
     ids = torch.randint(0, a.vocab, (a.batch, a.seq + 1), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         diff = float((ours(ids[:, :-1]) - theirs(ids[:, :-1])).abs().max())
-    times: Dict[str, List[float]] = {"ours": [], "olmo": []}
-    for i in range(a.warmup + a.rounds):
-        gc.collect()
-        order = (("ours", ours), ("olmo", theirs)) if i % 2 == 0 else (("olmo", theirs), ("ours", ours))
-        for name, model in order:
-            t0 = time.perf_counter()
-            step(model, ids)
-            if i >= a.warmup:
-                times[name].append(time.perf_counter() - t0)
-    ratios = sorted(o / t for o, t in zip(times["ours"], times["olmo"]))
-    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-    return dict(family=family, params=n_ours, olmo_params=n_theirs, ours_ms=1e3 * statistics.median(times["ours"]),
-                olmo_ms=1e3 * statistics.median(times["olmo"]), ratio=statistics.median(ratios), q25=q[0],
-                q75=q[2], diff=diff)
+    t = time_pair(lambda: step(ours, ids), lambda: step(theirs, ids), rounds=a.rounds, warmup=a.warmup)
+    return dict(family=family, params=n_ours, olmo_params=n_theirs, ours_ms=t.ours_ms, olmo_ms=t.theirs_ms,
+                ratio=t.ratio, q25=t.q25, q75=t.q75, diff=diff)
 
 
 def report(rows: List[dict], a, argv: List[str]) -> str:
@@ -158,26 +145,12 @@ def report(rows: List[dict], a, argv: List[str]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
-    p.add_argument("--d-model", type=int, default=512)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=4)
-    p.add_argument("--head-dim", type=int, default=None, help="Qwen3 / Gemma 3 (default d_model / heads)")
-    p.add_argument("--d-ff", type=int, default=None, help="default 3 * d_model")
-    p.add_argument("--vocab", type=int, default=8192)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--rounds", type=int, default=15, help="timed rounds (one step of each model per round)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    add_shape_args(p, FAMILIES)
     p.add_argument("--no-write", action="store_true", help="print only; do not write the result file")
     p.add_argument("--out", type=Path, default=None,
                    help="result file (default bench/results/olmo_core_cpu_<date>.md, from the current directory)")
     argv = list(argv) if argv is not None else None
-    a = p.parse_args(argv)
-    a.head_dim = a.head_dim or a.d_model // a.heads
-    a.d_ff = a.d_ff or 3 * a.d_model
+    a = resolve_shape(p.parse_args(argv))
     torch.set_num_threads(a.threads)
     rows = []
     with tempfile.TemporaryDirectory(prefix="qknorm-olmo-core-bench-") as tmp:
