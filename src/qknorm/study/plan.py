@@ -78,25 +78,24 @@ def plan_fingerprint(plan: StudyPlan) -> str:
 
 def parse_variants(text: str) -> Tuple[str, ...]:
     """A comma-separated list of variant names, each known and named once."""
-    names = tuple(v.strip() for v in text.split(",") if v.strip())
-    bad = [v for v in names if v not in VARIANTS]
-    if not names or bad:
-        shown = repr(bad[0]) if bad else repr(text)
-        raise ConfigError(f"variants: unknown variant {shown}; choose from: {', '.join(VARIANTS)}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"variants: {text!r} names a variant twice")
-    return names
+    return _parse_names(text, field="variants", noun="variant", article="a", known=VARIANTS)
 
 
 def parse_optimizers(text: str) -> Tuple[str, ...]:
     """A comma-separated list of optimizer names, each known and named once."""
-    names = tuple(o.strip() for o in text.split(",") if o.strip())
-    bad = [o for o in names if o not in OPTIMIZERS]
+    return _parse_names(text, field="optimizers", noun="optimizer", article="an", known=OPTIMIZERS)
+
+
+def _parse_names(text: str, *, field: str, noun: str, article: str, known) -> Tuple[str, ...]:
+    """The names in a comma-separated `text`, each one of `known` and named once; else a ConfigError naming
+    `field`."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in known]
     if not names or bad:
         shown = repr(bad[0]) if bad else repr(text)
-        raise ConfigError(f"optimizers: unknown optimizer {shown}; choose from: {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"{field}: unknown {noun} {shown}; choose from: {', '.join(known)}")
     if len(set(names)) != len(names):
-        raise ConfigError(f"optimizers: {text!r} names an optimizer twice")
+        raise ConfigError(f"{field}: {text!r} names {article} {noun} twice")
     return names
 
 
