@@ -65,5 +65,6 @@ def time_pair(ours: Callable[[], object], theirs: Callable[[], object], *, round
                 times[name].append(dt)
     ratios = sorted(o / t for o, t in zip(times["ours"], times["theirs"]))
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-    return PairedTiming(ours_ms=1e3 * statistics.median(times["ours"]), theirs_ms=1e3 * statistics.median(times["theirs"]),
-                        ratio=statistics.median(ratios), q25=q[0], q75=q[2])
+    return PairedTiming(ours_ms=1e3 * statistics.median(times["ours"]),
+                        theirs_ms=1e3 * statistics.median(times["theirs"]), ratio=statistics.median(ratios),
+                        q25=q[0], q75=q[2])

@@ -95,14 +95,14 @@ def _prepare_out(out: Path, force: bool) -> None:
 _VOLATILE = ("date", "wall_time_s", "reused_runs")  # summary.json "config" keys a rerun changes without changing a plot
 
 
-def _shows_the_same(out: Path, summary: StudySummary) -> bool:
-    """Whether out/summary.json already holds `summary`'s results and settings (all but _VOLATILE) and the plots
-    on disk are newer than every stored run (whose per-step columns they draw): then a rerun that trained nothing
-    need not redraw them (matplotlib is most of such a rerun's time)."""
+def _shows_the_same(out: Path, summary: Dict[str, Any]) -> bool:
+    """Whether out/summary.json already holds the results and settings (all but _VOLATILE) of `summary` (its JSON
+    form) and the plots on disk are newer than every stored run (whose per-step columns they draw): then a rerun
+    that trained nothing need not redraw them (matplotlib is most of such a rerun's time)."""
     def strip(d: Dict[str, Any]) -> Dict[str, Any]:
         return {**d, "config": {k: v for k, v in d.get("config", {}).items() if k not in _VOLATILE}}
     try:
-        same = strip(json.loads((out / SUMMARY_FILE).read_text())) == strip(json.loads(json.dumps(summary.to_json())))
+        same = strip(json.loads((out / SUMMARY_FILE).read_text())) == strip(summary)
         newest_run = max((p.stat().st_mtime_ns for p in (out / RUNS_DIR).glob("*.json")), default=0)
         return same and all((out / name).stat().st_mtime_ns >= newest_run for name in PLOTS)
     except (OSError, ValueError):
@@ -168,8 +168,9 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
     summary = StudySummary(runs=tuple(runs), analysis=analyze(runs, plan.variants, plan.lrs, plan.seeds, vocab,
                                                               plan.optimizers, softcaps),
                            config=_config(plan, vocab, source, fingerprint, time.time() - t0, len(done), plots))
-    redraw = bool(todo) or not _shows_the_same(out, summary)
-    write_atomic(out / SUMMARY_FILE, json.dumps(summary.to_json(), indent=1))
+    text = json.dumps(summary.to_json(), indent=1)
+    redraw = bool(todo) or not _shows_the_same(out, json.loads(text))
+    write_atomic(out / SUMMARY_FILE, text)
     if report:
         _, note = write_report(out, summary, redraw=redraw)
         if note and plots:  # matplotlib imported, yet drawing failed: say so, in the log and in summary.json
