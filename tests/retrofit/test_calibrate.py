@@ -86,3 +86,28 @@ def test_the_fit_finds_exact_gains_where_they_exist(scope):
     assert fit.kl_fitted < 1e-6 * fit.kl_naive
     prod = (fit.q_scale.view(-1, c.head_dim).mean(0) * fit.k_scale.view(-1, c.head_dim).mean(0))
     assert torch.allclose(prod, torch.full_like(prod, 7.5), rtol=1e-3)
+
+
+def test_the_chunked_objective_fits_as_the_whole_batch_does(monkeypatch):
+    """The path a real-size model takes (issue 26: a 135M llama crashed here with "backward through the graph a
+    second time"): the objective split into chunks of sequences, its gradient accumulated chunk by chunk. Forced on
+    a small model, it must give the KLs and the fitted gains of the one-chunk objective."""
+    import qknorm.retrofit.calibrate as cal
+
+    torch.manual_seed(0)
+    new = insert_qk_norm(qknorm.TransformerLM(qknorm.get_config("llama", "debug")), "head")
+    c = new.config
+    # per-dimension scales the gains can learn (rms-matched scalar gains cannot): the fit has somewhere to go
+    spread = torch.linspace(0.3, 3.0, c.head_dim)
+    q = torch.randn(6, 16, c.n_heads, c.head_dim) * spread
+    k = torch.randn(6, 16, c.n_kv_heads, c.head_dim) * spread.flip(0)
+    whole = fit_layer(new, 0, q, k, steps=5)
+    monkeypatch.setattr(cal, "_CHUNK_SCORES", c.n_heads * 16 * 16 * 2)  # two sequences a chunk: three chunks
+    assert len(cal._chunks(q, new.layers[0].attn)) == 3
+    chunked = fit_layer(new, 0, q, k, steps=5)
+    assert chunked.kl_fitted < chunked.kl_rms_matched  # the fit moved, by the accumulated gradient
+    for a, b in ((whole.kl_naive, chunked.kl_naive), (whole.kl_rms_matched, chunked.kl_rms_matched),
+                 (whole.kl_fitted, chunked.kl_fitted)):
+        assert b == pytest.approx(a, rel=1e-4)
+    assert torch.allclose(chunked.q_scale, whole.q_scale, rtol=1e-3)
+    assert torch.allclose(chunked.k_scale, whole.k_scale, rtol=1e-3)

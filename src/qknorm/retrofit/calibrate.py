@@ -146,14 +146,21 @@ class _Problem:
         return self.q.shape[0] * self.attn.n_heads * self.q.shape[1]
 
     def kl(self, scales: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Mean attention KL per row, summed chunk by chunk; backpropagates each chunk when scales need grad."""
+        """Mean attention KL per row, summed chunk by chunk. When the scales need grad, each chunk's graph is
+        backpropagated (and freed) into leaf copies of the scales, and their summed gradient then once through
+        whatever made the scales (the graph they share: backpropagating it per chunk would run it twice)."""
+        grad = any(s.requires_grad for s in scales) and torch.is_grad_enabled()
+        leaves = tuple(s.detach().requires_grad_(grad) for s in scales)
         total = torch.zeros((), dtype=torch.float64)
         for sl, tgt in zip(_chunks(self.q, self.attn), self.targets):
-            part = tgt.kl(_log_probs(self.q[sl], self.k[sl], self.attn, self.cos, self.sin, scales, self.attn.scope,
+            part = tgt.kl(_log_probs(self.q[sl], self.k[sl], self.attn, self.cos, self.sin, leaves, self.attn.scope,
                                      self.attn.q_norm)) / self.rows
-            if part.requires_grad:
-                part.backward(retain_graph=False)
+            if grad:
+                part.backward()
             total += part.detach().double().cpu()
+        if grad:
+            pairs = [(s, leaf.grad) for s, leaf in zip(scales, leaves) if s.requires_grad]
+            torch.autograd.backward([s for s, _ in pairs], [g for _, g in pairs])
         return total
 
 
