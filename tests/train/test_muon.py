@@ -70,7 +70,8 @@ def test_steps_equal_torch_muon_and_adamw_side_by_side_across_a_state_dict_round
     ours_model = qknorm.TransformerLM(cfg)
     ref_model = copy.deepcopy(ours_model)
     q0 = ours_model.layers[0].attn.q_proj.weight.detach().clone()
-    tcfg = TrainConfig(optimizer="muon", lr=1e-2, weight_decay=0.05, beta1=0.8, beta2=0.9)
+    # bf16 Newton-Schulz, as torch's (auto picks fp32 where bf16 is slow: tests/train/test_newton_schulz.py)
+    tcfg = TrainConfig(optimizer="muon", lr=1e-2, weight_decay=0.05, beta1=0.8, beta2=0.9, muon_ns_dtype="bf16")
     ours = build_optimizer(ours_model, tcfg)
     named = dict(ref_model.named_parameters())
     hidden = [named[n] for n in sorted(HIDDEN, key=list(named).index)]

@@ -53,7 +53,7 @@ def _environment(device: str) -> Dict[str, Any]:
 
 
 def _config(plan: StudyPlan, vocab: int, source: str, fingerprint: str, wall_s: float, reused: int,
-            plots: bool) -> Dict[str, Any]:
+            plots: bool, runs) -> Dict[str, Any]:
     """summary.json's "config": what was run, for people and for the report."""
     return {
         "profile": plan.profile, "label": plan_label(plan), "variants": list(plan.variants),
@@ -77,6 +77,8 @@ def _config(plan: StudyPlan, vocab: int, source: str, fingerprint: str, wall_s: 
         "data": {"source": source, "path": plan.data, "tokenizer": plan.tokenizer, "fingerprint": fingerprint},
         "workers": plan.workers, "fingerprint": plan_fingerprint(plan), "qknorm": __version__,
         "environment": _environment(plan.train.device),
+        # Muon runs: the Newton-Schulz dtype(s) the machine(s) chose (train/newton_schulz.py); [] without Muon
+        "muon_ns_dtype": sorted({r.muon_ns_dtype for r in runs if r.muon_ns_dtype}),
         "wall_time_s": round(wall_s, 1), "reused_runs": reused, "plots": plots,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
@@ -167,7 +169,8 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
     softcaps = {v: m["attn_softcap"] for v, m in describe_models(plan, vocab).items()}
     summary = StudySummary(runs=tuple(runs), analysis=analyze(runs, plan.variants, plan.lrs, plan.seeds, vocab,
                                                               plan.optimizers, softcaps),
-                           config=_config(plan, vocab, source, fingerprint, time.time() - t0, len(done), plots))
+                           config=_config(plan, vocab, source, fingerprint, time.time() - t0, len(done), plots,
+                                          runs))
     text = json.dumps(summary.to_json(), indent=1)
     redraw = bool(todo) or not _shows_the_same(out, json.loads(text))
     write_atomic(out / SUMMARY_FILE, text)

@@ -139,6 +139,7 @@ def run_one(spec: RunSpec) -> RunRecord:
         max_attn_logit_nonfinite=not math.isfinite(res.max_attn_logit), status=status,
         steps=res.steps_done, time_s=round(time.perf_counter() - t0, 2), tokens_per_s=round(res.tokens_per_s, 1),
         cpu_s=round(time.process_time() - cpu0, 2), step_ms=step_ms, step_cpu_ms=step_cpu_ms,
+        muon_ns_dtype=res.muon_ns.dtype if res.muon_ns is not None else None,
         attn_entropy=entropy, attn_entropy_min_layer=entropy_min,
         log_z_start=history.log_z[0] if history.log_z else None,
         log_z_end=history.log_z[-1] if history.log_z else None,

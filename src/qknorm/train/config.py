@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 
 from ..errors import ConfigError
 
-__all__ = ["TrainConfig", "DType", "OnNaN", "OptimizerName", "Parallel", "FREE_ON_RESUME", "check_device_available"]
+__all__ = ["TrainConfig", "DType", "OnNaN", "OptimizerName", "NSDType", "Parallel", "FREE_ON_RESUME", "check_device_available"]
 
 
 class _Choice(str, enum.Enum):
@@ -52,12 +52,21 @@ class OptimizerName(_Choice):
     MUON = "muon"  # torch Muon on the hidden matrices, AdamW on embeddings, head, norms, gains, biases
 
 
+class NSDType(_Choice):
+    """The dtype of Muon's Newton-Schulz iteration (train/newton_schulz.py)."""
+
+    AUTO = "auto"  # bf16 unless a short probe finds bf16 matmuls slow here (an AVX2-only CPU): then fp32
+    BF16 = "bf16"  # as torch.optim.Muon
+    FP32 = "fp32"
+
+
 class Parallel(_Choice):
     DDP = "ddp"  # DistributedDataParallel
     FSDP = "fsdp"  # FSDP2 (fully_shard per block)
 
 
-_ENUMS = {"dtype": DType, "on_nan": OnNaN, "parallel": Parallel, "optimizer": OptimizerName}
+_ENUMS = {"dtype": DType, "on_nan": OnNaN, "parallel": Parallel, "optimizer": OptimizerName,
+          "muon_ns_dtype": NSDType}
 _INT_MIN = {"steps": 1, "batch_size": 1, "seq_len": 1, "grad_accum": 1, "seed": 0,
             "eval_every": 0, "eval_batches": 1, "stats_every": 0, "ckpt_every": 0, "keep_last": 1, "tp": 1}
 _POSITIVE = ("lr", "adam_eps")
@@ -102,6 +111,9 @@ class TrainConfig:
     # adamw, or muon on the hidden matrices (q/k/v/o, gate/up/down) with AdamW on the rest; `lr` is the peak
     # LR of both (Muon's update scaled to AdamW's RMS: train/muon.py)
     optimizer: OptimizerName = OptimizerName.ADAMW
+    # optimizer="muon": the dtype of its Newton-Schulz iteration; auto = the one that is fast on this machine
+    # (probed; run.json records the choice)
+    muon_ns_dtype: NSDType = NSDType.AUTO
     # QK-clip (Kimi K2's MuonClip) threshold tau: after each step, heads whose max attention logit in that step's
     # forward exceeded tau get their q/k weights scaled by sqrt(tau / max) (train/qk_clip.py); None = off
     qk_clip: Optional[float] = None

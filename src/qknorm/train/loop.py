@@ -12,7 +12,7 @@ data-parallel run).
 
 Before anything is written, every setting is checked against the model, the data and the machine
 (preflight.py). With `out_dir`: run.json (the run's record: model, training settings, data and its
-fingerprint; manifest.py) and tokenizer.json (a copy of the tokenizer, when there is one), metrics.jsonl (a
+fingerprint, and with Muon the Newton-Schulz dtype this machine chose; manifest.py) and tokenizer.json (a copy of the tokenizer, when there is one), metrics.jsonl (a
 line a step, strict JSON: non-finite numbers are null), checkpoints/ (train/checkpoints/, each with the
 tokenizer), and at the end model.safetensors + config.json (qknorm.load_model reads them). A fresh run that
 fails before its first step completes removes what it wrote, so the next command can use the directory.
@@ -48,6 +48,8 @@ from .config import FREE_ON_RESUME, OnNaN, TrainConfig
 from .export import export_model
 from .manifest import MANIFEST_FILE, TOKENIZER_FILE, DataRecord, RunManifest
 from .metrics_log import METRICS_FILE, MetricsLog
+from .muon import MuonWithAdamW
+from .newton_schulz import NSPrecision
 from .optim import build_optimizer, lr_at, set_lr
 from .preflight import STATS_SEQS, check_fits, check_out_dir
 from .qk_clip import QKClip
@@ -73,6 +75,7 @@ class TrainResult:
     stop_reason: Optional[str] = None  # None = ran all steps; else why it stopped early
     tokens_per_s: float = 0.0  # training throughput of this process's run (global tokens / wall time)
     summary: Dict[str, Any] = dataclasses.field(default_factory=dict)  # diagnostics.summarize(history)
+    muon_ns: Optional[NSPrecision] = None  # optimizer="muon": the Newton-Schulz dtype used and how it was chosen
 
 
 @dataclasses.dataclass
@@ -147,6 +150,8 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
     if resume:
         _check_against_record(out, record, allow_changes)
     s = _setup(model_config, cfg, data, rt, out, resume, init_state)
+    if record is not None and isinstance(s.optimizer, MuonWithAdamW):
+        record = dataclasses.replace(record, execution={"muon_newton_schulz": s.optimizer.precision.to_json()})
     created = out is not None and not out.exists()
     if out is not None and rt.is_main:
         s.log, s.tokenizer = _open_run_dir(out, record, data, resume, s.start)
@@ -289,7 +294,8 @@ def _run(s: _Session, callback, resume: bool) -> TrainResult:
         history=history, init_loss=s.init_loss, final_loss=summary["final_loss"],
         val_loss=vals[-1] if vals else None, max_attn_logit=summary["max_attn_logit"], diverged=summary["diverged"],
         steps_done=steps_done, model=rt.unwrap(s.wrapped).to("cpu"), stop_reason=stop_reason,
-        tokens_per_s=done_tokens / train_time if train_time > 0 else 0.0, summary=summary)
+        tokens_per_s=done_tokens / train_time if train_time > 0 else 0.0, summary=summary,
+        muon_ns=getattr(s.optimizer, "precision", None))
 
 
 def _one_step(s: _Session, step: int, autocast, resume: bool, tokens_per_step: int) -> Dict[str, Any]:

@@ -61,6 +61,8 @@ class RunManifest:
     train_config: Dict[str, Any]  # TrainConfig.to_dict()
     data: DataRecord
     origin: Dict[str, Any] = dataclasses.field(default_factory=dict)  # {"preset", "size", "overrides"} (CLI)
+    # how this machine ran it, where settings leave a choice: {"muon_newton_schulz": NSPrecision.to_json()}
+    execution: Dict[str, Any] = dataclasses.field(default_factory=dict)
     qknorm: str = __version__
     created: str = dataclasses.field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
@@ -76,7 +78,8 @@ class RunManifest:
             data = dict(d["data"])
             data["fingerprint"] = DataFingerprint(**data["fingerprint"])
             return cls(model_config=dict(d["model_config"]), train_config=dict(d["train_config"]),
-                       data=DataRecord(**data), origin=dict(d.get("origin") or {}), qknorm=str(d.get("qknorm")),
+                       data=DataRecord(**data), origin=dict(d.get("origin") or {}),
+                       execution=dict(d.get("execution") or {}), qknorm=str(d.get("qknorm")),
                        created=str(d.get("created")))
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{source}: not a qknorm run record ({e.__class__.__name__}: {e})") from None

@@ -15,22 +15,29 @@ learning rate, as with optimizer=adamw. For the Muon group torch's `adjust_lr_fn
 matrix's step to 0.2 * sqrt(max(rows, cols)) * lr: an orthogonalized update has RMS ~ 1/sqrt(max(rows, cols)),
 so every Muon update has RMS ~ 0.2 * lr, the typical RMS of an AdamW update (Liu et al.), and an LR grid tuned
 for AdamW means the same thing for Muon. Weight decay is decoupled in both (p -= lr * weight_decay * p).
-Muon's momentum is torch's default 0.95 with Nesterov, 5 Newton-Schulz steps (in bfloat16, as torch does).
+Muon's momentum is torch's default 0.95 with Nesterov, 5 Newton-Schulz steps with torch's coefficients, in the
+dtype that is fast here (train/newton_schulz.py): bfloat16, as torch does, unless a short probe finds bf16 matmuls
+slow on this machine (an AVX2-only CPU emulates them ~30x slower than fp32), then float32. `ns_dtype` ("auto",
+"bf16", "fp32") sets it; `precision` says what was chosen and how (run.json and the study record it).
 
 Why one Optimizer: checkpoints (full and sharded), resume and the loop handle a single `torch.optim.Optimizer`.
-`MuonWithAdamW` owns all parameter groups and all state (one `state_dict`); its step hands the Muon groups to a
-`torch.optim.Muon` and the others to a `torch.optim.AdamW` that share its group dicts and its state, so the
-arithmetic is torch's own. Muon needs whole matrices: it is refused on FSDP- or tensor-parallel-sharded
+`MuonWithAdamW` owns all parameter groups and all state (one `state_dict`); its step hands the other groups to a
+`torch.optim.AdamW` that shares its group dicts and its state, so that arithmetic is torch's own, and runs the Muon
+update of torch's `_single_tensor_muon` on the Muon groups (torch's `torch.optim.Muon` builds and checks them)
+with the Newton-Schulz dtype free: in bf16 it is torch's step exactly (tests/train/test_muon.py). Muon needs whole matrices: it is refused on FSDP- or tensor-parallel-sharded
 (DTensor) parameters, where each rank would orthogonalize only its shard.
 """
 from __future__ import annotations
 
+import math
+from collections import Counter
 from typing import Any, Dict, List
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from .newton_schulz import NSPrecision, choose_ns_dtype, newton_schulz
 
 try:
     from torch.distributed.tensor import DTensor
@@ -56,7 +63,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
     """
 
     def __init__(self, muon_groups: List[Dict[str, Any]], adamw_groups: List[Dict[str, Any]], *, lr: float,
-                 weight_decay: float, betas=(0.9, 0.95), eps: float = 1e-8, momentum: float = 0.95):
+                 weight_decay: float, betas=(0.9, 0.95), eps: float = 1e-8, momentum: float = 0.95,
+                 ns_dtype: str = "auto"):
         for g in muon_groups:
             for p in g["params"]:
                 if isinstance(p, DTensor):
@@ -68,6 +76,10 @@ class MuonWithAdamW(torch.optim.Optimizer):
                                   weight_decay=weight_decay)
         super().__init__([*muon.param_groups, *adamw.param_groups], {})
         self._muon, self._adamw = muon, adamw
+        shapes = Counter(tuple(p.shape) for g in muon.param_groups for p in g["params"])
+        device = next((p.device for g in muon.param_groups for p in g["params"]), torch.device("cpu"))
+        self.precision: NSPrecision = choose_ns_dtype(ns_dtype, device, shapes.most_common(1)[0][0] if shapes
+                                                      else (1, 1))
 
     def _link(self) -> None:
         """Point the two torch optimizers at this one's groups and state (load_state_dict replaces both)."""
@@ -87,6 +99,35 @@ class MuonWithAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._link()
-        self._muon.step()
+        for group in self._muon.param_groups:
+            self._muon_group(group)
         self._adamw.step()
         return loss
+
+    def _muon_group(self, group: Dict[str, Any]) -> None:
+        """torch.optim.Muon's update of one group (`_single_tensor_muon`), Newton-Schulz in `precision.dtype`."""
+        lr, wd, mu = float(group["lr"]), group["weight_decay"], group["momentum"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+            buf = state["momentum_buffer"]
+            buf.lerp_(p.grad, 1 - mu)
+            update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
+            update = newton_schulz(update, self.precision.torch_dtype, coefficients=group["ns_coefficients"],
+                                   steps=group["ns_steps"], eps=group["eps"])
+            p.mul_(1 - lr * wd)
+            p.add_(update, alpha=-lr * _lr_ratio(group["adjust_lr_fn"], p.shape))
+
+
+def _lr_ratio(adjust_lr_fn, shape) -> float:
+    """torch.optim.Muon's `_adjust_lr` factor: 0.2 sqrt(max(A, B)) ("match_rms_adamw"), sqrt(max(1, A / B))
+    ("original" / None)."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    if adjust_lr_fn in (None, "original"):
+        return math.sqrt(max(1, rows / cols))
+    return 1.0

@@ -69,7 +69,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         by_name = dict(model.named_parameters())
         muon = [{"name": MUON, "params": [by_name[n] for n in names], "weight_decay": cfg.weight_decay}]
         rest = param_groups(model, weight_decay=cfg.weight_decay, decay_norms=cfg.decay_norms, exclude=names)
-        return MuonWithAdamW(muon, rest, weight_decay=cfg.weight_decay, **kw)
+        return MuonWithAdamW(muon, rest, weight_decay=cfg.weight_decay, ns_dtype=cfg.muon_ns_dtype.value, **kw)
     groups = param_groups(model, weight_decay=cfg.weight_decay, decay_norms=cfg.decay_norms)
     return torch.optim.AdamW(groups, **kw)
 
