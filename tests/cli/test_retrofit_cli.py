@@ -23,7 +23,8 @@ from helpers.cli import run_cli
 
 torch.set_num_threads(1)
 PUBLIC_FLAGS = {"--from", "--scope", "--out", "--data", "--calib-tokens", "--calib-steps", "--heal-steps",
-                "--distill", "--lm-loss", "--lr", "--batch-size", "--seq-len", "--eval-tokens", "--seed", "--device"}
+                "--distill", "--lm-loss", "--lr", "--batch-size", "--seq-len", "--eval-tokens", "--seed", "--device",
+                "--no-progress"}
 SMALL = ["--seq-len", "32", "--batch-size", "8", "--calib-tokens", "2048", "--calib-steps", "20", "--eval-tokens",
          "2048", "--device", "cpu"]
 
@@ -65,6 +66,13 @@ def test_head_scope_on_a_transformers_llama_gives_a_qwen3_that_transformers_load
         assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] >= 0, key
     assert r["kl_calibrated"] <= r["kl_naive"] and r["kl_healed"] < r["kl_calibrated"], r
     assert r["export"] == "hf/qwen3" and r["heal"]["objective"] == "distill" and len(r["heal"]["curve"]["loss"]) == 30
+    # every stage timed (wall and CPU) in the report, and told on stderr (not a terminal: one line each)
+    names = [t["name"] for t in r["stages"]]
+    assert names[0] == "reading the model and data" and "calibration: fitting the gains" in names
+    assert names[-1] == "healing" and all(t["seconds"] >= 0 and t["cpu_seconds"] >= 0 for t in r["stages"])
+    assert r["peak_rss_mb"] > 10
+    for name in names:
+        assert sum(line.startswith(f"qknorm retrofit: {name}: ") for line in err) == 1, (name, err)
     assert r["source"]["weights_sha256"] == {
         "model.safetensors": hashlib.sha256((trained / "hf" / "model.safetensors").read_bytes()).hexdigest()}
     # calibration moved the gains away from 1, and every layer attends closer to the original than with gains 1
@@ -87,14 +95,32 @@ def test_head_scope_on_a_transformers_llama_gives_a_qwen3_that_transformers_load
 def test_full_scope_writes_our_format_and_heals_by_the_loss_when_asked(trained, capsys):
     out = trained / "qk_full"
     code, stdout, err = _run(["--from", str(trained / "run"), "--scope", "full", "--out", str(out), "--heal-steps",
-                              "2", "--lm-loss", *SMALL], capsys)
+                              "2", "--lm-loss", "--no-progress", *SMALL], capsys)
     assert code == 0, err
     assert "qknorm format" in stdout[0]
+    assert not any(" CPU " in line for line in err), err  # --no-progress: the result lines only
     model = qknorm.load_model(out)
     assert model.config.qk_norm.value == "full"
     r = json.loads((out / "retrofit_report.json").read_text())
     assert r["export"] == "qknorm" and r["heal"]["objective"] == "lm" and r["kl_calibrated"] <= r["kl_naive"]
     assert len(r["layers"][0]["q_scale"]) == model.config.n_heads * model.config.head_dim
+
+
+def test_a_failure_inside_a_stage_is_one_line_naming_it(trained, tmp_path, capsys, monkeypatch):
+    """Out of memory (or any backend failure) in the middle: one line naming the stage, exit 1, nothing written."""
+    import qknorm.retrofit.pipeline as pipeline
+
+    def oom(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory\nmore")
+
+    monkeypatch.setattr(pipeline, "calibrate", oom)
+    out = tmp_path / "out"
+    code, stdout, err = _run(["--from", str(trained / "run"), "--scope", "head", "--out", str(out), "--no-progress",
+                              *SMALL], capsys)
+    assert code == 1 and not stdout and not out.exists(), err
+    assert err[-1] == ("qknorm retrofit: error: calibration: fitting the gains failed: [enforce fail at "
+                       "alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory; nothing written"), err
+    assert not any("Traceback" in line for line in err)
 
 
 def _ids_file(tmp_path: Path) -> Path:

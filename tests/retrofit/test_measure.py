@@ -5,7 +5,7 @@ import torch
 from torch.distributions import Categorical, kl_divergence
 
 import qknorm
-from qknorm.retrofit.measure import cache_logits, next_token_kl, val_loss
+from qknorm.retrofit.measure import Reference, batch_rows
 
 torch.set_num_threads(1)
 
@@ -21,9 +21,26 @@ def test_next_token_kl_and_val_loss_against_torch_distributions():
             la, lb = a(x).double(), b(x).double()
             kls.append(kl_divergence(Categorical(logits=la), Categorical(logits=lb)).flatten())
             ces.append(-Categorical(logits=lb).log_prob(y).flatten())
-    assert next_token_kl(a, b, batches) == pytest.approx(float(torch.cat(kls).mean()), rel=1e-5)
-    assert val_loss(b, batches) == pytest.approx(float(torch.cat(ces).mean()), rel=1e-5)
-    assert next_token_kl(a, a, batches) == pytest.approx(0.0, abs=1e-6)
-    cached = cache_logits(a, batches)  # the original's logits computed once give the same KL
-    assert cached is not None and next_token_kl(a, b, batches, cached) == next_token_kl(a, b, batches)
-    assert cache_logits(a, batches, max_bytes=1000) is None
+    x, y = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    ref = Reference.build(a, x, y, rows=2)  # the original once: its hidden states kept, its head rerun per batch
+    kl, loss = ref.measure(b)
+    assert kl == pytest.approx(float(torch.cat(kls).mean()), rel=1e-5)
+    assert loss == pytest.approx(float(torch.cat(ces).mean()), rel=1e-5)
+    own = -Categorical(logits=a(x).detach().double()).log_prob(y).mean()
+    assert ref.loss == pytest.approx(float(own), rel=1e-5)
+    assert ref.measure(a)[0] == pytest.approx(0.0, abs=1e-6)
+    # batched by a memory budget: another batching gives the same numbers (sums in another order)
+    kl1, loss1 = Reference.build(a, x, y, rows=4).measure(b)
+    assert kl1 == pytest.approx(kl, rel=1e-5) and loss1 == pytest.approx(loss, rel=1e-5)
+
+
+def test_the_evaluation_batch_follows_the_memory_budget():
+    """The logits dominate a big-vocabulary model's evaluation: at 49k tokens of vocabulary a 128-token window
+    takes ~150 MB of them, so a 512 MiB budget holds a few windows; a byte-level model's hold many."""
+    big = qknorm.TransformerLM(qknorm.get_config("llama", "debug", vocab_size=49152), device="meta")
+    small = qknorm.TransformerLM(qknorm.get_config("llama", "debug"), device="meta")
+    rows = batch_rows(big, 128, budget=512 << 20)
+    assert 1 <= rows <= 4
+    assert 6 * 49152 * 4 * 128 * rows <= 512 << 20
+    assert batch_rows(small, 128, budget=512 << 20) > 50 * rows
+    assert batch_rows(big, 128, budget=1) == 1

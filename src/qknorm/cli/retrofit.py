@@ -12,14 +12,18 @@ Writes OUT/retrofit_report.json (kl_naive, kl_calibrated, kl_healed, the validat
 OUT/retrofit_report.html with the healing curve (OUT/healing_curve.png), and the model with its tokenizer:
 a transformers directory when a family has the new numerics (llama + --scope head = Qwen3:
 AutoModelForCausalLM.from_pretrained(OUT) or qknorm.from_hf(OUT) load it), else qknorm's format
-(qknorm.load_model(OUT); --scope full has no transformers family). Exit status: 0 done; 1 healing diverged
-(nothing written); 2 bad input (one line, nothing written).
+(qknorm.load_model(OUT); --scope full has no transformers family). Progress on stderr: each stage (reading,
+the held-out reference, each KL, calibration layer by layer, healing step by step) with elapsed time and ETA on
+a terminal, one line per stage otherwise; --no-progress for none. retrofit_report.json records every stage's
+wall and CPU seconds and the peak memory. Exit status: 0 done; 1 healing diverged or a stage failed (out of
+memory: one line naming the stage, nothing written); 2 bad input (one line, nothing written).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from ..progress import Progress
 from ..retrofit.config import RetrofitConfig
 from ..retrofit.heal import HealDiverged
 from ..retrofit.insert import SCOPES
@@ -28,7 +32,7 @@ from ._common import non_negative_int, one_line_warnings, positive_float, positi
 
 # the frozen public flags (tests/cli/test_retrofit_cli.py checks the parser against this list)
 FLAGS = ("--from", "--scope", "--out", "--data", "--calib-tokens", "--calib-steps", "--heal-steps", "--distill",
-         "--lm-loss", "--lr", "--batch-size", "--seq-len", "--eval-tokens", "--seed", "--device")
+         "--lm-loss", "--lr", "--batch-size", "--seq-len", "--eval-tokens", "--seed", "--device", "--no-progress")
 
 # RetrofitConfig field -> flag (library errors name fields; the user typed flags)
 FIELD_FLAGS = {"scope": "--scope", "calib_tokens": "--calib-tokens", "calib_steps": "--calib-steps",
@@ -73,6 +77,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"held-out tokens every KL and loss is measured on (default {d.eval_tokens})")
     p.add_argument("--seed", type=non_negative_int, metavar="S", help="calibration and healing batches (default 0)")
     p.add_argument("--device", default="auto", metavar="D", help="cpu, cuda, cuda:N, mps, or auto (default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress on stderr (by default: a live line per "
+                   "stage with elapsed time and ETA on a terminal, else one line per stage with its time)")
     return p
 
 
@@ -92,17 +98,19 @@ def _config(args) -> RetrofitConfig:
     return RetrofitConfig(**fields)
 
 
-def _note(msg: str) -> None:
-    print_line(f"qknorm retrofit: {msg}", file=sys.stderr)
-
-
 def run(args) -> int:
+    prog = Progress("qknorm retrofit", enabled=not args.no_progress)
     with one_line_warnings("qknorm retrofit"):
         cfg = _config(args)
         try:
-            r = retrofit(args.source, args.out, cfg, data=args.data, log=_note)
+            r = retrofit(args.source, args.out, cfg, data=args.data, log=prog.note, progress=prog)
         except HealDiverged as e:
-            _note(f"error: {e}; nothing written")
+            prog.note(f"error: {e}; nothing written")
+            return 1
+        except (RuntimeError, MemoryError) as e:  # out of memory, a backend failure: one line, never a traceback
+            stage = prog.failed or "retrofit"
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            prog.note(f"error: {stage} failed: {first}; nothing written")
             return 1
     where = ("transformers " + r.export[3:] + ": AutoModelForCausalLM.from_pretrained or qknorm.from_hf"
              if r.export.startswith("hf/") else "qknorm format: qknorm.load_model")

@@ -14,7 +14,8 @@ distributions are computed from the *original* model's q and k at that layer (th
 independently: the inputs are the original's hidden states, which is also what the retrofitted model
 should reproduce). Parameters: log g_q and log g_k (positive gains; only their product per RoPE pair and
 the RMS-normalised directions matter), initialised at the mean RMS of q and of k (the one scalar that keeps
-the average logit scale: "rms-matched"), then Adam on the whole calibration set, full batch, in fp32.
+the average logit scale: "rms-matched"), then Adam on the whole calibration set, full batch, in fp32, until
+the KL stops improving (FIT_TOL; at most `steps`).
 
 A per-head softmax temperature would recover the heads' scales for scope "head", but Qwen3 (the family
 llama + per-head QK-norm exports to) has no such parameter, so it is not fitted; scope "full" already has a
@@ -33,10 +34,11 @@ from ..model import TransformerLM
 from ..nn.attention import causal_mask
 from ..ops.reference import qk_norm_rope_ref
 
-__all__ = ["LayerFit", "capture_qk", "fit_layer", "calibrate"]
+__all__ = ["LayerFit", "QKCapture", "capture_qk", "fit_layer", "calibrate"]
 
 _CHUNK_SCORES = 1 << 22  # score elements (B*H*T*T) per chunk of the objective: bounds the memory of a step
 _MASKED = -1e30
+FIT_TOL, FIT_PATIENCE = 1e-3, 3  # the fit stops when 3 steps in a row stay within 0.1% of the best KL before them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,30 +51,48 @@ class LayerFit:
     kl_fitted: float  # after the fit
     q_scale: torch.Tensor  # (head_dim,) or (n_heads*head_dim,)
     k_scale: torch.Tensor  # (head_dim,) or (n_kv_heads*head_dim,)
+    steps: int = 0  # Adam steps taken (fit_layer stops early once the KL stops improving)
+
+
+class QKCapture:
+    """Forward hooks on the q and k projections of every layer of `model`, copying them (fp32, before any norm
+    and RoPE) into preallocated tensors as windows `sl` of (N, T) ids go through: `q[i]` (N, T, H, D) and
+    `k[i]` (N, T, Hkv, D) for layer i. All layers in one pass of the model (`Reference.build(hook=...)`)."""
+
+    def __init__(self, model: TransformerLM, n: int, seq_len: int, device: torch.device):
+        self.model = model
+        self.got: dict = {}
+        self.q = [torch.empty(n, seq_len, l.attn.n_heads, l.attn.head_dim, device=device) for l in model.layers]
+        self.k = [torch.empty(n, seq_len, l.attn.n_kv_heads, l.attn.head_dim, device=device) for l in model.layers]
+        self.hooks: list = []
+
+    def __enter__(self) -> "QKCapture":
+        for i, layer in enumerate(self.model.layers):
+            for name in ("q_proj", "k_proj"):
+                self.hooks.append(getattr(layer.attn, name).register_forward_hook(
+                    lambda mod, inp, out, key=(i, name): self.got.__setitem__(key, out.detach())))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.hooks:
+            h.remove()
+        self.hooks.clear()
+        self.got.clear()
+
+    def __call__(self, sl: slice) -> None:
+        for i in range(len(self.q)):
+            self.q[i][sl] = self.got[(i, "q_proj")].view(self.q[i][sl].shape)
+            self.k[i][sl] = self.got[(i, "k_proj")].view(self.k[i][sl].shape)
+        self.got.clear()
 
 
 @torch.no_grad()
 def capture_qk(model: TransformerLM, ids: torch.Tensor, layers: List[int]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     """The q and k projections (before any norm and RoPE) of `layers` on `ids`: q (B, T, H, D), k (B, T, Hkv, D)."""
-    got: dict = {}
-    hooks = []
-    for i in layers:
-        attn = model.layers[i].attn
-        for name in ("q_proj", "k_proj"):
-            hooks.append(getattr(attn, name).register_forward_hook(
-                lambda mod, inp, out, key=(i, name): got.__setitem__(key, out.detach())))
-    try:
-        model(ids)
-    finally:
-        for h in hooks:
-            h.remove()
-    out = []
-    for i in layers:
-        attn, (B, T) = model.layers[i].attn, ids.shape
-        q = got[(i, "q_proj")].view(B, T, attn.n_heads, attn.head_dim)  # (B, T, H, D)
-        k = got[(i, "k_proj")].view(B, T, attn.n_kv_heads, attn.head_dim)  # (B, T, Hkv, D)
-        out.append((q, k))
-    return out
+    with QKCapture(model, *ids.shape, ids.device) as cap:
+        model.hidden_states(ids)
+        cap(slice(0, ids.shape[0]))
+    return [(cap.q[i], cap.k[i]) for i in layers]
 
 
 def _log_probs(q, k, attn, cos, sin, scales, scope: QKNormScope, norm) -> torch.Tensor:
@@ -165,50 +185,56 @@ class _Problem:
 
 
 def fit_layer(model: TransformerLM, layer: int, q: torch.Tensor, k: torch.Tensor, *, steps: int = 30,
-              lr: float = 0.1) -> LayerFit:
-    """Fit the q/k norm gains of `layer` of the retrofitted `model` to the original's q, k (module docstring)."""
+              lr: float = 0.1, tol: float = FIT_TOL) -> LayerFit:
+    """Fit the q/k norm gains of `layer` of the retrofitted `model` to the original's q, k (module docstring).
+    At most `steps` Adam steps; fewer when the last FIT_PATIENCE steps all stayed within a relative `tol` of
+    the best KL before them (the fit has converged, or is stuck: more steps would cost without helping)."""
     prob = _Problem.build(model, layer, q, k)
     attn = prob.attn
     dev = prob.q.device
     ones = (torch.ones(attn.q_norm.weight.shape, device=dev), torch.ones(attn.k_norm.weight.shape, device=dev))
     init = (_rms_init(prob.q, attn.scope, ones[0].numel()), _rms_init(prob.k, attn.scope, ones[1].numel()))
     with torch.no_grad():
-        kl_naive, kl_init = float(prob.kl(ones)), float(prob.kl(init))
+        kl_naive = float(prob.kl(ones))
+        kl_init = float(prob.kl(init)) if steps == 0 else math.nan  # else: the first step's value
     logs = [torch.nn.Parameter(s.log()) for s in init]  # positive gains, fitted in log space
     opt = torch.optim.Adam(logs, lr=lr)
     best = (kl_init, init)
+    seen: List[float] = []
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         before = tuple(p.detach().exp().clone() for p in logs)
         value = float(prob.kl((logs[0].exp(), logs[1].exp())))  # the KL at `before`; gradients accumulated
-        if value < best[0]:
+        if not seen:
+            kl_init, best = value, (value, before)
+        elif value < best[0]:
             best = (value, before)
+        seen.append(value)
         opt.step()
+        if len(seen) > FIT_PATIENCE and min(seen[-FIT_PATIENCE:]) > min(seen[:-FIT_PATIENCE]) * (1 - tol):
+            break
     final = tuple(p.detach().exp() for p in logs)
     with torch.no_grad():
-        kl_final = float(prob.kl(final))
+        kl_final = float(prob.kl(final)) if steps else kl_init
     chosen_kl, chosen = (kl_final, final) if kl_final <= best[0] else best
     return LayerFit(layer=layer, kl_naive=kl_naive, kl_rms_matched=kl_init, kl_fitted=chosen_kl, q_scale=chosen[0],
-                    k_scale=chosen[1])
+                    k_scale=chosen[1], steps=len(seen))
 
 
-def calibrate(original: TransformerLM, retrofitted: TransformerLM, ids: torch.Tensor, *, steps: int = 30,
-              lr: float = 0.1, max_bytes: int = 1 << 30,
+def calibrate(retrofitted: TransformerLM, captured: QKCapture, *, steps: int = 30, lr: float = 0.1,
+              tick: Optional[Callable[[int], None]] = None,
               log: Optional[Callable[[str], None]] = None) -> List[LayerFit]:
-    """Fit every layer's gains on calibration tokens `ids` (B, T); the original's q, k are captured in as few
-    passes as keep them under `max_bytes`. Returns the fits; the gains are not set here (insert.set_gains)."""
-    c = original.config
-    per_layer = ids.numel() * (c.n_heads + c.n_kv_heads) * c.head_dim * 4
-    group = max(1, int(max_bytes // max(1, per_layer)))
+    """Fit every layer's gains to the original's q, k `captured` on the calibration windows (one pass of the
+    original for all layers: QKCapture). Returns the fits; the gains are not set here (insert.set_gains)."""
     fits: List[LayerFit] = []
-    for start in range(0, c.n_layers, group):
-        layers = list(range(start, min(c.n_layers, start + group)))
-        for i, (q, k) in zip(layers, capture_qk(original, ids, layers)):
-            fit = fit_layer(retrofitted, i, q, k, steps=steps, lr=lr)
-            fits.append(fit)
-            if log is not None:
-                log(f"layer {i}: attention KL {_fmt(fit.kl_naive)} (gains 1) -> {_fmt(fit.kl_rms_matched)} "
-                    f"(rms-matched) -> {_fmt(fit.kl_fitted)} (fitted) nats per query")
+    for i in range(len(captured.q)):
+        fit = fit_layer(retrofitted, i, captured.q[i], captured.k[i], steps=steps, lr=lr)
+        fits.append(fit)
+        if log is not None:
+            log(f"layer {i}: attention KL {_fmt(fit.kl_naive)} (gains 1) -> {_fmt(fit.kl_rms_matched)} "
+                f"(rms-matched) -> {_fmt(fit.kl_fitted)} (fitted) nats per query")
+        if tick is not None:
+            tick(1)
     return fits
 
 

@@ -36,7 +36,9 @@ class RetrofitConfig:
     batch_size: int = 8  # healing batch, and the held-out evaluation's
     seq_len: int = 128  # window length of calibration, healing and evaluation
     eval_tokens: int = 16384  # held-out tokens (the validation split's) every KL and loss is measured on
-    eval_every: int = 0  # held-out evaluation every N healing steps; 0 = about 10 points over the healing
+    # held-out evaluation every N healing steps; 0 = about 10 points over the healing, fewer where one evaluation
+    # costs more than the steps between (eval_interval): the curve's points cost no more than the healing
+    eval_every: int = 0
     seed: int = 0
     device: str = "cpu"
 
@@ -59,7 +61,10 @@ class RetrofitConfig:
 
     @property
     def eval_interval(self) -> int:
-        return self.eval_every or max(1, self.heal_steps // 10)
+        # a step runs the model forward and backward (about 3 forward passes) and the original forward (1) on
+        # batch_size windows; an evaluation one forward pass of each on eval_tokens
+        steps_per_eval = math.ceil(self.eval_tokens / (4 * self.batch_size * self.seq_len))
+        return self.eval_every or max(1, self.heal_steps // 10, steps_per_eval)
 
     def heal_config(self) -> TrainConfig:
         """The healing run's training settings (AdamW, no weight decay, clipping at 1)."""

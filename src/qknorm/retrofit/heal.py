@@ -75,13 +75,15 @@ def _objective(model, original, x, y, objective: str) -> torch.Tensor:
 
 def heal(model: TransformerLM, original: TransformerLM, tokens: np.ndarray, cfg: TrainConfig, *, objective: str,
          evaluate: Callable[[TransformerLM], Tuple[float, float]], eval_every: int,
-         log: Optional[Callable[[str], None]] = None) -> HealResult:
-    """Train `model` in place for `cfg.steps` steps on windows of `tokens` (module docstring)."""
+         first: Optional[Tuple[float, float]] = None, log: Optional[Callable[[str], None]] = None,
+         tick: Optional[Callable[[int], None]] = None) -> HealResult:
+    """Train `model` in place for `cfg.steps` steps on windows of `tokens` (module docstring). `first`: the
+    evaluation of the model as given, when already measured; `tick(1)` after every step."""
     dev = next(model.parameters()).device
     batcher = Batcher(tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed, name="training split")
     optimizer = build_optimizer(model, cfg)
     steps: List[HealStep] = []
-    evals: List[HealEval] = [HealEval(0, *evaluate(model))]
+    evals: List[HealEval] = [HealEval(0, *(first if first is not None else evaluate(model)))]
     spent = 0.0
     for step in range(cfg.steps):
         t0 = time.perf_counter()
@@ -106,6 +108,8 @@ def heal(model: TransformerLM, original: TransformerLM, tokens: np.ndarray, cfg:
             if log is not None:
                 log(f"heal step {done}/{cfg.steps}: loss {value:.4f}, held-out KL {evals[-1].kl:.4f}, val loss "
                     f"{evals[-1].val_loss:.4f}")
+        if tick is not None:
+            tick(1)
     model.eval()
     return HealResult(objective=objective, steps=tuple(steps), evals=tuple(evals),
                       seconds=spent)

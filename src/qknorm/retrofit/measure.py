@@ -1,23 +1,31 @@
-"""How far a retrofitted model is from the original, on held-out tokens.
+"""How far a retrofitted model is from the original, on fixed windows of tokens.
 
-    next_token_kl(original, model, batches)   mean over every position of KL(P_orig(next) || P_model(next)),
-                                              in nats per token: what the model lost of the original's
-                                              predictions (0 = the same next-token distributions)
-    val_loss(model, batches)                  mean cross-entropy of the true next token, nats per token
+    ref = Reference.build(original, x, y)      # one pass of the original: its final hidden states, kept
+    kl, loss = ref.measure(model)              # one pass of the model: next-token KL to the original and loss
 
-Both run in fp32 without gradients over the same fixed batches, so differences between models are paired. The
-original's logits on those batches can be computed once (`cache_logits`) when they fit in memory.
+KL: mean over every position of KL(P_orig(next) || P_model(next)), nats per token (0 = the same next-token
+distributions): what the model lost of the original's predictions. Loss: mean cross-entropy of the true next
+token, nats per token. Both in fp32 without gradients over the same windows, so differences between models are
+paired.
+
+The original's next-token distributions are computed once and streamed: its last hidden states (N, T, d_model)
+are kept (16k tokens of a 576-wide model: 38 MB, where the logits would take 3.2 GB at a 49k vocabulary) and
+only its LM head is run again, batch by batch, when a model is measured. The windows go through in batches
+sized by a memory budget (`batch_rows`): the logits and their softmaxes, not the model, set the size.
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Sequence, Tuple
+import dataclasses
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ..model import TransformerLM
 
-__all__ = ["next_token_kl", "val_loss", "kl_per_token", "cache_logits"]
+__all__ = ["kl_per_token", "batch_rows", "Reference", "EVAL_BYTES"]
+
+EVAL_BYTES = 512 << 20  # transient memory of one evaluation batch (logits, softmaxes, activations)
 
 
 def kl_per_token(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -27,39 +35,73 @@ def kl_per_token(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> 
     return (t.exp() * (t - s)).sum(-1)
 
 
-@torch.no_grad()
-def next_token_kl(original: TransformerLM, model: TransformerLM,
-                  batches: Sequence[Tuple[torch.Tensor, torch.Tensor]],
-                  original_logits: Optional[List[torch.Tensor]] = None) -> float:
-    """`original_logits`: the original's logits on `batches` when already computed (`cache_logits`)."""
-    dev = next(model.parameters()).device
-    total, n = 0.0, 0
-    for i, (x, _) in enumerate(batches):
-        x = x.to(dev)
-        target = original(x) if original_logits is None else original_logits[i]
-        kl = kl_per_token(target, model(x))  # (B, T)
-        total += float(kl.sum())
-        n += kl.numel()
-    return total / n
+def batch_rows(model: TransformerLM, seq_len: int, budget: int = EVAL_BYTES) -> int:
+    """Windows of `seq_len` per evaluation batch so that its transient fp32 tensors stay near `budget` bytes:
+    per token, six vocabulary-wide tensors (two logits, two log-softmaxes, a softmax, a product) and the
+    activations of one block (residual, q/k/v, MLP); per window the attention scores of one layer."""
+    c = model.config
+    per_token = 4 * (6 * c.vocab_size + 8 * c.d_model + 3 * c.d_ff + 2 * (c.n_heads + c.n_kv_heads) * c.head_dim)
+    per_window = seq_len * per_token + 4 * 3 * c.n_heads * seq_len * seq_len
+    return max(1, budget // per_window)
 
 
-@torch.no_grad()
-def cache_logits(model: TransformerLM, batches: Sequence[Tuple[torch.Tensor, torch.Tensor]], *,
-                 max_bytes: int = 1 << 28) -> Optional[List[torch.Tensor]]:
-    """The model's logits on `batches`, kept when they fit in `max_bytes` (fp32), else None (recompute them)."""
-    tokens = sum(int(x.numel()) for x, _ in batches)
-    if tokens * model.config.vocab_size * 4 > max_bytes:
-        return None
-    dev = next(model.parameters()).device
-    return [model(x.to(dev)).float() for x, _ in batches]
+Tick = Optional[Callable[[int], None]]  # told the windows of each batch as it is done
 
 
-@torch.no_grad()
-def val_loss(model: TransformerLM, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]]) -> float:
-    dev = next(model.parameters()).device
-    total, n = 0.0, 0
-    for x, y in batches:
-        logits = model(x.to(dev)).float()  # (B, T, V)
-        total += float(F.cross_entropy(logits.flatten(0, 1), y.to(dev).flatten(), reduction="sum"))
-        n += y.numel()
-    return total / n
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """The original's view of fixed windows: inputs, targets (optional), and its final hidden states."""
+
+    original: TransformerLM
+    x: torch.Tensor  # (N, T) input ids
+    y: Optional[torch.Tensor]  # (N, T) next-token ids, or None (no loss)
+    hidden: torch.Tensor  # (N, T, d_model) the original's last hidden states, after the final norm
+    rows: int  # windows per batch
+    loss: Optional[float]  # the original's own mean cross-entropy on y
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, original: TransformerLM, x: torch.Tensor, y: Optional[torch.Tensor] = None, *,
+              rows: Optional[int] = None, tick: Tick = None,
+              hook: Optional[Callable[[slice], None]] = None) -> "Reference":
+        """One pass of `original` over x; `hook(sl)` after each batch (calibration reads what hooks captured)."""
+        rows = rows or batch_rows(original, x.shape[1])
+        hidden = torch.empty(*x.shape, original.config.d_model, dtype=torch.float32, device=x.device)
+        ce, n = 0.0, 0
+        for sl in _slices(x.shape[0], rows):
+            h = original.hidden_states(x[sl]).float()  # (b, T, d)
+            hidden[sl] = h
+            if hook is not None:
+                hook(sl)
+            if y is not None:
+                ce += _ce_sum(original.logits(h), y[sl])
+                n += y[sl].numel()
+            if tick is not None:
+                tick(sl.stop - sl.start)
+        return cls(original, x, y, hidden, rows, ce / n if y is not None else None)
+
+    @property
+    def windows(self) -> int:
+        return self.x.shape[0]
+
+    @torch.no_grad()
+    def measure(self, model: TransformerLM, tick: Tick = None) -> Tuple[float, Optional[float]]:
+        """(next-token KL to the original, the model's loss or None without targets), in one pass of `model`."""
+        kl, ce, n = 0.0, 0.0, 0
+        for sl in _slices(self.windows, self.rows):
+            logits = model(self.x[sl])  # (b, T, V)
+            kl += float(kl_per_token(self.original.logits(self.hidden[sl]), logits).double().sum())
+            if self.y is not None:
+                ce += _ce_sum(logits, self.y[sl])
+            n += self.x[sl].numel()
+            if tick is not None:
+                tick(sl.stop - sl.start)
+        return kl / n, (ce / n if self.y is not None else None)
+
+
+def _slices(n: int, size: int):
+    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def _ce_sum(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float(F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum"))

@@ -16,6 +16,14 @@ write.
 5. Written: the model (in the source's dtype), its tokenizer, retrofit_report.json/.html and the healing
    curve (report.py).
 Every KL and loss is measured on the same held-out windows of the validation split (measure.py).
+
+What each stage costs, in forward passes of the model (what dominates at real size): the original once over
+the held-out windows (its hidden states kept: the reference every later KL streams from, through the LM head
+alone) and once over the calibration windows (q and k of every layer captured in that same pass); the
+retrofitted model once per measurement (held-out: naive, calibrated, each point of the healing curve;
+calibration windows: gains 1 and fitted, for the keep-or-not decision). The retrofitted model shares the
+original's weights until it is healed, so memory holds one copy of the model until then. Each stage is shown
+on `progress` and timed (wall and CPU) in the report's `stages`, with the peak resident memory.
 """
 from __future__ import annotations
 
@@ -34,16 +42,17 @@ from ..interop.hf_config import infer_family, unrepresentable
 from ..model import TransformerLM
 from ..model_io import TOKENIZER_NAME, save_model
 from ..pretrained import Pretrained, load_pretrained
+from ..progress import Progress, peak_rss_mb
 from ..train.batcher import Batcher
 from ..train.config import check_device_available
 from ..train.init_from import check_vocab
 from ..train.sources import is_token_file
 from ..train.tokens import TokenData, load_tokens
-from .calibrate import calibrate
+from .calibrate import QKCapture, calibrate
 from .config import RetrofitConfig
 from .heal import heal
-from .insert import check_retrofittable, gains, insert_qk_norm, set_gains
-from .measure import cache_logits, next_token_kl, val_loss
+from .insert import check_retrofittable, gains, insert_qk_norm, set_gains, unshare
+from .measure import Reference
 from .report import RetrofitReport, write_report
 
 __all__ = ["Prepared", "prepare", "retrofit"]
@@ -105,59 +114,75 @@ def prepare(source: Union[str, Path], out: Union[str, Path], cfg: RetrofitConfig
                     eval_batches=evals)
 
 
-def _batched(ids: torch.Tensor, size: int) -> list:
-    return [(ids[i:i + size], None) for i in range(0, ids.shape[0], size)]
+def _stack(batches: list) -> tuple:
+    """The held-out windows as (N, T) inputs and targets (the batching is the memory budget's: measure.py)."""
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
 
 
 def retrofit(source: Union[str, Path], out: Union[str, Path], cfg: RetrofitConfig = RetrofitConfig(), *,
-             data: Optional[str] = None, log: Log = None) -> RetrofitReport:
-    """Retrofit QK-norm into the model at `source` and write the result to `out` (module docstring)."""
+             data: Optional[str] = None, log: Log = None, progress: Optional[Progress] = None) -> RetrofitReport:
+    """Retrofit QK-norm into the model at `source` and write the result to `out` (module docstring). `progress`
+    shows the stages (and records their times for the report); `log` gets the result lines."""
     t_start = time.perf_counter()
-    p = prepare(source, out, cfg, data)
+    prog = progress if progress is not None else Progress("qknorm retrofit", enabled=False)
     say = log or (lambda msg: None)
+    with prog.stage("reading the model and data"):
+        p = prepare(source, out, cfg, data)
     dev = torch.device(cfg.device)
     dtype = p.src.model.embed.weight.dtype
     original = p.src.model.float().to(dev).eval().requires_grad_(False)
-    model = insert_qk_norm(original, cfg.scope).eval()
-    evals = [(x.to(dev), y.to(dev)) for x, y in p.eval_batches]
+    model = insert_qk_norm(original, cfg.scope, share=True).eval()  # the original's weights, not a copy
+    ex, ey = (t.to(dev) for t in _stack(p.eval_batches))
+    with prog.stage("held-out reference: the original", ex.shape[0], "windows") as st:
+        ref = Reference.build(original, ex, ey, tick=st.advance)
+    with prog.stage("held-out KL: gains 1 (naive)", ex.shape[0], "windows") as st:
+        kl_naive, val_naive = ref.measure(model, st.advance)
+    say(f"original: held-out loss {ref.loss:.4f}; QK-norm with gains 1: KL {kl_naive:.4f}, loss {val_naive:.4f}")
 
-    cached = cache_logits(original, evals)
-
-    def evaluate(m: TransformerLM):
-        return next_token_kl(original, m, evals, cached), val_loss(m, evals)
-
-    val_original = val_loss(original, evals)
-    kl_naive, val_naive = evaluate(model)
-    say(f"original: held-out loss {val_original:.4f}; QK-norm with gains 1: KL {kl_naive:.4f}, loss {val_naive:.4f}")
-    t0 = time.perf_counter()
     calib = p.calib_ids.to(dev)
     ones = gains(model)
-    calib_naive = next_token_kl(original, model, _batched(calib, cfg.batch_size))
-    fits = calibrate(original, model, calib, steps=cfg.calib_steps, lr=cfg.calib_lr, log=say)
+    with prog.stage("calibration: q and k of every layer", calib.shape[0], "windows") as st:
+        with QKCapture(original, *calib.shape, dev) as captured:
+            cref = Reference.build(original, calib, tick=st.advance, hook=captured)
+    with prog.stage("calibration KL: gains 1", calib.shape[0], "windows") as st:
+        calib_naive = cref.measure(model, st.advance)[0]
+    with prog.stage("calibration: fitting the gains", len(model.layers), "layers") as st:
+        fits = calibrate(model, captured, steps=cfg.calib_steps, lr=cfg.calib_lr, tick=st.advance, log=say)
+    del captured  # the q and k of every layer: the largest thing calibration holds
     set_gains(model, [(f.q_scale, f.k_scale) for f in fits])
-    calib_fitted = next_token_kl(original, model, _batched(calib, cfg.batch_size))
+    with prog.stage("calibration KL: fitted gains", calib.shape[0], "windows") as st:
+        calib_fitted = cref.measure(model, st.advance)[0]
     kept = "fitted"
     if not calib_fitted <= calib_naive:
         set_gains(model, ones)
         kept = "naive"
-    t_calib = time.perf_counter() - t0
-    kl_cal, val_cal = evaluate(model)
-    say(f"calibrated ({kept} gains kept): KL {kl_cal:.4f}, loss {val_cal:.4f} ({t_calib:.1f} s)")
+    with prog.stage("held-out KL: calibrated", ex.shape[0], "windows") as st:
+        kl_cal, val_cal = ref.measure(model, st.advance)
+    say(f"calibrated ({kept} gains kept): KL {kl_cal:.4f}, loss {val_cal:.4f}")
     healed = None
     if cfg.heal_steps:
-        healed = heal(model, original, p.data.train, cfg.heal_config(), objective=cfg.objective, evaluate=evaluate,
-                      eval_every=cfg.eval_interval, log=say)
+        model = unshare(model)  # trained from here on: its own weights, the original's untouched
+        with prog.stage("healing", cfg.heal_steps, "steps") as st:
+            healed = heal(model, original, p.data.train, cfg.heal_config(), objective=cfg.objective,
+                          evaluate=ref.measure, eval_every=cfg.eval_interval, first=(kl_cal, val_cal),
+                          log=say, tick=st.advance)
     last = healed.evals[-1] if healed is not None else None
-    report = RetrofitReport(
-        source=p.src.record(), scope=cfg.scope, export=p.export, data=p.data.source, settings=cfg.to_dict(),
-        eval_tokens=sum(int(y.numel()) for _, y in evals), kl_naive=kl_naive, kl_calibrated=kl_cal,
-        kl_healed=last.kl if last else None, val_loss_original=val_original, val_loss_naive=val_naive,
-        val_loss_retrofitted=val_cal, val_loss_healed=last.val_loss if last else None, calibration_kept=kept,
-        calib_kl_naive=calib_naive, calib_kl_fitted=calib_fitted, layers=fits, heal=healed,
-        seconds={"calibrate": t_calib, "heal": healed.seconds if healed else 0.0,
-                 "total": time.perf_counter() - t_start})
-    _write(Path(out), model.to("cpu", dtype), p, report)
+    with prog.stage("writing"):
+        report = RetrofitReport(
+            source=p.src.record(), scope=cfg.scope, export=p.export, data=p.data.source, settings=cfg.to_dict(),
+            eval_tokens=int(ey.numel()), kl_naive=kl_naive, kl_calibrated=kl_cal,
+            kl_healed=last.kl if last else None, val_loss_original=ref.loss, val_loss_naive=val_naive,
+            val_loss_retrofitted=val_cal, val_loss_healed=last.val_loss if last else None, calibration_kept=kept,
+            calib_kl_naive=calib_naive, calib_kl_fitted=calib_fitted, layers=fits, heal=healed,
+            seconds={"calibrate": sum(prog.seconds(n) for n in _CALIB_STAGES), "heal": healed.seconds if healed else
+                     0.0, "total": time.perf_counter() - t_start},
+            stages=list(prog.stages), peak_rss_mb=peak_rss_mb())
+        _write(Path(out), model.to("cpu", dtype), p, report)
     return report
+
+
+_CALIB_STAGES = ("calibration: q and k of every layer", "calibration KL: gains 1", "calibration: fitting the gains",
+                 "calibration KL: fitted gains")
 
 
 def _write(out: Path, model: TransformerLM, p: Prepared, report: RetrofitReport) -> List[Path]:

@@ -20,6 +20,7 @@ import torch
 
 from ..fileio import atomic_write_bytes
 from ..version import __version__
+from ..progress import StageTime, fmt_seconds
 from .calibrate import LayerFit
 from .heal import HealResult
 
@@ -49,11 +50,13 @@ class RetrofitReport:
     calib_kl_fitted: float  # ... with the fitted gains
     layers: List[LayerFit]
     heal: Optional[HealResult]
-    seconds: Dict[str, float]  # calibrate, heal, total
+    seconds: Dict[str, float]  # calibrate (its four stages), heal (the updates alone), total
+    stages: List[StageTime] = dataclasses.field(default_factory=list)  # every stage's wall and CPU seconds
+    peak_rss_mb: Optional[float] = None  # the process's peak resident memory when the report was made, MiB
 
     def to_json(self) -> Dict[str, Any]:
         layers = [{"layer": f.layer, "attn_kl_naive": f.kl_naive, "attn_kl_rms_matched": f.kl_rms_matched,
-                   "attn_kl_fitted": f.kl_fitted, "q_scale_mean": float(f.q_scale.mean()),
+                   "attn_kl_fitted": f.kl_fitted, "fit_steps": f.steps, "q_scale_mean": float(f.q_scale.mean()),
                    "k_scale_mean": float(f.k_scale.mean()), "q_scale": [float(v) for v in f.q_scale],
                    "k_scale": [float(v) for v in f.k_scale]} for f in self.layers]
         heal = None
@@ -65,9 +68,9 @@ class RetrofitReport:
         out = {"format": _FORMAT, "units": "nats per token (KL: mean over held-out positions of "
                                            "KL(P_original || P_model) of the next token)"}
         for f in dataclasses.fields(self):
-            if f.name not in ("layers", "heal"):
+            if f.name not in ("layers", "heal", "stages"):
                 out[f.name] = getattr(self, f.name)
-        out.update(layers=layers, heal=heal, qknorm=__version__, torch=torch.__version__,
+        out.update(layers=layers, heal=heal, stages=[dataclasses.asdict(t) for t in self.stages], qknorm=__version__, torch=torch.__version__,
                    python=platform.python_version(), machine=platform.machine(),
                    created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         return out
@@ -140,6 +143,8 @@ def _html(r: RetrofitReport, png: Optional[Path]) -> str:
     layers = "".join(f"<tr><td>{f.layer}</td><td>{_f(f.kl_naive)}</td><td>{_f(f.kl_rms_matched)}</td>"
                      f"<td>{_f(f.kl_fitted)}</td><td>{float(f.q_scale.mean()):.3g}</td>"
                      f"<td>{float(f.k_scale.mean()):.3g}</td></tr>" for f in r.layers)
+    stages = "".join(f"<tr><td>{html.escape(t.name)}</td><td>{fmt_seconds(t.seconds)}</td>"
+                     f"<td>{fmt_seconds(t.cpu_seconds)}</td></tr>" for t in r.stages)
     img = ""
     if png is not None:
         img = f'<img alt="healing curve" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">'
@@ -159,5 +164,6 @@ cross-entropy; both in nats per token.</p>
 distributions and the retrofitted layer's, on the original's q and k; gains: mean scale of q and k.</p>
 <table><tr><th>layer</th><th>gains 1</th><th>rms-matched</th><th>fitted</th><th>q scale</th><th>k scale</th></tr>
 {layers}</table>
-<p>Times: {", ".join(f"{k} {v:.1f} s" for k, v in r.seconds.items())}.</p></body></html>
+<h2>Stages</h2><table><tr><th>stage</th><th>wall</th><th>CPU</th></tr>{stages}</table>
+<p>Peak memory (resident): {_f(r.peak_rss_mb, ".0f")} MiB.</p></body></html>
 """
