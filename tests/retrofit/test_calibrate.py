@@ -111,3 +111,19 @@ def test_the_chunked_objective_fits_as_the_whole_batch_does(monkeypatch):
         assert b == pytest.approx(a, rel=1e-4)
     assert torch.allclose(chunked.q_scale, whole.q_scale, rtol=1e-3)
     assert torch.allclose(chunked.k_scale, whole.k_scale, rtol=1e-3)
+
+
+def test_the_fit_stops_when_the_kl_stops_improving():
+    """At most `steps` Adam steps: a fit that has converged stops early (FIT_TOL), within a small margin of the
+    KL that running every step reaches (tol=0: never stops early)."""
+    torch.manual_seed(0)
+    new = insert_qk_norm(qknorm.TransformerLM(qknorm.get_config("llama", "debug")), "head")
+    c = new.config
+    spread = torch.linspace(0.3, 3.0, c.head_dim)
+    q = torch.randn(4, 16, c.n_heads, c.head_dim) * spread
+    k = torch.randn(4, 16, c.n_kv_heads, c.head_dim) * spread.flip(0)
+    full = fit_layer(new, 0, q, k, steps=150, tol=0.0)
+    early = fit_layer(new, 0, q, k, steps=150)
+    assert full.steps == 150 and early.steps < 150, (full.steps, early.steps)
+    assert early.kl_fitted < 0.95 * early.kl_rms_matched  # it did fit before stopping
+    assert early.kl_fitted <= full.kl_fitted * 1.02, (early.kl_fitted, full.kl_fitted)

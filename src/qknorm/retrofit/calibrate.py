@@ -38,7 +38,9 @@ __all__ = ["LayerFit", "QKCapture", "capture_qk", "fit_layer", "calibrate"]
 
 _CHUNK_SCORES = 1 << 22  # score elements (B*H*T*T) per chunk of the objective: bounds the memory of a step
 _MASKED = -1e30
-FIT_TOL, FIT_PATIENCE = 1e-3, 3  # the fit stops when 3 steps in a row stay within 0.1% of the best KL before them
+# the fit stops when 8 steps in a row stay within 0.1% of the best KL before them (Adam at lr 0.1 on the log-gains
+# overshoots and comes back within ~6 steps: fewer would stop a fit that is still going)
+FIT_TOL, FIT_PATIENCE = 1e-3, 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +190,8 @@ def fit_layer(model: TransformerLM, layer: int, q: torch.Tensor, k: torch.Tensor
               lr: float = 0.1, tol: float = FIT_TOL) -> LayerFit:
     """Fit the q/k norm gains of `layer` of the retrofitted `model` to the original's q, k (module docstring).
     At most `steps` Adam steps; fewer when the last FIT_PATIENCE steps all stayed within a relative `tol` of
-    the best KL before them (the fit has converged, or is stuck: more steps would cost without helping)."""
+    the best KL before them (the fit has converged, or is stuck: more steps would cost without helping);
+    tol=0: every step."""
     prob = _Problem.build(model, layer, q, k)
     attn = prob.attn
     dev = prob.q.device
@@ -211,7 +214,8 @@ def fit_layer(model: TransformerLM, layer: int, q: torch.Tensor, k: torch.Tensor
             best = (value, before)
         seen.append(value)
         opt.step()
-        if len(seen) > FIT_PATIENCE and min(seen[-FIT_PATIENCE:]) > min(seen[:-FIT_PATIENCE]) * (1 - tol):
+        recent, before = seen[-FIT_PATIENCE:], seen[:-FIT_PATIENCE]
+        if tol > 0 and before and min(recent) > min(before) * (1 - tol):
             break
     final = tuple(p.detach().exp() for p in logs)
     with torch.no_grad():
