@@ -35,6 +35,7 @@ from .records import RunRecord, RunSpec
 from .report import write_report
 from .run import data_fingerprint, run_one
 from .scheduler import Scheduler
+from .speed import Estimate, MachinePeak, estimate_study, flops_per_s, probe_peak, usable_cpus
 from .summary import StudySummary
 from .table import fmt, plural
 from .variants import VARIANTS
@@ -53,7 +54,7 @@ def _environment(device: str) -> Dict[str, Any]:
 
 
 def _config(plan: StudyPlan, vocab: int, source: str, fingerprint: str, wall_s: float, reused: int,
-            plots: bool, runs) -> Dict[str, Any]:
+            plots: bool, runs, peak: MachinePeak, estimate: Optional[Estimate]) -> Dict[str, Any]:
     """summary.json's "config": what was run, for people and for the report."""
     return {
         "profile": plan.profile, "label": plan_label(plan), "variants": list(plan.variants),
@@ -79,6 +80,9 @@ def _config(plan: StudyPlan, vocab: int, source: str, fingerprint: str, wall_s: 
         "environment": _environment(plan.train.device),
         # Muon runs: the Newton-Schulz dtype(s) the machine(s) chose (train/newton_schulz.py); [] without Muon
         "muon_ns_dtype": sorted({r.muon_ns_dtype for r in runs if r.muon_ns_dtype}),
+        # this machine's probed peak (runs' mfu = flops_per_s / peak_flops) and the estimate made before training
+        "machine": {**peak.to_json(), "usable_cpus": usable_cpus()},
+        "estimate": estimate.to_json() if estimate is not None else None,
         "wall_time_s": round(wall_s, 1), "reused_runs": reused, "plots": plots,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
@@ -94,7 +98,7 @@ def _prepare_out(out: Path, force: bool) -> None:
         raise ConfigError(f"out_dir {out}: cannot create the output directory ({e.strerror or e})") from None
 
 
-_VOLATILE = ("date", "wall_time_s", "reused_runs")  # summary.json "config" keys a rerun changes without changing a plot
+_VOLATILE = ("date", "wall_time_s", "reused_runs", "machine", "estimate")  # summary.json "config" keys a rerun changes without changing a plot
 
 
 def _shows_the_same(out: Path, summary: Dict[str, Any]) -> bool:
@@ -151,8 +155,15 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
     if report and not plots:
         log(f"note: {MISSING_PLOTS}")
     by_name = {s.name: s for s in specs}
+    peak = probe_peak(plan.train.device, plan.train.dtype.value)
+    # a custom runner fakes training or trains elsewhere: the estimate measures run_one here
+    estimate = estimate_study(todo, plan.workers) if runner is run_one and todo else None
+    log(f"this machine: {peak.flops_per_s / 1e9:.1f} GFLOP/s peak ({peak.how})"
+        + (f"; {estimate.describe()}" if estimate is not None else ""))
 
     def on_done(rec: RunRecord) -> None:
+        fps = flops_per_s(by_name[rec.name], rec)
+        rec = dataclasses.replace(rec, flops_per_s=fps, mfu=round(fps / peak.flops_per_s, 3) if fps else None)
         write_run(out, by_name[rec.name], rec)
         rec = dataclasses.replace(rec, history=None)
         runs.append(rec)
@@ -163,14 +174,18 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
             status = f"{rec.status.value.upper()} {rec.error}"
         log(f"  [{len(runs):>3}/{n}] {rec.name:<30} {status}  ({rec.time_s:.0f}s, {time.time() - t0:.0f}s elapsed)")
 
+    t_runs = time.time()
     scheduler.execute(todo, runner, plan.workers, on_done, worker_log=out / WORKER_LOG)
+    if estimate is not None:
+        log(f"trained {plural(len(todo), 'run')} in {time.time() - t_runs:.0f} s wall (estimated "
+            f"{estimate.wall_s:.0f} s)")
     order = {s.name: (plan.optimizers.index(s.optimizer), plan.variants.index(s.variant), s.lr, s.seed) for s in specs}
     runs.sort(key=lambda r: order[r.name])
     softcaps = {v: m["attn_softcap"] for v, m in describe_models(plan, vocab).items()}
     summary = StudySummary(runs=tuple(runs), analysis=analyze(runs, plan.variants, plan.lrs, plan.seeds, vocab,
                                                               plan.optimizers, softcaps),
                            config=_config(plan, vocab, source, fingerprint, time.time() - t0, len(done), plots,
-                                          runs))
+                                          runs, peak, estimate))
     text = json.dumps(summary.to_json(), indent=1)
     redraw = bool(todo) or not _shows_the_same(out, json.loads(text))
     write_atomic(out / SUMMARY_FILE, text)

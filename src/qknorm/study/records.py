@@ -200,6 +200,8 @@ class RunRecord:
     cpu_s: Optional[float] = None  # process CPU time of the whole run (one thread: a quiet machine's wall time)
     step_ms: Optional[float] = None  # median wall time of a training step
     step_cpu_ms: Optional[float] = None  # median process CPU time of a step (CPU runs: robust to a loaded machine)
+    flops_per_s: Optional[float] = None  # training FLOPs of a step / its median time (study/speed.py)
+    mfu: Optional[float] = None  # flops_per_s / the machine's probed peak (summary.json config.machine)
     muon_ns_dtype: Optional[str] = None  # Muon runs: the dtype its Newton-Schulz ran in here (bf16/fp32)
     attn_entropy: Optional[float] = None  # mean attention entropy (nats) over layers at the last stats pass
     attn_entropy_min_layer: Optional[float] = None  # the lowest layer's, at the last stats pass

@@ -188,8 +188,23 @@ def _run_rows(summary: StudySummary) -> List[List[str]]:
         rows.append([html.escape(r.variant), html.escape(r.optimizer), f"{r.lr:g}", str(r.seed), _f(r.val_loss),
                      _f(r.final_loss),
                      _f(r.logit, ".4g"), status, _f(sp.loss, ".2f"), _f(sp.grad_norm, ".2f"), _f(r.time_s, ".0f"),
+                     _f(r.cpu_s, ".1f"), _f(r.flops_per_s / 1e9 if r.flops_per_s else None, ".1f"), _f(r.mfu, ".2f"),
                      html.escape(str(r.error or ""))])
     return rows
+
+
+def speed_note(cfg: Dict) -> str:
+    """What the speed columns mean, the probed peak and the estimate against the wall time (docs/study_speed.md)."""
+    machine, est = cfg.get("machine") or {}, cfg.get("estimate")
+    if not machine.get("peak_flops"):
+        return ""
+    text = (f"GFLOP/s: training FLOPs of a step (6 N + 12 L H T per token) over its median time (CPU time on CPU); "
+            f"MFU: that over this machine's probed peak, {machine['peak_flops'] / 1e9:.1f} GFLOP/s "
+            f"({machine.get('peak_probe', '')}).")
+    if est:
+        text += (f" Estimated before training: {est['wall_s']:.0f} s wall for {est['runs']} runs on "
+                 f"{est['parallel']} cores; this invocation took {cfg.get('wall_time_s', 0):.0f} s.")
+    return text
 
 
 def render_html(summary: StudySummary, images: Dict[str, bytes], *, plots_note: str = "") -> str:
@@ -249,9 +264,9 @@ the learning rate. It depends on where the grid starts unless the best LR is ins
 <p class="note">Status: ok; diverged (a measured non-finite or exploding loss); failed (raised an error or its
 worker process died: nothing measured); cut (stopped or skipped by the time budget). {html.escape(sampling_note(summary))}.
 Spike scores: percent of steps whose loss (grad norm) is >= 7 std from the rolling mean of the previous 100 steps
-(OLMo 2's rule with a window for short runs).</p>
+(OLMo 2's rule with a window for short runs). {html.escape(speed_note(cfg))}</p>
 {_table(['variant', 'optimizer', 'LR', 'seed', 'val loss', 'train loss', 'max logit', 'status', 'loss spikes %',
-         'grad spikes %', 'time s', 'error'], _run_rows(summary))}
+         'grad spikes %', 'time s', 'CPU s', 'GFLOP/s', 'MFU', 'error'], _run_rows(summary))}
 <script>{_SORT_JS}</script>
 </body></html>
 """
