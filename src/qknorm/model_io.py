@@ -5,7 +5,10 @@
 half-written file under the final name. `load_model` rebuilds the model and checks every key and shape; it
 also takes any training checkpoint directory (train/checkpoints/model_state.py: every checkpoint is a model)
 and a run directory whose final model is not written yet (its newest checkpoint, with a warning).
-`load_tokenizer` finds the tokenizer stored beside a model (None for byte-level models).
+`load_tokenizer` finds the tokenizer stored beside a model (None for byte-level models). The model is built on
+the meta device and its shapes checked against the stored tensors before anything is allocated (a config
+declaring 10**9 hidden units is one line, not an out-of-memory kill), and no file is read through a symlink
+leading outside the directory given.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError
-from .fileio import atomic_write_bytes, read_json, read_safetensors
+from .fileio import atomic_write_bytes, dir_inside, file_inside, read_json, read_safetensors
 from .model import TransformerLM
 from .train.checkpoints.layout import CKPT_DIR, list_checkpoints
 from .train.checkpoints.model_state import checkpoint_model, is_checkpoint_dir
@@ -54,8 +57,10 @@ def read_config(path: Union[str, Path]) -> ModelConfig:
         raise CheckpointError(f"{path}: invalid config: {e}") from None
 
 
-def load_state_checked(model: torch.nn.Module, state: Dict[str, torch.Tensor], *, source: str) -> None:
-    """Load `state` into `model`, failing with the first missing/unexpected key or shape mismatch named."""
+def load_state_checked(model: torch.nn.Module, state: Dict[str, torch.Tensor], *, source: str,
+                       assign: bool = False) -> None:
+    """Load `state` into `model`, failing with the first missing/unexpected key or shape mismatch named
+    (`assign`: the tensors become the parameters, as for a model built on the meta device)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -69,7 +74,7 @@ def load_state_checked(model: torch.nn.Module, state: Dict[str, torch.Tensor], *
         if tuple(v.shape) != tuple(own[k].shape):
             raise CheckpointError(f"{source}: key {k!r} has shape {tuple(v.shape)}, the model expects "
                                   f"{tuple(own[k].shape)}")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=assign)
 
 
 def model_source(path: Union[str, Path]) -> Path:
@@ -85,9 +90,11 @@ def model_source(path: Union[str, Path]) -> Path:
     if not found:
         raise CheckpointError(f"{d / CONFIG_NAME}: file not found (and no checkpoints/: not a qknorm model, run or "
                               "checkpoint)")
-    warnings.warn(f"{d} has no final model yet; using its newest checkpoint {found[-1][1].name}", UserWarning,
+    newest = found[-1][1]
+    dir_inside(d, newest)  # a checkpoint symlinked from outside the run is not read as its model
+    warnings.warn(f"{d} has no final model yet; using its newest checkpoint {newest.name}", UserWarning,
                   stacklevel=3)
-    return found[-1][1]
+    return newest
 
 
 def load_model(path: Union[str, Path], *, device=None, dtype=None) -> TransformerLM:
@@ -97,11 +104,14 @@ def load_model(path: Union[str, Path], *, device=None, dtype=None) -> Transforme
         config, state = checkpoint_model(d)
         source = str(d)
     else:
-        config = read_config(d / CONFIG_NAME)
-        state = read_safetensors(d / WEIGHTS_NAME)
+        config = read_config(file_inside(d, CONFIG_NAME))
+        state = read_safetensors(file_inside(d, WEIGHTS_NAME))
         source = str(d / WEIGHTS_NAME)
-    model = TransformerLM(config)
-    load_state_checked(model, state, source=source)
+    with torch.device("meta"):  # the config's sizes are checked against the file's tensors before allocating
+        model = TransformerLM(config)
+    own = model.state_dict()
+    load_state_checked(model, {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}, source=source,
+                       assign=True)
     return model.to(device=device, dtype=dtype)
 
 

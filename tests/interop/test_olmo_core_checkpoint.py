@@ -168,7 +168,7 @@ def test_truncated_shard_is_one_line(step, tmp_path, capsys):
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     assert main(["convert", "--from-olmo-core", str(d), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot read the model tensors" in err
+    assert err.count("\n") == 1 and f"{shard}: cut short" in err  # named before anything is allocated
     assert not (tmp_path / "o").exists()
 
 

@@ -18,9 +18,11 @@ translation to our ModelConfig is olmo_core_config.py.
 
 Only the "model." tensors are read (optimizer state is skipped without being loaded), by
 `torch.distributed.checkpoint.load` into whole tensors, so a checkpoint sharded by any number of ranks loads
-the same way. `.metadata` is a pickle; it is read with an unpickler that only builds torch's checkpoint metadata
-classes (OLMo-core's `_StorageInfo` is read as torch's, which has the same fields), so a checkpoint cannot run
-code; the tensors themselves are read by torch with weights_only=True.
+the same way. The folder is read by dcp_reader.py, as our own sharded checkpoints are: `.metadata` (a pickle)
+through the allow-list unpickler (OLMo-core's `_StorageInfo` is read as torch's, which has the same fields),
+every non-tensor entry and every tensor with torch.load(weights_only=True), so a checkpoint cannot run code;
+declared sizes are checked against the shard files before anything is allocated, and no file outside DIR is
+read as model state (config.json may be one level up, as the trainer writes it).
 
 max_seq_len (the context the model documents; RoPE tables are built lazily): the max_seq_len argument, else the
 training sequence length config.json records (train_module.max_sequence_length, dataset.sequence_length), else
@@ -31,18 +33,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pickle
-import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from ..config import ModelConfig
+from ..dcp_reader import load_dcp, read_checked_metadata
 from ..errors import CheckpointError, ConfigError
 from ..model import TransformerLM
 from .hf import resolve_dtype
@@ -121,72 +119,25 @@ def find_olmo_core_checkpoint(path: Union[str, Path]) -> OlmoCoreCheckpoint:
 
 
 # ---------------------------------------------------------------------------------------------- DCP reading
-_STORAGE_INFO = ("olmo_core.distributed.checkpoint.filesystem", "torch.distributed.checkpoint.filesystem")
+def read_dcp_metadata(dcp_dir: Path, *, root: Optional[Path] = None):
+    """The checkpoint's `Metadata` (global shape and dtype of every entry), read safely and checked against its
+    shard files (dcp_reader.py)."""
+    return read_checked_metadata(Path(dcp_dir), root=root)
 
 
-_METADATA_CLASSES = {"Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
-                     "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING"}
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Builds only torch's checkpoint metadata classes, torch.Size, dtypes and layouts."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module in _STORAGE_INFO and name == "_StorageInfo":
-            return _StorageInfo
-        if module == "torch.distributed.checkpoint.metadata" and name in _METADATA_CLASSES:
-            return super().find_class(module, name)
-        if (module, name) in (("torch", "Size"), ("torch.serialization", "_get_layout"),
-                              ("collections", "OrderedDict")):
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-
-
-def read_dcp_metadata(dcp_dir: Path):
-    """The checkpoint's `Metadata` (global shape and dtype of every entry), read with the safe unpickler."""
-    path = dcp_dir / METADATA
-    try:
-        with open(path, "rb") as f:
-            metadata = _MetadataUnpickler(f).load()
-    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint metadata file ({e.__class__.__name__}: {e})") \
-            from None
-    if not hasattr(metadata, "state_dict_metadata"):
-        raise CheckpointError(f"{path}: not a torch.distributed.checkpoint metadata file")
-    return metadata
-
-
-class _Reader(dcp.FileSystemReader):
-    """torch's own reader, given the metadata read safely above instead of unpickling `.metadata` itself."""
-
-    def __init__(self, path: Path, metadata: Any):
-        super().__init__(str(path))
-        self._metadata = metadata
-
-    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-        return self._metadata
-
-
-def read_model_tensors(dcp_dir: Path, prefix: str = "model.") -> Dict[str, torch.Tensor]:
-    """Every tensor under `prefix` in a DCP folder, whole (shards of any number of ranks joined), on CPU."""
-    metadata = read_dcp_metadata(dcp_dir)
+def read_model_tensors(dcp_dir: Path, prefix: str = "model.", *, root: Optional[Path] = None) -> Dict[str, torch.Tensor]:
+    """Every tensor under `prefix` in a DCP folder, whole (shards of any number of ranks joined), on CPU; `root`:
+    the directory being loaded, which the folder and its files must lie in (default: the folder)."""
+    metadata = read_dcp_metadata(dcp_dir, root=root)
     entries = {k[len(prefix):]: v for k, v in metadata.state_dict_metadata.items() if k.startswith(prefix)}
     if not entries:
         raise CheckpointError(f"{dcp_dir}: the checkpoint has no '{prefix}' entries (no model state)")
     bad = sorted(k for k, v in entries.items() if not isinstance(v, TensorStorageMetadata))
     if bad:
         raise CheckpointError(f"{dcp_dir}: model entry {bad[0]!r} is not a tensor")
+    # sizes were checked against the shard files' bytes (dcp_reader.check_layout) before this allocation
     state = {k: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in entries.items()}
-    try:
-        with warnings.catch_warnings():  # "torch.distributed is disabled ... load in a single process": intended
-            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled")
-            dcp.load({prefix.rstrip("."): state}, storage_reader=_Reader(dcp_dir, metadata), no_dist=True)
-    except (Exception, CheckpointException) as e:  # a missing or torn shard (CheckpointException is a BaseException)
-        last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
-        raise CheckpointError(f"{dcp_dir}: cannot read the model tensors, a shard file is missing or damaged "
-                              f"({e.__class__.__name__}: {last})") from None
+    load_dcp({prefix.rstrip("."): state}, dcp_dir, metadata)
     return state
 
 
@@ -288,7 +239,8 @@ def from_olmo_core(path: Union[str, Path], *, dtype: Union[None, str, torch.dtyp
     with torch.device("meta"):
         skeleton = TransformerLM(config)
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-    state = olmo_core_state_to_ours(read_model_tensors(ckpt.dcp_dir), config, expected, source=str(ckpt.dcp_dir))
+    tensors = read_model_tensors(ckpt.dcp_dir, root=Path(path))
+    state = olmo_core_state_to_ours(tensors, config, expected, source=str(ckpt.dcp_dir))
     target = resolve_dtype(dtype) or state["embed.weight"].dtype
     if not target.is_floating_point:
         raise CheckpointError(f"{ckpt.dcp_dir}: the embedding is stored as {target}, not a floating-point dtype")

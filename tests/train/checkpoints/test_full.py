@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import qknorm
-from qknorm.errors import CheckpointError
+from qknorm.errors import CheckpointError, UnsafeCheckpointError
 from qknorm.train.checkpoints.full import load_checkpoint, load_latest, save_checkpoint
 from qknorm.train.checkpoints.layout import CheckpointMismatch, list_checkpoints
 from qknorm.train.checkpoints.rng import capture_rng_state, restore_rng_state
@@ -95,8 +95,9 @@ def test_checksum_valid_but_unparseable_file_is_damage(tmp_path):
 
     meta["files"]["trainer.pt"] = {"size": 10, "sha256": hashlib.sha256(b"x" * 10).hexdigest()}
     (path / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="cannot parse checkpoint files"):
+    with pytest.raises(CheckpointError, match=r"trainer.pt: not a readable torch file") as e:
         load_checkpoint(path)
+    assert not isinstance(e.value, UnsafeCheckpointError)  # damage (the fallback skips it), not a refusal
 
 
 def test_different_model_config_names_the_field_and_does_not_fall_back(tmp_path):

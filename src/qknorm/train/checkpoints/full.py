@@ -2,7 +2,7 @@
 
     step_0000020/
       model.safetensors      model weights (full, unsharded, CPU)
-      trainer.pt             optimizer state and RNG states (torch.save; loaded with weights_only=True)
+      trainer.pt             optimizer state and RNG states (torch.save; read with weights_only=True)
       tokenizer.json         the run's tokenizer, when it has one
       meta.json              step, model config, training config, extras, and size + sha256 of each file
 
@@ -10,11 +10,12 @@
 verifies sizes and checksums before parsing anything. `load_latest` tries complete checkpoints newest first;
 a damaged one (missing or unreadable meta.json, a size or checksum mismatch, a file that does not parse) is
 reported with a warning, moved aside (`step_XXXXXXX.corrupt`) and the next older one is tried. A checkpoint
-saved from a different model config raises `CheckpointMismatch` naming the field.
+saved from a different model config raises `CheckpointMismatch` naming the field; one whose trainer.pt asks to
+build a class outside torch's weights-only set, or whose file table or symlinks lead outside it, raises
+`UnsafeCheckpointError` (never skipped: nothing is loaded, nothing moved).
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
@@ -25,10 +26,11 @@ from typing import Any, Dict, Optional
 import torch
 
 from ...config import ModelConfig
-from ...errors import CheckpointError
+from ...errors import CheckpointError, UnsafeCheckpointError
 from ...fileio import fsync_dir, read_json, write_synced
-from .layout import (META, PAUSE_ENV, Checkpoint, CheckpointMismatch, check_same_config, checkpoint_name,
-                     list_checkpoints, move_aside, publish, remove_stale_temps, sha256, torch_bytes)
+from ...safe_pickle import first_line, load_torch
+from .layout import (META, PAUSE_ENV, Checkpoint, CheckpointMismatch, check_names_inside, check_same_config,
+                     checkpoint_name, list_checkpoints, move_aside, publish, remove_stale_temps, sha256, torch_bytes)
 from .rng import capture_rng_state
 
 __all__ = ["MODEL", "TRAINER", "FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "load_latest"]
@@ -90,6 +92,7 @@ def load_checkpoint(path: str | Path, model_config: Optional[ModelConfig] = None
         raise CheckpointError(f"{meta_path}: not a qknorm training checkpoint (format {FORMAT_VERSION})")
     if model_config is not None:
         check_same_config(meta.get("model_config", {}), model_config, source=str(path))
+    check_names_inside(path, [META, *meta["files"]])  # nothing is read through a name leading outside
     blobs = {}
     for fname, info in meta["files"].items():
         fpath = path / fname
@@ -102,13 +105,17 @@ def load_checkpoint(path: str | Path, model_config: Optional[ModelConfig] = None
         if sha256(data) != info.get("sha256"):
             raise CheckpointError(f"{fpath}: checksum mismatch (corrupt file)")
         blobs[fname] = data
+    missing = [f for f in (MODEL, TRAINER) if f not in blobs]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing[0]}")
+    trainer = load_torch(blobs[TRAINER], source=str(path / TRAINER))  # weights_only: a class it asks for is refused
+    if not isinstance(trainer, dict) or not {"optimizer", "rng"} <= set(trainer):
+        raise CheckpointError(f"{path / TRAINER}: holds no optimizer and RNG states")
     try:
         model_state = st_load(blobs[MODEL])
-        trainer = torch.load(io.BytesIO(blobs[TRAINER]), weights_only=True, map_location="cpu")
-    except KeyError as e:
-        raise CheckpointError(f"{path}: checkpoint lacks {e.args[0]}") from None
     except Exception as e:  # any parse failure of a file that passed its checksum
-        raise CheckpointError(f"{path}: cannot parse checkpoint files ({e.__class__.__name__}: {e})") from None
+        raise CheckpointError(f"{path / MODEL}: cannot parse ({e.__class__.__name__}: {first_line(str(e))})") \
+            from None
     return Checkpoint(path=path, step=int(meta["step"]), model_state=model_state,
                       optimizer_state=trainer["optimizer"], rng_state=trainer["rng"],
                       train_config=meta.get("train_config", {}), extra=meta.get("extra", {}))
@@ -127,7 +134,7 @@ def load_latest(root: str | Path, model_config: Optional[ModelConfig] = None) ->
     for step, path in reversed(found):
         try:
             return load_checkpoint(path, model_config)
-        except CheckpointMismatch:
+        except (CheckpointMismatch, UnsafeCheckpointError):  # not damage: never a reason to fall back
             raise
         except CheckpointError as e:
             problems.append(str(e))

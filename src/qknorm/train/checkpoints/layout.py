@@ -31,12 +31,12 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 from ...config import ModelConfig
-from ...errors import CheckpointError, ConfigError
-from ...fileio import atomic_write_bytes, fsync_dir
+from ...errors import CheckpointError, ConfigError, UnsafeCheckpointError
+from ...fileio import atomic_write_bytes, file_inside, fsync_dir
 
 __all__ = ["CKPT_DIR", "LATEST", "META", "PAUSE_ENV", "Checkpoint", "CheckpointMismatch", "checkpoint_name",
            "list_checkpoints", "publish", "remove_stale_temps", "check_same_config", "sha256", "file_digest",
-           "torch_bytes", "move_aside"]
+           "torch_bytes", "move_aside", "check_names_inside"]
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest"
@@ -140,6 +140,19 @@ def check_same_config(saved: Dict[str, Any], model_config: ModelConfig, *, sourc
     extra = sorted(set(saved) - set(current))
     if extra:
         raise CheckpointMismatch(f"{source}: saved model config has unknown field {extra[0]!r}")
+
+
+def check_names_inside(path: Path, files: Dict[str, Any]) -> None:
+    """UnsafeCheckpointError when a file name of meta.json's table (or a symlink on its way) leads outside the
+    checkpoint directory `path`, or names something that is not a regular file; a missing file is left to the
+    size and checksum check, which reports it as damage."""
+    for rel in files:
+        try:
+            file_inside(path, rel)
+        except UnsafeCheckpointError:
+            raise
+        except CheckpointError:
+            pass
 
 
 def sha256(data: bytes) -> str:

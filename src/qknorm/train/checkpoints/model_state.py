@@ -2,26 +2,29 @@
 
 `checkpoint_model(path)` reads a checkpoint directory of either format (full.py or sharded.py, verified by
 size and sha256 first) and returns its ModelConfig and full model state dict on CPU; a sharded one is
-consolidated in this process with torch.distributed.checkpoint (no process group). `qknorm.load_model`,
+consolidated in this process with torch.distributed.checkpoint (no process group), read by dcp_reader.py (no
+unpickling but the allow-list one; the config's tensor shapes are checked against `.metadata`, and its sizes
+against the shard files, before anything is allocated). `qknorm.load_model`,
 `qknorm inspect` and `qknorm convert --to-hf` accept such a directory, so a user can follow logit growth
 across a run's checkpoints.
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Dict, Tuple
 
 import torch
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from ...config import ModelConfig
+from ...dcp_reader import METADATA, load_dcp, read_checked_metadata
 from ...errors import CheckpointError, ConfigError
 from ...fileio import read_json
 from ...model import TransformerLM
 from ..runtime import Runtime
 from .full import load_checkpoint
 from .layout import META
-from .sharded import STATE_DIR, is_sharded, read_sharded_meta, verify_sharded
+from .sharded import STATE_DIR, is_sharded, read_rng, read_sharded_meta, verify_sharded
 
 __all__ = ["is_checkpoint_dir", "checkpoint_model"]
 
@@ -51,17 +54,25 @@ def checkpoint_model(path: str | Path) -> Tuple[ModelConfig, Dict[str, torch.Ten
     problem = verify_sharded(Runtime(), path, meta)
     if problem:
         raise CheckpointError(problem)
-    import torch.distributed.checkpoint as dcp
-
+    read_rng(path)  # never needed for the model, but a checkpoint holding a file that asks to run code is refused
+    metadata = read_checked_metadata(path / STATE_DIR, root=path)
     with torch.device("meta"):
         skeleton = TransformerLM(config)
-    state = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in skeleton.state_dict().items()}
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
-            dcp.load({"model": state}, storage_reader=dcp.FileSystemReader(str(path / STATE_DIR)), no_dist=True)
-    except Exception as e:  # a layout that does not fit, or a file that does not parse
-        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
-        raise CheckpointError(f"{path}: cannot consolidate sharded checkpoint ({e.__class__.__name__}: {first})") \
-            from None
+    expected = {k: (tuple(v.shape), v.dtype) for k, v in skeleton.state_dict().items()}
+    _check_entries(path / STATE_DIR / METADATA, metadata, expected)  # before allocating what meta.json declares
+    state = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in expected.items()}
+    load_dcp({"model": state}, path / STATE_DIR, metadata)
     return config, state
+
+
+def _check_entries(source: Path, metadata, expected: Dict[str, Tuple[Tuple[int, ...], torch.dtype]]) -> None:
+    """Every model tensor the config implies is in the checkpoint with that shape (the checkpoint's sizes were
+    checked against its shard files' bytes), so a config declaring more than the files hold allocates nothing."""
+    entries = metadata.state_dict_metadata
+    for key, (shape, _) in expected.items():
+        entry = entries.get(f"model.{key}")
+        if not isinstance(entry, TensorStorageMetadata):
+            raise CheckpointError(f"{source}: has no tensor 'model.{key}', which its model config implies")
+        if tuple(entry.size) != shape:
+            raise CheckpointError(f"{source}: 'model.{key}' has shape {tuple(entry.size)}, its model config implies "
+                                  f"{shape}")

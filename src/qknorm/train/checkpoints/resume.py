@@ -5,7 +5,9 @@
 saved under any world size, loaded into the (wrapped) model and optimizer. A damaged candidate is agreed on by
 all ranks and skipped; once a usable one loads, the damaged newer ones are reported with a warning each and
 moved aside by rank 0 (`step_XXXXXXX.corrupt`). When none is usable: one CheckpointError, and the run
-directory is left exactly as it was. A different model config raises CheckpointMismatch at once.
+directory is left exactly as it was. A different model config raises CheckpointMismatch at once, and so does
+a checkpoint that asks to run code or leads outside the run (UnsafeCheckpointError): it is refused, not
+skipped, so nothing is moved aside and no older state is silently resumed instead.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import torch
 from torch import nn
 
 from ...config import ModelConfig
-from ...errors import CheckpointError
+from ...errors import CheckpointError, UnsafeCheckpointError
+from ...fileio import dir_inside
 from ..runtime import Runtime
 from .full import load_checkpoint, save_checkpoint
 from .layout import Checkpoint, CheckpointMismatch, list_checkpoints, move_aside
@@ -53,7 +56,7 @@ def _try_load(rt: Runtime, path: Path, model: nn.Module, optimizer: torch.optim.
     full, err = None, None
     try:
         full = load_checkpoint(path, model_config)  # reads and verifies size + sha256 of every file
-    except CheckpointMismatch:
+    except (CheckpointMismatch, UnsafeCheckpointError):  # the same on every rank: raised by each
         raise
     except CheckpointError as e:
         err = str(e)
@@ -79,9 +82,10 @@ def load_training_checkpoint(rt: Runtime, root: str | Path, model: nn.Module, op
     damaged = []  # (path, problem), newest first: reported and moved aside only once a usable one loads
     for _, p in reversed(found):
         path = Path(p)
+        dir_inside(root, path)  # a checkpoint symlinked from elsewhere is refused, not skipped
         try:
             ckpt = _try_load(rt, path, model, optimizer, model_config)
-        except CheckpointMismatch:
+        except (CheckpointMismatch, UnsafeCheckpointError):  # not damage: never a reason to fall back
             raise
         except CheckpointError as e:
             damaged.append((path, str(e)))

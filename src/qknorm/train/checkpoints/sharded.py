@@ -39,15 +39,17 @@ import torch
 from torch import nn
 
 from ...config import ModelConfig
-from ...errors import CheckpointError
-from ...fileio import fsync_dir, read_json, write_synced
+from ...dcp_reader import load_dcp, read_checked_metadata
+from ...errors import CheckpointError, UnsafeCheckpointError
+from ...fileio import file_inside, fsync_dir, read_json, write_synced
+from ...safe_pickle import load_torch
 from ..runtime import Runtime
-from .layout import (META, PAUSE_ENV, Checkpoint, CheckpointMismatch, check_same_config, checkpoint_name,
-                     file_digest, publish, remove_stale_temps, torch_bytes)
+from .layout import (META, PAUSE_ENV, Checkpoint, CheckpointMismatch, check_names_inside, check_same_config,
+                     checkpoint_name, file_digest, publish, remove_stale_temps, torch_bytes)
 from .rng import capture_rng_state
 
 __all__ = ["DCP_FORMAT", "save_sharded", "load_sharded", "is_sharded", "read_sharded_meta", "verify_sharded",
-           "load_verified_sharded", "broadcast", "all_gather"]
+           "load_verified_sharded", "read_rng", "broadcast", "all_gather"]
 
 DCP_FORMAT = "dcp"
 FORMAT_VERSION = 1
@@ -183,6 +185,7 @@ def read_sharded_meta(path: Path, model_config: Optional[ModelConfig]) -> Dict[s
 def verify_sharded(rt: Runtime, path: Path, meta: Dict[str, Any]) -> Optional[str]:
     """None if every file of `meta` is present with its size and sha256, else what is wrong (same on all ranks)."""
     expected = meta["files"]
+    check_names_inside(path, [META, *expected])  # a name or symlink leading outside is refused before anything is read
     got = _digest_files(rt, path, sorted(expected))
     for rel in sorted(expected):
         info, have = expected[rel], got.get(rel, {})
@@ -203,7 +206,7 @@ def load_sharded(path: str | Path, rt: Runtime, model: nn.Module, optimizer: tor
     meta, err = None, None
     try:
         meta = read_sharded_meta(path, model_config)
-    except CheckpointMismatch:
+    except (CheckpointMismatch, UnsafeCheckpointError):  # the same on every rank: raised by each
         raise
     except CheckpointError as e:
         err = str(e)
@@ -218,18 +221,28 @@ def load_sharded(path: str | Path, rt: Runtime, model: nn.Module, optimizer: tor
 
 def load_verified_sharded(path: Path, meta: Dict[str, Any], rt: Runtime, model: nn.Module,
                            optimizer: torch.optim.Optimizer) -> Checkpoint:
-    import torch.distributed.checkpoint as dcp
+    """Load a verified sharded checkpoint (collective). Nothing in it is unpickled but through dcp_reader.py
+    (allow-list `.metadata`, weights-only entries) and safe_pickle.load_torch (rng.pt)."""
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
+    rng = read_rng(path)
+    metadata = read_checked_metadata(path / STATE_DIR, root=path)
     try:
-        rng = torch.load(path / RNG_FILE, weights_only=True, map_location="cpu")["rng"]
         state = _dcp_state(model, optimizer)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
-            dcp.load(state, storage_reader=dcp.FileSystemReader(str(path / STATE_DIR)), no_dist=not _dist_active())
+        load_dcp(state, path / STATE_DIR, metadata, no_dist=not _dist_active())
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    except Exception as e:  # a file that passed its checksum but does not parse, or a layout that does not fit
+    except CheckpointError:
+        raise
+    except Exception as e:  # a layout that does not fit the model
         first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
         raise CheckpointError(f"{path}: cannot load sharded checkpoint ({e.__class__.__name__}: {first})") from None
     return Checkpoint(path=path, step=int(meta["step"]), model_state={}, optimizer_state={}, rng_state=rng,
                       train_config=meta.get("train_config", {}), extra=meta.get("extra", {}))
+
+
+def read_rng(path: Path) -> Dict[str, Any]:
+    """rank 0's RNG states (rng.pt, read with weights_only=True)."""
+    rng = load_torch(file_inside(path, RNG_FILE).read_bytes(), source=str(path / RNG_FILE))
+    if not isinstance(rng, dict) or not isinstance(rng.get("rng"), dict):
+        raise CheckpointError(f"{path / RNG_FILE}: holds no RNG states")
+    return rng["rng"]
