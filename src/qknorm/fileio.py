@@ -98,6 +98,8 @@ def file_inside(root: Union[str, Path], rel: Union[str, Path]) -> Path:
     real = dir_inside(root, path)
     try:
         mode = real.stat().st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
     except OSError as e:
         raise CheckpointError(f"{path}: unreadable ({e.strerror or e})") from None
     if not stat.S_ISREG(mode):

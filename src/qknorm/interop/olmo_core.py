@@ -125,7 +125,8 @@ def read_dcp_metadata(dcp_dir: Path, *, root: Optional[Path] = None):
     return read_checked_metadata(Path(dcp_dir), root=root)
 
 
-def read_model_tensors(dcp_dir: Path, prefix: str = "model.", *, root: Optional[Path] = None) -> Dict[str, torch.Tensor]:
+def read_model_tensors(dcp_dir: Path, prefix: str = "model.", *,
+                       root: Optional[Path] = None) -> Dict[str, torch.Tensor]:
     """Every tensor under `prefix` in a DCP folder, whole (shards of any number of ranks joined), on CPU; `root`:
     the directory being loaded, which the folder and its files must lie in (default: the folder)."""
     metadata = read_dcp_metadata(dcp_dir, root=root)
