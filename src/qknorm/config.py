@@ -31,23 +31,13 @@ from typing import Any, Dict, FrozenSet, Optional, Tuple
 
 from .choice import Choice as _Choice
 from .errors import ConfigError
+from .config_variants import (QKNormGain, QKNormLayers, QKNormScope, QKNormType, fused_layer, layer_has_qk_norm,
+                              layer_has_rope, nope_layer_tuple, rotary_dim, validate_variants)
 from .nn.rope import RopeScaling
 
-class QKNormScope(_Choice):
-    """Where the QK RMSNorm statistic is taken."""
-
-    NONE = "none"  # no QK-norm (Llama)
-    HEAD = "head"  # per head over head_dim (Qwen3, Gemma 3)
-    FULL = "full"  # over the whole projection width n_heads*head_dim / n_kv_heads*head_dim (OLMo 2)
-
-
-class QKNormType(_Choice):
-    """What the QK-norm computes over its scope (nn/qk_norm.py): see each value."""
-
-    RMS = "rms"  # RMSNorm with a learned gain (OLMo 2, Gemma 3, Qwen3)
-    LAYERNORM = "layernorm"  # mean-centred, unit variance, learned gain, no bias (Dehghani et al. 2023)
-    L2 = "l2"  # unit L2 norm, logits scaled by a learned per-head temperature (Henry et al. 2020)
-
+__all__ = ["ModelConfig", "QKNormScope", "QKNormType", "QKNormGain", "QKNormLayers", "Placement", "NormType",
+           "NormCast", "Activation", "AttnImpl", "SLIDING", "FULL", "CHUNKED", "field_names", "check_field_names",
+           "layer_has_rope", "layer_has_qk_norm", "fused_layer", "rotary_dim"]
 
 class Placement(_Choice):
     """Where the block's norms sit relative to the residual stream."""
@@ -56,6 +46,7 @@ class Placement(_Choice):
     REORDERED = "reordered"  # h = x + norm(f(x))           (OLMo 2)
     SANDWICH = "sandwich"  # h = x + norm2(f(norm1(x)))     (Gemma 3)
     POST = "post"  # h = norm(x + f(x))                     (classic post-LN, BERT/GPT-1)
+    PARALLEL = "parallel"  # h = x + attn(norm(x)) + mlp(norm(x))  (Cohere, StableLM parallel residual, GPT-J)
 
 
 class NormType(_Choice):
@@ -82,7 +73,8 @@ class AttnImpl(_Choice):
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
-_LAYER_TYPES = (SLIDING, FULL)
+CHUNKED = "chunked_attention"  # Llama 4: key kept iff k <= q in the same chunk of attention_chunk positions
+_LAYER_TYPES = (SLIDING, FULL, CHUNKED)
 
 _ENUM_FIELDS = {
     "qk_norm": QKNormScope,
@@ -92,6 +84,8 @@ _ENUM_FIELDS = {
     "norm_cast": NormCast,
     "activation": Activation,
     "attn_impl": AttnImpl,
+    "qk_norm_gain": QKNormGain,
+    "qk_norm_layers": QKNormLayers,
 }
 
 
@@ -123,12 +117,23 @@ class ModelConfig:
     # what the QK-norm computes (needs qk_norm head or full): rms | layernorm | l2 (nn/qk_norm.py)
     qk_norm_type: QKNormType = QKNormType.RMS
     placement: Placement = Placement.PRE
+    # --- the families' QK-norm and RoPE variants (config_variants.py has each choice)
+    qk_norm_gain: QKNormGain = QKNormGain.SHARED  # shared | per_head (Cohere, StableLM) | none (Llama 4)
+    qk_norm_after_rope: bool = False  # normalize the rotated q/k (HunYuan, Llama 4); false = before RoPE
+    qk_norm_layers: QKNormLayers = QKNormLayers.ALL  # all | rope (only the layers that apply RoPE: Llama 4)
+    nope_layers: Tuple[int, ...] = ()  # layers without RoPE (Llama 4 no_rope_layers, EXAONE 4 global layers)
+    rope_interleaved: bool = False  # rotate adjacent pairs (Cohere, Llama 4) instead of halves (rotate-half)
+    rope_fraction: float = 1.0  # RoPE on the first int(head_dim * f) dims of a head (StableLM: 0.25)
+    # Llama 4 temperature tuning on NoPE layers: q at position p times log1p(floor((p+1)/floor)) * scale + 1
+    nope_attn_scale: Optional[float] = None
+    nope_floor_scale: float = 8192.0
 
     # --- norm numerics
     norm_type: NormType = NormType.RMSNORM
     norm_eps: float = 1e-6
     norm_offset: float = 0.0  # Gemma stores RMSNorm weights as offsets: scale = norm_offset + w (1.0), zero init
     norm_cast: NormCast = NormCast.INPUT
+    layernorm_bias: bool = True  # block LayerNorms (norm_type layernorm) carry a bias; Cohere's do not
 
     # --- attention
     attention_bias: bool = False  # bias on q/k/v projections (Qwen2 style)
@@ -136,6 +141,7 @@ class ModelConfig:
     query_pre_attn_scalar: Optional[float] = None  # scores scaled by this**-0.5; None = head_dim (Gemma 3: 256/168)
     attn_softcap: Optional[float] = None  # tanh(s/c)*c on scores before the mask (Gemma 2 style)
     sliding_window: Optional[int] = None  # W: key kept if q-W < k <= q on sliding layers
+    attention_chunk: Optional[int] = None  # C: on chunked_attention layers key kept if k <= q, q // C == k // C
     # with sliding_window: layer i is full attention iff (i+1) % global_every == 0 (Gemma 3: 6); 0 = no
     # full-attention layer, the window applies to every layer (Mistral)
     global_every: int = 1
@@ -157,6 +163,7 @@ class ModelConfig:
     embed_scale: bool = False  # multiply embeddings by sqrt(d_model) cast to the weight dtype (Gemma)
     tie_embeddings: bool = False
     final_softcap: Optional[float] = None  # tanh(logits/c)*c on the output logits
+    logit_scale: float = 1.0  # output logits multiplied by this (Cohere: 0.0625), before any final softcap
     init_std: float = 0.02
     # sigmaReparam (Zhai et al. 2023) on the attention and MLP linears: W_hat = gamma / sigma(W) * W, sigma by
     # one power iteration per training forward (nn/sigma_reparam.py)
@@ -175,6 +182,7 @@ class ModelConfig:
         object.__setattr__(self, "rope_scaling", RopeScaling.from_value(self.rope_scaling))
         if self.layer_types is not None:
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        object.__setattr__(self, "nope_layers", nope_layer_tuple(self.nope_layers))
         object.__setattr__(self, "_derived", self._derive())
         self._validate()
 
@@ -230,6 +238,8 @@ class ModelConfig:
                 raise ConfigError(f"layer_types entry {bad[0]!r} is not allowed; choose from {', '.join(_LAYER_TYPES)}")
             if SLIDING in self.layer_types and self.sliding_window is None:
                 raise ConfigError("layer_types has sliding_attention layers but sliding_window is not set")
+            if CHUNKED in self.layer_types and self.attention_chunk is None:
+                raise ConfigError("layer_types has chunked_attention layers but attention_chunk is not set")
         if self.qk_backend not in (None, "torch", "triton"):
             raise ConfigError(f"qk_backend={self.qk_backend!r} is not allowed; choose one of: None, torch, triton")
         if self.qk_norm_type is not QKNormType.RMS:
@@ -241,10 +251,11 @@ class ModelConfig:
                                   f"{self.qk_norm_type.value!r} runs in PyTorch: use qk_backend None or 'torch'")
         if not isinstance(self.sigma_reparam, bool):
             raise ConfigError(f"sigma_reparam={self.sigma_reparam!r} must be true or false")
+        validate_variants(self)
 
     # ------------------------------------------------------------------ derived
     def resolved_layer_types(self) -> Tuple[str, ...]:
-        """Per-layer attention type; Gemma 3 rule: sliding unless (i+1) % global_every == 0 (0: all sliding)."""
+        """Per-layer attention type (full, sliding or chunked); without explicit layer_types, Gemma 3's rule: sliding unless (i+1) % global_every == 0 (0: all sliding)."""
         if self.layer_types is not None:
             return self.layer_types
         if self.sliding_window is None:
@@ -269,21 +280,24 @@ class ModelConfig:
         d, h, hkv, hd = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim
         attn = d * hd * (2 * h + 2 * hkv) + (hd * (h + 2 * hkv) if self.attention_bias else 0)
         attn += d if self.o_proj_bias else 0
-        if self.qk_norm_type is QKNormType.L2 and self.qk_norm is not QKNormScope.NONE:
-            attn += h  # one temperature per query head, no gains
-        elif self.qk_norm is QKNormScope.HEAD:
-            attn += 2 * hd
-        elif self.qk_norm is QKNormScope.FULL:
-            attn += hd * (h + hkv)
+        if self.qk_norm_type is QKNormType.L2:
+            qk = h  # one temperature per query head, no gains
+        elif self.qk_norm_gain is QKNormGain.NONE:
+            qk = 0
+        elif self.qk_norm is QKNormScope.HEAD and self.qk_norm_gain is QKNormGain.SHARED:
+            qk = 2 * hd
+        else:  # scope full, or per-head gains
+            qk = hd * (h + hkv)
         mlp = 3 * d * self.d_ff
         if self.sigma_reparam:  # one gamma per reparametrized linear (q, k, v, o, gate, up, down)
             attn, mlp = attn + 4, mlp + 3
-        norm_size = d * (2 if self.norm_type is NormType.LAYERNORM else 1)
-        n_block_norms = 4 if self.placement is Placement.SANDWICH else 2
+        norm_size = d * (2 if self.norm_type is NormType.LAYERNORM and self.layernorm_bias else 1)
+        n_block_norms = {Placement.SANDWICH: 4, Placement.PARALLEL: 1}.get(self.placement, 2)
         per_layer = attn + mlp + n_block_norms * norm_size
+        qk_total = qk * sum(layer_has_qk_norm(self, i) for i in range(self.n_layers))
         final_norm = 0 if self.placement is Placement.POST else norm_size
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
-        return self.n_layers * per_layer + final_norm + (0 if exclude_embeddings else emb)
+        return self.n_layers * per_layer + qk_total + final_norm + (0 if exclude_embeddings else emb)
 
     def warn_if_unsafe_dtype(self, dtype) -> None:
         """fp16 with sandwich/post placements overflows (Gemma 3 activations exceed 65504; transformers #36822)."""

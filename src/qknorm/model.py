@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import generation
-from .config import SLIDING, ModelConfig, Placement
+from .config import SLIDING, ModelConfig, Placement, rotary_dim
 from .nn.block import Block
 from .nn.kv_cache import KVCache
 from .nn.norm import RMSNorm, build_norm
@@ -41,8 +41,9 @@ class TransformerLM(nn.Module):
                                                                 device=device, dtype=dtype)
         # one RoPE per layer type: full-attention layers use rope_theta + rope_scaling, sliding ones `local_rope`
         local_theta, local_scaling = c.local_rope
-        self.rope_global = RotaryEmbedding(c.head_dim, theta=c.rope_theta, scaling=c.rope_scaling)
-        self.rope_local = RotaryEmbedding(c.head_dim, theta=local_theta, scaling=local_scaling)
+        rd = rotary_dim(c)  # RoPE's dims of a head (StableLM: a quarter)
+        self.rope_global = RotaryEmbedding(rd, theta=c.rope_theta, scaling=c.rope_scaling)
+        self.rope_local = RotaryEmbedding(rd, theta=local_theta, scaling=local_scaling)
         self._layer_is_sliding = [t == SLIDING for t in c.resolved_layer_types()]
         self.reset_parameters()
 
@@ -68,6 +69,8 @@ class TransformerLM(nn.Module):
     def logits(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, T, vocab)
         w = self.embed.weight if self.lm_head is None else self.lm_head.weight
         out = nn.functional.linear(h, w)
+        if self.config.logit_scale != 1.0:  # Cohere
+            out = out * self.config.logit_scale
         cap = self.config.final_softcap
         return out if cap is None else torch.tanh(out / cap) * cap
 

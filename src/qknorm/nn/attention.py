@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import SLIDING, AttnImpl, ModelConfig
+from ..config import CHUNKED, SLIDING, AttnImpl, ModelConfig, fused_layer, layer_has_rope
 from ..ops import qk_norm_rope
 from .kv_cache import LayerKV
-from .norm import RMSNorm
 from .qk_norm import build_qk_norms, qk_logit_scale
+from .qk_path import QKComposed
 from .sigma_reparam import linear_class
 
 
@@ -42,7 +42,9 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.n_kv_heads, c.head_dim
         self.scale = qk_logit_scale(c)  # query_scale; 1 for the l2 QK-norm (its temperature is in q)
         self.softcap = c.attn_softcap
-        self.window = c.sliding_window if c.resolved_layer_types()[layer_idx] == SLIDING else None
+        layer_type = c.resolved_layer_types()[layer_idx]
+        self.window = c.sliding_window if layer_type == SLIDING else None
+        self.chunk = c.attention_chunk if layer_type == CHUNKED else None  # Llama 4's chunked attention
         self.eager = c.attn_impl is AttnImpl.EAGER or c.attn_softcap is not None
         self.scope, self.backend = c.qk_norm, c.qk_backend
         kw = dict(bias=c.attention_bias, device=device, dtype=dtype)
@@ -51,7 +53,13 @@ class Attention(nn.Module):
         self.k_proj = linear(c.d_model, c.n_kv_heads * c.head_dim, **kw)
         self.v_proj = linear(c.d_model, c.n_kv_heads * c.head_dim, **kw)
         self.o_proj = linear(c.n_heads * c.head_dim, c.d_model, bias=c.o_proj_bias, device=device, dtype=dtype)
-        self.q_norm, self.k_norm = build_qk_norms(c, device=device, dtype=dtype)  # rms | layernorm | l2, or None
+        # rms | layernorm | l2 (weightless, shared or per-head gains), or None where the layer has no QK-norm
+        self.q_norm, self.k_norm = build_qk_norms(c, layer_idx, device=device, dtype=dtype)
+        # the fused op (RMSNorm before rotate-half RoPE, or RoPE alone), else composed in PyTorch (nn/qk_path.py)
+        self.composed = None if fused_layer(c, layer_idx) else QKComposed(
+            has_rope=layer_has_rope(c, layer_idx), after_rope=c.qk_norm_after_rope, interleaved=c.rope_interleaved,
+            temperature=None if c.nope_attn_scale is None else (c.nope_attn_scale, c.nope_floor_scale),
+            backend=c.qk_backend)
         self.record_stats = False
         self.stats: Dict[str, torch.Tensor] = {}
         # QK-clip (train/qk_clip.py): with track_head_max, training forwards keep the running per-head max logit
@@ -65,33 +73,37 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        q, k = self._qk_norm_rope(q, k, cos, sin)  # (B, H, T, D), (B, Hkv, T, D)
+        if self.composed is not None:  # start: the absolute position of the first new token
+            q, k = self.composed(q, k, cos, sin, self.q_norm, self.k_norm, 0 if cache is None else cache.seen)
+        else:
+            q, k = self._qk_norm_rope(q, k, cos, sin)  # (B, H, T, D), (B, Hkv, T, D)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, Hkv, S, D): kept past keys, then these T
         if self.track_head_max and torch.is_grad_enabled():
-            self.head_max = head_max_logits(q, k, self.scale, self.window, self.head_max)
+            self.head_max = head_max_logits(q, k, self.scale, self.window, self.head_max, chunk=self.chunk)
         if self.record_stats:
-            self.stats = attention_stats(q, k, self.scale, self.window, self.softcap)
+            self.stats = attention_stats(q, k, self.scale, self.window, self.softcap, chunk=self.chunk)
         o = self._attend_eager(q, k, v) if self.eager else self._attend_sdpa(q, k, v)  # (B, H, T, D)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
-    def _qk_norm_rope(self, q, k, cos, sin):
+    def _qk_norm_rope(self, q, k, cos, sin, start: int = 0):
+        # q (B, T, H, D), k (B, T, Hkv, D) -> (B, H, T, D), (B, Hkv, T, D); start: position of the first token
+        if self.composed is not None:
+            return self.composed(q, k, cos, sin, self.q_norm, self.k_norm, start)
         qn, kn = self.q_norm, self.k_norm
         if qn is None:
             return qk_norm_rope(q, k, None, None, cos, sin, scope="none", backend=self.backend)
-        if not isinstance(qn, RMSNorm):  # layernorm / l2 (nn/qk_norm.py) in PyTorch, then RoPE alone
-            return qk_norm_rope(qn(q), kn(k), None, None, cos, sin, scope="none", backend=self.backend)
         return qk_norm_rope(q, k, qn.weight, kn.weight, cos, sin, eps=qn.eps, scope=self.scope,
                             offset=qn.offset, norm_cast=qn.cast, backend=self.backend)
 
     def _attend_sdpa(self, q, k, v):
         gqa = self.n_heads != self.n_kv_heads
         T, S = q.shape[2], k.shape[2]
-        if self.window is None and S == T:
+        if self.window is None and self.chunk is None and S == T:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=gqa)
-        if T == 1 < S and (self.window is None or S <= self.window):  # one cached query that sees every key
+        if T == 1 < S and self.chunk is None and (self.window is None or S <= self.window):  # sees every key
             return F.scaled_dot_product_attention(q, k, v, scale=self.scale, enable_gqa=gqa)
-        mask = causal_mask(T, self.window, q.device, n_past=S - T)  # (T, S) bool, True = attend
+        mask = causal_mask(T, self.window, q.device, n_past=S - T, chunk=self.chunk)  # (T, S) bool, True = attend
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
 
     def _attend_eager(self, q, k, v):
@@ -100,17 +112,20 @@ class Attention(nn.Module):
         scores = torch.matmul(q, k.transpose(2, 3)) * self.scale  # (B, H, T, S)
         if self.softcap is not None:
             scores = torch.tanh(scores / self.softcap) * self.softcap
-        mask = causal_mask(q.shape[2], self.window, q.device, n_past=k.shape[2] - q.shape[2])
+        mask = causal_mask(q.shape[2], self.window, q.device, n_past=k.shape[2] - q.shape[2], chunk=self.chunk)
         scores = scores.masked_fill(~mask, float("-inf"))
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         return torch.matmul(probs, v)
 
     def extra_repr(self) -> str:
-        return f"qk_norm={self.scope.value}, window={self.window}, scale={self.scale:.4g}, eager={self.eager}"
+        return (f"qk_norm={self.scope.value}, window={self.window}, chunk={self.chunk}, scale={self.scale:.4g}, "
+                f"eager={self.eager}")
 
 
-def causal_mask(T: int, window: Optional[int], device, *, n_past: int = 0) -> torch.Tensor:
-    """(T, n_past + T) bool, True where query q may attend key k: k <= q, and q - W < k with a window W.
+def causal_mask(T: int, window: Optional[int], device, *, n_past: int = 0,
+                chunk: Optional[int] = None) -> torch.Tensor:
+    """(T, n_past + T) bool, True where query q may attend key k: k <= q, and q - W < k with a window W, and
+    q // C == k // C with a chunk C (Llama 4's chunked attention).
 
     The T queries are the last T of the n_past + T key positions (n_past > 0: cached decoding)."""
     qpos = torch.arange(n_past, n_past + T, device=device)
@@ -119,12 +134,14 @@ def causal_mask(T: int, window: Optional[int], device, *, n_past: int = 0) -> to
     keep = diff >= 0
     if window is not None:
         keep = keep & (diff < window)
+    if chunk is not None:
+        keep = keep & (qpos[:, None] // chunk == kpos[None, :] // chunk)
     return keep
 
 
 @torch.no_grad()
 def attention_stats(q: torch.Tensor, k: torch.Tensor, scale: float, window: Optional[int],
-                    softcap: Optional[float] = None) -> Dict[str, torch.Tensor]:
+                    softcap: Optional[float] = None, *, chunk: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """Diagnostics of one attention call (q (B, H, T, D), k (B, Hkv, S, D), after QK-norm and RoPE; S > T when
     the queries are the last T of S cached positions).
 
@@ -139,7 +156,7 @@ def attention_stats(q: torch.Tensor, k: torch.Tensor, scale: float, window: Opti
         qf, kf = q.float(), k.float()
         groups = q.shape[1] // k.shape[1]
         scores = torch.matmul(qf, kf.repeat_interleave(groups, dim=1).transpose(2, 3)) * scale  # (B, H, T, S)
-        mask = causal_mask(q.shape[2], window, q.device, n_past=k.shape[2] - q.shape[2])
+        mask = causal_mask(q.shape[2], window, q.device, n_past=k.shape[2] - q.shape[2], chunk=chunk)
         max_logit = scores.masked_fill(~mask, float("-inf")).amax()
         bound = scale * qf.norm(dim=-1).amax() * kf.norm(dim=-1).amax()
         if softcap is not None:
@@ -157,7 +174,8 @@ def attention_stats(q: torch.Tensor, k: torch.Tensor, scale: float, window: Opti
 
 @torch.no_grad()
 def head_max_logits(q: torch.Tensor, k: torch.Tensor, scale: float, window: Optional[int],
-                    running: Optional[torch.Tensor] = None, *, max_elements: int = 1 << 24) -> torch.Tensor:
+                    running: Optional[torch.Tensor] = None, *, max_elements: int = 1 << 24,
+                    chunk: Optional[int] = None) -> torch.Tensor:
     """Per-head exact max of scale * q.k over allowed (query, key) pairs, (H,) fp32, maxed with `running`.
 
     q (B, H, T, D), k (B, Hkv, S, D) after QK-norm and RoPE (S > T: the queries are the last T of S cached
@@ -168,7 +186,7 @@ def head_max_logits(q: torch.Tensor, k: torch.Tensor, scale: float, window: Opti
     Hkv, S = k.shape[1], k.shape[2]
     qf = q.float().reshape(B, Hkv, H // Hkv, T, D)  # head h = kv * groups + g uses kv head h // groups
     kt = k.float().transpose(2, 3).unsqueeze(2)  # (B, Hkv, 1, D, S)
-    mask = causal_mask(T, window, q.device, n_past=S - T)  # (T, S)
+    mask = causal_mask(T, window, q.device, n_past=S - T, chunk=chunk)  # (T, S)
     block = max(1, min(T, max_elements // max(1, B * H * S)))
     out = torch.full((H,), float("-inf"), device=q.device)
     for t0 in range(0, T, block):

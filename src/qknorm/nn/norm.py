@@ -5,7 +5,8 @@ one definition the QK-norm op shares):
   norm_cast="input" (Llama, Qwen3):   g * x_hat.to(input_dtype)              g = w, init 1
   norm_cast="fp32"  (OLMo 2):         (g.float() * x_hat).to(input_dtype)    g = w, init 1
   offset=1.0        (Gemma 3):        (x_hat * (1 + w.float())).to(dtype)    w init 0 (stored as HF stores it)
-The result is in the input's dtype. LayerNorm (classic post-LN baseline) is torch's, with bias.
+The result is in the input's dtype. LayerNorm (classic post-LN baseline, StableLM) is torch's, with bias, or
+without (`layernorm_bias=False`, Cohere). `dim` may be a shape, e.g. (heads, head_dim) for per-head QK gains.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ..ops.rms import rms_normalize
 class RMSNorm(nn.Module):
     """RMSNorm over the last dimension with an explicit cast order and an optional weight offset."""
 
-    def __init__(self, dim: int, *, eps: float = 1e-6, offset: float = 0.0, cast: NormCast = NormCast.INPUT,
+    def __init__(self, dim, *, eps: float = 1e-6, offset: float = 0.0, cast: NormCast = NormCast.INPUT,
                  device=None, dtype=None):
         super().__init__()
         self.eps, self.offset, self.cast = float(eps), float(offset), NormCast.parse("norm_cast", cast)
@@ -33,13 +34,13 @@ class RMSNorm(nn.Module):
         return rms_normalize(x, self.weight, eps=self.eps, offset=self.offset, cast=self.cast).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}, offset={self.offset}, cast={self.cast.value}"
+        return f"{tuple(self.weight.shape)}, eps={self.eps}, offset={self.offset}, cast={self.cast.value}"
 
 
 def build_norm(config: ModelConfig, dim: int | None = None, *, device=None, dtype=None) -> nn.Module:
     """The block/final norm the config asks for (RMSNorm with its numerics, or LayerNorm with bias)."""
     dim = dim or config.d_model
     if config.norm_type is NormType.LAYERNORM:
-        return nn.LayerNorm(dim, eps=config.norm_eps, device=device, dtype=dtype)
+        return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.layernorm_bias, device=device, dtype=dtype)
     return RMSNorm(dim, eps=config.norm_eps, offset=config.norm_offset, cast=config.norm_cast,
                    device=device, dtype=dtype)

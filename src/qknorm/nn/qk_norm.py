@@ -9,6 +9,11 @@ a token's whole projection width, H*D or Hkv*D values (scope "full", OLMo 2):
   l2         x / |x|, and q times t_h           unit L2 norm; a learned temperature t_h per query head
                                                 multiplies the logits: logit = t_h * q_hat . k_hat
 
+Gains (qk_norm_gain): "shared" as above; "per_head" (n, D), each head its own gain over the per-head statistic
+(Cohere's LayerNorm with a (heads, head_dim) weight, StableLM's LayerNorm per head); "none", no gain (Llama 4's
+weightless RMSNorm, `QKWeightlessRMSNorm`). Anything but the rms type with shared gains before RoPE is composed
+with RoPE in PyTorch (nn/qk_path.py) rather than fused.
+
 The layernorm and l2 types are computed here in PyTorch; RoPE then runs alone (ops.qk_norm_rope without
 weights). LayerNorm has no bias, as in ViT-22B's QK-LayerNorm (Dehghani et al. 2023, which drops LayerNorm
 biases): a bias on q or k is not normalized, so it could grow the logits without bound (the point of the norm
@@ -37,33 +42,58 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig, QKNormScope, QKNormType
+from ..config import ModelConfig, QKNormGain, QKNormScope, QKNormType, layer_has_qk_norm
 from .norm import RMSNorm
 
-__all__ = ["QKLayerNorm", "QKL2Norm", "build_qk_norms", "qk_logit_scale", "l2_initial_temperature"]
+__all__ = ["QKLayerNorm", "QKL2Norm", "QKWeightlessRMSNorm", "build_qk_norms", "qk_logit_scale", "l2_initial_temperature"]
 
 
 class QKLayerNorm(nn.Module):
     """LayerNorm of q or k (B, T, n, D) over D (scope head, gain (D,)) or over n*D (scope full, gain (n*D,)).
 
-    scale = offset + weight (offset 1.0 with Gemma's zero-initialised gains), computed in fp32, cast once."""
+    scale = offset + weight (offset 1.0 with Gemma's zero-initialised gains), computed in fp32, cast once.
+    `dim` a pair (n, D): per-head gains (Cohere, StableLM), the statistic still per head; None: no gain."""
 
-    def __init__(self, dim: int, *, full: bool, eps: float, offset: float = 0.0, device=None, dtype=None):
+    def __init__(self, dim, *, full: bool, eps: float, offset: float = 0.0, device=None, dtype=None):
         super().__init__()
         self.full, self.eps, self.offset = full, float(eps), float(offset)
         init = torch.zeros if offset else torch.ones
-        self.weight = nn.Parameter(init(dim, device=device, dtype=dtype))
+        self.weight = None if dim is None else nn.Parameter(init(dim, device=device, dtype=dtype))
 
     def reset_parameters(self) -> None:
-        nn.init.zeros_(self.weight) if self.offset else nn.init.ones_(self.weight)
+        if self.weight is not None:
+            nn.init.zeros_(self.weight) if self.offset else nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, n, D) -> (B, T, n, D) in x's dtype
         shape = tuple(x.shape[-2:]) if self.full else (x.shape[-1],)
+        if self.weight is None:
+            return F.layer_norm(x.float(), shape, None, None, self.eps).to(x.dtype)
+        if self.weight.dim() == 2:  # per-head gains (n, D): normalize per head, then scale each head
+            y = F.layer_norm(x.float(), shape, None, None, self.eps)
+            return ((self.weight.float() + self.offset) * y).to(x.dtype)  # w * y as Cohere orders it
         gain = (self.weight.float() + self.offset).view(shape)
         return F.layer_norm(x.float(), shape, gain, None, self.eps).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, full={self.full}, eps={self.eps}, offset={self.offset}, bias=False"
+        dim = "none" if self.weight is None else tuple(self.weight.shape)
+        return f"gain={dim}, full={self.full}, eps={self.eps}, offset={self.offset}, bias=False"
+
+
+class QKWeightlessRMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + eps) over D (or n*D for scope full) of q or k (B, T, n, D), fp32, cast once: no gain
+    (Llama 4's QK "L2Norm")."""
+
+    def __init__(self, *, full: bool, eps: float):
+        super().__init__()
+        self.full, self.eps = full, float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, n, D) -> (B, T, n, D) in x's dtype
+        xf = x.float()
+        dims = (-2, -1) if self.full else (-1,)
+        return (xf * torch.rsqrt(xf.pow(2).mean(dims, keepdim=True) + self.eps)).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"full={self.full}, eps={self.eps}, gain=none"
 
 
 class QKL2Norm(nn.Module):
@@ -111,15 +141,22 @@ def qk_logit_scale(config: ModelConfig) -> float:
     return config.query_scale
 
 
-def build_qk_norms(config: ModelConfig, *, device=None, dtype=None) -> Tuple[Optional[nn.Module],
-                                                                             Optional[nn.Module]]:
-    """(q_norm, k_norm) for the config's QK-norm scope and type; (None, None) without QK-norm."""
+def build_qk_norms(config: ModelConfig, layer_idx: int = 0, *, device=None,
+                   dtype=None) -> Tuple[Optional[nn.Module], Optional[nn.Module]]:
+    """(q_norm, k_norm) of layer `layer_idx` for the config's QK-norm scope, type and gain; (None, None) where
+    the layer has no QK-norm."""
     c = config
-    if c.qk_norm is QKNormScope.NONE:
+    if not layer_has_qk_norm(c, layer_idx):
         return None, None
     full = c.qk_norm is QKNormScope.FULL
     q_dim, k_dim = c.head_dim * (c.n_heads if full else 1), c.head_dim * (c.n_kv_heads if full else 1)
+    if c.qk_norm_gain is QKNormGain.PER_HEAD:
+        q_dim, k_dim = (c.n_heads, c.head_dim), (c.n_kv_heads, c.head_dim)
     kw = dict(device=device, dtype=dtype)
+    if c.qk_norm_gain is QKNormGain.NONE and c.qk_norm_type is QKNormType.RMS:
+        return QKWeightlessRMSNorm(full=full, eps=c.norm_eps), QKWeightlessRMSNorm(full=full, eps=c.norm_eps)
+    if c.qk_norm_gain is QKNormGain.NONE:
+        q_dim = k_dim = None
     if c.qk_norm_type is QKNormType.L2:
         return (QKL2Norm(full=full, eps=c.norm_eps, n_heads=c.n_heads, init_temperature=l2_initial_temperature(c),
                          **kw), QKL2Norm(full=full, eps=c.norm_eps, **kw))
