@@ -31,76 +31,16 @@ import dataclasses
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..config import FULL, SLIDING, ModelConfig
+from ..config import FULL, SLIDING, ModelConfig, field_names
 from ..errors import CheckpointError, ConfigError
+from .hf_families import FAMILIES, SUPPORTED_MODEL_TYPES, Family
 from .hf_rope import read_rope, write_rope
 
-SUPPORTED_MODEL_TYPES = ("olmo2", "gemma3_text", "gemma3", "qwen3", "qwen2", "llama", "mistral")
+__all__ = ["FAMILIES", "SUPPORTED_MODEL_TYPES", "Family", "text_config", "config_from_hf", "canonical_layers",
+           "infer_family", "unrepresentable", "hf_config_from_ours"]
+
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 _ACT_TO_HF = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Family:
-    """One HF family: names, the numerics our model must use, and transformers' class defaults."""
-
-    model_type: str
-    architecture: str
-    placement: str
-    qk_norm: str
-    norm_cast: str
-    norm_offset: float
-    embed_scale: bool
-    act_field: str  # "hidden_act" or, for Gemma, "hidden_activation"
-    defaults: Dict[str, Any]
-    has_query_scalar: bool = False  # query_pre_attn_scalar
-    has_final_softcap: bool = False  # final_logit_softcapping
-    per_type_rope: bool = False  # rope_parameters keyed by layer type (Gemma 3)
-    # "none" | "layer_types" (Gemma 3) | "qwen" (use_sliding_window + layer_types) | "all" (Mistral: every layer)
-    sliding: str = "none"
-    bias: str = "flag"  # "flag": attention_bias on q, k, v and o | "qkv": always q, k, v, never o | "none"
-
-
-_SHAPE = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-FAMILIES: Dict[str, Family] = {
-    "llama": Family(
-        "llama", "LlamaForCausalLM", "pre", "none", "input", 0.0, False, "hidden_act",
-        dict(zip(_SHAPE, (32000, 4096, 11008, 32, 32)), num_key_value_heads=None, head_dim=None, rms_norm_eps=1e-6,
-             max_position_embeddings=2048, tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
-             hidden_act="silu", initializer_range=0.02, rope_theta=10000.0)),
-    "qwen3": Family(
-        "qwen3", "Qwen3ForCausalLM", "pre", "head", "input", 0.0, False, "hidden_act",
-        dict(zip(_SHAPE, (151936, 4096, 22016, 32, 32)), num_key_value_heads=32, head_dim=128, rms_norm_eps=1e-6,
-             max_position_embeddings=32768, tie_word_embeddings=False, attention_bias=False, hidden_act="silu",
-             initializer_range=0.02, rope_theta=10000.0, use_sliding_window=False, sliding_window=4096,
-             max_window_layers=28),
-        sliding="qwen"),
-    "qwen2": Family(
-        "qwen2", "Qwen2ForCausalLM", "pre", "none", "input", 0.0, False, "hidden_act",
-        dict(zip(_SHAPE, (151936, 4096, 22016, 32, 32)), num_key_value_heads=32, head_dim=None, rms_norm_eps=1e-6,
-             max_position_embeddings=32768, tie_word_embeddings=False, hidden_act="silu", initializer_range=0.02,
-             rope_theta=10000.0, use_sliding_window=False, sliding_window=4096, max_window_layers=28),
-        sliding="qwen", bias="qkv"),
-    "mistral": Family(
-        "mistral", "MistralForCausalLM", "pre", "none", "input", 0.0, False, "hidden_act",
-        dict(zip(_SHAPE, (32000, 4096, 14336, 32, 32)), num_key_value_heads=8, head_dim=None, rms_norm_eps=1e-6,
-             max_position_embeddings=131072, tie_word_embeddings=False, hidden_act="silu", initializer_range=0.02,
-             rope_theta=10000.0, sliding_window=4096),
-        sliding="all", bias="none"),
-    "olmo2": Family(
-        "olmo2", "Olmo2ForCausalLM", "reordered", "full", "fp32", 0.0, False, "hidden_act",
-        dict(zip(_SHAPE, (50304, 4096, 11008, 32, 32)), num_key_value_heads=None, head_dim=None, rms_norm_eps=1e-5,
-             max_position_embeddings=2048, tie_word_embeddings=False, attention_bias=False, hidden_act="silu",
-             initializer_range=0.02, rope_theta=10000.0)),
-    "gemma3_text": Family(
-        "gemma3_text", "Gemma3ForCausalLM", "sandwich", "head", "fp32", 1.0, True, "hidden_activation",
-        dict(zip(_SHAPE, (262208, 2304, 9216, 26, 8)), num_key_value_heads=4, head_dim=256, rms_norm_eps=1e-6,
-             max_position_embeddings=131072, tie_word_embeddings=True, attention_bias=False,
-             hidden_activation="gelu_pytorch_tanh", initializer_range=0.02, rope_theta=1e6,
-             rope_local_base_freq=1e4, query_pre_attn_scalar=256, sliding_window=4096, sliding_window_pattern=6,
-             final_logit_softcapping=None, attn_logit_softcapping=None, use_bidirectional_attention=False),
-        has_query_scalar=True, has_final_softcap=True, per_type_rope=True, sliding="layer_types"),
-}
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -130,6 +70,8 @@ def config_from_hf(cfg: Dict[str, Any], *, source: str = "config.json",
     """
     multimodal = isinstance(cfg, dict) and cfg.get("model_type") == "gemma3"
     cfg, fam = text_config(cfg, source=source)
+    if fam.prepare is not None:
+        cfg = fam.prepare(cfg, source)
     d = fam.defaults
 
     def get(name: str) -> Any:  # the value as written (null included), else transformers' class default
@@ -154,9 +96,9 @@ def config_from_hf(cfg: Dict[str, Any], *, source: str = "config.json",
     out: Dict[str, Any] = dict(
         vocab_size=int(get("vocab_size")), d_model=int(get("hidden_size")), n_layers=n_layers, n_heads=n_heads,
         n_kv_heads=int(get("num_key_value_heads") or n_heads), head_dim=int(head_dim),
-        d_ff=int(get("intermediate_size")),
+        d_ff=int(get(fam.d_ff_field)),
         max_seq_len=_max_seq_len(cfg, fam, source) if max_seq_len is None else max_seq_len,
-        qk_norm=fam.qk_norm, placement=fam.placement, norm_type="rmsnorm", norm_eps=float(get("rms_norm_eps")),
+        qk_norm=fam.qk_norm, placement=fam.placement, norm_type="rmsnorm", norm_eps=float(get(fam.eps_field)),
         norm_offset=fam.norm_offset, norm_cast=fam.norm_cast, **_bias(fam, get), activation=_ACTIVATIONS[act],
         embed_scale=fam.embed_scale,
         tie_embeddings=bool(get("tie_word_embeddings")), init_std=float(get("initializer_range") or 0.02),
@@ -172,6 +114,8 @@ def config_from_hf(cfg: Dict[str, Any], *, source: str = "config.json",
             out["final_softcap"] = float(get("final_logit_softcapping"))
     out.update(_layers(cfg, fam, n_layers, source))
     out.update(read_rope(cfg, per_type=fam.per_type_rope, defaults=d, source=source))
+    if fam.read is not None:
+        out.update(fam.read(get, out, source))
     try:
         return ModelConfig(**out), fam
     except ConfigError as e:
@@ -181,6 +125,8 @@ def config_from_hf(cfg: Dict[str, Any], *, source: str = "config.json",
 def _bias(fam: Family, get) -> Dict[str, bool]:
     if fam.bias == "qkv":
         return dict(attention_bias=True, o_proj_bias=False)
+    if fam.bias == "use_qkv_bias":
+        return dict(attention_bias=bool(get("use_qkv_bias")), o_proj_bias=False)
     flag = fam.bias == "flag" and bool(get("attention_bias"))
     return dict(attention_bias=flag, o_proj_bias=flag)
 
@@ -246,20 +192,23 @@ def canonical_layers(types: Tuple[str, ...], window: Optional[int]) -> Dict[str,
 
 # ---------------------------------------------------------------------------------------------- writing
 def infer_family(config: ModelConfig) -> Family:
-    """The HF family with our config's block structure (placement + QK-norm scope); for pre-norm without QK-norm,
-    the one its attention biases and windows call for (module docstring)."""
+    """The HF family with our config's signature (block placement, QK-norm scope, norm type, RoPE layout, QK-norm
+    place: `Family.accepts`); among several, the one its attention biases and windows call for (module docstring)."""
     c = config
-    key = (c.placement.value, c.qk_norm.value)
-    found = [fam for fam in FAMILIES.values() if (fam.placement, fam.qk_norm) == key]
+    found = [fam for fam in FAMILIES.values() if fam.accepts(c)]
     if not found:
         known = "; ".join(f"placement={f.placement} qk_norm={f.qk_norm} -> {f.model_type}" for f in FAMILIES.values())
-        raise ConfigError(f"placement={key[0]!r} with qk_norm={key[1]!r} is not representable in transformers "
-                          f"(supported: {known})")
+        raise ConfigError(f"placement={c.placement.value!r} with qk_norm={c.qk_norm.value!r}, norm_type="
+                          f"{c.norm_type.value!r}, rope_interleaved={c.rope_interleaved}, qk_norm_after_rope="
+                          f"{c.qk_norm_after_rope} is not representable in transformers (supported: {known})")
     if len(found) == 1:
         return found[0]
+    sliding = SLIDING in c.resolved_layer_types()
+    if {f.model_type for f in found} == {"olmo2", "olmo3"}:
+        return FAMILIES["olmo3" if sliding or c.rope_local_theta is not None else "olmo2"]
     if c.attention_bias and not c.o_proj_bias:
         return FAMILIES["qwen2"]
-    if SLIDING in c.resolved_layer_types() or (c.layer_types is None and c.global_every == 0):
+    if sliding or (c.layer_types is None and c.global_every == 0):
         return FAMILIES["mistral"]
     return FAMILIES["llama"]
 
@@ -274,8 +223,8 @@ def unrepresentable(config: ModelConfig, fam: Family) -> List[str]:
             value = value.to_dict() if hasattr(value, "to_dict") else getattr(value, "value", value)
             bad.append(f"{field}={value!r} ({why})")
 
-    need(c.norm_type.value == "rmsnorm", "norm_type", "RMSNorm only")
-    need(c.qk_norm_type.value == "rms", "qk_norm_type", f"{fam.model_type}'s QK-norm, if any, is an RMSNorm")
+    if fam.read is None:  # the families with variant fields: the read-back check in hf_config_from_ours
+        need(c.qk_norm_type.value == "rms", "qk_norm_type", f"{fam.model_type}'s QK-norm, if any, is an RMSNorm")
     need(not c.sigma_reparam, "sigma_reparam", "transformers has no sigmaReparam linears")
     need(c.norm_cast.value == fam.norm_cast, "norm_cast", f"{fam.model_type} uses {fam.norm_cast!r}")
     need(c.norm_offset == fam.norm_offset, "norm_offset", f"{fam.model_type} uses {fam.norm_offset}")
@@ -285,6 +234,8 @@ def unrepresentable(config: ModelConfig, fam: Family) -> List[str]:
              "transformers' attention_bias puts a bias on q, k, v and o together; set both or neither")
     elif fam.bias == "qkv":
         need(c.attention_bias and not c.o_proj_bias, "o_proj_bias", "qwen2 has biases on q, k, v and none on o")
+    elif fam.bias == "use_qkv_bias":
+        need(not c.o_proj_bias, "o_proj_bias", f"{fam.model_type} has no bias on the output projection")
     else:
         need(not (c.attention_bias or c.o_proj_bias), "attention_bias", f"{fam.model_type} has no attention biases")
     need(c.attn_softcap is None, "attn_softcap", f"{fam.model_type} in transformers applies no attention softcap")
@@ -315,9 +266,9 @@ def hf_config_from_ours(config: ModelConfig, *, dtype: Optional[str] = None) -> 
     c = config
     out: Dict[str, Any] = {
         "architectures": [fam.architecture], "model_type": fam.model_type,
-        "vocab_size": c.vocab_size, "hidden_size": c.d_model, "intermediate_size": c.d_ff,
+        "vocab_size": c.vocab_size, "hidden_size": c.d_model, fam.d_ff_field: c.d_ff,
         "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads, "num_key_value_heads": c.n_kv_heads,
-        "head_dim": c.head_dim, "max_position_embeddings": c.max_seq_len, "rms_norm_eps": c.norm_eps,
+        "head_dim": c.head_dim, "max_position_embeddings": c.max_seq_len, fam.eps_field: c.norm_eps,
         "tie_word_embeddings": c.tie_embeddings, fam.act_field: _ACT_TO_HF[c.activation.value],
         "initializer_range": c.init_std, "attention_dropout": 0.0, "use_cache": True,
     }
@@ -328,8 +279,9 @@ def hf_config_from_ours(config: ModelConfig, *, dtype: Optional[str] = None) -> 
     out.update(write_rope(c, per_type=fam.per_type_rope))
     types = list(c.resolved_layer_types())
     if fam.sliding == "layer_types":
-        out.update(layer_types=types, sliding_window=c.sliding_window if c.sliding_window is not None else 4096,
-                   query_pre_attn_scalar=_num(c.query_pre_attn_scalar or c.head_dim),
+        out.update(layer_types=types, sliding_window=c.sliding_window if c.sliding_window is not None else 4096)
+    if fam.has_query_scalar:  # Gemma 3
+        out.update(query_pre_attn_scalar=_num(c.query_pre_attn_scalar or c.head_dim),
                    final_logit_softcapping=c.final_softcap, attn_logit_softcapping=None,
                    use_bidirectional_attention=False)
     elif fam.sliding == "qwen":
@@ -339,7 +291,32 @@ def hf_config_from_ours(config: ModelConfig, *, dtype: Optional[str] = None) -> 
                    sliding_window=c.sliding_window if sliding else None, max_window_layers=first)
     elif fam.sliding == "all":
         out["sliding_window"] = c.sliding_window if SLIDING in types else None
+    bad = fam.write(c, out) if fam.write is not None else []
+    bad += _read_back_differences(c, out, fam)
+    if bad:
+        raise ConfigError(f"not representable as transformers {fam.model_type}: " + "; ".join(bad))
     return out
+
+
+def _read_back_differences(config: ModelConfig, out: Dict[str, Any], fam: Family) -> List[str]:
+    """'field=value (why)' for every field that `out`, read back as transformers reads it, does not reproduce:
+    the check that covers each family's variant fields (config_variants.py) whatever their combination."""
+    try:
+        back = config_from_hf(out, source=fam.model_type)[0]
+    except CheckpointError as e:
+        return [str(e)]
+    bad = []
+    for name in field_names():
+        ours, theirs = getattr(config, name), getattr(back, name)
+        if name in ("max_seq_len", "qk_backend", "attn_impl", "sigma_reparam") or ours == theirs:
+            continue
+        if name in ("layer_types", "global_every", "sliding_window") and \
+                config.resolved_layer_types() == back.resolved_layer_types() and \
+                (SLIDING not in config.resolved_layer_types() or config.sliding_window == back.sliding_window):
+            continue
+        value = getattr(ours, "value", ours)
+        bad.append(f"{name}={value!r} (transformers {fam.model_type} gives {getattr(theirs, 'value', theirs)!r})")
+    return bad
 
 
 def _num(x: float) -> Any:

@@ -3,7 +3,8 @@
 Every key of our model must come from exactly one HF key of the right shape, and every HF key must be used
 (as nanoGPT's `from_pretrained` does). The only HF keys dropped on purpose are listed in
 `_IGNORED` (old checkpoints' rotary tables, a multimodal Gemma 3's vision tower and projector) and a tied
-`lm_head.weight` that equals the embedding.
+`lm_head.weight` that equals the embedding. An HF name with `{h}` is one tensor per head (StableLM's per-head
+LayerNorms, `norms.{h}.weight`, each (head_dim,)): our (heads, head_dim) tensor is their stack along dim 0.
 
 Gemma 3 stores its RMSNorm weights as offsets (scale = 1 + w, zero init); we keep them stored that way
 (`norm_offset=1.0`). A checkpoint whose offsets were already folded into plain scales (w' = 1 + w, as a
@@ -51,6 +52,27 @@ KEY_MAPS: Dict[str, Dict[str, str]] = {
     "olmo2": {**_COMMON,  # norms on the sub-layer outputs, no input norm
               "layers.{i}.attn_norm_out.weight": "model.layers.{i}.post_attention_layernorm.weight",
               "layers.{i}.mlp_norm_out.weight": "model.layers.{i}.post_feedforward_layernorm.weight"},
+    "olmo3": {**_COMMON,
+              "layers.{i}.attn_norm_out.weight": "model.layers.{i}.post_attention_layernorm.weight",
+              "layers.{i}.mlp_norm_out.weight": "model.layers.{i}.post_feedforward_layernorm.weight"},
+    "exaone4": {**_COMMON,
+                "layers.{i}.attn_norm_out.weight": "model.layers.{i}.post_attention_layernorm.weight",
+                "layers.{i}.mlp_norm_out.weight": "model.layers.{i}.post_feedforward_layernorm.weight"},
+    "hunyuan_v1_dense": {**_COMMON, **_PRE_NORMS,
+                         "layers.{i}.attn.q_norm.weight": "model.layers.{i}.self_attn.query_layernorm.weight",
+                         "layers.{i}.attn.k_norm.weight": "model.layers.{i}.self_attn.key_layernorm.weight"},
+    "cohere": {**_COMMON,  # one input norm shared by the parallel attention and MLP; q/k norms (heads, head_dim)
+               "layers.{i}.attn_norm_in.weight": "model.layers.{i}.input_layernorm.weight"},
+    "stablelm": {**_COMMON, **_PRE_NORMS,  # LayerNorms with biases; one LayerNorm per head on q and k, stacked
+                 "layers.{i}.attn_norm_in.bias": "model.layers.{i}.input_layernorm.bias",
+                 "layers.{i}.mlp_norm_in.bias": "model.layers.{i}.post_attention_layernorm.bias",
+                 "norm.bias": "model.norm.bias",
+                 "layers.{i}.attn.q_norm.weight": "model.layers.{i}.self_attn.q_layernorm.norms.{h}.weight",
+                 "layers.{i}.attn.k_norm.weight": "model.layers.{i}.self_attn.k_layernorm.norms.{h}.weight"},
+    "llama4_text": {**{k: v for k, v in _COMMON.items() if ".mlp." not in k}, **_PRE_NORMS,  # dense layers
+                    "layers.{i}.mlp.gate_proj.weight": "model.layers.{i}.feed_forward.gate_proj.weight",
+                    "layers.{i}.mlp.up_proj.weight": "model.layers.{i}.feed_forward.up_proj.weight",
+                    "layers.{i}.mlp.down_proj.weight": "model.layers.{i}.feed_forward.down_proj.weight"},
     "gemma3_text": {**_COMMON,
                     "layers.{i}.attn_norm_in.weight": "model.layers.{i}.input_layernorm.weight",
                     "layers.{i}.attn_norm_out.weight": "model.layers.{i}.post_attention_layernorm.weight",
@@ -87,7 +109,7 @@ def hf_key(model_type: str, ours: str) -> str:
         name = KEY_MAPS[model_type][template]
     except KeyError:
         raise CheckpointError(f"our key {ours!r} has no {model_type} counterpart in transformers") from None
-    return name.format(i=m.group(1)) if m else name
+    return name.replace("{i}", m.group(1)) if m else name
 
 
 def hf_state_to_ours(hf_state: Mapping[str, torch.Tensor], model_type: str,
@@ -98,6 +120,14 @@ def hf_state_to_ours(hf_state: Mapping[str, torch.Tensor], model_type: str,
     used = set()
     for ours, shape in expected.items():
         name = hf_key(model_type, ours)
+        if "{h}" in name:  # one HF tensor per head, stacked
+            names = [name.replace("{h}", str(h)) for h in range(shape[0])]
+            missing = [n for n in names if n not in state]
+            if missing:
+                raise CheckpointError(f"{source}: missing key {missing[0]!r} (qknorm {ours!r}, shape {tuple(shape)})")
+            out[ours] = _stacked(source, names, [state[n] for n in names], tuple(shape))
+            used.update(names)
+            continue
         if name not in state:
             raise CheckpointError(f"{source}: missing key {name!r} (qknorm {ours!r}, shape {tuple(shape)})")
         t = state[name]
@@ -120,9 +150,25 @@ def hf_state_to_ours(hf_state: Mapping[str, torch.Tensor], model_type: str,
     return out
 
 
+def _stacked(source: str, names, tensors, shape: Tuple[int, ...]) -> torch.Tensor:
+    for name, t in zip(names, tensors):
+        if tuple(t.shape) != shape[1:]:
+            raise CheckpointError(f"{source}: key {name!r} has shape {tuple(t.shape)} but the config implies "
+                                  f"{shape[1:]}")
+    return torch.stack(tensors)  # (heads, head_dim)
+
+
 def ours_state_to_hf(state: Mapping[str, torch.Tensor], model_type: str) -> Dict[str, torch.Tensor]:
-    """Our state dict under HF names (a tied head is not stored, as transformers' save_pretrained does)."""
-    return {hf_key(model_type, k): v for k, v in state.items()}
+    """Our state dict under HF names (a tied head is not stored, as transformers' save_pretrained does); a
+    per-head stack becomes one tensor per head."""
+    out: Dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        name = hf_key(model_type, k)
+        if "{h}" in name:
+            out.update({name.replace("{h}", str(h)): row for h, row in enumerate(v.unbind(0))})
+        else:
+            out[name] = v
+    return out
 
 
 def _norm_vectors(state: Mapping[str, torch.Tensor]) -> Iterable[Tuple[str, torch.Tensor]]:

@@ -24,7 +24,8 @@ from .hf_config import FAMILIES
 
 __all__ = ["patch_hf", "unpatch_hf", "PATCHABLE"]
 
-PATCHABLE = tuple(t for t, f in FAMILIES.items() if f.qk_norm != "none")  # olmo2, qwen3, gemma3_text
+# the families whose attention is an RMSNorm before rotate-half RoPE on every layer (no variant fields)
+PATCHABLE = tuple(t for t, f in FAMILIES.items() if f.qk_norm != "none" and f.read is None)  # olmo2/3, qwen3, gemma3
 
 
 def _is_attention(m: nn.Module) -> bool:

@@ -1,0 +1,172 @@
+"""The fields of each HF family whose QK-norm or RoPE is a variant (config_variants.py), read and written.
+
+Each family's hooks (rows in hf_families.py):
+  prepare(cfg, source) -> cfg         rewrite the HF dict into a form the generic reader takes
+  read(get, out, source) -> fields    ModelConfig fields from the HF dict (`get`: its value, else the class
+                                      default; `out`: the fields read so far, the layers among them)
+  write(config, out) -> bad           add the family's HF keys to `out`; 'field=value (why)' for what it cannot hold
+
+  cohere            use_qk_norm -> per-head LayerNorm (no bias) on q/k over head_dim; parallel block; bias-free
+                    LayerNorms; interleaved RoPE; logit_scale
+  stablelm          qk_layernorm -> per-head LayerNorm (no bias); LayerNorms with bias; use_parallel_residual;
+                    partial_rotary_factor; use_qkv_bias on q/k/v (never o)
+  exaone4           RoPE only on the sliding layers when sliding_window is set (the global layers are NoPE)
+  hunyuan_v1_dense  QK-norm after RoPE; its "dynamic" RoPE with a fixed alpha is plain RoPE with
+                    theta * alpha**(D/(D-2)) (what transformers computes for it)
+  llama4_text       use_qk_norm -> weightless RMSNorm after RoPE on the RoPE layers; no_rope_layers (0 = NoPE);
+                    attn_temperature_tuning on NoPE layers; chunked attention; interleaved RoPE; MoE layers refused
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List
+
+from ..config import CHUNKED, FULL, SLIDING, ModelConfig, rotary_dim
+from ..errors import CheckpointError
+
+Get = Callable[[str], Any]
+
+
+def _reject(source: str, field: str, value: Any, why: str) -> CheckpointError:
+    return CheckpointError(f"{source}: {field}={value!r} is not supported ({why})")
+
+
+def _layer_types(out: Dict[str, Any]) -> List[str]:
+    """The per-layer types of the fields read so far (hf_config.canonical_layers' forms)."""
+    n = out["n_layers"]
+    if out.get("layer_types"):
+        return list(out["layer_types"])
+    if out.get("sliding_window") is None:
+        return [FULL] * n
+    g = out.get("global_every", 1)
+    return [FULL if g and (i + 1) % g == 0 else SLIDING for i in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------- cohere
+def read_cohere(get: Get, out: Dict[str, Any], source: str) -> Dict[str, Any]:
+    if get("logit_scale") is None:
+        raise _reject(source, "logit_scale", None, "transformers multiplies the logits by it")
+    fields = dict(placement="parallel", norm_type="layernorm", layernorm_bias=False,
+                  rope_interleaved=True, logit_scale=float(get("logit_scale")))
+    fields.update(_per_head_layernorm() if get("use_qk_norm") else dict(qk_norm="none"))
+    return fields
+
+
+def _per_head_layernorm() -> Dict[str, Any]:
+    return dict(qk_norm="head", qk_norm_type="layernorm", qk_norm_gain="per_head")
+
+
+def write_cohere(c: ModelConfig, out: Dict[str, Any]) -> List[str]:
+    out.update(use_qk_norm=c.qk_norm.value != "none", logit_scale=c.logit_scale)
+    return []
+
+
+# ---------------------------------------------------------------------------------------------- stablelm
+def prepare_stablelm(cfg: Dict[str, Any], source: str) -> Dict[str, Any]:
+    """partial_rotary_factor out of the RoPE parameters (the generic RoPE reader refuses it) to the top level."""
+    cfg = dict(cfg)
+    factor = cfg.get("partial_rotary_factor")
+    for key in ("rope_scaling", "rope_parameters"):
+        if isinstance(cfg.get(key), dict) and "partial_rotary_factor" in cfg[key]:
+            params = dict(cfg[key])
+            factor = params.pop("partial_rotary_factor")
+            cfg[key] = params
+    if factor is not None:
+        cfg["partial_rotary_factor"] = factor
+    return cfg
+
+
+def read_stablelm(get: Get, out: Dict[str, Any], source: str) -> Dict[str, Any]:
+    fields = dict(placement="parallel" if get("use_parallel_residual") else "pre", norm_type="layernorm",
+                  layernorm_bias=True, rope_fraction=float(get("partial_rotary_factor")),
+                  head_dim=out["d_model"] // out["n_heads"])  # transformers' StableLM ignores a head_dim field
+    fields.update(_per_head_layernorm() if get("qk_layernorm") else dict(qk_norm="none"))
+    return fields
+
+
+def write_stablelm(c: ModelConfig, out: Dict[str, Any]) -> List[str]:
+    out.update(use_qkv_bias=c.attention_bias, qk_layernorm=c.qk_norm.value != "none",
+               use_parallel_residual=c.placement.value == "parallel", partial_rotary_factor=c.rope_fraction)
+    out["rope_parameters"] = {**out["rope_parameters"], "partial_rotary_factor": c.rope_fraction}
+    bad = []
+    if c.head_dim * c.n_heads != c.d_model:
+        bad.append(f"head_dim={c.head_dim} (stablelm's head_dim is hidden_size // num_attention_heads)")
+    if c.o_proj_bias:
+        bad.append("o_proj_bias=True (stablelm has no bias on the output projection)")
+    return bad
+
+
+# ---------------------------------------------------------------------------------------------- exaone4
+def read_exaone4(get: Get, out: Dict[str, Any], source: str) -> Dict[str, Any]:
+    """With sliding_window set, only the sliding layers apply RoPE (the global ones are NoPE)."""
+    if get("sliding_window") is None:
+        return {}
+    return dict(nope_layers=tuple(i for i, t in enumerate(_layer_types(out)) if t != SLIDING))
+
+
+def write_exaone4(c: ModelConfig, out: Dict[str, Any]) -> List[str]:
+    if c.nope_layers:  # the window must be set for transformers to drop RoPE on the global layers
+        out["sliding_window"] = c.sliding_window or 4096
+    elif SLIDING not in c.resolved_layer_types():
+        out["sliding_window"] = None
+    return []
+
+
+# ---------------------------------------------------------------------------------------------- hunyuan
+def prepare_hunyuan(cfg: Dict[str, Any], source: str) -> Dict[str, Any]:
+    """A "dynamic" RoPE with a fixed alpha (HunYuan's NTK-alpha) as the plain RoPE transformers makes of it."""
+    params = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
+    if params.get("rope_type", params.get("type")) != "dynamic" or not params.get("alpha"):
+        return cfg
+    theta = params.get("rope_theta", cfg.get("rope_theta") or 1e4)
+    dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    base = theta * params["alpha"] ** (dim / (dim - 2))  # transformers' compute_ntk_alpha_rope_parameters
+    return {**cfg, "rope_scaling": None, "rope_parameters": {"rope_type": "default", "rope_theta": base}}
+
+
+def read_hunyuan(get: Get, out: Dict[str, Any], source: str) -> Dict[str, Any]:
+    return dict(qk_norm_after_rope=True)
+
+
+# ---------------------------------------------------------------------------------------------- llama4_text
+def read_llama4(get: Get, out: Dict[str, Any], source: str) -> Dict[str, Any]:
+    n = out["n_layers"]
+    moe = get("moe_layers")
+    if moe is None:
+        step = int(get("interleave_moe_layer_step"))
+        moe = list(range(step - 1, n, step))
+    if moe:
+        raise _reject(source, "moe_layers", list(moe), "mixture-of-experts MLP layers; dense layers only")
+    interval = int(get("no_rope_layer_interval"))
+    no_rope = get("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(n)]
+    if len(no_rope) != n:
+        raise _reject(source, "no_rope_layers", no_rope, f"one entry per layer, {n} layers")
+    chunk = get("attention_chunk_size")
+    types = get("layer_types") or [CHUNKED if r and chunk is not None else FULL for r in no_rope]
+    fields: Dict[str, Any] = dict(rope_interleaved=True, nope_layers=tuple(i for i, r in enumerate(no_rope) if not r))
+    if get("use_qk_norm"):
+        fields.update(qk_norm="head", qk_norm_type="rms", qk_norm_gain="none", qk_norm_after_rope=True,
+                      qk_norm_layers="rope")
+    else:
+        fields["qk_norm"] = "none"
+    if get("attn_temperature_tuning"):
+        fields.update(nope_attn_scale=float(get("attn_scale")), nope_floor_scale=float(get("floor_scale")))
+    if CHUNKED in types:
+        fields.update(layer_types=tuple(types), attention_chunk=int(chunk))
+    elif any(t != FULL for t in types):
+        raise _reject(source, "layer_types", list(types), "llama4_text layers are chunked_attention or full_attention")
+    return fields
+
+
+def write_llama4(c: ModelConfig, out: Dict[str, Any]) -> List[str]:
+    types = list(c.resolved_layer_types())
+    out.update(use_qk_norm=c.qk_norm.value != "none", no_rope_layers=[int(i not in c.nope_layers)
+                                                                       for i in range(c.n_layers)],
+               attn_temperature_tuning=c.nope_attn_scale is not None, attn_scale=c.nope_attn_scale or 0.1,
+               floor_scale=c.nope_floor_scale, attention_chunk_size=c.attention_chunk, layer_types=types,
+               moe_layers=[], intermediate_size=c.d_ff)
+    return [] if SLIDING not in types else ["sliding_window (llama4_text has chunked, not sliding, attention)"]
+
+
+def check_rotary(c: ModelConfig) -> List[str]:
+    """rope_fraction != 1 outside StableLM: every other family rotates the whole head."""
+    return [] if rotary_dim(c) == c.head_dim else [f"rope_fraction={c.rope_fraction} (RoPE on the whole head)"]
