@@ -23,13 +23,12 @@ not the unit-L2 norm with a learned temperature of qk_norm_type l2 (Henry et al.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Tuple
+from typing import Any, Tuple
 
 from .choice import Choice
 from .errors import ConfigError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .config import ModelConfig
+ModelConfig = Any  # config.ModelConfig, which imports this module (the functions read its fields)
 
 __all__ = ["QKNormScope", "QKNormType", "QKNormGain", "QKNormLayers", "validate_variants", "layer_has_rope",
            "layer_has_qk_norm", "fused_layer", "fused_kernel_serves", "rotary_dim"]
@@ -66,7 +65,7 @@ class QKNormLayers(Choice):
     ROPE = "rope"  # only those that apply RoPE (Llama 4: its NoPE layers have none)
 
 
-def validate_variants(c: "ModelConfig") -> None:
+def validate_variants(c: ModelConfig) -> None:
     """ConfigError naming the field for every variant setting that is out of range or contradicts another."""
     for name in ("qk_norm_after_rope", "rope_interleaved", "layernorm_bias"):
         if not isinstance(getattr(c, name), bool):
@@ -111,22 +110,22 @@ def validate_variants(c: "ModelConfig") -> None:
                           "'torch'")
 
 
-def rotary_dim(c: "ModelConfig") -> int:
+def rotary_dim(c: ModelConfig) -> int:
     """How many leading dims of a head RoPE rotates: int(head_dim * rope_fraction), as transformers rounds."""
     return int(c.head_dim * c.rope_fraction)
 
 
-def layer_has_rope(c: "ModelConfig", i: int) -> bool:
+def layer_has_rope(c: ModelConfig, i: int) -> bool:
     return i not in c.nope_layers
 
 
-def layer_has_qk_norm(c: "ModelConfig", i: int) -> bool:
+def layer_has_qk_norm(c: ModelConfig, i: int) -> bool:
     if c.qk_norm is QKNormScope.NONE:
         return False
     return c.qk_norm_layers is QKNormLayers.ALL or layer_has_rope(c, i)
 
 
-def _unfused_reason(c: "ModelConfig") -> str:
+def _unfused_reason(c: ModelConfig) -> str:
     """Why the fused kernel cannot serve the config's layers ('' when it can)."""
     for cond, why in ((c.qk_norm_type is not QKNormType.RMS, f"qk_norm_type={c.qk_norm_type.value!r}"),
                       (c.qk_norm_gain is not QKNormGain.SHARED, f"qk_norm_gain={c.qk_norm_gain.value!r}"),
@@ -140,12 +139,12 @@ def _unfused_reason(c: "ModelConfig") -> str:
     return ""
 
 
-def fused_kernel_serves(c: "ModelConfig") -> bool:
+def fused_kernel_serves(c: ModelConfig) -> bool:
     """Whether every layer's QK-norm + RoPE is the fused op's RMSNorm-then-rotate-half (ops.qk_norm_rope)."""
     return not _unfused_reason(c)
 
 
-def fused_layer(c: "ModelConfig", i: int) -> bool:
+def fused_layer(c: ModelConfig, i: int) -> bool:
     """Whether layer i runs the fused op: its RMSNorm (shared gains) before a whole-head rotate-half RoPE, or
     no norm and that RoPE; anything else is composed in PyTorch (nn/qk_path.py)."""
     if not layer_has_rope(c, i) or c.rope_interleaved or c.rope_fraction != 1:

@@ -7,13 +7,17 @@ import pytest
 import torch
 
 import qknorm
+from qknorm import CheckpointError
 from qknorm.interop.hf_config import FAMILIES, config_from_hf, hf_config_from_ours, infer_family
 from qknorm.nn.rope import RopeScaling
 
 transformers = pytest.importorskip("transformers")
 
 _CLASSES = {"llama": "LlamaConfig", "qwen3": "Qwen3Config", "olmo2": "Olmo2Config",
-            "gemma3_text": "Gemma3TextConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config"}
+            "gemma3_text": "Gemma3TextConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config",
+            "olmo3": "Olmo3Config", "cohere": "CohereConfig", "stablelm": "StableLmConfig",
+            "exaone4": "Exaone4Config", "hunyuan_v1_dense": "HunYuanDenseV1Config",
+            "llama4_text": "Llama4TextConfig"}
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
@@ -24,7 +28,7 @@ def test_defaults_match_installed_transformers(model_type):
     hf = cls()
     # attributes transformers derives in __post_init__ from other fields or stores elsewhere
     derived = {"rope_theta", "rope_local_base_freq", "sliding_window_pattern", "num_key_value_heads", "head_dim",
-               "sliding_window"}
+               "sliding_window", "partial_rotary_factor"}
     for field, ours in fam.defaults.items():
         if field not in derived:
             assert getattr(hf, field) == ours, field
@@ -34,11 +38,19 @@ def test_defaults_match_installed_transformers(model_type):
         assert rope["sliding_attention"]["rope_theta"] == fam.defaults["rope_local_base_freq"]
     else:
         assert rope["rope_theta"] == fam.defaults["rope_theta"]
+    if "partial_rotary_factor" in fam.defaults:  # StableLM keeps it in rope_parameters
+        assert rope["partial_rotary_factor"] == fam.defaults["partial_rotary_factor"]
     if fam.sliding in ("layer_types", "all"):  # Qwen's class sets it to None unless use_sliding_window
         assert hf.sliding_window == fam.defaults["sliding_window"]
     # and the whole default config translates to the same model transformers would build
-    ours = config_from_hf({"model_type": model_type})[0]
-    full = config_from_hf(hf.to_dict())[0]
+    if model_type == "llama4_text":  # its default layers are all mixture-of-experts, refused in one line
+        with pytest.raises(CheckpointError, match="moe_layers=.*mixture-of-experts"):
+            config_from_hf({"model_type": model_type})
+        ours = config_from_hf({"model_type": model_type, "moe_layers": []})[0]
+        full = config_from_hf(getattr(transformers, _CLASSES[model_type])(moe_layers=[]).to_dict())[0]
+    else:
+        ours = config_from_hf({"model_type": model_type})[0]
+        full = config_from_hf(hf.to_dict())[0]
     assert ours == full
 
 

@@ -194,7 +194,9 @@ def test_to_hf_postln_not_representable(tmp_path):
 
 
 @pytest.mark.parametrize("preset,overrides,match", [
-    ("olmo2", dict(qk_norm="head"), r"placement='reordered' with qk_norm='head' is not representable"),
+    # reordered + per-head QK-norm is EXAONE 4's layout, whose norms round before the gain (norm_cast input)
+    ("olmo2", dict(qk_norm="head"), r"not representable as transformers exaone4: norm_cast='fp32'"),
+    ("olmo2", dict(qk_norm_after_rope=True), r"placement='reordered' with qk_norm='full' is not representable"),
     ("qwen3", dict(norm_cast="fp32"), r"norm_cast='fp32' \(qwen3 uses 'input'\)"),
     ("llama", dict(attn_softcap=30.0, final_softcap=10.0), r"attn_softcap=30\.0.*final_softcap=10\.0"),
     ("llama", dict(o_proj_bias=True), r"o_proj_bias=True \(transformers' attention_bias puts a bias on q, k, v"),
@@ -202,10 +204,13 @@ def test_to_hf_postln_not_representable(tmp_path):
     ("mistral", dict(global_every=2), r"global_every=2 \(mistral's window applies to every layer or to none\)"),
     ("qwen3", dict(sliding_window=8, global_every=2, rope_scaling=4.0, rope_local_theta=1e4),
      r"rope_local_theta=10000\.0 \(qwen3 uses one RoPE \(theta and scaling\) for every layer\)"),
-    ("olmo2", dict(sliding_window=8, global_every=2), r"sliding_window=8 \(olmo2 has no sliding layers\)"),
     ("qwen3", dict(query_pre_attn_scalar=10), r"query_pre_attn_scalar=10"),
     ("gemma3", dict(embed_scale=False), r"embed_scale=False"),
-    ("llama", dict(norm_type="layernorm"), r"norm_type='layernorm'"),
+    # a pre-norm LayerNorm model is StableLM's layout, whose LayerNorms have biases
+    ("llama", dict(norm_type="layernorm", layernorm_bias=False), r"stablelm: layernorm_bias=False \(transformers "
+                                                                  r"stablelm gives True\)"),
+    ("qwen3", dict(qk_norm_gain="per_head"), r"hunyuan|qwen3"),
+    ("llama", dict(nope_layers=(1,)), r"nope_layers=\(1,\) \(transformers llama gives \(\)\)"),
     ("qwen3", dict(qk_norm_type="l2"), r"qk_norm_type='l2' \(qwen3's QK-norm, if any, is an RMSNorm\)"),
     ("olmo2", dict(qk_norm_type="layernorm"), r"qk_norm_type='layernorm'"),
     ("llama", dict(sigma_reparam=True), r"sigma_reparam=True \(transformers has no sigmaReparam linears\)"),

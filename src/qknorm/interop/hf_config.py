@@ -198,9 +198,9 @@ def infer_family(config: ModelConfig) -> Family:
     found = [fam for fam in FAMILIES.values() if fam.accepts(c)]
     if not found:
         known = "; ".join(f"placement={f.placement} qk_norm={f.qk_norm} -> {f.model_type}" for f in FAMILIES.values())
-        raise ConfigError(f"placement={c.placement.value!r} with qk_norm={c.qk_norm.value!r}, norm_type="
-                          f"{c.norm_type.value!r}, rope_interleaved={c.rope_interleaved}, qk_norm_after_rope="
-                          f"{c.qk_norm_after_rope} is not representable in transformers (supported: {known})")
+        raise ConfigError(f"placement={c.placement.value!r} with qk_norm={c.qk_norm.value!r} is not representable "
+                          f"in transformers (with norm_type={c.norm_type.value!r}, rope_interleaved="
+                          f"{c.rope_interleaved}, qk_norm_after_rope={c.qk_norm_after_rope}; supported: {known})")
     if len(found) == 1:
         return found[0]
     sliding = SLIDING in c.resolved_layer_types()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List
 
-from ..config import CHUNKED, FULL, SLIDING, ModelConfig, rotary_dim
+from ..config import CHUNKED, FULL, SLIDING, ModelConfig
 from ..errors import CheckpointError
 
 Get = Callable[[str], Any]
@@ -135,7 +135,9 @@ def read_llama4(get: Get, out: Dict[str, Any], source: str) -> Dict[str, Any]:
         step = int(get("interleave_moe_layer_step"))
         moe = list(range(step - 1, n, step))
     if moe:
-        raise _reject(source, "moe_layers", list(moe), "mixture-of-experts MLP layers; dense layers only")
+        shown = list(moe) if len(moe) <= 6 else [*moe[:6], "..."]
+        raise _reject(source, "moe_layers", shown, f"mixture-of-experts MLP layers, {len(moe)} of {n}; dense layers "
+                      "only")
     interval = int(get("no_rope_layer_interval"))
     no_rope = get("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(n)]
     if len(no_rope) != n:
@@ -162,11 +164,10 @@ def write_llama4(c: ModelConfig, out: Dict[str, Any]) -> List[str]:
     out.update(use_qk_norm=c.qk_norm.value != "none", no_rope_layers=[int(i not in c.nope_layers)
                                                                        for i in range(c.n_layers)],
                attn_temperature_tuning=c.nope_attn_scale is not None, attn_scale=c.nope_attn_scale or 0.1,
-               floor_scale=c.nope_floor_scale, attention_chunk_size=c.attention_chunk, layer_types=types,
+               floor_scale=int(c.nope_floor_scale), attention_chunk_size=c.attention_chunk, layer_types=types,
                moe_layers=[], intermediate_size=c.d_ff)
-    return [] if SLIDING not in types else ["sliding_window (llama4_text has chunked, not sliding, attention)"]
+    bad = [] if SLIDING not in types else ["sliding_window (llama4_text has chunked, not sliding, attention)"]
+    if not float(c.nope_floor_scale).is_integer():
+        bad.append(f"nope_floor_scale={c.nope_floor_scale} (transformers' floor_scale is an integer)")
+    return bad
 
-
-def check_rotary(c: ModelConfig) -> List[str]:
-    """rope_fraction != 1 outside StableLM: every other family rotates the whole head."""
-    return [] if rotary_dim(c) == c.head_dim else [f"rope_fraction={c.rope_fraction} (RoPE on the whole head)"]
