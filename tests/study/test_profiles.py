@@ -28,7 +28,7 @@ def test_the_profile_grid_brackets_every_variant_optimum_as_measured(profile):
 
 
 def test_profile_descriptions_state_what_the_profile_runs():
-    for name in ("quick", "default", "gpu", "stabilizers", "stabilizers_gpu"):
+    for name in ("quick", "default", "gpu", "stabilizers", "stabilizers_gpu", "scaling", "scaling_gpu"):
         p = study.PROFILES[name]
         m = re.search(r"(\d+) LRs ([0-9.e-]+)\.\.([0-9.e-]+)", p.description)
         assert m and (int(m[1]), float(m[2]), float(m[3])) == (len(p.lrs), p.lrs[0], p.lrs[-1]), p.description

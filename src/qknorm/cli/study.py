@@ -6,6 +6,7 @@
     qknorm study --data my_corpus/ --out my_study --variants baseline,qknorm --lrs 1e-3,1e-2,1e-1
     qknorm study --backend ray --ray-address HEAD:6379     the runs as Ray tasks on a cluster (the ray extra)
     qknorm study --profile stabilizers       every stabilizer x AdamW and Muon, 2 seeds, leaderboard with CIs
+    qknorm study --profile scaling           baseline vs qknorm at 3 model sizes: LR sensitivity against size
 
 Writes OUT/summary.json, OUT/report.html, OUT/*.png and OUT/runs/<variant>_lr<lr>_s<seed>.json, then prints
 the summary table and the two checks last. Rerunning the same command reuses the finished runs in OUT. Output
@@ -40,7 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="the quick profile: " + study.PROFILES["quick"].description)
     p.add_argument("--profile", choices=tuple(study.PROFILES), default=None,
                    help="study size; default: 'gpu' with --device cuda, else 'default' ('quick' with --quick); "
-                   "'stabilizers' with --device cuda runs 'stabilizers_gpu'")
+                   "'stabilizers' ('scaling') with --device cuda runs 'stabilizers_gpu' ('scaling_gpu')")
     p.add_argument("--data", default=None, metavar="PATH",
                    help="text file, directory, glob or token file (.bin/.npy); default: the embedded corpus")
     p.add_argument("--tokenizer", default=None, metavar="F", help="a Hugging Face tokenizer.json (default: bytes)")
@@ -85,16 +86,17 @@ def run(args: argparse.Namespace) -> int:
                                "gpu" if (args.device or "").startswith("cuda") else "default")
     if args.ray_address is not None and args.backend != "ray":
         raise ConfigError(f"ray_address={args.ray_address} is for backend=ray (add --backend ray)")
-    profile = study.device_profile(profile, args.device)  # stabilizers -> stabilizers_gpu on CUDA
+    profile = study.device_profile(profile, args.device)  # stabilizers -> stabilizers_gpu on CUDA (scaling too)
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise ConfigError(f"max_minutes={args.max_minutes!r} must be a positive number of minutes")
-    plan = study.make_plan(
-        profile,
-        variants=study.parse_variants(args.variants) if args.variants is not None else None,
-        lrs=study.parse_lrs(args.lrs) if args.lrs is not None else None,
-        optimizers=study.parse_optimizers(args.optimizers) if args.optimizers is not None else None,
-        seeds=args.seeds, seed=args.seed, steps=args.steps, device=args.device, data=args.data,
-        tokenizer=args.tokenizer, workers=args.workers)
+    kw = dict(variants=study.parse_variants(args.variants) if args.variants is not None else None,
+              lrs=study.parse_lrs(args.lrs) if args.lrs is not None else None,
+              optimizers=study.parse_optimizers(args.optimizers) if args.optimizers is not None else None,
+              seeds=args.seeds, seed=args.seed, steps=args.steps, device=args.device, data=args.data,
+              tokenizer=args.tokenizer, workers=args.workers)
+    if study.is_scaling(profile):
+        return _run_scaling(args, study.make_scaling_plan(profile, **kw))
+    plan = study.make_plan(profile, **kw)
     ray = study.RayScheduler(args.ray_address) if args.backend == "ray" else None  # no Ray: one line, exit 2
     if ray is None or ray.address is None:  # a cluster's GPUs are its nodes', checked when the study connects
         check_device_available(plan.train.device)
@@ -106,4 +108,22 @@ def run(args: argparse.Namespace) -> int:
          + (f"({reused} reused) " if reused else "") + f"in {time.perf_counter() - t0:.0f} s; wrote "
          f"{args.out}/summary.json, {args.out}/report.html" + ("" if summary.config.get("plots") else " (no plots)")
          + "\n" + study.format_table(summary))
+    return 0
+
+
+def _run_scaling(args: argparse.Namespace, splan) -> int:
+    """A scaling profile: the study at each model size, then the trend across sizes (study/scaling_driver.py)."""
+    def scheduler():
+        return study.RayScheduler(args.ray_address) if args.backend == "ray" else study.LocalPool()
+
+    if args.backend != "ray" or scheduler().address is None:
+        check_device_available(splan.first.train.device)
+    t0 = time.perf_counter()
+    summary = study.run_scaling_study(splan, args.out, force=args.force, max_minutes=args.max_minutes,
+                                      scheduler=scheduler)
+    runs = sum(len(s.summary.runs) for s in summary.sizes)
+    emit(f"qknorm scaling study ({summary.config['label']}): {study.plural(len(summary.sizes), 'size')}, "
+         f"{study.plural(runs, 'run')} in {time.perf_counter() - t0:.0f} s; wrote {args.out}/summary.json, "
+         f"{args.out}/report.html" + ("" if summary.config.get("plots") else " (no plots)") + "\n"
+         + study.format_scaling_table(summary))
     return 0

@@ -16,6 +16,9 @@ parallel, with a summary, a leaderboard with confidence intervals, a printed tab
   verdicts.py  the report's conclusions, from the CIs         report.py    report.html
   console.py   output that survives a closed pipe
   driver.py    run_study (resumes: finished runs with an identical stored spec are reused)
+  scaling_plan.py    ScalingPlan: the study at each model size of a scaling profile; the time estimate
+  scaling.py         rows per (variant, size), the slope of LR sensitivity vs log(params), the trend in words
+  scaling_driver.py  run_scaling_study          scaling_plots.py, scaling_report.py  its figures and report
 """
 from .analysis import StudyAnalysis, analyze
 from .driver import run_study
@@ -29,6 +32,10 @@ from .ray_backend import RayScheduler
 from .records import RunHistory, RunRecord, RunSpec, RunStatus, arm_label, run_name
 from .report import write_report
 from .run import run_one
+from .scaling import ScalingFit, ScalingRow, ScalingSummary
+from .scaling_driver import run_scaling_study
+from .scaling_plan import ScalingPlan, is_scaling, make_scaling_plan
+from .scaling_report import format_scaling_table
 from .scheduler import Scheduler
 from .summary import StudySummary
 from .table import format_checks, format_table, plural
@@ -39,4 +46,5 @@ __all__ = ["StudyAnalysis", "analyze", "run_study", "PLAN_FILE", "RUNS_DIR", "SU
            "OPTIMIZERS", "parse_optimizers", "device_profile", "LeaderboardRow", "arm_label",
            "PROFILES", "WORTSMAN_GRID", "Profile", "RunHistory", "RunRecord", "RunSpec", "RunStatus", "run_name",
            "write_report", "run_one", "Scheduler", "LocalPool", "RayScheduler", "StudySummary", "format_checks",
-           "format_table", "plural", "VARIANTS", "model_config"]
+           "format_table", "plural", "VARIANTS", "model_config", "ScalingFit", "ScalingRow", "ScalingSummary",
+           "run_scaling_study", "ScalingPlan", "is_scaling", "make_scaling_plan", "format_scaling_table"]

@@ -8,6 +8,20 @@
                    bench/results/stabilizers_study_cpu_2026-11-30.md)
   stabilizers_gpu  its twin for `--device cuda` (the gpu profile's model, bf16, 250 steps)
   smoke    the gpu profile's code path at a tiny size and 6 steps (tests, dry runs): not a measurement
+  scaling      the same study at three model sizes (scaling_plan.py): baseline vs qknorm, Wortsman et al.'s 7 LRs
+               3e-4..3e-1 at every size, 2 seeds, 150 steps, d_model 32 / 64 / 128 with 2 / 3 / 4 layers
+               (head_dim 32 at every size, heads grow; d_ff 4 d_model: 33k / 197k / 1.05M non-embedding parameters,
+               32x), the same tokens for every size (Wortsman et al. also hold the step count fixed); 84 runs
+  scaling_gpu  its twin for `--device cuda`: d_model 256 / 512 / 768 with 4 / 8 / 12 layers (4.2M / 33.6M /
+               113M non-embedding parameters, 27x), bf16, cosine, 1000 steps of 64 x 256 tokens (not yet run)
+  scaling_smoke  the scaling code path at three tiny sizes, 3 steps (tests, dry runs): not a measurement
+
+The scaling grid. One grid for every size, so that LR sensitivity (a mean over the grid) compares sizes on the
+same LRs. The optimum moves to lower LRs as the model grows (Wortsman et al. Fig. 1); Wortsman's 3e-4..3e-1 is
+chosen to bracket it at all three CPU sizes (the default profile's 0.59M model has its optimum at 1e-3..3e-3;
+the measured optima per size: bench/results/scaling_study_cpu_2026-12-07.md). A size may carry its own grid
+(`ModelSize.lrs`, widened where its optimum moves off the common one); the report marks every size whose optimum
+sits at a grid edge.
 
 How long a profile takes depends on the machine (a CPU without fast bf16, another core count): no profile
 carries a minute count measured elsewhere. `qknorm study` measures this machine before its first run (a matmul
@@ -27,9 +41,26 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .variants import FAMILY_VARIANTS, VARIANTS
 
-__all__ = ["Profile", "PROFILES", "WORTSMAN_GRID", "device_profile"]
+__all__ = ["Profile", "PROFILES", "WORTSMAN_GRID", "device_profile", "ModelSize"]
 
 WORTSMAN_GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # Wortsman et al. 2023 (arXiv 2309.14322)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSize:
+    """One model size of a scaling profile: its name, its shape (ModelConfig fields) and, where its optimum moves
+    off the profile's grid, its own LR grid (None: the profile's)."""
+
+    name: str
+    shape: Mapping[str, Any]
+    lrs: Optional[Tuple[float, ...]] = None
+
+
+def _size(d_model: int, n_layers: int, head_dim: int) -> ModelSize:
+    """A size with a fixed head_dim (Wortsman et al. keep it fixed and add heads) and d_ff = 4 d_model."""
+    heads = d_model // head_dim
+    return ModelSize(f"d{d_model}_l{n_layers}", dict(d_model=d_model, n_layers=n_layers, n_heads=heads,
+                                                     n_kv_heads=heads, head_dim=head_dim, d_ff=4 * d_model))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +83,7 @@ class Profile:
     device: str = "cpu"
     description: str = ""
     optimizers: Tuple[str, ...] = ("adamw",)
+    sizes: Tuple[ModelSize, ...] = ()  # a scaling profile: the study at each size (`shape` = the largest's)
 
 
 _ALL = FAMILY_VARIANTS
@@ -87,12 +119,36 @@ PROFILES: Dict[str, Profile] = {
                      description="the gpu profile's code path at a tiny size, 6 steps (tests, dry runs; measures "
                      "nothing)"),
 }
-_GPU_TWINS = {"stabilizers": "stabilizers_gpu"}
+_SCALING_CPU = (_size(32, 2, 32), _size(64, 3, 32), _size(128, 4, 32))
+_SCALING_GPU = (_size(256, 4, 64), _size(512, 8, 64), _size(768, 12, 64))
+PROFILES["scaling"] = Profile(
+    shape=_SCALING_CPU[-1].shape, sizes=_SCALING_CPU, variants=("baseline", "qknorm"), lrs=WORTSMAN_GRID, seeds=2,
+    steps=150, warmup_frac=0.1, schedule="constant", batch_size=16, seq_len=64,
+    description="baseline vs qknorm at 3 sizes (d_model 32/64/128, 2/3/4 layers: 33k-1.05M non-embedding "
+    "parameters, 32x), 7 LRs 3e-4..3e-1, 2 seeds, 150 steps; LR sensitivity against size (Wortsman et al. Fig. 1); "
+    "the time estimate is printed before it starts")
+PROFILES["scaling_gpu"] = Profile(
+    shape=_SCALING_GPU[-1].shape, sizes=_SCALING_GPU, variants=("baseline", "qknorm"), lrs=WORTSMAN_GRID, seeds=2,
+    steps=1000, warmup_frac=0.05, schedule="cosine", batch_size=64, seq_len=256, dtype="bf16", stats_every=25,
+    workers=4, device="cuda",
+    description="baseline vs qknorm, the scaling profile's twin for --device cuda: d_model 256/512/768, 4/8/12 "
+    "layers (4.2M-113M non-embedding parameters, 27x), 7 LRs 3e-4..3e-1, 2 seeds, bf16, cosine, 1000 steps of "
+    "64 x 256 tokens, 4 runs at once (not yet run in full)")
+PROFILES["scaling_smoke"] = Profile(
+    shape=dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=16, d_ff=128),
+    sizes=tuple(ModelSize(f"d{d}_l{n}", dict(d_model=d, n_layers=n, n_heads=d // 16, n_kv_heads=d // 16,
+                                             head_dim=16, d_ff=2 * d)) for d, n in ((16, 1), (32, 2), (64, 2))),
+    variants=("baseline", "qknorm"), lrs=(1e-3, 1e-2, 1e-1), seeds=2, steps=3, warmup_frac=0.34,
+    schedule="constant", batch_size=2, seq_len=16, stats_every=1, eval_batches=1, workers=1,
+    description="the scaling profile's code path at three tiny sizes and 3 steps (tests, dry runs; measures "
+    "nothing)")
+_GPU_TWINS = {"stabilizers": "stabilizers_gpu", "scaling": "scaling_gpu"}
 
 
 def device_profile(profile: str, device: Optional[str]) -> str:
     """The profile to run for `profile` on `device`: a CPU profile with a GPU twin becomes the twin on CUDA
-    (`stabilizers` -> `stabilizers_gpu`); every other profile is itself on any device."""
+    (`stabilizers` -> `stabilizers_gpu`, `scaling` -> `scaling_gpu`); every other profile is itself on any
+    device."""
     if device is not None and device.startswith("cuda"):
         return _GPU_TWINS.get(profile, profile)
     return profile
