@@ -11,7 +11,7 @@ from qknorm import ConfigError, study
 from qknorm.study import RunHistory, RunRecord
 from qknorm.study.scaling import (ScalingAnalysis, ScalingFit, ScalingRow, fit_slope, slope_difference,
                                   trend_sentences)
-from qknorm.study.scaling_plan import estimate_seconds, params_nonembed
+from qknorm.study.scaling_plan import params_nonembed
 from tests.helpers.cli import run_cli
 
 ROW_FIELDS = {"variant", "size", "params_nonembed", "tokens", "best_lr", "best_val_loss", "lr_sensitivity",
@@ -67,8 +67,6 @@ def test_scaling_profiles_span_16x_with_growing_depth_and_a_gpu_twin():
         assert all(len(p.seeds) >= 2 and p.variants == ("baseline", "qknorm") for p in splan.plans)
         assert all(p.lrs == study.WORTSMAN_GRID for p in splan.plans)
     assert study.device_profile("scaling", "cuda") == "scaling_gpu"
-    seconds, how = estimate_seconds(study.make_scaling_plan("scaling"), 256)
-    assert 60 < seconds < 30 * 60 and "GFLOP/s" in how  # sized for <= 30 minutes on 2 quiet cores
 
 
 def test_params_nonembed_counts_the_blocks_by_hand():
@@ -106,7 +104,7 @@ def test_scaling_study_writes_every_field_the_report_and_resumes(tmp_path, monke
     splan = study.make_scaling_plan("scaling_smoke")
     lines = []
     summary = study.run_scaling_study(splan, out, runner=size_runner, log=lines.append)
-    assert "estimate" in lines[0] and not any("[" in x for x in lines[:1])  # the estimate before any run
+    assert "36 runs in all, 36 to train" in lines[0] and "estimate" not in lines[0]  # a fake runner: no estimate
     data = json.loads((out / "summary.json").read_text())
     assert len(data["scaling"]) == 6 and all(ROW_FIELDS <= set(r) for r in data["scaling"])
     assert all(r["lr_sensitivity"] is not None and r["lr_sensitivity_ci95"] is not None for r in data["scaling"])
@@ -143,6 +141,8 @@ def test_cli_scaling_smoke_trains_real_runs_and_reports_without_matplotlib(tmp_p
     code, stdout, err = run_cli("study", ["--profile", "scaling_smoke", "--lrs", "1e-3,1e-1", "--steps", "2",
                                           "--out", str(out)], capsys)
     assert code == 0, err
+    assert err[0].startswith("qknorm scaling study") and "24 to train; estimate ~" in err[0]  # before any run
+    assert "d16_l1 8 runs" in err[0] and "[  1/8]" not in err[0]
     assert "slope of LR sensitivity per 10x parameters, baseline" in stdout and "(no plots)" in stdout
     assert "No plots: matplotlib is not installed" in (out / "report.html").read_text()
     data = json.loads((out / "summary.json").read_text())

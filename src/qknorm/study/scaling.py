@@ -27,7 +27,8 @@ from .ci import Interval, t_quantile
 from .records import json_num, num_from_json
 from .summary import StudySummary
 
-__all__ = ["fmt_params", "ScalingSummary", "ScalingRow", "ScalingFit", "SlopeDifference", "ScalingAnalysis", "SizeResult", "scaling_analysis",
+__all__ = ["fmt_params", "ScalingSummary", "ScalingRow", "ScalingFit", "SlopeDifference", "ScalingAnalysis",
+           "SizeResult", "scaling_analysis",
            "fit_slope", "trend_sentences", "FIT_METHOD"]
 
 FIT_METHOD = ("slope of LR sensitivity against log10(non-embedding parameters): ordinary least squares through one "
@@ -178,7 +179,8 @@ class ScalingAnalysis:
         return [r for r in self.rows if _label(r) == label]
 
     def to_json(self) -> Dict[str, Any]:
-        return {"scaling": [r.to_json() for r in self.rows], "scaling_fit": {k: f.to_json() for k, f in self.fits.items()},
+        return {"scaling": [r.to_json() for r in self.rows],
+                "scaling_fit": {k: f.to_json() for k, f in self.fits.items()},
                 "scaling_fit_difference": self.difference.to_json() if self.difference else None}
 
 

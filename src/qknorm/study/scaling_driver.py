@@ -24,12 +24,13 @@ from ..errors import ConfigError
 from ..train.tokens import load_tokens
 from .console import log_to_stderr
 from .driver import run_study
-from .layout import PLAN_FILE, SUMMARY_FILE, write_atomic
+from .layout import PLAN_FILE, SUMMARY_FILE, finished_runs, write_atomic
 from .pool import LocalPool
 from .records import RunRecord, RunSpec
-from .run import run_one
+from .plan import run_specs
+from .run import data_fingerprint, run_one
 from .scaling import FIT_METHOD, ScalingSummary, SizeResult, fmt_params, scaling_analysis
-from .scaling_plan import ScalingPlan, estimate_seconds, params_nonembed, scaling_fingerprint
+from .scaling_plan import ScalingPlan, estimate_scaling, params_nonembed, scaling_fingerprint
 from .scaling_report import write_scaling_report
 from .scheduler import Scheduler
 from .table import plural
@@ -55,7 +56,7 @@ def _check_out(out: Path, splan: ScalingPlan, force: bool) -> None:
                           "force=True to overwrite")
 
 
-def _config(splan: ScalingPlan, sizes: Tuple[SizeResult, ...], estimate: Tuple[float, str], wall_s: float,
+def _config(splan: ScalingPlan, sizes: Tuple[SizeResult, ...], estimate: Optional[Tuple[float, str]], wall_s: float,
             plots: bool) -> Dict[str, Any]:
     first = sizes[0].summary.config
     return {
@@ -68,7 +69,8 @@ def _config(splan: ScalingPlan, sizes: Tuple[SizeResult, ...], estimate: Tuple[f
         "fingerprint": scaling_fingerprint(splan), "scaling_fit_method": FIT_METHOD,
         "uncertainty": first.get("uncertainty"), "lr_sensitivity_loss": first.get("lr_sensitivity_loss"),
         "variant_descriptions": first.get("variant_descriptions"),
-        "estimate_s": round(estimate[0], 1), "estimate_method": estimate[1], "environment": first["environment"],
+        "estimate_s": round(estimate[0], 1) if estimate else None, "estimate_method": estimate[1] if estimate else
+        None, "environment": first["environment"],
         "qknorm": first["qknorm"], "wall_time_s": round(wall_s, 1), "plots": plots,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
@@ -82,14 +84,20 @@ def run_scaling_study(splan: ScalingPlan, out_dir, *, runner: Callable[[RunSpec]
     t0 = time.time()
     out = Path(out_dir)
     _check_out(out, splan, force)
-    vocab = load_tokens(splan.first.data, tokenizer=splan.first.tokenizer).vocab_size  # bad data fails here
-    est = estimate_seconds(splan, vocab)
-    n = sum(len(p.variants) * len(p.optimizers) * len(p.lrs) * len(p.seeds) for p in splan.plans)
+    data = load_tokens(splan.first.data, tokenizer=splan.first.tokenizer)  # bad data fails here
+    vocab, fingerprint = data.vocab_size, data_fingerprint(data)
+    del data
+    specs = {s.name: run_specs(p, vocab, fingerprint) for s, p in splan.items()}
+    todo = {k: v if force else [x for x in v if x.name not in {r.name for r in finished_runs(out / SIZES_DIR / k, v)}]
+            for k, v in specs.items()}
+    # a custom runner fakes training or trains elsewhere: the estimate measures run_one here (as run_study's)
+    est = estimate_scaling(splan, todo) if runner is run_one else None
     params = {s.name: params_nonembed(p.shape, vocab) for s, p in splan.items()}
     log(f"qknorm scaling study ({splan.profile} profile): {plural(len(splan.sizes), 'size')} ("
-        + ", ".join(f"{k} {fmt_params(v)}" for k, v in params.items()) + f" non-embedding parameters), "
-        f"{plural(n, 'run')} in all; estimate ~{est[0] / 60:.0f} min ({est[1]}; a loaded machine takes longer, "
-        "finished runs are reused by a rerun)")
+        + ", ".join(f"{k} {fmt_params(v)}" for k, v in params.items()) + " non-embedding parameters), "
+        f"{plural(sum(map(len, specs.values())), 'run')} in all, {sum(map(len, todo.values()))} to train"
+        + (f"; estimate ~{est[0] / 60:.1f} min wall ({est[1]}; a loaded machine takes longer, finished runs are "
+           "reused by a rerun)" if est is not None else ""))
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / PLAN_FILE, json.dumps({"fingerprint": scaling_fingerprint(splan),

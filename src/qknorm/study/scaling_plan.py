@@ -9,10 +9,9 @@ Every size shares the profile's training settings, seeds and data; only the mode
 carries its own, the LR grid) differs. `--lrs` replaces every size's grid. Each size is an ordinary study in its
 own directory (scaling_driver.py), so it resumes like one.
 
-The time estimate (`estimate_seconds`) is the one place that predicts a study's cost before it starts: FLOPs of
-every run (6 x parameters x tokens for the matmuls, plus attention) at a throughput measured on this project's
-CPU machine (`CPU_GFLOPS`, one torch thread a run) or an assumed GPU throughput, over the workers. A general
-speed probe may replace it; the scaling driver prints what it returns.
+`estimate_scaling` is the whole study's wall-time estimate before it starts: each size's runs still to train,
+estimated as a study estimates itself (speed.py: a few calibration steps of its first run, here), summed over
+the sizes, which run one after the other.
 """
 from __future__ import annotations
 
@@ -24,14 +23,12 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 from ..errors import ConfigError
 from .plan import StudyPlan, make_plan
 from .profiles import PROFILES, ModelSize
+from .records import RunSpec
+from .speed import estimate_study
 from .variants import model_config
 
-__all__ = ["ScalingPlan", "make_scaling_plan", "is_scaling", "params_nonembed", "estimate_seconds",
-           "scaling_fingerprint", "CPU_GFLOPS", "GPU_TFLOPS"]
-
-CPU_GFLOPS = 40.0  # fitted to the measured process CPU time a step of the scaling profile's runs (one torch thread):
-CPU_STEP_OVERHEAD_S = 0.008  # d32_l2 15 ms, d64_l3 41 ms a step (2026-12-07); per step, whatever the size
-GPU_TFLOPS = 100.0  # assumed bf16 throughput of one GPU, shared by its concurrent runs (not measured)
+__all__ = ["ScalingPlan", "make_scaling_plan", "is_scaling", "params_nonembed", "estimate_scaling",
+           "scaling_fingerprint"]
 
 
 def is_scaling(profile: str) -> bool:
@@ -93,26 +90,16 @@ def params_nonembed(shape: Mapping[str, Any], vocab_size: int, variant: str = "b
     return sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("embed.", "lm_head.")))
 
 
-def _flops_per_step(plan: StudyPlan, vocab_size: int) -> float:
-    """Training FLOPs of one step: 6 x (non-embedding + head parameters) per token for the matmuls, plus
-    attention's 12 x layers x seq_len x d_attn per token (forward and backward)."""
-    s, t = plan.shape, plan.train
-    d_attn = s.get("n_heads", 1) * s.get("head_dim", s["d_model"])
-    per_token = 6 * (params_nonembed(s, vocab_size) + vocab_size * s["d_model"]) + 12 * s["n_layers"] * t.seq_len * d_attn
-    return per_token * t.batch_size * t.seq_len
-
-
-def estimate_seconds(splan: ScalingPlan, vocab_size: int) -> Tuple[float, str]:
-    """(wall seconds on a quiet machine, how it was estimated) for the whole scaling study (module docstring)."""
-    total, device = 0.0, splan.first.train.device
-    for _, plan in splan.items():
-        runs = len(plan.variants) * len(plan.optimizers) * len(plan.lrs) * len(plan.seeds)
-        flops = _flops_per_step(plan, vocab_size)
-        if device == "cpu":  # one thread a worker, the workers in parallel
-            total += runs * plan.train.steps * (flops / (CPU_GFLOPS * 1e9) + CPU_STEP_OVERHEAD_S) / plan.workers
-        else:  # the concurrent runs share one GPU's throughput
-            total += runs * plan.train.steps * flops / (GPU_TFLOPS * 1e12)
-    how = (f"FLOPs at {CPU_GFLOPS:g} GFLOP/s a worker (measured on this project's CPU machine) + "
-           f"{CPU_STEP_OVERHEAD_S * 1e3:g} ms a step, on quiet cores" if device == "cpu" else
-           f"FLOPs at an assumed {GPU_TFLOPS:g} TFLOP/s for the GPU (not measured)")
-    return total, how
+def estimate_scaling(splan: ScalingPlan, todo: Mapping[str, Sequence[RunSpec]]) -> Tuple[float, str]:
+    """(wall seconds on quiet cores, what it is) for the runs `todo` still has to train, by size name: each size
+    estimated by speed.estimate_study (calibration steps of its first run, here), the sizes one after the other."""
+    parts, total = [], 0.0
+    for size, plan in splan.items():
+        est = estimate_study(list(todo.get(size.name, ())), plan.workers)
+        if est is not None:
+            total += est.wall_s
+            step_ms = 1e3 * min(est.step_s.values())
+            parts.append(f"{size.name} {est.runs} runs ~{est.wall_s / 60:.1f} min, a step {step_ms:.0f} ms")
+    if not parts:
+        return total, "nothing to train"
+    return total, "; ".join(parts) + " (measured here before the first run; quiet cores)"

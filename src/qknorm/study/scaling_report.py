@@ -110,7 +110,8 @@ def render_scaling_html(summary: ScalingSummary, images: List[Tuple[str, bytes]]
 {tr['seq_len']} tokens: the same tokens at every size), {html.escape(tr['dtype'])}. Data:
 {html.escape(str(cfg['data']['source']))}. torch {html.escape(str(env.get('torch')))} on
 {html.escape(str(env.get('gpu') or env.get('device')))}; wall time {cfg.get('wall_time_s', 0):.0f} s
-(estimated before it started: {_f(est / 60 if est else None, '.0f')} min, {html.escape(cfg.get('estimate_method', ''))});
+(estimated before it started: {_f(est / 60 if est else None, '.1f')} min,
+{html.escape(cfg.get('estimate_method') or 'no estimate')});
 {html.escape(cfg.get('date', ''))}.</p>
 <p>Wortsman et al. 2023 (arXiv 2309.14322, Fig. 1) train the same models with and without qk-layernorm at several
 sizes over one learning-rate grid: without it the final loss degrades at high learning rates more as the model
@@ -131,7 +132,8 @@ sqrt(se_a^2 + se_b^2) x t with the smaller of the two fits' degrees of freedom.<
 <h2>How it was measured</h2>
 <ul class="note"><li>LR sensitivity (Wortsman et al.): E over the LR grid of [min(loss(lr), l0) - l*] on the
 final validation loss, per seed; l0 = loss at initialization, l* = best loss on the grid;
-{html.escape(str(cfg.get('lr_sensitivity_loss', '')))}. Uncertainty: {html.escape(str(cfg.get('uncertainty', '')))}.</li>
+{html.escape(str(cfg.get('lr_sensitivity_loss', '')))}.
+Uncertainty: {html.escape(str(cfg.get('uncertainty', '')))}.</li>
 <li>Sizes: {html.escape(sizes)}. Non-embedding parameters exclude the token embedding and the output head.</li>
 <li>Max attention logit: the largest over seeds at the top grid LR (sampled by the stats pass: a lower bound).</li>
 </ul>
