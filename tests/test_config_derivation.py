@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from qknorm import ConfigError, ModelConfig, TransformerLM, get_config
 from qknorm.presets import PRESETS, SIZES, preset_fields
 
+from helpers.load import scaled
+
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.init and not f.name.startswith("_")}
 CASES = [(p, s) for p in sorted(PRESETS) for s in SIZES[p]]
 
@@ -141,7 +143,7 @@ def test_cli_set_derives_head_dim(tmp_path):
     p = subprocess.run([sys.executable, "-m", "qknorm", "train", "--preset", "llama", "--set", "d_model=256",
                         "--set", "n_heads=4", "--steps", "2", "--batch-size", "2", "--seq-len", "16", "--device",
                         "cpu", "--no-progress", "--out", str(out)], capture_output=True, text=True, env=env,
-                       timeout=300)
+                       timeout=scaled(300))
     assert p.returncode == 0, p.stderr
     saved = json.loads((out / "config.json").read_text())["qknorm_config"]
     assert (saved["d_model"], saved["n_heads"], saved["head_dim"], saved["n_kv_heads"]) == (256, 4, 64, 2)

@@ -18,6 +18,8 @@ import triton
 import qknorm
 from qknorm.cli import main
 
+from helpers.load import scaled
+
 ROOT = Path(__file__).resolve().parents[2]
 # get_config copied the 372m size's derived head_dim (64) into any width (issue 9 section 1; fixed where the
 # configs live). Until that fix is merged here, `bench train --cpu-smoke` must refuse: the smoke shape exists
@@ -137,7 +139,7 @@ def test_no_cuda_subprocess_train(tmp_path):
     """The acceptance command as a user types it, on a machine where CUDA is not visible."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT / "src"))
     p = subprocess.run([sys.executable, "-m", "qknorm", "bench", "train", "--out", str(tmp_path / "results")],
-                       capture_output=True, text=True, env=env, timeout=120)
+                       capture_output=True, text=True, env=env, timeout=scaled(120))
     assert p.returncode == 2 and p.stdout == "" and p.stderr.count("\n") == 1, p.stderr
     assert "Traceback" not in p.stderr and not (tmp_path / "results").exists()
 

@@ -26,6 +26,8 @@ from qknorm.train.tokens import load_tokens
 from qknorm.train import TrainConfig
 from qknorm.train.loop import train
 
+from helpers.load import scaled
+
 torch.set_num_threads(1)
 
 TINY = ["--batch-size", "4", "--seq-len", "16", "--no-progress", "--set", "stats_every=0"]
@@ -203,7 +205,7 @@ def test_process_level_no_traceback_for_a_truncated_checkpoint(finished_run, tmp
     before = _snapshot(tmp_path)
     argv = [a.replace("{run}", str(run)) for a in RESUME]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    p = subprocess.run([sys.executable, "-m", "qknorm", *argv[0:]], capture_output=True, text=True, timeout=120,
+    p = subprocess.run([sys.executable, "-m", "qknorm", *argv[0:]], capture_output=True, text=True, timeout=scaled(120),
                        env={**env, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 2 and "Traceback" not in p.stderr and p.stdout == ""
     assert p.stderr.count("\n") == 1 and p.stderr.startswith(f"qknorm train: error: {run}/checkpoints: no usable "

@@ -17,6 +17,7 @@ import qknorm
 from qknorm.cli import main
 from qknorm.cli.generate import ByteText, TokenizerText
 
+from helpers.load import scaled
 from helpers.peaked import peaked
 
 tokenizers = pytest.importorskip("tokenizers")
@@ -29,7 +30,7 @@ ASCII_TEXT = Path(os.__file__).read_text()[:30_000].encode("ascii", "ignore").de
 
 def cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "qknorm", "generate", *args], capture_output=True, env=ENV,
-                          timeout=120, **kw)
+                          timeout=scaled(120), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def test_hf_dir_with_tokenizer_samples_like_the_library(hf_dir, bpe, capsys):
 def test_closed_stdout_pipe_ends_quietly(byte_dir):
     cmd = f"{sys.executable} -m qknorm generate {byte_dir} --prompt x --max-new-tokens 250 2>err.txt | head -c 10;" \
           " echo \" ${PIPESTATUS[0]}\""
-    r = subprocess.run(["bash", "-c", cmd], capture_output=True, env=ENV, cwd=byte_dir, timeout=120)
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, env=ENV, cwd=byte_dir, timeout=scaled(120))
     out, status = r.stdout.rsplit(b" ", 1)
     assert len(out) == 10 and status.strip() == b"0"
     assert (byte_dir / "err.txt").read_text() == ""

@@ -20,6 +20,8 @@ from qknorm.errors import ConfigError, QKNormError
 from qknorm.train.checkpoints.full import load_checkpoint
 from qknorm.train.config import OptimizerName
 
+from helpers.load import scaled
+
 torch.set_num_threads(1)
 
 # DESIGN.md's contract plus the flags the training issue adds; removing or renaming one breaks users' scripts
@@ -142,7 +144,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
 def test_subprocess_error_has_no_traceback(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, "-m", "qknorm", "train", "--preset", "llama", "--set", "d_model=abc",
-                        "--out", str(tmp_path / "r")], capture_output=True, text=True, env=env, timeout=120)
+                        "--out", str(tmp_path / "r")], capture_output=True, text=True, env=env, timeout=scaled(120))
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr == "qknorm train: error: --set d_model='abc': expected an integer\n"
     assert not (tmp_path / "r").exists()

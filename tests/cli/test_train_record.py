@@ -21,6 +21,7 @@ from qknorm.train.loop import train
 from qknorm.train.tokens import load_tokens
 from helpers.bpe import train_bpe_file
 from helpers.cli import run_cli
+from helpers.load import scaled
 
 torch.set_num_threads(1)
 SMALL = ["--batch-size", "4", "--seq-len", "16", "--device", "cpu", "--no-progress", "--set", "stats_every=0",
@@ -45,6 +46,7 @@ def _run(args, capsys):
     return run_cli("train", args, capsys)
 
 
+@pytest.mark.numerics
 def test_resume_without_data_or_preset_continues_on_the_recorded_run(tmp_path, capsys, monkeypatch):
     """Old behaviour: `--resume` without --data silently continued on the embedded corpus (loss jump)."""
     corpus = _corpus(tmp_path)
@@ -93,11 +95,11 @@ def test_seq_len_beyond_max_seq_len_is_one_line_and_leaves_nothing(tmp_path):
     out = tmp_path / "q"
     base = [sys.executable, "-m", "qknorm", "train", "--preset", "qwen3", "--steps", "2", "--batch-size", "2",
             "--out", str(out), "--device", "cpu", "--no-progress"]
-    p = subprocess.run([*base, "--seq-len", "100000"], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([*base, "--seq-len", "100000"], capture_output=True, text=True, timeout=scaled(120))
     assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1, p.stderr
     assert "--seq-len=100000 is longer than the model's max_seq_len=256" in p.stderr
     assert not out.exists()
-    p = subprocess.run([*base, "--seq-len", "32"], capture_output=True, text=True, timeout=180)
+    p = subprocess.run([*base, "--seq-len", "32"], capture_output=True, text=True, timeout=scaled(180))
     assert p.returncode == 0, p.stderr
 
 
@@ -213,7 +215,7 @@ def test_a_closed_stdout_pipe_neither_hangs_nor_prints_a_traceback(tmp_path):
            *SMALL]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     p.stdout.close()  # the reader is gone before the summary line is written (like `| head -0`)
-    _, err = p.communicate(timeout=180)
+    _, err = p.communicate(timeout=scaled(180))
     assert p.returncode == 0 and b"Traceback" not in err and b"BrokenPipe" not in err, err
 
 

@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from qknorm.cli import main
 
+from helpers.load import scaled
 from helpers.ranks import python_env
 
 ARGS = ["train", "--preset", "olmo2", "--steps", "2", "--batch-size", "4", "--seq-len", "16", "--device", "cpu",
@@ -59,7 +60,7 @@ def test_tp3_in_one_process_exits_2_in_one_line(tmp_path):
     """The acceptance check's own command, as a user types it."""
     proc = subprocess.run([sys.executable, "-m", "qknorm", "train", "--preset", "olmo2", "--size", "debug", "--tp",
                            "3", "--steps", "6", "--out", str(tmp_path / "run")], capture_output=True, text=True,
-                          env=python_env(), timeout=120)
+                          env=python_env(), timeout=scaled(120))
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("qknorm train: error: n_heads=4 is not divisible "
                                                                    "by --tp=3"), proc.stderr

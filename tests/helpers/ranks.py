@@ -4,10 +4,11 @@
 a rank starts in milliseconds instead of the ~5-10 s a fresh interpreter needs), gives each torchrun's
 environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and one intra-op thread, runs
 `fn(rank, *args)` and returns the ranks' results in rank order. A child that raises sends back its traceback,
-which fails the test; a child that hangs is killed after `timeout` seconds.
+which fails the test; a child that hangs is killed after `timeout` seconds (on a quiet machine: scaled by the
+load, helpers/load.py).
 
 `torchrun(args)` runs `python -m torch.distributed.run --standalone --nproc_per_node=N -m qknorm ...` as a
-user would, with OMP_NUM_THREADS=1.
+user would, with OMP_NUM_THREADS=1 (its timeout scaled by the load too).
 """
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import traceback
 from typing import Any, Callable, List
 
 import torch
+
+from .load import Deadline, scaled
 
 
 def free_port() -> int:
@@ -64,11 +66,13 @@ def run_ranks(fn: Callable, *args: Any, world_size: int = 2, timeout: float = 12
         conns.append(recv)
     results: List[Any] = [None] * world_size
     errors = []
-    deadline = time.monotonic() + timeout
+    deadline = Deadline(timeout)
     try:
         for rank, conn in enumerate(conns):
-            if not conn.poll(max(0.0, deadline - time.monotonic())):
-                errors.append(f"rank {rank}: no result within {timeout:.0f} s (hung?)")
+            while not conn.poll(min(5.0, max(0.0, deadline.remaining()))) and deadline.remaining() > 0:
+                pass  # re-read the load every 5 s: the deadline grows with it
+            if not conn.poll():
+                errors.append(f"rank {rank}: no result within {deadline.describe()} (hung?)")
                 continue
             try:
                 status, value = pickle.loads(conn.recv_bytes())
@@ -81,7 +85,7 @@ def run_ranks(fn: Callable, *args: Any, world_size: int = 2, timeout: float = 12
                 errors.append(value)
     finally:
         for p in procs:
-            p.join(timeout=max(1.0, deadline - time.monotonic()))
+            p.join(timeout=max(1.0, deadline.remaining()))
             if p.is_alive():
                 os.kill(p.pid, signal.SIGKILL)
                 p.join()
@@ -103,7 +107,7 @@ def torchrun(args: List[str], *, nproc: int = 2, timeout: float = 240.0, env: di
     """`torchrun --standalone --nproc_per_node=nproc -m qknorm <args>`; fails the test on a non-zero exit."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "qknorm", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or python_env())
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=scaled(timeout), env=env or python_env())
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stderr:\n{proc.stderr[-6000:]}")
     return proc

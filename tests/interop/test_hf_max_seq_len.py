@@ -12,6 +12,8 @@ import qknorm
 from qknorm.cli import main
 from qknorm.interop.hf_config import FAMILIES, config_from_hf
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 transformers = pytest.importorskip("transformers")
 
 DEFAULTS = {"olmo2": 2048, "qwen3": 32768, "gemma3_text": 131072, "llama": 2048, "qwen2": 32768, "mistral": 131072,

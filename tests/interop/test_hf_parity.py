@@ -16,6 +16,8 @@ from qknorm.nn.rope import RopeScaling
 
 from helpers.hf_models import VARIANTS, input_ids, make_gemma3_multimodal, make_hf, rel_err
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_fp32_logits_match_every_stage(variant, attn):

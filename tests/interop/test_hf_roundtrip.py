@@ -15,6 +15,8 @@ from qknorm.interop.divergence import compare_with_hf
 
 from helpers.hf_models import VOCAB, input_ids, make_gemma3_multimodal, make_hf, rel_err
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 transformers = pytest.importorskip("transformers")
 
 

@@ -25,6 +25,8 @@ from olmo_core.nn.layer_norm import LayerNormType  # noqa: E402
 from olmo_core.nn.rope import PIRoPEScalingConfig, YaRNRoPEScalingConfig  # noqa: E402
 from olmo_core.nn.transformer import TransformerConfig  # noqa: E402
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 
 @pytest.fixture(scope="module")
 def step(tmp_path_factory) -> Path:

@@ -11,7 +11,10 @@ import qknorm
 from qknorm import ConfigError
 from qknorm.interop.patch import unpatch_hf
 
+from helpers.greedy import assert_same_greedy
 from helpers.hf_models import input_ids, make_gemma3_multimodal, make_hf, rel_err
+
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
 
 
 @pytest.mark.parametrize("name,attn", [("qwen3", "sdpa"), ("qwen3_tied_sliding", "eager"), ("olmo2", "eager"),
@@ -35,7 +38,11 @@ def test_patched_generation_uses_the_cache_correctly():
     patched = qknorm.patch_hf(copy.deepcopy(ref))
     ids = input_ids(1, 12)
     kw = dict(max_new_tokens=8, do_sample=False)
-    assert torch.equal(patched.generate(ids, **kw), ref.generate(ids, **kw))
+    want = ref.generate(ids, **kw)
+    with torch.no_grad():
+        logits = ref(input_ids=want).logits[:, ids.shape[1] - 1:-1]
+    # the patched op differs from HF's in the last bits (rel_err < 1e-5): tokens to the first near-tie
+    assert_same_greedy(patched.generate(ids, **kw), want, logits, ids.shape[1])
 
 
 def test_patch_multimodal_gemma3_and_unpatch():

@@ -7,6 +7,8 @@ import torch
 from qknorm import get_config
 from qknorm.nn.attention import Attention
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 
 def ref_rope(x, theta, scaling=1.0):
     """x (B, H, T, D) float64; rotate-half RoPE computed from the formula with float64 angles."""

@@ -22,6 +22,8 @@ from qknorm.nn.rope import RotaryEmbedding
 
 from helpers.peaked import peaked
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 torch.set_num_threads(1)
 
 

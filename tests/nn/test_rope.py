@@ -13,6 +13,8 @@ from qknorm.nn.rope import RopeScaling, RotaryEmbedding, inv_freq, rope_tables
 transformers = pytest.importorskip("transformers")
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 LLAMA32 = dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
                original_max_position_embeddings=8192)  # meta-llama/Llama-3.2-1B config.json
 QWEN3_YARN = dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=32768)  # Qwen3 long-context recipe

@@ -7,6 +7,8 @@ from helpers.ops_inputs import make_inputs
 from qknorm.errors import ConfigError
 from qknorm.ops import qk_norm_rope, qk_norm_rope_ref
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 triton = pytest.importorskip("triton")
 BACKENDS = ["torch", "triton"]
 

@@ -17,6 +17,8 @@ from qknorm import ConfigError
 from qknorm.ops import qk_norm_rope
 from qknorm.ops.qk_norm_rope_tp import _PHASES, _Args, qk_norm_rope_tp
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 pytest.importorskip("triton")
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the Triton interpreter (tests/conftest.py)
 ATOL = {torch.float32: 1e-6, torch.bfloat16: 1e-3, torch.float16: 2e-4}  # x max |ref|

@@ -5,6 +5,8 @@ from helpers.ops_inputs import hf_style_f64, make_inputs
 
 from qknorm.ops import qk_norm_rope_ref
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 # (B, T, H, Hkv, D, dtype, scope, offset, norm_cast): sparse over the axes, every value of each at least once
 CASES = [
     (2, 7, 4, 2, 64, torch.float32, "head", 0.0, "fp32"),

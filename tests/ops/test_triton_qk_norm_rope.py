@@ -14,6 +14,8 @@ from qknorm.ops import qk_norm_rope
 pytest.importorskip("triton")
 from qknorm.ops.triton_qk_norm_rope import KernelConfig, set_config_override  # noqa: E402
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 ATOL = {torch.float32: 1e-6, torch.bfloat16: 1e-3, torch.float16: 2e-4}  # x max |ref|
 

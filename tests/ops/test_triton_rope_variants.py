@@ -9,6 +9,8 @@ from helpers.ops_inputs import hf_style_f64, make_inputs
 from qknorm.nn.rope import RopeScaling, rope_tables
 from qknorm.ops import qk_norm_rope
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 pytest.importorskip("triton")
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"

@@ -21,6 +21,8 @@ from qknorm.parallel import qk_norm_tp as qk_norm_tp_module
 from helpers.ranks import run_ranks
 from helpers.tp_training import batches, mismatches, single, train_steps
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 
 def _placements_rank(rank):
     dist.init_process_group("gloo")

@@ -39,6 +39,8 @@ from qknorm.ops import qk_norm_rope
 from helpers.ranks import run_ranks
 from helpers.tp_training import CLIP, B, batches, build, mismatches, single, train_steps
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 torch.set_num_threads(1)
 TRAINED = ("olmo2", "qwen3", "gemma3", "llama")
 

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from qknorm.cli import main
 ray = pytest.importorskip("ray", reason="Ray is not installed: the ray extra (pip install 'qknorm[ray]'; "
                                         "bash run.sh test installs it)")
 
+from helpers.load import wait_until  # noqa: E402
 from helpers.study_runners import attempts, fast_runner, faulty_runner, slow_runner  # noqa: E402
 from qknorm.study import ray_backend  # noqa: E402
 
@@ -130,9 +130,8 @@ def test_ctrl_c_cancels_the_outstanding_runs_and_a_rerun_resumes(ray_instance, t
                         log=interrupt_after_the_first_run)
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["baseline_lr0.1_s0.json"]
     assert not (out / "summary.json").exists()
-    deadline = time.time() + 30
-    while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: ray.available_resources().get("CPU", 0) >= 2, "the cancelled runs to free their CPUs", 30,
+               poll=0.2)  # scaled by the load (helpers/load.py); the runs would hold them for ten minutes
     assert ray.available_resources().get("CPU", 0) == 2, "cancelled runs still hold their CPUs"
     lines = []
     summary = study.run_study(plan, out, runner=fast_runner, scheduler=_quiet(), report=False, log=lines.append)

@@ -13,6 +13,8 @@ import pytest
 from qknorm import study
 from qknorm.study import run as run_mod
 
+from helpers.load import scaled
+
 
 def _spec():
     plan = study.make_plan("smoke", variants=("baseline",), lrs=(1e-3,), steps=2, workers=1, device="cpu")
@@ -109,7 +111,7 @@ def test_a_run_writes_no_file_so_workers_need_no_shared_filesystem(tmp_path):
     src = Path(__file__).resolve().parents[2] / "src"
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     out = subprocess.run([sys.executable, "-c", _NO_WRITES], capture_output=True, text=True, env=env, cwd=tmp_path,
-                         timeout=240)
+                         timeout=scaled(240))
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"status": "ok", "writes": []}

@@ -23,6 +23,8 @@ from qknorm.train.runtime import Runtime
 
 from helpers.ranks import run_ranks
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 torch.set_num_threads(1)
 
 # qwen3 debug: per-head QK-norm gains (head_dim 32), GQA; FSDP shards each gain vector over the 2 ranks

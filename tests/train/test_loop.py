@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,8 @@ from qknorm.train.tokens import load_tokens
 from qknorm.train import TrainConfig
 from qknorm.train.loop import train
 from qknorm.train.optim import build_optimizer, lr_at, param_groups
+
+from helpers.load import scaled, wait_until
 
 torch.set_num_threads(1)  # 2-core CI runs two test workers
 
@@ -178,6 +179,7 @@ def _crash_at(step):
     return callback
 
 
+@pytest.mark.numerics
 def test_resume_after_a_crash_is_bit_identical(tmp_path, data):
     cfg = _cfg(steps=16, ckpt_every=5, keep_last=2, eval_every=5)
     full = train(MODEL, cfg, data, out_dir=tmp_path / "full")
@@ -205,6 +207,7 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, data):
         assert torch.equal(st["exp_avg_sq"], opt_b["state"][k]["exp_avg_sq"])
 
 
+@pytest.mark.numerics
 def test_resume_falls_back_past_a_truncated_checkpoint(tmp_path, data):
     cfg = _cfg(steps=10, ckpt_every=4, stats_every=0)
     full = train(MODEL, cfg, data, out_dir=tmp_path / "full")
@@ -276,13 +279,11 @@ def test_sigterm_finishes_the_step_and_writes_a_checkpoint(tmp_path):
            "--seq-len", "16", "--set", "stats_every=0", "--out", str(out), "--device", "cpu", "--no-progress"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 60
         metrics = out / "metrics.jsonl"
-        while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.1)
+        wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, "3 training steps", 60,
+                   proc=proc, poll=0.1)  # the timeout scaled by the load (helpers/load.py)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=scaled(60))
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -298,6 +299,7 @@ def test_sigterm_finishes_the_step_and_writes_a_checkpoint(tmp_path):
 # ---------------------------------------------------------------------------------------------- golden loss
 
 
+@pytest.mark.numerics
 def test_golden_loss_debug_preset_30_steps(data):
     """llama debug on the first 200 kB of the default corpus, seed 0, 30 steps (warmup 5, cosine, lr 1e-2).
 

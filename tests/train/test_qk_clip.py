@@ -17,6 +17,8 @@ from qknorm.train import TrainConfig
 from qknorm.train.qk_clip import QKClip, clip_attention
 from qknorm.train.runtime import Runtime
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 torch.set_num_threads(1)  # 2-core CI runs two test workers
 
 TAU = 5.0

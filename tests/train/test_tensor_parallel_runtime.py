@@ -50,6 +50,8 @@ from qknorm.train.runtimes import make_runtime
 
 from helpers.ranks import python_env, run_ranks, torchrun
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 torch.set_num_threads(1)
 
 QUIET = ["--no-progress", "--device", "cpu"]

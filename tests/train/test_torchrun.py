@@ -24,6 +24,8 @@ from qknorm.train.loop import train
 
 from helpers.ranks import python_env, torchrun
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 torch.set_num_threads(1)
 
 ARGS = ["--preset", "qwen3", "--batch-size", "4", "--seq-len", "16", "--seed", "1", "--lr", "3e-3", "--warmup", "0",

@@ -15,6 +15,8 @@ from qknorm.train.checkpoints.layout import CheckpointMismatch, list_checkpoints
 from qknorm.train.checkpoints.rng import capture_rng_state, restore_rng_state
 from qknorm.train.metrics_log import MetricsLog
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 CFG = qknorm.get_config("llama", "debug")
 
 

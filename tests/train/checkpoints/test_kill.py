@@ -22,6 +22,10 @@ from qknorm.cli import main
 from qknorm.train.checkpoints.full import load_checkpoint
 from qknorm.train.checkpoints.layout import PAUSE_ENV, list_checkpoints
 
+from helpers.load import scaled, wait_until
+
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 torch.set_num_threads(1)
 
 STEPS, CKPT_EVERY, PAUSE_AT = 24, 2, 6
@@ -44,13 +48,7 @@ def _start(out: Path, **env) -> subprocess.Popen:
 
 
 def _wait_for(proc, what, cond, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if proc.poll() is not None:
-            raise AssertionError(f"the run exited ({proc.returncode}) before {what}: {proc.communicate()[1][-3000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.002)
+    wait_until(cond, what, timeout, proc=proc, poll=0.002)  # the timeout scaled by the load (helpers/load.py)
 
 
 def _n_lines(path: Path) -> int:
@@ -83,7 +81,7 @@ def _reference(runs) -> Path:
     """The uninterrupted run's directory, once it has finished (call only after any kill: it blocks)."""
     root, procs = runs
     if procs["ref"].returncode is None:
-        _, err = procs["ref"].communicate(timeout=180)
+        _, err = procs["ref"].communicate(timeout=scaled(180))
         assert procs["ref"].returncode == 0, err
     return root / "ref"
 
@@ -99,7 +97,7 @@ def test_sigkill_at_a_random_step_then_truncated_newest_checkpoint_resumes_bit_i
     out, proc = root / "kill", procs["kill"]
     _wait_for(proc, f"step {KILL_STEP}", lambda: _n_lines(out / "metrics.jsonl") >= KILL_STEP)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.wait(timeout=scaled(30))
     assert proc.returncode == -signal.SIGKILL
     done = _n_lines(out / "metrics.jsonl")
     assert KILL_STEP <= done < STEPS and not (out / "model.safetensors").exists(), f"killed too late ({done})"
@@ -128,7 +126,7 @@ def test_sigkill_while_a_checkpoint_is_written_keeps_the_last_good_one(runs, cap
               lambda: any(ckpts.glob(f".tmp-step_{PAUSE_AT:07d}-*/model.safetensors")))
     time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.wait(timeout=scaled(30))
     assert proc.returncode == -signal.SIGKILL
     # the half-written one never became a checkpoint; the previous one is intact and still the newest
     assert [s for s, _ in list_checkpoints(ckpts)] == [PAUSE_AT - 4, PAUSE_AT - 2]

@@ -27,6 +27,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import torch
 
 import qknorm
@@ -38,7 +39,10 @@ from qknorm.train import TrainConfig
 from qknorm.train.optim import build_optimizer
 from qknorm.train.runtime import Runtime
 
+from helpers.load import Deadline, scaled
 from helpers.ranks import python_env, torchrun
+
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
 
 torch.set_num_threads(1)
 
@@ -87,9 +91,9 @@ def _kill_job(proc: subprocess.Popen) -> list:
             os.killpg(pid, signal.SIGKILL)  # start_new_session=True in torch.distributed.elastic
         except ProcessLookupError:
             pass
-    proc.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+    proc.wait(timeout=scaled(30))
+    deadline = Deadline(30)
+    while any(_alive(p) for p in workers) and not deadline.expired():
         time.sleep(0.01)
     return workers
 
@@ -117,7 +121,7 @@ def test_sigkill_of_torchrun_mid_sharded_write_keeps_last_good_and_resumes_bit_i
                                            "--out", str(ref)], env=_env())
         try:
             meta = ckpts / f".tmp-step_{PAUSE_AT:07d}-dcp" / "meta.json"
-            deadline = time.monotonic() + 150
+            deadline = Deadline(150)  # scaled by the load (helpers/load.py)
             while True:  # rank 0 writes meta.json last, just before both ranks pause
                 try:
                     json.loads(meta.read_text())
@@ -126,7 +130,7 @@ def test_sigkill_of_torchrun_mid_sharded_write_keeps_last_good_and_resumes_bit_i
                     pass
                 assert proc.poll() is None, f"torchrun exited ({proc.returncode}) before checkpoint {PAUSE_AT}:\n" \
                                             + (tmp_path / "killed.log").read_text()[-4000:]
-                assert time.monotonic() < deadline, "timed out waiting for the sharded checkpoint write"
+                assert not deadline.expired(), f"timed out after {deadline.describe()} waiting for the sharded write"
                 time.sleep(0.005)
             time.sleep(0.2)  # the fsyncs after meta.json, then the pause
             workers = _kill_job(proc)

@@ -23,6 +23,8 @@ from qknorm.train.runtime import Runtime
 
 from helpers.ranks import run_ranks
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 MODEL = qknorm.get_config("gemma3", "debug")  # tied embeddings, sandwich norms, per-head QK-norm: the odd cases
 CFG = TrainConfig(steps=4, warmup_steps=0, batch_size=4, seq_len=16, progress=False, weight_decay=0.1)
 META = dict(model_config=MODEL, train_config=CFG.to_dict(), extra={"init_loss": 5.0})
