@@ -7,8 +7,10 @@ across ranks. The reference is a plain single-process `train()` in the test proc
 
 Tolerances (fp32 on CPU, torch 2.13): the ranks differ from the single process by float summation order only.
 Measured max relative differences: loss 1.7e-7, gradient norm 4.8e-7; we assert rtol=1e-5 for both (and for
-the validation loss). Final weights after 6 AdamW steps (lr 1e-2): measured max |diff| 2.7e-6 (DDP), 9e-7
-(FSDP); we assert atol=1e-5 (Adam divides by sqrt(v), which amplifies float noise in small gradients).
+the validation loss). Final weights after 6 AdamW steps (lr 1e-2): Adam divides by sqrt(v), which amplifies
+float noise in small gradients, so no fixed element-wise atol is safe on every CPU (measured max |diff| for DDP
+2.7e-6 with AVX-512 kernels, 2.9e-5 with the `default` ones, where atol 1e-5 failed): compared as a whole and
+per element relative to the learning rate (helpers/tolerances.py).
 """
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from qknorm.train.loop import train
 from qknorm.train.runtime import Runtime
 
 from helpers.ranks import run_ranks
+from helpers.tolerances import assert_trained_weights_close
 
 pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
 
@@ -96,8 +99,7 @@ def test_two_ranks_match_one_process(data, single, parallel, grad_accum):
     # 3) the gathered final weights match the one-process weights
     state = ranks[0]["state"]
     assert state.keys() == single["state"].keys() and ranks[1]["state"] == {}
-    for name, want in single["state"].items():
-        torch.testing.assert_close(state[name], want, rtol=0, atol=1e-5, msg=name)
+    assert_trained_weights_close(state, single["state"], CFG["lr"], parallel)
 
     # 4) QK-norm gains (and every other parameter) bit-identical across ranks, and they did train
     gains = [n for n in ranks[0]["digests"] if n.endswith(GAINS)]
