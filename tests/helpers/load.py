@@ -6,8 +6,9 @@ at load average 10 on 2 cores every runnable process gets about 1/5 of a core, s
 timeout is multiplied by the load per core this process may use (the larger of the 1- and 5-minute load
 averages over the cores in its affinity mask, so `taskset -c 0` counts one core), never by less than 1:
 
-    load_factor()        max(1, load / cores) * QKNORM_TEST_TIME_SCALE (default 1: for a machine slow in a way
-                         the load average does not show, e.g. a throttled VM)
+    load_factor()        min(MAX_FACTOR, max(1, load / cores)) * QKNORM_TEST_TIME_SCALE (default 1: for a
+                         machine slow in a way the load average does not show, e.g. a throttled VM); capped so
+                         that a real hang still fails within MAX_FACTOR x the quiet timeout
     scaled(s)            s * load_factor(), for a blocking call's timeout (subprocess.run, communicate, poll)
     Deadline(s)          a deadline whose factor is re-read while waiting: it only grows, if the load rises
     wait_until(cond, ..) polls cond() until it is true, failing early if the process it waits for exits
@@ -21,9 +22,10 @@ import subprocess
 import time
 from typing import Callable, Optional, TypeVar
 
-__all__ = ["load_factor", "scaled", "Deadline", "wait_until"]
+__all__ = ["MAX_FACTOR", "load_factor", "scaled", "Deadline", "wait_until"]
 
 T = TypeVar("T")
+MAX_FACTOR = 20.0  # load average 40 on 2 cores
 
 
 def _cores() -> int:
@@ -36,7 +38,8 @@ def _cores() -> int:
 def load_factor() -> float:
     """How many times slower than on an idle machine a process here may run (>= 1)."""
     one, five, _ = os.getloadavg()
-    return max(1.0, max(one, five) / _cores()) * float(os.environ.get("QKNORM_TEST_TIME_SCALE", "1"))
+    factor = min(MAX_FACTOR, max(1.0, max(one, five) / _cores()))
+    return factor * float(os.environ.get("QKNORM_TEST_TIME_SCALE", "1"))
 
 
 def scaled(seconds: float) -> float:
