@@ -15,6 +15,8 @@ from qknorm import ConfigError
 
 from helpers.hf_models import input_ids, make_hf, rel_err
 
+pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
+
 FAMILIES = ["olmo3", "cohere", "cohere_no_qk_untied", "stablelm", "stablelm_parallel", "exaone4", "hunyuan_v1_dense",
             "llama4_text"]
 # bit-identical to transformers' SDPA path; cohere's LayerNorm (explicit mean/variance vs torch's layer_norm) and
