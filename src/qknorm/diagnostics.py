@@ -7,8 +7,8 @@
   of the output logits and their mean log Z = logsumexp over the vocabulary (the quantity z-loss pulls toward
   0). All numbers come back with one device sync. The training loop
   runs it every `stats_every` steps on at most 4 sequences of the batch.
-* `summarize(history, init_loss)` — the OLMo 2 spike score (arXiv 2501.00656) of the loss and gradient-norm
-  series, with the window stated, and the divergence rule (`metrics.is_diverged`).
+* `summarize(history, vocab_size=V)` — the OLMo 2 spike score (arXiv 2501.00656) of the loss and gradient-norm
+  series, with the window stated, and the divergence verdict (`metrics.judge_divergence`).
 * `logit_verdict(max_logit)` — a one-line reading of a max attention logit, for `qknorm inspect`.
 
 Thresholds of the verdict: Wortsman et al. 2023 (arXiv 2309.14322) found that every run whose max attention
@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from .metrics import is_diverged, spike_score
+from .metrics import judge_divergence, spike_score
 
 __all__ = ["stats_pass", "nonfinite_to_none", "summarize", "logit_verdict", "BOUNDED", "GROWTH", "SEVERE",
            "SPIKE_WINDOW", "SPIKE_WINDOW_SHORT", "SPIKE_STD"]
@@ -129,8 +129,12 @@ def final_loss(history: Sequence[Dict[str, Any]], steps: int) -> float:
     return float(sum(tail) / len(tail))
 
 
-def summarize(history: Sequence[Dict[str, Any]], init_loss: float, *, steps: Optional[int] = None) -> Dict[str, Any]:
+def summarize(history: Sequence[Dict[str, Any]], *, steps: Optional[int] = None,
+              vocab_size: Optional[int] = None) -> Dict[str, Any]:
     """Run-level diagnostics from per-step records: final loss, divergence, spike scores, max logits.
+
+    `divergence` is `metrics.judge_divergence` of the losses and gradient norms (`vocab_size`: the model's, for
+    the uniform-prediction ceiling); `diverged` its bool.
 
     Spike scores (percent of values >= 7 std from the rolling mean of the previous values; NaN when the run is
     too short to score): `*_spike_score` uses OLMo 2's window of 1000 (scored from the 100th value on),
@@ -139,10 +143,11 @@ def summarize(history: Sequence[Dict[str, Any]], init_loss: float, *, steps: Opt
     steps = steps if steps is not None else len(history)
     losses = [r["loss"] for r in history]
     grads = [r["grad_norm"] for r in history]
-    fl = final_loss(history, steps)
+    verdict = judge_divergence(losses, vocab_size=vocab_size, grad_norms=grads)
     out = {
-        "final_loss": fl,
-        "diverged": bool(is_diverged([*losses, fl], init_loss)) if history else False,
+        "final_loss": final_loss(history, steps),
+        "diverged": verdict.diverged,
+        "divergence": verdict,
         "max_attn_logit": max_over_history(history),
         "max_output_logit": max_over_history(history, "logit_max"),
         "spike_window": SPIKE_WINDOW,

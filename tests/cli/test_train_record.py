@@ -193,10 +193,13 @@ def test_every_checkpoint_is_a_model(tmp_path, capsys):
 
 
 def test_exit_status_tells_a_diverged_run_and_the_summary_has_the_verdict(tmp_path, capsys):
-    code, out, err = _run(["--preset", "llama", "--steps", "3", "--lr", "5", "--warmup", "0", "--set",
+    # 10 steps: two windows of 5, the shortest run judged on more than finiteness (metrics.judge_divergence)
+    code, out, err = _run(["--preset", "llama", "--steps", "10", "--lr", "5", "--warmup", "0", "--set",
                            "stats_every=1", "--out", str(tmp_path / "d"), "--batch-size", "4", "--seq-len", "16",
                            "--device", "cpu", "--no-progress"], capsys)
     assert code == 1 and len(err) == 2 and err[-1].startswith("qknorm train: error: the run diverged"), err
+    verdict = json.loads((tmp_path / "d" / "divergence.json").read_text())
+    assert verdict["diverged"] is True and verdict["reason"] in ("non_finite", "above_uniform", "rose"), verdict
     code, out, err = _run(["--preset", "llama", "--steps", "3", "--set", "stats_every=1", "--out",
                            str(tmp_path / "ok"), *SMALL[:-4], "--no-progress"], capsys)
     assert code == 0 and "max attention logit" in out and ": bounded" in out, out

@@ -21,9 +21,12 @@ preset or shape, a changed training setting other than steps/evaluation/checkpoi
 an error naming the recorded value, unless --allow-changes says the change is intended (then a warning line).
 Checkpoints reshard, so a run resumes under any process count and tensor-parallel degree; a recorded --tp
 that does not divide this launch's processes falls back to 1 (with a note) unless --tp is given.
-Exit status: 0 done; 1 the run diverged (a non-finite loss/gradient stopped it, or its final loss ended above
-the initial loss); 2 bad input; 128+signal when stopped by one (a checkpoint is written first; continue with
---resume).
+Exit status: 0 done (also when the loss only wobbled: "no improvement"); 1 the run diverged by
+metrics.judge_divergence (a non-finite loss or gradient; or the mean loss of the last 5% of steps, at least 5,
+above the first window's by more than max(4 x the per-step noise, 0.1 nat), or above the uniform-prediction loss
+ln(vocab); a run under 10 steps is judged on finiteness only), the message carrying the numbers and
+OUT/divergence.json the whole verdict; 2 bad input; 128+signal when stopped by one (a checkpoint is written
+first; continue with --resume).
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from ..presets import PRESETS, SIZES, get_config
 from ..pretrained import load_pretrained
 from ..train.config import FREE_ON_RESUME, TrainConfig
 from ..train.init_from import check_vocab, init_config, init_tokenizer
-from ..train.loop import train
+from ..train.loop import DIVERGENCE_FILE, train
 from ..train.manifest import MANIFEST_FILE, TOKENIZER_FILE, RunManifest, legacy_model_config, legacy_train_config
 from ..train.preflight import check_out_dir
 from ..train.runtimes import world_size_from_env
@@ -313,12 +316,12 @@ def _report(result, out: Path, config: ModelConfig) -> int:
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
     verdict = logit_verdict(result.max_attn_logit, qk_norm=config.qk_norm.value != "none") \
         if math.isfinite(result.max_attn_logit) else "no attention statistics recorded (stats_every=0)"
+    loss = "" if result.diverged else f"; {result.verdict.describe()}"
     if _is_main():
         print_line(f"qknorm train: {result.steps_done} steps, final loss {result.final_loss:.4f}, val loss {val}, "
-                   f"{result.tokens_per_s:,.0f} tokens/s -> {out}; {verdict}")
+                   f"{result.tokens_per_s:,.0f} tokens/s -> {out}{loss}; {verdict}")
     if result.diverged:
-        _note(f"error: the run diverged: its final loss {result.final_loss:.4f} is above the initial loss "
-              f"{result.init_loss:.4f}")
+        _note(f"error: the run diverged: {result.verdict.describe()} ({out}/{DIVERGENCE_FILE})")
         return 1
     return 0
 

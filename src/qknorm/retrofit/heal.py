@@ -14,6 +14,11 @@ AdamW with the warmup + cosine schedule of training (train/optim.py) over `cfg.s
 the training split's (train/batcher.py), never the held-out windows the healing curve is measured on. The
 curve: the objective at every step, and the held-out next-token KL and validation loss (`evaluate`) before
 the first update and every `eval_every` updates, and after the last.
+
+Divergence is the training loop's rule (metrics.judge_divergence) on the objective's per-step values: a
+non-finite value stops healing at once; after the last step, a rise clearly beyond the curve's own noise (or, for
+the lm objective, a loss above ln(vocab)) is a divergence too. Either raises HealDiverged with the numbers (the
+command exits 1 and writes nothing); otherwise `HealResult.verdict` keeps the verdict ("no improvement" included).
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import QKNormError
+from ..metrics import DivergenceVerdict, judge_divergence
 from ..model import TransformerLM
 from ..train.batcher import Batcher
 from ..train.config import TrainConfig
@@ -39,7 +45,7 @@ OBJECTIVES = ("distill", "lm")
 
 
 class HealDiverged(QKNormError):
-    """The healing loss became non-finite (the command exits 1, as a diverged training run does)."""
+    """Healing diverged by metrics.judge_divergence (the command exits 1, as a diverged training run does)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +68,7 @@ class HealResult:
     steps: Tuple[HealStep, ...]
     evals: Tuple[HealEval, ...]
     seconds: float  # wall time of the updates (evaluations excluded)
+    verdict: Optional[DivergenceVerdict] = None  # metrics.judge_divergence of the objective's per-step values
 
 
 def _objective(model, original, x, y, objective: str) -> torch.Tensor:
@@ -98,7 +105,7 @@ def heal(model: TransformerLM, original: TransformerLM, tokens: np.ndarray, cfg:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise HealDiverged(f"healing diverged: non-finite loss at step {step} (lr={lr:g}); use a lower lr")
+            _judge([*(s.loss for s in steps), value], model, objective, cfg.lr)
         optimizer.step()
         spent += time.perf_counter() - t0
         steps.append(HealStep(step, value, lr))
@@ -111,5 +118,14 @@ def heal(model: TransformerLM, original: TransformerLM, tokens: np.ndarray, cfg:
         if tick is not None:
             tick(1)
     model.eval()
-    return HealResult(objective=objective, steps=tuple(steps), evals=tuple(evals),
-                      seconds=spent)
+    return HealResult(objective=objective, steps=tuple(steps), evals=tuple(evals), seconds=spent,
+                      verdict=_judge([s.loss for s in steps], model, objective, cfg.lr))
+
+
+def _judge(losses: List[float], model: TransformerLM, objective: str, lr: float) -> DivergenceVerdict:
+    """The verdict on the objective's values, raising HealDiverged when it is a divergence. The ceiling ln(vocab)
+    is the uniform-prediction loss of the lm objective; a KL to the original (distill) has no such ceiling."""
+    v = judge_divergence(losses, vocab_size=model.config.vocab_size if objective == "lm" else None)
+    if v.diverged:
+        raise HealDiverged(f"healing diverged: {v.describe()} (peak lr={lr:g}); use a lower lr")
+    return v

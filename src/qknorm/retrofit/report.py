@@ -64,7 +64,8 @@ class RetrofitReport:
             heal = {"objective": self.heal.objective, "seconds": self.heal.seconds,
                     "curve": {"step": [s.step for s in self.heal.steps], "loss": [s.loss for s in self.heal.steps],
                               "lr": [s.lr for s in self.heal.steps]},
-                    "evals": [dataclasses.asdict(e) for e in self.heal.evals]}
+                    "evals": [dataclasses.asdict(e) for e in self.heal.evals],
+                    "divergence": self.heal.verdict.to_json() if self.heal.verdict is not None else None}
         out = {"format": _FORMAT, "units": "nats per token (KL: mean over held-out positions of "
                                            "KL(P_original || P_model) of the next token)"}
         for f in dataclasses.fields(self):

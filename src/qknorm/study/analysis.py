@@ -5,7 +5,7 @@ for AdamW, "variant/optimizer" else), so an AdamW-only study reads as before.
 
 * LR sensitivity per arm (Wortsman et al. 2023, arXiv 2309.14322): E_lr[min(l(lr), l0) - l*] on each run's
   `RunRecord.sens_loss`, per seed; the value is the mean over seeds, with the min and max over seeds beside it;
-  l0 = the variant's mean initial loss. A run that diverged (a measured non-finite or exploding loss) counts
+  l0 = the variant's mean initial loss. A run that diverged (metrics.judge_divergence: non-finite or exploding) counts
   as l0. A seed whose grid has a point with no measured run (failed: it raised or its worker died; cut or
   skipped by the time budget; absent) has no value: counting a run that measured nothing as l0 would make the
   variant look LR-sensitive; those grid points are listed as `incomplete` with the reason.

@@ -169,6 +169,7 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
         runs.append(rec)
         if rec.status.measured:
             status = f"val {fmt(rec.val_loss)} max logit {fmt(rec.max_attn_logit, '.4g')}" + (
+                f" DIVERGED ({rec.divergence.reason.value})" if rec.diverged and rec.divergence else
                 " DIVERGED" if rec.diverged else "")
         else:
             status = f"{rec.status.value.upper()} {rec.error}"

@@ -6,8 +6,9 @@ summary.json's "runs" entries (`RunRecord.to_json`) and runs/<name>.json (`RunSp
 `RunHistory.to_json`, layout.py); `from_json` reads them back (tolerating fields that older files lack), so the
 report can be re-rendered and a study resumed from disk.
 
-A run ends in one of five states (`RunStatus`): `ok`; `diverged` — a measured non-finite or exploding loss
-(metrics.is_diverged), which LR sensitivity counts as l0; `failed` — it raised, stopped early for another
+A run ends in one of five states (`RunStatus`): `ok`; `diverged` — by metrics.judge_divergence (a non-finite
+loss or gradient, a loss that rose clearly beyond its noise or ended above ln(vocab); `RunRecord.divergence` keeps
+the verdict and its numbers), which LR sensitivity counts as l0; `failed` — it raised, stopped early for another
 reason, or its worker process died: nothing was measured about the model, so it is left out of LR
 sensitivity and reported apart; `cut` — stopped or skipped by the study's time budget (also left out);
 `refused` — the training loop refused the run's settings before any step (a ConfigError: a mechanism that does
@@ -29,6 +30,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from ..config import ModelConfig
+from ..metrics import DivergenceVerdict
 from ..train.config import TrainConfig
 from ..version import __version__
 
@@ -211,6 +213,7 @@ class RunRecord:
     error: Optional[str] = None
     stop_reason: Optional[str] = None
     traceback: Optional[str] = None
+    divergence: Optional[DivergenceVerdict] = None  # the loop's verdict (None: the run did not train)
     history: Optional[RunHistory] = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -266,16 +269,19 @@ class RunRecord:
         and `cut` are written beside `status` for readers of the older form."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "history"}
         out.update(status=self.status.value, diverged=self.diverged, cut=self.cut,
-                   spike_score=self.spike_score.to_json())
+                   spike_score=self.spike_score.to_json(),
+                   divergence=self.divergence.to_json() if self.divergence is not None else None)
         if not self.error:
             out.pop("traceback")
         return out
 
     @classmethod
     def from_json(cls, d: Dict[str, Any]) -> "RunRecord":
-        known = {f.name for f in dataclasses.fields(cls)} - {"history", "spike_score", "status"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"history", "spike_score", "status", "divergence"}
+        div = d.get("divergence")
         return cls(**{k: v for k, v in d.items() if k in known}, status=_status_of(d),
-                   spike_score=SpikeScores.from_json(d.get("spike_score")))
+                   spike_score=SpikeScores.from_json(d.get("spike_score")),
+                   divergence=DivergenceVerdict.from_json(div) if div else None)
 
 
 def _status_of(d: Dict[str, Any]) -> RunStatus:

@@ -261,7 +261,9 @@ the learning rate. It depends on where the grid starts unless the best LR is ins
 <ul class="note">{notes}</ul>
 <h2>More plots</h2>{rest}
 <h2>All runs</h2>
-<p class="note">Status: ok; diverged (a measured non-finite or exploding loss); failed (raised an error or its
+<p class="note">Status: ok; diverged (metrics.judge_divergence: a non-finite loss or gradient, a mean loss over
+the last 5% of steps more than max(4 x its per-step noise, 0.1 nat) above the first 5%'s, or above ln(vocab);
+summary.json keeps each verdict's numbers); failed (raised an error or its
 worker process died: nothing measured); cut (stopped or skipped by the time budget). {html.escape(sampling_note(summary))}.
 Spike scores: percent of steps whose loss (grad norm) is >= 7 std from the rolling mean of the previous 100 steps
 (OLMo 2's rule with a window for short runs). {html.escape(speed_note(cfg))}</p>

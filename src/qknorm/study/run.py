@@ -1,19 +1,18 @@
 """One run of a study: train the `RunSpec` and measure it (`run_one` -> `RunRecord` with its history).
 
-Measured per run (qknorm.train.loop.train): initial loss, final train loss, validation loss, max attention
-logit over the run (exact, from the loop's stats pass), divergence (NaN/Inf or final loss above the initial
-one), the OLMo 2 spike score of the loss and gradient-norm series (7 std; windows 100 and 1000), the attention
-entropy at the last stats pass (mean over layers, and the lowest layer's), the output log Z (mean logsumexp of
-the output logits) at the first and last stats pass, and the median time of a step: wall time, and on CPU the
-process CPU time (one torch thread per run, so on a machine shared with other jobs the CPU time is what the
-step costs, where the wall time also counts the waiting). A run that raises comes back as a failed record with
-its error text; a ConfigError from the loop (it refused the settings) as a refused one; a run whose deadline
-(the study's time budget) passes is stopped and marked `cut` (records.py: RunStatus).
-
-A worker reads the run's data itself (from `spec.data`, on whatever machine it runs) and checks that the tokens
-it read are the ones the study was planned on (`data_fingerprint` against `spec.data_fingerprint`): data that
-differ on a worker — a file changed mid-study, another copy on a cluster node, the embedded corpus of another
-Python version — fail the run with that reason instead of measuring something else.
+Measured per run (qknorm.train.loop.train): initial loss, final train loss, validation loss, max attention logit
+over the run (exact, from the loop's stats pass), the divergence verdict (metrics.judge_divergence, with its
+numbers), the OLMo 2 spike score of the loss and gradient-norm series (7 std; windows 100 and 1000), the attention
+entropy at the last stats pass (mean over layers, and the lowest layer's), the output log Z (mean logsumexp of the
+output logits) at the first and last stats pass, and the median time of a step: wall time, and on CPU the process
+CPU time (one torch thread per run, so on a machine shared with other jobs the CPU time is what the step costs,
+where the wall time also counts the waiting). A run that raises comes back as a failed record with its error text;
+a ConfigError from the loop (it refused the settings) as a refused one; a run whose deadline (the study's time
+budget) passes is stopped and marked `cut` (records.py: RunStatus). A worker reads the run's data itself (from
+`spec.data`, on whatever machine it runs) and checks that the tokens it read are the ones the study was planned on
+(`data_fingerprint` against `spec.data_fingerprint`): data that differ on a worker — a file changed mid-study,
+another copy on a cluster node, the embedded corpus of another Python version — fail the run with that reason
+instead of measuring something else.
 """
 from __future__ import annotations
 
@@ -147,13 +146,13 @@ def run_one(spec: RunSpec) -> RunRecord:
                                 grad_norm=finite_or_none(s.get("grad_spike_score_w100")),
                                 loss_w1000=finite_or_none(s.get("loss_spike_score")),
                                 grad_norm_w1000=finite_or_none(s.get("grad_spike_score"))),
-        error=error, stop_reason=stop_reason, history=history)
+        error=error, stop_reason=stop_reason, divergence=res.verdict, history=history)
 
 
 def _outcome(diverged: bool, stop_reason: Optional[str], steps_done: int,
              steps: int) -> Tuple[RunStatus, Optional[str], Optional[str]]:
-    """(status, error, stop_reason) of a finished `train` call: a measured divergence (non-finite or exploding
-    loss, the loop's rule) is `diverged`; a stop by the study's deadline before the last step is `cut`; a
+    """(status, error, stop_reason) of a finished `train` call: a divergence by the loop's verdict
+    (metrics.judge_divergence) is `diverged`; a stop by the study's deadline before the last step is `cut`; a
     stop by a signal (SIGINT/SIGTERM: the study is being interrupted) or for any other reason is `failed`."""
     if diverged:
         return RunStatus.DIVERGED, None, stop_reason

@@ -14,8 +14,10 @@ Before anything is written, every setting is checked against the model, the data
 (preflight.py). With `out_dir`: run.json (the run's record: model, training settings, data and its
 fingerprint, and with Muon the Newton-Schulz dtype this machine chose; manifest.py) and tokenizer.json (a copy of the tokenizer, when there is one), metrics.jsonl (a
 line a step, strict JSON: non-finite numbers are null), checkpoints/ (train/checkpoints/, each with the
-tokenizer), and at the end model.safetensors + config.json (qknorm.load_model reads them). A fresh run that
-fails before its first step completes removes what it wrote, so the next command can use the directory.
+tokenizer), and at the end model.safetensors + config.json (qknorm.load_model reads them) and divergence.json
+(the verdict of metrics.judge_divergence on the run's losses, with the numbers it compared; also written when a
+non-finite value or a signal stopped the run). A fresh run that fails before its first step completes removes
+what it wrote, so the next command can use the directory.
 `resume=True` continues from the newest usable checkpoint to bit-identical weights (CPU, same settings); data
 whose fingerprint differs from the record is refused unless `allow_changes`. SIGTERM/SIGINT finish the
 current step, write a checkpoint and return (`stop_reason`); a second SIGINT aborts.
@@ -26,6 +28,7 @@ reduction, rank-0-only writes. Here nothing calls torch.distributed directly.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 import sys
@@ -39,6 +42,8 @@ import torch
 from ..config import ModelConfig
 from ..diagnostics import stats_pass, summarize
 from ..errors import ConfigError, DataError
+from ..fileio import atomic_write_bytes
+from ..metrics import DivergenceVerdict
 from ..model import TransformerLM
 from .batcher import Batcher
 from .checkpoints.layout import CKPT_DIR
@@ -59,7 +64,9 @@ from .signals import StopRequest
 from .step import autocast_factory, evaluate, forward_backward, val_batches
 from .tokens import TokenData
 
-__all__ = ["TrainResult", "train", "STATS_SEQS"]
+__all__ = ["TrainResult", "train", "STATS_SEQS", "DIVERGENCE_FILE"]
+
+DIVERGENCE_FILE = "divergence.json"  # the run's divergence verdict (metrics.DivergenceVerdict.to_json)
 
 
 @dataclasses.dataclass
@@ -69,13 +76,14 @@ class TrainResult:
     final_loss: float  # mean loss of the last max(1, steps // 20) steps (NaN/inf if diverged)
     val_loss: Optional[float]  # last validation loss; None without validation data
     max_attn_logit: float  # max over recorded steps and layers (NaN if no stats were recorded)
-    diverged: bool  # NaN/Inf loss, or final loss above init_loss (metrics.is_diverged)
+    diverged: bool  # verdict.diverged
     steps_done: int
     model: TransformerLM  # final model, on CPU
     stop_reason: Optional[str] = None  # None = ran all steps; else why it stopped early
     tokens_per_s: float = 0.0  # training throughput of this process's run (global tokens / wall time)
     summary: Dict[str, Any] = dataclasses.field(default_factory=dict)  # diagnostics.summarize(history)
     muon_ns: Optional[NSPrecision] = None  # optimizer="muon": the Newton-Schulz dtype used and how it was chosen
+    verdict: Optional[DivergenceVerdict] = None  # metrics.judge_divergence of the losses (also divergence.json)
 
 
 @dataclasses.dataclass
@@ -287,14 +295,17 @@ def _run(s: _Session, callback, resume: bool) -> TrainResult:
     if stop_reason is None and s.out is not None:
         export_model(rt, s.wrapped, s.out)  # rank 0 writes; under FSDP the full state is gathered first
     rt.barrier()
-    summary = summarize(history, s.init_loss, steps=cfg.steps)
+    summary = summarize(history, steps=cfg.steps, vocab_size=s.model_config.vocab_size)
+    verdict = summary["divergence"]
+    if s.out is not None and rt.is_main:
+        atomic_write_bytes(s.out / DIVERGENCE_FILE, (json.dumps(verdict.to_json(), indent=1) + "\n").encode())
     vals = [r["val_loss"] for r in history if "val_loss" in r]
     done_tokens = (steps_done - s.start) * tokens_per_step
     return TrainResult(
         history=history, init_loss=s.init_loss, final_loss=summary["final_loss"],
         val_loss=vals[-1] if vals else None, max_attn_logit=summary["max_attn_logit"], diverged=summary["diverged"],
         steps_done=steps_done, model=rt.unwrap(s.wrapped).to("cpu"), stop_reason=stop_reason,
-        tokens_per_s=done_tokens / train_time if train_time > 0 else 0.0, summary=summary,
+        tokens_per_s=done_tokens / train_time if train_time > 0 else 0.0, summary=summary, verdict=verdict,
         muon_ns=getattr(s.optimizer, "precision", None))
 
 
