@@ -145,7 +145,7 @@ def test_unsupported_rope_type_names_field_and_value(qwen_dir, tmp_path, field, 
     (dict(rope_scaling=None, rope_parameters={"rope_type": "yarn", "rope_theta": 1e4}),
      r"rope_parameters\.factor is missing \(rope_type 'yarn' needs it\)"),
     (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0}),
-     r"rope_scaling: rope_scaling\.high_freq_factor=1\.0 must be greater than low_freq_factor=4\.0"),
+     r"rope_scaling: rope_scaling\.high_freq_factor=1\.0 must be at least low_freq_factor=4\.0"),
     (dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}),
      "partial_rotary_factor=0.5"),
 ])

@@ -16,7 +16,7 @@ from ..errors import QKNormError
 from ..version import __version__
 from ._common import OneLineParser, print_line, to_flags
 
-COMMANDS = ("study", "train", "convert", "inspect", "bench", "generate", "retrofit")
+COMMANDS = ("study", "train", "convert", "inspect", "bench", "generate", "retrofit", "catalog")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,8 +81,9 @@ class RopeScaling:
         for name in ("low_freq_factor", "high_freq_factor", "beta_fast", "beta_slow", "attention_factor"):
             if getattr(self, name) is not None:
                 _positive(f"rope_scaling.{name}", getattr(self, name))
-        if self.rope_type is RopeType.LLAMA3 and not self.high_freq_factor > self.low_freq_factor:
-            raise ConfigError(f"rope_scaling.high_freq_factor={self.high_freq_factor} must be greater than "
+        # equal factors (Llama 4 Scout: 1 and 1) leave no band to blend: every wave is either kept or interpolated
+        if self.rope_type is RopeType.LLAMA3 and not self.high_freq_factor >= self.low_freq_factor:
+            raise ConfigError(f"rope_scaling.high_freq_factor={self.high_freq_factor} must be at least "
                               f"low_freq_factor={self.low_freq_factor}")
         if self.truncate is not None and not isinstance(self.truncate, bool):
             raise ConfigError(f"rope_scaling.truncate={self.truncate!r} must be true or false")
