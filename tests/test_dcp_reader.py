@@ -192,3 +192,14 @@ def test_the_folder_must_lie_in_the_directory_being_loaded(copy, tmp_path):
     os.symlink(copy, tmp_path / "ckpt" / "state")
     with pytest.raises(UnsafeCheckpointError, match=r"state: leads outside"):
         read_checked_metadata(tmp_path / "ckpt" / "state", root=tmp_path / "ckpt")
+
+
+def test_dtypes_are_looked_up_without_importing_anything():
+    """`torch.<name>` is allowed only for a dtype already in torch's namespace (no lazy submodule import)."""
+    import io
+
+    u = MetadataUnpickler(io.BytesIO(b""), source="m")
+    assert u.find_class("torch", "bfloat16") is torch.bfloat16 and u.find_class("torch", "float8_e4m3fn")
+    for name in ("_dynamo", "onnx", "hub", "Tensor"):
+        with pytest.raises(UnsafeCheckpointError, match=rf"refusing to load torch\.{name}"):
+            u.find_class("torch", name)

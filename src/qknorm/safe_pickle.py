@@ -57,8 +57,8 @@ class MetadataUnpickler(pickle.Unpickler):
             return _StorageInfo
         if (module, name) in ALLOWED_METADATA_CLASSES:
             return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
+        if module == "torch" and isinstance(vars(torch).get(name), torch.dtype):  # vars: no lazy submodule import
+            return vars(torch)[name]
         raise UnsafeCheckpointError(f"{self.source}: refusing to load {module}.{name}: a checkpoint's .metadata may "
                                     "only build torch.distributed.checkpoint metadata (nothing was run)")
 
