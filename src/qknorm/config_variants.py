@@ -31,7 +31,7 @@ from .errors import ConfigError
 ModelConfig = Any  # config.ModelConfig, which imports this module (the functions read its fields)
 
 __all__ = ["QKNormScope", "QKNormType", "QKNormGain", "QKNormLayers", "validate_variants", "layer_has_rope",
-           "layer_has_qk_norm", "fused_layer", "fused_kernel_serves", "rotary_dim"]
+           "layer_has_qk_norm", "fused_layer", "fused_kernel_serves", "unfused_reason", "rotary_dim"]
 
 
 class QKNormScope(Choice):
@@ -106,7 +106,7 @@ def validate_variants(c: ModelConfig) -> None:
                           "one learned temperature per head); use qk_norm_type 'rms' for a weightless RMSNorm")
     if c.qk_backend == "triton" and not fused_kernel_serves(c):
         raise ConfigError("qk_backend='triton' is the fused RMSNorm-then-RoPE kernel (rotate-half, whole head, "
-                          f"RMSNorm with shared gains before RoPE); {_unfused_reason(c)}: use qk_backend None or "
+                          f"RMSNorm with shared gains before RoPE); {unfused_reason(c)}: use qk_backend None or "
                           "'torch'")
 
 
@@ -125,7 +125,7 @@ def layer_has_qk_norm(c: ModelConfig, i: int) -> bool:
     return c.qk_norm_layers is QKNormLayers.ALL or layer_has_rope(c, i)
 
 
-def _unfused_reason(c: ModelConfig) -> str:
+def unfused_reason(c: ModelConfig) -> str:
     """Why the fused kernel cannot serve the config's layers ('' when it can)."""
     for cond, why in ((c.qk_norm_type is not QKNormType.RMS, f"qk_norm_type={c.qk_norm_type.value!r}"),
                       (c.qk_norm_gain is not QKNormGain.SHARED, f"qk_norm_gain={c.qk_norm_gain.value!r}"),
@@ -141,7 +141,7 @@ def _unfused_reason(c: ModelConfig) -> str:
 
 def fused_kernel_serves(c: ModelConfig) -> bool:
     """Whether every layer's QK-norm + RoPE is the fused op's RMSNorm-then-rotate-half (ops.qk_norm_rope)."""
-    return not _unfused_reason(c)
+    return not unfused_reason(c)
 
 
 def fused_layer(c: ModelConfig, i: int) -> bool:

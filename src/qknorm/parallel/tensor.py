@@ -51,6 +51,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_modul
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from ..config import ModelConfig
+from ..config_variants import fused_kernel_serves, unfused_reason
 from ..errors import ConfigError
 from ..model import TransformerLM
 from .qk_norm_tp import TensorParallelAttention, shard_attention
@@ -72,6 +73,9 @@ def check_tp_degree(config: ModelConfig, tp, *, world_size: Optional[int] = None
     if tp > 1 and config.qk_norm_type.value != "rms" and config.qk_norm.value != "none":
         raise ConfigError(f"qk_norm_type={config.qk_norm_type.value!r} is not supported with tp={tp}: tensor "
                           "parallelism shards the RMS QK-norm only; use qk_norm_type='rms' or tp=1")
+    if tp > 1 and not fused_kernel_serves(config):
+        raise ConfigError(f"tp={tp} shards the fused QK-norm + RoPE path only; this config's {unfused_reason(config)} "
+                          "(config_variants.py): use tp=1")
     if tp > 1 and config.sigma_reparam:
         raise ConfigError(f"sigma_reparam=True is not supported with tp={tp}: the power iteration needs whole "
                           "matrices; use tp=1")
