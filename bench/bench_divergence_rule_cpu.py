@@ -30,7 +30,7 @@ from qknorm import study
 from qknorm.metrics import judge_divergence
 from qknorm.train import TrainConfig
 from qknorm.train.loop import train
-from qknorm.train.tokens import load_tokens
+from qknorm.data.tokens import load_tokens
 
 TINY = dict(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64)
 

@@ -47,7 +47,7 @@ def tiny_seeds(n: int, work: Path) -> dict:
     steps by each objective, both scopes; does healing lower the KL below the calibrated model's?"""
     from qknorm.train import TrainConfig
     from qknorm.train.loop import train
-    from qknorm.train.tokens import load_tokens
+    from qknorm.data.tokens import load_tokens
 
     data, rows = load_tokens(max_bytes=200_000), []
     for seed in range(n):

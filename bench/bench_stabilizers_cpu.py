@@ -21,7 +21,7 @@ import torch
 import qknorm
 from qknorm.train import TrainConfig
 from qknorm.train.loop import train
-from qknorm.train.tokens import load_tokens
+from qknorm.data.tokens import load_tokens
 
 ARMS = {  # name: (model overrides, training overrides)
     "adamw (baseline)": ({}, {}),

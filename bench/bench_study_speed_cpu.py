@@ -18,8 +18,8 @@ import platform
 import torch
 
 from qknorm.study.plan import make_plan, run_specs
-from qknorm.study.run import data_fingerprint, run_one
-from qknorm.train.tokens import load_tokens
+from qknorm.study.run import run_one
+from qknorm.data.tokens import load_tokens
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     opts = tuple(args.optimizers.split(","))
     plan = make_plan("stabilizers", variants=(args.variant,), lrs=(args.lr,), seeds=1, steps=args.steps,
                      optimizers=opts)
-    specs = run_specs(plan, data.vocab_size, data_fingerprint(data))
+    specs = run_specs(plan, data.vocab_size, data.fingerprint().short)
     if args.compile:
         import dataclasses
         specs = [dataclasses.replace(s, train=s.train.replace(compile=True)) for s in specs]

@@ -156,7 +156,8 @@ def test_configs_saved_before_rope_variants_load_as_the_same_model():
     """Old config.json / checkpoint meta hold rope_scaling as a number: 1 = plain, else a linear factor on the
     full-attention layers, with sliding layers left unscaled (so a config that had no rope_local_theta keeps
     plain RoPE on its sliding layers)."""
-    from qknorm.nn.rope import RopeScaling, rope_tables
+    from qknorm.nn.rope import rope_tables
+    from qknorm.rope_scaling import RopeScaling
 
     plain = {**get_config("llama", "debug").to_dict(), "rope_scaling": 1.0}
     assert ModelConfig.from_dict(plain) == get_config("llama", "debug")

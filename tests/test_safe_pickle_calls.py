@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "qknorm"
-UNPICKLER_HOME = "safe_pickle.py"  # MetadataUnpickler: the one allow-list unpickler
-DCP_HOME = "dcp_reader.py"  # the one place torch.distributed.checkpoint reads a folder (with the reader above)
+UNPICKLER_HOME = "io/safe_pickle.py"  # MetadataUnpickler: the one allow-list unpickler
+DCP_HOME = "io/dcp_reader.py"  # the one place torch.distributed.checkpoint reads a folder (with the reader above)
 FORBIDDEN_MODULES = {"dill", "joblib", "cloudpickle", "marshal", "shelve", "_pickle"}
 
 

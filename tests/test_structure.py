@@ -1,5 +1,6 @@
-"""The shape of the source tree: no import cycles (module-level or inside functions), files short enough to
-read, no citations of documents outside the repository, and configs that are frozen records."""
+"""The shape of the source tree: no import cycles (module-level or inside functions, between modules or between
+packages), files short enough to read, no citations of documents outside the repository, and configs that are
+frozen records."""
 from __future__ import annotations
 
 import ast
@@ -90,6 +91,32 @@ def test_the_checker_finds_a_cycle_it_is_shown():
 def test_no_import_cycles_including_imports_inside_functions():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def package_graph(graph: dict) -> dict:
+    """The import graph between qknorm's top-level packages and modules (qknorm.<first name>): `qknorm.train.loop`
+    importing `qknorm.io.checkpoints.full` is an edge train -> io. Edges inside one package are dropped."""
+    def top(mod: str) -> str:
+        parts = mod.split(".")
+        return parts[1] if len(parts) > 1 else parts[0]
+
+    out: dict = {}
+    for mod, edges in graph.items():
+        out.setdefault(top(mod), set()).update(top(e) for e in edges if top(e) != top(mod))
+    return out
+
+
+def test_the_package_graph_joins_modules_by_their_first_name():
+    graph = {"qknorm.a.x": {"qknorm.b.y", "qknorm.a.z"}, "qknorm.a.z": set(), "qknorm.b.y": {"qknorm.c"},
+             "qknorm.c": {"qknorm.a.x"}}
+    assert package_graph(graph) == {"a": {"b"}, "b": {"c"}, "c": {"a"}}
+    assert find_cycle(package_graph(graph)) == ["a", "b", "c", "a"]
+
+
+def test_no_import_cycles_between_packages():
+    """A package is a room: two packages that import each other (through any of their modules) are one room."""
+    cycle = find_cycle(package_graph(import_graph()))
+    assert cycle is None, "package-level import cycle: " + " -> ".join(cycle)
 
 
 def test_no_source_file_is_longer_than_the_limit():

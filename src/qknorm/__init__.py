@@ -36,8 +36,12 @@ def __getattr__(name):  # lazy: interop pulls in safetensors/transformers only w
         from .interop.patch import patch_hf
 
         return patch_hf
-    if name in ("load_model", "save_model", "load_tokenizer"):
-        from . import model_io
+    if name in ("load_model", "save_model"):
+        from .io import model_dir
 
-        return getattr(model_io, name)
+        return getattr(model_dir, name)
+    if name == "load_tokenizer":
+        from .pretrained import load_tokenizer
+
+        return load_tokenizer
     raise AttributeError(f"module 'qknorm' has no attribute {name!r}")

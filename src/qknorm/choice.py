@@ -1,7 +1,7 @@
 """`Choice`: the str enum every config choice uses, whose parse error names the field and the allowed values.
 
-Its own module because both the model config (config.py) and the RoPE variants (nn/rope.py) use it, and the
-config imports the RoPE record: a shared name in either file would make an import circle.
+Its own module because the model config (config.py), the RoPE variants (rope_scaling.py) and the layers (nn/) use
+it, and the config imports the RoPE record: a shared name in any of those files would make an import circle.
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from .choice import Choice as _Choice
 from .errors import ConfigError
 from .config_variants import (QKNormGain, QKNormLayers, QKNormScope, QKNormType, fused_layer, layer_has_qk_norm,
                               layer_has_rope, nope_layer_tuple, rotary_dim, validate_variants)
-from .nn.rope import RopeScaling
+from .rope_scaling import RopeScaling
 
 __all__ = ["ModelConfig", "QKNormScope", "QKNormType", "QKNormGain", "QKNormLayers", "Placement", "NormType",
            "NormCast", "Activation", "AttnImpl", "SLIDING", "FULL", "CHUNKED", "field_names", "check_field_names",
@@ -149,7 +149,7 @@ class ModelConfig:
     attn_impl: AttnImpl = AttnImpl.SDPA
     qk_backend: Optional[str] = None  # ops.qk_norm_rope backend: None = best, "torch", "triton"
 
-    # --- RoPE (variants and their tables: nn/rope.py)
+    # --- RoPE (variants: rope_scaling.py; their tables: nn/rope.py)
     rope_theta: float = 10000.0  # theta of full-attention layers
     # sliding layers' RoPE: None = the full-attention layers' RoPE, rope_scaling included (Mistral, Qwen); a
     # number = plain, unscaled RoPE with this theta (Gemma 3: 1e4)

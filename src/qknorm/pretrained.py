@@ -19,16 +19,18 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 from .errors import CheckpointError
-from .fileio import read_json
-from .interop.hf import INDEX_NAME, from_hf
+from .io.files import read_json
+from .interop.hf import from_hf
 from .interop.hf_config import text_config
 from .model import TransformerLM
-from .model_io import CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME, load_model, model_source
-from .train.checkpoints.layout import file_digest
-from .train.checkpoints.model_state import is_checkpoint_dir
-from .train.checkpoints.sharded import STATE_DIR
+from .data.tokenizer import load_tokenizer as read_tokenizer
+from .io.model_dir import find_tokenizer, load_model, model_source
+from .io.names import CONFIG_NAME, INDEX_NAME, TOKENIZER_NAME, WEIGHTS_NAME
+from .io.checkpoints.layout import file_digest
+from .io.checkpoints.model_state import is_checkpoint_dir
+from .io.checkpoints.sharded import STATE_DIR
 
-__all__ = ["Pretrained", "load_pretrained", "is_hf_dir"]
+__all__ = ["Pretrained", "load_pretrained", "is_hf_dir", "load_tokenizer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,3 +113,10 @@ def _qknorm_weight_files(d: Path) -> list:
 
 def _digests(d: Path, names) -> Tuple[Tuple[str, str], ...]:
     return tuple((name, file_digest(d / name)["sha256"]) for name in names)
+
+
+def load_tokenizer(path: Union[str, Path]):
+    """The `tokenizers.Tokenizer` stored with the model at `path` (load_model's argument), or None when the
+    model has none (byte-level: token = byte value)."""
+    found = find_tokenizer(model_source(path)) or find_tokenizer(path)
+    return read_tokenizer(found)[0] if found is not None else None

@@ -22,7 +22,7 @@ import qknorm
 from qknorm import study as study_mod
 from qknorm.cli import main
 from qknorm.presets import PRESETS
-from qknorm.train.tokens import load_tokens
+from qknorm.data.tokens import load_tokens
 from qknorm.train import TrainConfig
 from qknorm.train.loop import train
 

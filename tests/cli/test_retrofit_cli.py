@@ -18,7 +18,7 @@ from qknorm.cli import main
 from qknorm.cli import retrofit as retrofit_cli
 from qknorm.train import TrainConfig
 from qknorm.train.loop import train
-from qknorm.train.tokens import load_tokens
+from qknorm.data.tokens import load_tokens
 from helpers.cli import run_cli
 
 torch.set_num_threads(1)

@@ -17,7 +17,7 @@ from qknorm.cli import train as train_cli
 from qknorm.cli._common import field_types, parse_set
 from qknorm.config import QKNormScope, QKNormType
 from qknorm.errors import ConfigError, QKNormError
-from qknorm.train.checkpoints.full import load_checkpoint
+from qknorm.io.checkpoints.full import load_checkpoint
 from qknorm.train.config import OptimizerName
 
 from helpers.load import scaled

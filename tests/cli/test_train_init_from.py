@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import qknorm
-from qknorm.train.batcher import Batcher
-from qknorm.train.tokens import load_tokens
+from qknorm.data.batcher import Batcher
+from qknorm.data.tokens import load_tokens
 from helpers.bpe import train_bpe_file
 from helpers.cli import run_cli
 

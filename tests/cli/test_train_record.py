@@ -16,9 +16,9 @@ import torch
 import qknorm
 from qknorm.cli import main
 from qknorm.train import TrainConfig
-from qknorm.train.checkpoints.layout import META
+from qknorm.io.checkpoints.layout import META
 from qknorm.train.loop import train
-from qknorm.train.tokens import load_tokens
+from qknorm.data.tokens import load_tokens
 from helpers.bpe import train_bpe_file
 from helpers.cli import run_cli
 from helpers.load import scaled
@@ -159,7 +159,7 @@ def test_the_tokenizer_travels_with_the_run_its_checkpoints_and_exports(tmp_path
 
 def test_every_checkpoint_is_a_model(tmp_path, capsys):
     """inspect / convert --to-hf / load_model accept an intermediate checkpoint, full or sharded."""
-    from qknorm.train.checkpoints.sharded import save_sharded
+    from qknorm.io.checkpoints.sharded import save_sharded
     from qknorm.train.optim import build_optimizer
     from qknorm.train.runtime import Runtime
 

@@ -44,7 +44,7 @@ class ThenReal:
 
 def _plain_metadata(dcp_dir: Path):
     """The real Metadata (read with the allow-list reader, so the test never runs a pickle itself)."""
-    from qknorm.safe_pickle import load_dcp_metadata
+    from qknorm.io.safe_pickle import load_dcp_metadata
 
     return load_dcp_metadata(Path(dcp_dir) / ".metadata")
 

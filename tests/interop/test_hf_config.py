@@ -9,7 +9,7 @@ import torch
 import qknorm
 from qknorm import CheckpointError
 from qknorm.interop.hf_config import FAMILIES, config_from_hf, hf_config_from_ours, infer_family
-from qknorm.nn.rope import RopeScaling
+from qknorm.rope_scaling import RopeScaling
 
 transformers = pytest.importorskip("transformers")
 

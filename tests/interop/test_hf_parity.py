@@ -12,7 +12,7 @@ import torch
 
 import qknorm
 from qknorm.interop.divergence import compare_with_hf
-from qknorm.nn.rope import RopeScaling
+from qknorm.rope_scaling import RopeScaling
 
 from helpers.hf_models import VARIANTS, input_ids, make_gemma3_multimodal, make_hf, rel_err
 

@@ -15,7 +15,7 @@ import torch
 
 import qknorm
 from qknorm.errors import CheckpointError, UnsafeCheckpointError
-from qknorm.safe_pickle import load_dcp_metadata
+from qknorm.io.safe_pickle import load_dcp_metadata
 
 from helpers.cli import run_cli
 from helpers.olmo_core_models import build, input_ids, save_native

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from qknorm.nn.rope import RopeScaling, RotaryEmbedding, inv_freq, rope_tables
+from qknorm.nn.rope import RotaryEmbedding, inv_freq, rope_tables
+from qknorm.rope_scaling import RopeScaling
 
 transformers = pytest.importorskip("transformers")
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402

@@ -6,7 +6,8 @@ import pytest
 import torch
 from helpers.ops_inputs import hf_style_f64, make_inputs
 
-from qknorm.nn.rope import RopeScaling, rope_tables
+from qknorm.nn.rope import rope_tables
+from qknorm.rope_scaling import RopeScaling
 from qknorm.ops import qk_norm_rope
 
 pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels

@@ -70,7 +70,7 @@ def test_a_worker_whose_data_differ_from_the_plans_fails_the_run_and_says_why(tm
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("def f(x):\n    return x + 1\n" * 300)
     data = study.run.load_tokens(str(corpus))
-    spec = dataclasses.replace(_spec(), data=str(corpus), data_fingerprint=study.run.data_fingerprint(data))
+    spec = dataclasses.replace(_spec(), data=str(corpus), data_fingerprint=data.fingerprint().short)
     missing = study.run_one(dataclasses.replace(spec, data=str(tmp_path / "gone.txt")))
     assert missing.failed and not missing.diverged
     assert missing.error == f"DataError: data path {tmp_path / 'gone.txt'} does not exist"

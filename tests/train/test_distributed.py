@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import qknorm
-from qknorm.train.tokens import load_tokens
+from qknorm.data.tokens import load_tokens
 from qknorm.train.distributed import DistributedRuntime, parameter_digests
 from qknorm.train import TrainConfig
 from qknorm.train.loop import train

@@ -14,9 +14,9 @@ import torch
 import qknorm
 from qknorm.errors import CheckpointError, ConfigError
 from qknorm.train import step as L
-from qknorm.train.checkpoints.full import load_checkpoint
-from qknorm.train.checkpoints.layout import list_checkpoints
-from qknorm.train.tokens import load_tokens
+from qknorm.io.checkpoints.full import load_checkpoint
+from qknorm.io.checkpoints.layout import list_checkpoints
+from qknorm.data.tokens import load_tokens
 from qknorm.train import TrainConfig
 from qknorm.train.loop import train
 from qknorm.train.optim import build_optimizer, lr_at, param_groups

@@ -12,11 +12,11 @@ import qknorm
 from qknorm.errors import CheckpointError, ConfigError
 from qknorm.train import TrainConfig
 from qknorm.train import muon as muon_mod
-from qknorm.train.checkpoints.full import load_checkpoint
+from qknorm.io.checkpoints.full import load_checkpoint
 from qknorm.train.loop import train
 from qknorm.train.muon import MuonWithAdamW
 from qknorm.train.optim import build_optimizer, set_lr
-from qknorm.train.tokens import load_tokens
+from qknorm.data.tokens import load_tokens
 
 pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
 

@@ -16,7 +16,7 @@ from qknorm.train import TrainConfig
 from qknorm.train import newton_schulz as ns
 from qknorm.train.loop import train
 from qknorm.train.optim import build_optimizer, set_lr
-from qknorm.train.tokens import load_tokens
+from qknorm.data.tokens import load_tokens
 
 from helpers.load import scaled
 

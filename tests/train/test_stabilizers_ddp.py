@@ -17,7 +17,7 @@ import qknorm
 from qknorm.train import TrainConfig
 from qknorm.train.distributed import DistributedRuntime, parameter_digests
 from qknorm.train.loop import train
-from qknorm.train.tokens import load_tokens
+from qknorm.data.tokens import load_tokens
 
 from helpers.ranks import run_ranks
 

@@ -42,7 +42,7 @@ from safetensors.torch import load_file
 
 import qknorm
 from qknorm.cli import main
-from qknorm.train.checkpoints.resume import load_training_checkpoint
+from qknorm.train.checkpointing import load_training_checkpoint
 from qknorm.train.config import TrainConfig
 from qknorm.train.optim import build_optimizer
 from qknorm.train.runtime import Runtime

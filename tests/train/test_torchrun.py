@@ -18,7 +18,7 @@ import torch
 
 import qknorm
 from qknorm.cli import main
-from qknorm.train.tokens import load_tokens
+from qknorm.data.tokens import load_tokens
 from qknorm.train import TrainConfig
 from qknorm.train.loop import train
 

@@ -98,7 +98,8 @@ def _check(ours, hf_dir: Path, args) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..model_io import TOKENIZER_NAME, find_tokenizer, load_model, model_source, save_model
+    from ..io.model_dir import find_tokenizer, load_model, model_source, save_model
+    from ..io.names import TOKENIZER_NAME
     from ..interop.hf import from_hf, resolve_dtype, to_hf
     from ..interop.hf_config import infer_family
     from ..interop.olmo_core import from_olmo_core

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import List
 
 from ..errors import ConfigError
-from ..model_io import find_tokenizer
-from ..train.tokenizer import load_tokenizer
+from ..io.model_dir import find_tokenizer
+from ..data.tokenizer import load_tokenizer
 from ._common import non_negative_float, non_negative_int, one_line_warnings, positive_int
 from .inspect import load_any
 

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, ConfigError, DataError
-from ..fileio import read_json
-from ..train.tokenizer import load_tokenizer
+from ..io.files import read_json
+from ..io.names import CONFIG_NAME, TOKENIZER_NAME
+from ..data.tokenizer import load_tokenizer
 from ._common import one_line_warnings, positive_int
 
 
@@ -51,7 +52,7 @@ def load_any(path: Path):
     checkpoint (any step), a run directory (its final model, else its newest checkpoint), an HF directory, or an
     OLMo-core checkpoint step directory."""
     from ..interop.olmo_core import from_olmo_core, is_olmo_core_checkpoint
-    from ..model_io import CONFIG_NAME, load_model, model_source
+    from ..io.model_dir import load_model, model_source
 
     if path.is_file() and path.name == CONFIG_NAME:
         path = path.parent
@@ -84,7 +85,7 @@ def token_ids(args, model, path: Path) -> tuple:
         if bad:
             raise ConfigError(f"--ids: token id {bad[0]} is outside the model's vocabulary [0, {vocab})")
         return ids[:T], f"{min(len(ids), T)} ids from --ids"
-    has_tokenizer = bool(args.tokenizer) or (path / "tokenizer.json").is_file()
+    has_tokenizer = bool(args.tokenizer) or (path / TOKENIZER_NAME).is_file()
     if args.text is None and args.text_file is None and vocab != 256 and not has_tokenizer:
         # no text was asked for and none can be encoded: the weights' logit scale on random tokens still shows
         g = torch.Generator().manual_seed(0)
@@ -100,7 +101,7 @@ def token_ids(args, model, path: Path) -> tuple:
             raise DataError(f"cannot read --text-file {args.text_file}: {e.strerror or e}") from None
     else:
         text, where = Path(os.__file__).read_text(errors="replace")[: 8 * T], "the start of os.py"
-    tok_path = Path(args.tokenizer) if args.tokenizer else (path / "tokenizer.json")
+    tok_path = Path(args.tokenizer) if args.tokenizer else (path / TOKENIZER_NAME)
     if args.tokenizer or (vocab != 256 and tok_path.is_file()):
         tok, tok_path = load_tokenizer(tok_path)
         ids, how = tok.encode(text, add_special_tokens=False).ids, f"tokenizer {tok_path.name}"

@@ -47,12 +47,13 @@ from ..presets import PRESETS, SIZES, get_config
 from ..pretrained import load_pretrained
 from ..train.config import FREE_ON_RESUME, TrainConfig
 from ..train.init_from import check_vocab, init_config, init_tokenizer
+from ..io.names import RUN_RECORD, TOKENIZER_NAME
 from ..train.loop import DIVERGENCE_FILE, train
-from ..train.manifest import MANIFEST_FILE, TOKENIZER_FILE, RunManifest, legacy_model_config, legacy_train_config
+from ..train.manifest import RunManifest, legacy_model_config, legacy_train_config
 from ..train.preflight import check_out_dir
 from ..train.runtimes import world_size_from_env
-from ..train.sources import is_token_file
-from ..train.tokens import TokenData, load_tokens
+from ..data.sources import is_token_file
+from ..data.tokens import TokenData, load_tokens
 from ._common import (non_negative_float, non_negative_int, parse_set, positive_float, positive_int, print_line,
                       one_line_warnings)
 
@@ -225,12 +226,12 @@ def _resume_plan(args, out: Path) -> _Plan:
     saved = record.train_config if record else legacy_train_config(out)
     model_over, train_over = _flag_overrides(args)
     train_over.setdefault("device", _resolve_device("auto"))
-    base = TrainConfig.from_dict(saved, source=str(out / MANIFEST_FILE)) if saved else TrainConfig()
+    base = TrainConfig.from_dict(saved, source=str(out / RUN_RECORD)) if saved else TrainConfig()
     changed = {k: (base.to_dict()[k], v) for k, v in TrainConfig(**{**base.to_dict(), **train_over}).to_dict().items()
                if k in train_over and k not in FREE_ON_RESUME and v != base.to_dict()[k]}
     if changed and saved and not args.allow_changes:
         k, (was, now) = next(iter(changed.items()))
-        raise ConfigError(f"{k}={now!r} contradicts the run's record ({k} was {was!r} in {out / MANIFEST_FILE}); "
+        raise ConfigError(f"{k}={now!r} contradicts the run's record ({k} was {was!r} in {out / RUN_RECORD}); "
                           "continue as recorded, or allow_changes=True to resume with the change")
     cfg = base.replace(**train_over)
     notes: List[str] = []
@@ -239,7 +240,7 @@ def _resume_plan(args, out: Path) -> _Plan:
         notes.append(f"the run recorded tp={cfg.tp}; this launch has {world} process(es): resuming with tp=1 "
                      "(checkpoints reshard)")
         cfg = cfg.replace(tp=1)
-    tok_copy = out / TOKENIZER_FILE
+    tok_copy = out / TOKENIZER_NAME
     if record is not None and args.data is None and args.tokenizer is None:
         data = record.data.load(tokenizer=str(tok_copy) if record.data.tokenizer and tok_copy.is_file() else None)
     else:

@@ -17,8 +17,9 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
-from ..fileio import atomic_write_bytes, read_json, read_safetensors
-from ..model_io import state_dict_for_save
+from ..io.files import atomic_write_bytes, read_json, read_safetensors
+from ..io.model_dir import state_dict_for_save
+from ..io.names import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError
 from ..model import TransformerLM
@@ -27,7 +28,6 @@ from .hf_keys import check_gemma_offsets, hf_state_to_ours, ours_state_to_hf
 
 __all__ = ["from_hf", "to_hf", "read_hf_dir", "resolve_dtype"]
 
-INDEX_NAME, WEIGHTS_NAME, CONFIG_NAME = "model.safetensors.index.json", "model.safetensors", "config.json"
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
            "fp16": torch.float16, "float16": torch.float16, "half": torch.float16, "float": torch.float32}
 

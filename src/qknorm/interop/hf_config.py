@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import FULL, SLIDING, ModelConfig, field_names
 from ..errors import CheckpointError, ConfigError
+from ..io.names import CONFIG_NAME
 from .hf_families import FAMILIES, SUPPORTED_MODEL_TYPES, Family
 from .hf_rope import read_rope, write_rope
 
@@ -62,7 +63,7 @@ def text_config(cfg: Dict[str, Any], *, source: str) -> Tuple[Dict[str, Any], Fa
     return cfg, FAMILIES[model_type]
 
 
-def config_from_hf(cfg: Dict[str, Any], *, source: str = "config.json",
+def config_from_hf(cfg: Dict[str, Any], *, source: str = CONFIG_NAME,
                    max_seq_len: Optional[int] = None) -> Tuple[ModelConfig, Family]:
     """Translate an HF config dict (config.json, or `model.config.to_dict()`) into our `ModelConfig`.
 

@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional
 
 from ..config import FULL, SLIDING, ModelConfig
 from ..errors import CheckpointError, ConfigError
-from ..nn.rope import RopeScaling, RopeType
+from ..rope_scaling import RopeScaling, RopeType
 
 SUPPORTED = ("default", "linear", "llama3", "yarn")
 

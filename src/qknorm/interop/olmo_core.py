@@ -40,8 +40,9 @@ import torch
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from ..config import ModelConfig
-from ..dcp_reader import load_dcp, read_checked_metadata
+from ..io.dcp_reader import load_dcp, read_checked_metadata
 from ..errors import CheckpointError, ConfigError
+from ..io.names import CONFIG_NAME
 from ..model import TransformerLM
 from .hf import resolve_dtype
 from .hf_config import FAMILIES, infer_family
@@ -49,7 +50,7 @@ from .olmo_core_config import model_config_from_olmo_core, sequence_length_of_ru
 
 __all__ = ["from_olmo_core", "find_olmo_core_checkpoint", "is_olmo_core_checkpoint", "OlmoCoreCheckpoint"]
 
-DCP_DIR, CONFIG_NAME, METADATA = "model_and_optim", "config.json", ".metadata"
+DCP_DIR, METADATA = "model_and_optim", ".metadata"
 DEFAULT_MAX_SEQ_LEN = 2048
 
 

@@ -11,7 +11,7 @@ Two objectives:
            calibrated model's in 8 of 8 runs, where distillation lowered it in 8 of 8.
 
 AdamW with the warmup + cosine schedule of training (train/optim.py) over `cfg.steps` steps; the batches are
-the training split's (train/batcher.py), never the held-out windows the healing curve is measured on. The
+the training split's (data/batcher.py), never the held-out windows the healing curve is measured on. The
 curve: the objective at every step, and the held-out next-token KL and validation loss (`evaluate`) before
 the first update and every `eval_every` updates, and after the last.
 
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from ..errors import QKNormError
 from ..metrics import DivergenceVerdict, judge_divergence
 from ..model import TransformerLM
-from ..train.batcher import Batcher
+from ..data.batcher import Batcher
 from ..train.config import TrainConfig
 from ..train.optim import build_optimizer, lr_at, set_lr
 from .measure import kl_per_token

@@ -40,14 +40,15 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..interop.hf import to_hf
 from ..interop.hf_config import infer_family, unrepresentable
 from ..model import TransformerLM
-from ..model_io import TOKENIZER_NAME, save_model
+from ..io.model_dir import save_model
+from ..io.names import TOKENIZER_NAME
 from ..pretrained import Pretrained, load_pretrained
+from ..data.batcher import Batcher
+from ..data.sources import is_token_file
+from ..data.tokens import TokenData, load_tokens
 from ..progress import Progress, peak_rss_mb
-from ..train.batcher import Batcher
 from ..train.config import check_device_available
 from ..train.init_from import check_vocab
-from ..train.sources import is_token_file
-from ..train.tokens import TokenData, load_tokens
 from .calibrate import QKCapture, calibrate
 from .config import RetrofitConfig
 from .heal import heal

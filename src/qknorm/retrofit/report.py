@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from ..fileio import atomic_write_bytes
+from ..io.files import atomic_write_bytes
 from ..version import __version__
 from ..progress import StageTime, fmt_seconds
 from .calibrate import LayerFit

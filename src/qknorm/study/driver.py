@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Optional
 
 from ..errors import ConfigError
 from ..train.loop import STATS_SEQS
-from ..train.tokens import load_tokens
+from ..data.tokens import load_tokens
 from ..version import __version__
 from .analysis import analyze
 from .console import log_to_stderr
@@ -33,14 +33,14 @@ from .plots import MISSING_PLOTS, PLOTS, plots_available
 from .pool import LocalPool
 from .records import RunRecord, RunSpec
 from .report import write_report
-from .run import data_fingerprint, run_one
+from .run import run_one
 from .scheduler import Scheduler
 from .speed import Estimate, MachinePeak, estimate_study, flops_per_s, probe_peak, usable_cpus
 from .summary import StudySummary
 from .table import fmt, plural
 from .variants import VARIANTS
 
-__all__ = ["run_study", "data_fingerprint"]
+__all__ = ["run_study"]
 
 
 def _environment(device: str) -> Dict[str, Any]:
@@ -128,7 +128,7 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
     out = Path(out_dir)
     check_out_dir(out, plan, force)
     data = load_tokens(plan.data, tokenizer=plan.tokenizer)  # bad data fails here, before any run
-    fingerprint = data_fingerprint(data)
+    fingerprint = data.fingerprint().short
     specs = run_specs(plan, data.vocab_size, fingerprint)
     source, vocab = data.source, data.vocab_size
     del data

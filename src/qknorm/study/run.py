@@ -10,39 +10,26 @@ where the wall time also counts the waiting). A run that raises comes back as a 
 a ConfigError from the loop (it refused the settings) as a refused one; a run whose deadline (the study's time
 budget) passes is stopped and marked `cut` (records.py: RunStatus). A worker reads the run's data itself (from
 `spec.data`, on whatever machine it runs) and checks that the tokens it read are the ones the study was planned on
-(`data_fingerprint` against `spec.data_fingerprint`): data that differ on a worker — a file changed mid-study,
-another copy on a cluster node, the embedded corpus of another Python version — fail the run with that reason
-instead of measuring something else.
+(`TokenData.fingerprint()`, data/fingerprint.py, against `spec.data_fingerprint`): data that differ on a worker — a
+file changed mid-study, another copy on a cluster node, the embedded corpus of another Python version — fail the
+run with that reason instead of measuring something else.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import socket
 import time
 import traceback
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
-
 from ..errors import ConfigError, DataError
 from ..train.loop import train
-from ..train.tokens import TokenData, load_tokens
+from ..data.tokens import TokenData, load_tokens
 from .records import RunHistory, RunRecord, RunSpec, RunStatus, SpikeScores, finite_or_none
 
-__all__ = ["run_one", "failed_record", "interrupted", "data_fingerprint"]
+__all__ = ["run_one", "failed_record", "interrupted"]
 
 _DATA_CACHE: Dict[Tuple[Optional[str], Optional[str]], Tuple[TokenData, str]] = {}
-
-
-def data_fingerprint(data: TokenData) -> str:
-    """sha256 (16 hex digits) of the token stream, its split and vocabulary: what a stored run trained on."""
-    h = hashlib.sha256(f"{data.vocab_size}:{len(data.train)}:{len(data.val)}:".encode())
-    for part in (data.train, data.val):
-        arr = np.asarray(part)
-        for i in range(0, len(arr), 1 << 24):  # chunks: a memory-mapped token file is never read whole
-            h.update(np.ascontiguousarray(arr[i:i + (1 << 24)]).tobytes())
-    return h.hexdigest()[:16]
 
 
 def _load_data(spec: RunSpec) -> TokenData:
@@ -52,7 +39,7 @@ def _load_data(spec: RunSpec) -> TokenData:
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
         data = load_tokens(spec.data, tokenizer=spec.tokenizer)
-        _DATA_CACHE[key] = (data, data_fingerprint(data))
+        _DATA_CACHE[key] = (data, data.fingerprint().short)
     data, fingerprint = _DATA_CACHE[key]
     if spec.data_fingerprint is not None and fingerprint != spec.data_fingerprint:
         what = (f"data {spec.data}" if spec.data is not None else "the embedded corpus (this Python's standard "

@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..errors import ConfigError
-from ..train.tokens import load_tokens
+from ..data.tokens import load_tokens
 from .console import log_to_stderr
 from .driver import run_study
 from .layout import PLAN_FILE, SUMMARY_FILE, finished_runs, write_atomic
 from .pool import LocalPool
 from .records import RunRecord, RunSpec
 from .plan import run_specs
-from .run import data_fingerprint, run_one
+from .run import run_one
 from .scaling import FIT_METHOD, ScalingSummary, SizeResult, fmt_params, scaling_analysis
 from .scaling_plan import ScalingPlan, estimate_scaling, params_nonembed, scaling_fingerprint
 from .scaling_report import write_scaling_report
@@ -85,7 +85,7 @@ def run_scaling_study(splan: ScalingPlan, out_dir, *, runner: Callable[[RunSpec]
     out = Path(out_dir)
     _check_out(out, splan, force)
     data = load_tokens(splan.first.data, tokenizer=splan.first.tokenizer)  # bad data fails here
-    vocab, fingerprint = data.vocab_size, data_fingerprint(data)
+    vocab, fingerprint = data.vocab_size, data.fingerprint().short
     del data
     specs = {s.name: run_specs(p, vocab, fingerprint) for s, p in splan.items()}
     todo = {k: v if force else [x for x in v if x.name not in {r.name for r in finished_runs(out / SIZES_DIR / k, v)}]

@@ -73,7 +73,7 @@ _POSITIVE = ("lr", "adam_eps")
 _NON_NEGATIVE = ("final_lr", "weight_decay", "clip", "z_loss")
 _BOOLS = ("decay_norms", "progress")
 # settings that do not change the trajectory: a resume may change them without a warning (checkpoints
-# reshard across process counts, parallel and tp: train/checkpoints/sharded.py)
+# reshard across process counts, parallel and tp: io/checkpoints/sharded.py)
 FREE_ON_RESUME = ("steps", "eval_every", "eval_batches", "stats_every", "ckpt_every", "keep_last", "device",
                   "progress", "parallel", "tp")
 

@@ -1,7 +1,7 @@
 """The consolidated model at the end of a run: `model.safetensors` + `config.json` written by rank 0.
 
 `full_model` gathers the full state with `StateDictOptions(full_state_dict=True, cpu_offload=True)` (collective
-with more than one process) into a plain CPU `TransformerLM`; `export_model` saves it with model_io.save_model,
+with more than one process) into a plain CPU `TransformerLM`; `export_model` saves it with io/model_dir.py save_model,
 so it loads with `qknorm.load_model` and exports with `qknorm.to_hf`. Under
 `QKNORM_DEBUG_DIGEST_DIR` every rank also writes its parameter digests (distributed.py).
 """
@@ -13,7 +13,7 @@ from typing import Optional
 from torch import nn
 
 from ..model import TransformerLM
-from ..model_io import save_model
+from ..io.model_dir import save_model
 from .runtime import Runtime
 
 __all__ = ["full_model", "export_model"]

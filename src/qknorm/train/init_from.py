@@ -28,7 +28,8 @@ from ..config import ModelConfig
 from ..errors import ConfigError, DataError
 from ..model import TransformerLM
 from ..pretrained import Pretrained
-from .tokens import TokenData
+from ..data.tokens import TokenData
+from ..io.names import TOKENIZER_NAME
 
 __all__ = ["FREE_FIELDS", "init_config", "init_tokenizer", "check_vocab", "same_tokenizer"]
 
@@ -82,8 +83,8 @@ def init_tokenizer(src: Pretrained, given: Optional[str], *, allow_changes: bool
     if given is None:
         return str(src.tokenizer) if src.tokenizer is not None else None
     given_path = Path(given)
-    if given_path.is_dir() and (given_path / "tokenizer.json").is_file():
-        given_path = given_path / "tokenizer.json"
+    if given_path.is_dir() and (given_path / TOKENIZER_NAME).is_file():
+        given_path = given_path / TOKENIZER_NAME
     if not given_path.is_file():
         raise DataError(f"tokenizer {given}: file not found")
     if src.tokenizer is not None and same_tokenizer(given_path, src.tokenizer):

@@ -12,12 +12,12 @@ data-parallel run).
 
 Before anything is written, every setting is checked against the model, the data and the machine
 (preflight.py). With `out_dir`: run.json (the run's record: model, training settings, data and its
-fingerprint, and with Muon the Newton-Schulz dtype this machine chose; manifest.py) and tokenizer.json (a copy of the tokenizer, when there is one), metrics.jsonl (a
-line a step, strict JSON: non-finite numbers are null), checkpoints/ (train/checkpoints/, each with the
-tokenizer), and at the end model.safetensors + config.json (qknorm.load_model reads them) and divergence.json
-(the verdict of metrics.judge_divergence on the run's losses, with the numbers it compared; also written when a
-non-finite value or a signal stopped the run). A fresh run that fails before its first step completes removes
-what it wrote, so the next command can use the directory.
+fingerprint, and with Muon the Newton-Schulz dtype this machine chose; manifest.py) and tokenizer.json (a
+copy of the tokenizer, when there is one), metrics.jsonl (a line a step, strict JSON: non-finite numbers are
+null), checkpoints/ (io/checkpoints/, each with the tokenizer), and at the end model.safetensors + config.json
+(qknorm.load_model reads them) and divergence.json (the verdict of metrics.judge_divergence on the run's losses,
+with the numbers it compared; also written when a non-finite value or a signal stopped the run). A fresh run that
+fails before its first step completes removes what it wrote, so the next command can use the directory.
 `resume=True` continues from the newest usable checkpoint to bit-identical weights (CPU, same settings); data
 whose fingerprint differs from the record is refused unless `allow_changes`. SIGTERM/SIGINT finish the
 current step, write a checkpoint and return (`stop_reason`); a second SIGINT aborts.
@@ -42,17 +42,17 @@ import torch
 from ..config import ModelConfig
 from ..diagnostics import stats_pass, summarize
 from ..errors import ConfigError, DataError
-from ..fileio import atomic_write_bytes
+from ..io.files import atomic_write_bytes
 from ..metrics import DivergenceVerdict
 from ..model import TransformerLM
-from .batcher import Batcher
-from .checkpoints.layout import CKPT_DIR
-from .checkpoints.resume import load_training_checkpoint, save_training_checkpoint
-from .checkpoints.rng import capture_rng_state, restore_rng_state
+from ..data.batcher import Batcher
+from .checkpointing import load_training_checkpoint, save_training_checkpoint
+from ..io.checkpoints.rng import capture_rng_state, restore_rng_state
 from .config import FREE_ON_RESUME, OnNaN, TrainConfig
 from .export import export_model
-from .manifest import MANIFEST_FILE, TOKENIZER_FILE, DataRecord, RunManifest
-from .metrics_log import METRICS_FILE, MetricsLog
+from ..io.names import CKPT_DIR, METRICS_FILE, RUN_RECORD, TOKENIZER_NAME
+from .manifest import DataRecord, RunManifest
+from .metrics_log import MetricsLog
 from .muon import MuonWithAdamW
 from .newton_schulz import NSPrecision
 from .optim import build_optimizer, lr_at, set_lr
@@ -62,7 +62,7 @@ from .runtime import Runtime
 from .runtimes import make_runtime
 from .signals import StopRequest
 from .step import autocast_factory, evaluate, forward_backward, val_batches
-from .tokens import TokenData
+from ..data.tokens import TokenData
 
 __all__ = ["TrainResult", "train", "STATS_SEQS", "DIVERGENCE_FILE"]
 
@@ -117,7 +117,7 @@ class _Session:
             self.rt, self.out / CKPT_DIR, step_count, self.wrapped, self.optimizer, model_config=self.model_config,
             train_config=self.cfg.to_dict(), rng_state=capture_rng_state(),
             extra={"init_loss": self.init_loss, "elapsed_s": self.elapsed0 + time.perf_counter() - self.t0},
-            keep_last=self.cfg.keep_last, files={TOKENIZER_FILE: self.tokenizer} if self.tokenizer else None)
+            keep_last=self.cfg.keep_last, files={TOKENIZER_NAME: self.tokenizer} if self.tokenizer else None)
         self.last_ckpt = step_count
 
 
@@ -204,15 +204,15 @@ def _check_against_record(out: Path, now: RunManifest, allow_changes: bool) -> N
     """On resume: the data must be what the run recorded (else DataError, or a warning with allow_changes)."""
     saved = RunManifest.read(out)
     if saved is None:
-        warnings.warn(f"{out} has no {MANIFEST_FILE} (a run of an older version): the data cannot be checked "
+        warnings.warn(f"{out} has no {RUN_RECORD} (a run of an older version): the data cannot be checked "
                       "against the run's", RuntimeWarning, stacklevel=3)
         return
     was, want = saved.train_config.get("optimizer", "adamw"), now.train_config["optimizer"]
     if was != want:  # not even with allow_changes: the checkpoints hold the other optimizer's state
         raise ConfigError(f"optimizer={want!r} cannot resume {out}: its checkpoints hold {was!r} optimizer state "
-                          f"({MANIFEST_FILE}); resume with optimizer={was!r}")
+                          f"({RUN_RECORD}); resume with optimizer={was!r}")
     if saved.data.fingerprint != now.data.fingerprint:
-        msg = (f"the data differ from the run's record ({out / MANIFEST_FILE}: {saved.data.describe()}, "
+        msg = (f"the data differ from the run's record ({out / RUN_RECORD}: {saved.data.describe()}, "
                f"{saved.data.fingerprint.n_tokens:,} tokens, sha256 {saved.data.fingerprint.sha256[:12]}; now "
                f"{now.data.describe()}, {now.data.fingerprint.n_tokens:,} tokens, sha256 "
                f"{now.data.fingerprint.sha256[:12]})")
@@ -228,10 +228,10 @@ def _open_run_dir(out: Path, record: RunManifest, data: TokenData, resume: bool,
         if not resume:
             record.write(out)
             if data.tokenizer is not None:
-                shutil.copyfile(data.tokenizer, out / TOKENIZER_FILE)
+                shutil.copyfile(data.tokenizer, out / TOKENIZER_NAME)
     except OSError as e:
         raise ConfigError(f"out_dir {out}: cannot write the run directory ({e.strerror or e})") from None
-    tok = out / TOKENIZER_FILE
+    tok = out / TOKENIZER_NAME
     return MetricsLog(out / METRICS_FILE, resume_step=start if resume else None), \
         (tok.read_bytes() if tok.is_file() else None)
 
@@ -240,7 +240,7 @@ def _remove_run_files(out: Path, created: bool) -> None:
     if created:
         shutil.rmtree(out, ignore_errors=True)
         return
-    for name in (MANIFEST_FILE, TOKENIZER_FILE, METRICS_FILE, CKPT_DIR):
+    for name in (RUN_RECORD, TOKENIZER_NAME, METRICS_FILE, CKPT_DIR):
         p = out / name
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 

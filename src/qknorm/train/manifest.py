@@ -16,16 +16,15 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ..errors import CheckpointError
-from ..fileio import atomic_write_bytes, read_json
+from ..io.files import atomic_write_bytes, read_json
 from ..version import __version__
-from .checkpoints.layout import CKPT_DIR, META, list_checkpoints
-from .tokens import DataFingerprint, TokenData, load_tokens
+from ..io.checkpoints.layout import META, list_checkpoints
+from ..io.names import CKPT_DIR, RUN_RECORD
+from ..data.tokens import DataFingerprint, TokenData, load_tokens
 
-__all__ = ["MANIFEST_FILE", "TOKENIZER_FILE", "DataRecord", "RunManifest", "legacy_model_config",
+__all__ = ["DataRecord", "RunManifest", "legacy_model_config",
            "legacy_train_config"]
 
-MANIFEST_FILE = "run.json"
-TOKENIZER_FILE = "tokenizer.json"
 _FORMAT = "qknorm-run"
 
 
@@ -85,12 +84,12 @@ class RunManifest:
             raise CheckpointError(f"{source}: not a qknorm run record ({e.__class__.__name__}: {e})") from None
 
     def write(self, out: Path) -> None:
-        atomic_write_bytes(out / MANIFEST_FILE, (json.dumps(self.to_json(), indent=1) + "\n").encode())
+        atomic_write_bytes(out / RUN_RECORD, (json.dumps(self.to_json(), indent=1) + "\n").encode())
 
     @classmethod
     def read(cls, out: Path) -> Optional["RunManifest"]:
         """The record in run directory `out`, or None when there is none (a run of an older version)."""
-        path = Path(out) / MANIFEST_FILE
+        path = Path(out) / RUN_RECORD
         if not path.exists():
             return None
         return cls.from_json(read_json(path), source=str(path))

@@ -13,11 +13,10 @@ from typing import Any, Dict, List, Optional
 
 from ..diagnostics import none_to_nan, nonfinite_to_none
 from ..errors import CheckpointError
-from ..fileio import atomic_write_bytes
+from ..io.files import atomic_write_bytes
 
-__all__ = ["METRICS_FILE", "MetricsLog"]
+__all__ = ["MetricsLog"]
 
-METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLog:

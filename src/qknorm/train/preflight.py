@@ -17,9 +17,9 @@ from typing import Optional
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError
-from .checkpoints.layout import CKPT_DIR
+from ..io.names import CKPT_DIR
 from .config import TrainConfig
-from .tokens import TokenData
+from ..data.tokens import TokenData
 
 __all__ = ["check_out_dir", "check_fits", "stats_pass_bytes", "available_bytes", "STATS_SEQS"]
 

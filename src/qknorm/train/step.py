@@ -20,10 +20,10 @@ from typing import Callable, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .batcher import Batcher
+from ..data.batcher import Batcher
 from .config import DType, TrainConfig
 from .runtime import Runtime
-from .tokens import TokenData
+from ..data.tokens import TokenData
 
 __all__ = ["forward_loss", "forward_backward", "autocast_factory", "val_batches", "evaluate"]
 

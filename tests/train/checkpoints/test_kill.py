@@ -19,8 +19,8 @@ import torch
 
 import qknorm
 from qknorm.cli import main
-from qknorm.train.checkpoints.full import load_checkpoint
-from qknorm.train.checkpoints.layout import PAUSE_ENV, list_checkpoints
+from qknorm.io.checkpoints.full import load_checkpoint
+from qknorm.io.checkpoints.layout import PAUSE_ENV, list_checkpoints
 
 from helpers.load import scaled, wait_until
 

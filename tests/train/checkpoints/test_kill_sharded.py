@@ -2,7 +2,7 @@
 then resume it in one process: the last good checkpoint survives and the final weights are bit-identical.
 
 The run is held inside the sharded save of checkpoint PAUSE_AT by the test-only hook
-QKNORM_TEST_PAUSE_IN_CHECKPOINT_WRITE (train/checkpoints/sharded.py): both ranks sleep once the temporary directory
+QKNORM_TEST_PAUSE_IN_CHECKPOINT_WRITE (io/checkpoints/sharded.py): both ranks sleep once the temporary directory
 is complete (DCP shards, rng.pt, meta.json, fsynced) but not yet renamed into place - the most tempting state
 for a reader to mistake for a checkpoint. Then the launcher and both workers are SIGKILLed (torchrun starts each
 worker in its own session, so killing the launcher's process group alone would leave them running: every process
@@ -32,9 +32,9 @@ import torch
 
 import qknorm
 from qknorm.cli import main
-from qknorm.train.checkpoints.layout import PAUSE_ENV, list_checkpoints
-from qknorm.train.checkpoints.resume import load_training_checkpoint
-from qknorm.train.checkpoints.sharded import is_sharded
+from qknorm.io.checkpoints.layout import PAUSE_ENV, list_checkpoints
+from qknorm.train.checkpointing import load_training_checkpoint
+from qknorm.io.checkpoints.sharded import is_sharded
 from qknorm.train import TrainConfig
 from qknorm.train.optim import build_optimizer
 from qknorm.train.runtime import Runtime

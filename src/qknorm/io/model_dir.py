@@ -1,12 +1,12 @@
 """Our own model directories: `config.json` ({"qknorm_config": {...}}) + `model.safetensors` (+ the
 `tokenizer.json` a run was trained with).
 
-`save_model` writes both atomically (fileio.atomic_write_bytes), so an interrupted save never leaves a
+`save_model` writes both atomically (io/files.py atomic_write_bytes), so an interrupted save never leaves a
 half-written file under the final name. `load_model` rebuilds the model and checks every key and shape; it
-also takes any training checkpoint directory (train/checkpoints/model_state.py: every checkpoint is a model)
+also takes any training checkpoint directory (io/checkpoints/model_state.py: every checkpoint is a model)
 and a run directory whose final model is not written yet (its newest checkpoint, with a warning).
-`load_tokenizer` finds the tokenizer stored beside a model (None for byte-level models). The model is built on
-the meta device and its shapes checked against the stored tensors before anything is allocated (a config
+`find_tokenizer` finds the tokenizer file stored beside a model (None for byte-level models). The model is built
+on the meta device and its shapes checked against the stored tensors before anything is allocated (a config
 declaring 10**9 hidden units is one line, not an out-of-memory kill), and no file is read through a symlink
 leading outside the directory given.
 """
@@ -18,17 +18,16 @@ from typing import Dict, Optional, Union
 
 import torch
 
-from .config import ModelConfig
-from .errors import CheckpointError, ConfigError
-from .fileio import atomic_write_bytes, dir_inside, file_inside, read_json, read_safetensors
-from .model import TransformerLM
-from .train.checkpoints.layout import CKPT_DIR, list_checkpoints
-from .train.checkpoints.model_state import checkpoint_model, is_checkpoint_dir
+from ..config import ModelConfig
+from ..errors import CheckpointError, ConfigError
+from ..model import TransformerLM
+from .files import atomic_write_bytes, dir_inside, file_inside, read_json, read_safetensors
+from .names import CKPT_DIR, CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME
+from .checkpoints.layout import list_checkpoints
+from .checkpoints.model_state import checkpoint_model, is_checkpoint_dir
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "TOKENIZER_NAME", "save_model", "load_model", "load_tokenizer",
-           "find_tokenizer", "read_config", "state_dict_for_save", "load_state_checked", "model_source"]
-
-CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME = "config.json", "model.safetensors", "tokenizer.json"
+__all__ = ["save_model", "load_model", "find_tokenizer", "read_config", "state_dict_for_save", "load_state_checked",
+           "model_source"]
 
 
 def state_dict_for_save(model: TransformerLM) -> Dict[str, torch.Tensor]:
@@ -119,12 +118,3 @@ def find_tokenizer(path: Union[str, Path]) -> Optional[Path]:
     """The tokenizer.json stored with a model, checkpoint or run directory, if any."""
     d = Path(path)
     return d / TOKENIZER_NAME if (d / TOKENIZER_NAME).is_file() else None
-
-
-def load_tokenizer(path: Union[str, Path]):
-    """The `tokenizers.Tokenizer` stored with the model at `path` (load_model's argument), or None when the
-    model has none (byte-level: token = byte value)."""
-    from .train.tokenizer import load_tokenizer as read_tokenizer
-
-    found = find_tokenizer(model_source(path)) or find_tokenizer(path)
-    return read_tokenizer(found)[0] if found is not None else None

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..io.names import TOKENIZER_NAME
 
 __all__ = ["load_tokenizer", "encode_texts", "token_dtype"]
 
@@ -19,12 +20,12 @@ _ENCODE_CHUNK_CHARS = 1 << 20
 
 def load_tokenizer(path: str | os.PathLike):
     p = Path(path)
-    if p.is_dir() and (p / "tokenizer.json").is_file():
-        p = p / "tokenizer.json"
+    if p.is_dir() and (p / TOKENIZER_NAME).is_file():
+        p = p / TOKENIZER_NAME
     if not p.exists():
         raise DataError(f"tokenizer {p}: file not found")
     if p.is_dir():
-        raise DataError(f"tokenizer {p}: is a directory without a tokenizer.json")
+        raise DataError(f"tokenizer {p}: is a directory without a {TOKENIZER_NAME}")
     try:
         from tokenizers import Tokenizer
     except ImportError:

@@ -15,9 +15,9 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 
-from qknorm.dcp_reader import load_dcp, read_checked_metadata
+from qknorm.io.dcp_reader import load_dcp, read_checked_metadata
 from qknorm.errors import CheckpointError, UnsafeCheckpointError
-from qknorm.safe_pickle import MetadataUnpickler, load_dcp_metadata, load_torch
+from qknorm.io.safe_pickle import MetadataUnpickler, load_dcp_metadata, load_torch
 
 from helpers.untrusted import ThenReal
 

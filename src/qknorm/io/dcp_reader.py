@@ -38,8 +38,8 @@ from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, Metadata,
                                                    MetadataIndex, TensorStorageMetadata)
 
-from .errors import CheckpointError, UnsafeCheckpointError
-from .fileio import dir_inside, file_inside
+from ..errors import CheckpointError, UnsafeCheckpointError
+from .files import dir_inside, file_inside
 from .safe_pickle import classify_torch_error, first_line, load_dcp_metadata, load_torch
 
 __all__ = ["METADATA", "read_checked_metadata", "check_layout", "load_dcp"]

@@ -16,7 +16,7 @@ from typing import Any, Dict, Union
 
 import torch
 
-from .errors import CheckpointError, UnsafeCheckpointError
+from ..errors import CheckpointError, UnsafeCheckpointError
 
 __all__ = ["atomic_write_bytes", "fsync_dir", "write_synced", "read_json", "read_safetensors", "dir_inside",
            "file_inside"]

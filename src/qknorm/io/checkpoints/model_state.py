@@ -17,11 +17,11 @@ import torch
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from ...config import ModelConfig
-from ...dcp_reader import METADATA, load_dcp, read_checked_metadata
+from ..dcp_reader import METADATA, load_dcp, read_checked_metadata
 from ...errors import CheckpointError, ConfigError
-from ...fileio import read_json
+from ..files import read_json
 from ...model import TransformerLM
-from ..runtime import Runtime
+from .collective import SINGLE_PROCESS
 from .full import load_checkpoint
 from .layout import META
 from .sharded import STATE_DIR, is_sharded, read_rng, read_sharded_meta, verify_sharded
@@ -51,7 +51,7 @@ def checkpoint_model(path: str | Path) -> Tuple[ModelConfig, Dict[str, torch.Ten
     if not is_sharded(path):
         return config, load_checkpoint(path, config).model_state
     meta = read_sharded_meta(path, config)
-    problem = verify_sharded(Runtime(), path, meta)
+    problem = verify_sharded(SINGLE_PROCESS, path, meta)
     if problem:
         raise CheckpointError(problem)
     read_rng(path)  # never needed for the model, but a checkpoint holding a file that asks to run code is refused

@@ -26,7 +26,7 @@ from typing import Any, Union
 
 import torch
 
-from .errors import CheckpointError, UnsafeCheckpointError
+from ..errors import CheckpointError, UnsafeCheckpointError
 
 __all__ = ["MetadataUnpickler", "load_dcp_metadata", "load_torch", "classify_torch_error", "first_line",
            "ALLOWED_METADATA_CLASSES"]

@@ -16,9 +16,9 @@ import torch
 
 import qknorm
 from qknorm.errors import CheckpointError, UnsafeCheckpointError
-from qknorm.safe_pickle import load_dcp_metadata
-from qknorm.train.checkpoints.full import save_checkpoint
-from qknorm.train.checkpoints.sharded import save_sharded
+from qknorm.io.safe_pickle import load_dcp_metadata
+from qknorm.io.checkpoints.full import save_checkpoint
+from qknorm.io.checkpoints.sharded import save_sharded
 from qknorm.train.runtime import Runtime
 
 from helpers.cli import run_cli

@@ -10,9 +10,9 @@ import torch
 
 import qknorm
 from qknorm.errors import CheckpointError, UnsafeCheckpointError
-from qknorm.train.checkpoints.full import load_checkpoint, load_latest, save_checkpoint
-from qknorm.train.checkpoints.layout import CheckpointMismatch, list_checkpoints
-from qknorm.train.checkpoints.rng import capture_rng_state, restore_rng_state
+from qknorm.io.checkpoints.full import load_checkpoint, load_latest, save_checkpoint
+from qknorm.io.checkpoints.layout import CheckpointMismatch, list_checkpoints
+from qknorm.io.checkpoints.rng import capture_rng_state, restore_rng_state
 from qknorm.train.metrics_log import MetricsLog
 
 pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels

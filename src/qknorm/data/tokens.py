@@ -41,7 +41,6 @@ no data-loader state, and under data parallelism rank ``r`` of ``w`` takes the c
 from __future__ import annotations
 
 import glob as _glob
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,26 +52,12 @@ from ..errors import ConfigError, DataError
 from .sources import (BINARY_SAMPLE_BYTES, DEFAULT_CORPUS_MAX_BYTES, FILE_SEPARATOR, binary_reason,
                       collect_text_files, default_corpus_description, default_corpus_files, files_under,
                       is_token_file, load_token_file, read_file, skip_note, stdlib_dir)
+from .fingerprint import DataFingerprint, fingerprint
 from .tokenizer import encode_texts, load_tokenizer, token_dtype
 
 __all__ = ["BYTE_VOCAB_SIZE", "TokenData", "DataFingerprint", "load_tokens"]
 
 BYTE_VOCAB_SIZE = 256
-
-
-_FULL_HASH_TOKENS = 1 << 27  # streams up to 128M tokens are hashed whole; longer ones by a fixed sample
-_SAMPLE_TOKENS = 1 << 20
-
-
-@dataclass(frozen=True)
-class DataFingerprint:
-    """What identifies a token stream: its length, vocabulary, and a sha256 of its tokens (all of them up to
-    128M tokens; beyond that the first, last and 64 evenly spaced blocks of 1M tokens, `method` says which)."""
-
-    n_tokens: int
-    vocab_size: int
-    sha256: str
-    method: str  # "full" or "sampled"
 
 
 @dataclass
@@ -99,28 +84,8 @@ class TokenData:
         return int(len(self.train) + len(self.val))
 
     def fingerprint(self) -> DataFingerprint:
-        """The stream's identity (train then val, as one array), for a run's record."""
-        n = self.n_tokens
-        h = hashlib.sha256(f"{n}:{self.vocab_size}:".encode())
-        parts = (self.train, self.val)
-        if n <= _FULL_HASH_TOKENS:
-            for part in parts:
-                h.update(np.ascontiguousarray(part, dtype=np.uint32).tobytes())
-            return DataFingerprint(n, self.vocab_size, h.hexdigest(), "full")
-        for start in np.linspace(0, n - _SAMPLE_TOKENS, 66).astype(np.int64):  # first, last, 64 between
-            for piece in _slice(parts, int(start), int(start) + _SAMPLE_TOKENS):
-                h.update(np.ascontiguousarray(piece, dtype=np.uint32).tobytes())
-        return DataFingerprint(n, self.vocab_size, h.hexdigest(), "sampled")
-
-
-def _slice(parts, start: int, stop: int):
-    """The pieces of [start, stop) of the concatenation of `parts` (without concatenating them)."""
-    offset = 0
-    for p in parts:
-        lo, hi = max(start - offset, 0), min(stop - offset, len(p))
-        if lo < hi:
-            yield np.asarray(p[lo:hi])
-        offset += len(p)
+        """The stream's identity (train then val, as one array), for a run's record and a study's runs."""
+        return fingerprint(self.train, self.val, self.vocab_size)
 
 
 def load_tokens(

@@ -27,15 +27,16 @@ import torch
 
 from ...config import ModelConfig
 from ...errors import CheckpointError, UnsafeCheckpointError
-from ...fileio import fsync_dir, read_json, write_synced
-from ...safe_pickle import first_line, load_torch
+from ..files import fsync_dir, read_json, write_synced
+from ..names import WEIGHTS_NAME
+from ..safe_pickle import first_line, load_torch
 from .layout import (META, PAUSE_ENV, Checkpoint, CheckpointMismatch, check_names_inside, check_same_config,
                      checkpoint_name, list_checkpoints, move_aside, publish, remove_stale_temps, sha256, torch_bytes)
 from .rng import capture_rng_state
 
 __all__ = ["MODEL", "TRAINER", "FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "load_latest"]
 
-MODEL, TRAINER = "model.safetensors", "trainer.pt"
+MODEL, TRAINER = WEIGHTS_NAME, "trainer.pt"
 FORMAT_VERSION = 1
 
 

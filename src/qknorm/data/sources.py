@@ -1,5 +1,5 @@
 """Where training text and tokens come from: the embedded default corpus, text files, directories, globs, and
-pre-tokenized token files (the rules are in train/tokens.py's docstring; this module reads the bytes).
+pre-tokenized token files (the rules are in data/tokens.py's docstring; this module reads the bytes).
 
 * default corpus: the Python standard library's ``*.py`` sources of the running interpreter, sorted by relative
   path, cut to a byte budget of whole files — present on every machine, nothing downloaded.

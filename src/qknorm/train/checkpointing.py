@@ -18,13 +18,13 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from ...config import ModelConfig
-from ...errors import CheckpointError, UnsafeCheckpointError
-from ...fileio import dir_inside
-from ..runtime import Runtime
-from .full import load_checkpoint, save_checkpoint
-from .layout import Checkpoint, CheckpointMismatch, list_checkpoints, move_aside
-from .sharded import all_gather, broadcast, is_sharded, load_sharded, save_sharded
+from ..config import ModelConfig
+from ..errors import CheckpointError, UnsafeCheckpointError
+from ..io.checkpoints.full import load_checkpoint, save_checkpoint
+from ..io.checkpoints.layout import Checkpoint, CheckpointMismatch, list_checkpoints, move_aside
+from ..io.checkpoints.sharded import all_gather, broadcast, is_sharded, load_sharded, save_sharded
+from ..io.files import dir_inside
+from .runtime import Runtime
 
 __all__ = ["save_training_checkpoint", "load_training_checkpoint"]
 

@@ -39,11 +39,11 @@ import torch
 from torch import nn
 
 from ...config import ModelConfig
-from ...dcp_reader import load_dcp, read_checked_metadata
 from ...errors import CheckpointError, UnsafeCheckpointError
-from ...fileio import file_inside, fsync_dir, read_json, write_synced
-from ...safe_pickle import load_torch
-from ..runtime import Runtime
+from ..dcp_reader import load_dcp, read_checked_metadata
+from ..files import file_inside, fsync_dir, read_json, write_synced
+from ..safe_pickle import load_torch
+from .collective import Collective
 from .layout import (META, PAUSE_ENV, Checkpoint, CheckpointMismatch, check_names_inside, check_same_config,
                      checkpoint_name, file_digest, publish, remove_stale_temps, torch_bytes)
 from .rng import capture_rng_state
@@ -62,16 +62,16 @@ def _dist_active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def broadcast(rt: Runtime, obj: Any) -> Any:
+def broadcast(rt: Collective, obj: Any) -> Any:
     """Rank 0's `obj` on every rank (identity in a single process)."""
     return rt.broadcast_object(obj) if rt.world_size > 1 else obj
 
 
-def all_gather(rt: Runtime, obj: Any) -> List[Any]:
+def all_gather(rt: Collective, obj: Any) -> List[Any]:
     return rt.all_gather_object(obj) if rt.world_size > 1 else [obj]
 
 
-def _digest_files(rt: Runtime, root: Path, rel_paths: List[str]) -> Dict[str, Dict[str, Any]]:
+def _digest_files(rt: Collective, root: Path, rel_paths: List[str]) -> Dict[str, Dict[str, Any]]:
     """{rel: {size, sha256}} for `rel_paths` under `root`, rank r hashing every world_size-th file.
 
     A file that cannot be read gets {"error": "..."}; every rank returns the same merged dict.
@@ -105,9 +105,9 @@ def is_sharded(path: str | Path) -> bool:
 
 
 
-def save_sharded(root: str | Path, step: int, rt: Runtime, model: nn.Module, optimizer: torch.optim.Optimizer, *,
-                 model_config: ModelConfig, train_config: Dict[str, Any], extra: Optional[Dict[str, Any]] = None,
-                 rng_state: Optional[Dict[str, Any]] = None, keep_last: int = 3,
+def save_sharded(root: str | Path, step: int, rt: Collective, model: nn.Module,
+                 optimizer: torch.optim.Optimizer, *, model_config: ModelConfig, train_config: Dict[str, Any],
+                 extra: Optional[Dict[str, Any]] = None, rng_state: Optional[Dict[str, Any]] = None, keep_last: int = 3,
                  files: Optional[Dict[str, bytes]] = None) -> Path:
     """Write sharded checkpoint `step` under `root` (collective: every rank calls it); returns its path.
     `files`: more files rank 0 stores in it as they are (e.g. the run's tokenizer.json), checksummed."""
@@ -182,7 +182,7 @@ def read_sharded_meta(path: Path, model_config: Optional[ModelConfig]) -> Dict[s
     return meta
 
 
-def verify_sharded(rt: Runtime, path: Path, meta: Dict[str, Any]) -> Optional[str]:
+def verify_sharded(rt: Collective, path: Path, meta: Dict[str, Any]) -> Optional[str]:
     """None if every file of `meta` is present with its size and sha256, else what is wrong (same on all ranks)."""
     expected = meta["files"]
     check_names_inside(path, [META, *expected])  # a name or symlink leading outside is refused before anything is read
@@ -198,7 +198,7 @@ def verify_sharded(rt: Runtime, path: Path, meta: Dict[str, Any]) -> Optional[st
     return None
 
 
-def load_sharded(path: str | Path, rt: Runtime, model: nn.Module, optimizer: torch.optim.Optimizer,
+def load_sharded(path: str | Path, rt: Collective, model: nn.Module, optimizer: torch.optim.Optimizer,
                  model_config: Optional[ModelConfig] = None) -> Checkpoint:
     """Load sharded checkpoint `path` into `model` / `optimizer` (collective). The returned `Checkpoint` has
     empty `model_state` / `optimizer_state`: they are already loaded."""
@@ -219,7 +219,7 @@ def load_sharded(path: str | Path, rt: Runtime, model: nn.Module, optimizer: tor
     return load_verified_sharded(path, meta, rt, model, optimizer)
 
 
-def load_verified_sharded(path: Path, meta: Dict[str, Any], rt: Runtime, model: nn.Module,
+def load_verified_sharded(path: Path, meta: Dict[str, Any], rt: Collective, model: nn.Module,
                            optimizer: torch.optim.Optimizer) -> Checkpoint:
     """Load a verified sharded checkpoint (collective). Nothing in it is unpickled but through dcp_reader.py
     (allow-list `.metadata`, weights-only entries) and safe_pickle.load_torch (rng.pt)."""

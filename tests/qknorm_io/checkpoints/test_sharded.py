@@ -13,9 +13,9 @@ import torch
 
 import qknorm
 from qknorm.errors import CheckpointError
-from qknorm.train.checkpoints.layout import CheckpointMismatch, list_checkpoints
-from qknorm.train.checkpoints.resume import load_training_checkpoint, save_training_checkpoint
-from qknorm.train.checkpoints.sharded import is_sharded, save_sharded
+from qknorm.io.checkpoints.layout import CheckpointMismatch, list_checkpoints
+from qknorm.train.checkpointing import load_training_checkpoint, save_training_checkpoint
+from qknorm.io.checkpoints.sharded import is_sharded, save_sharded
 from qknorm.train.distributed import DistributedRuntime, fqn_to_index_optim_state
 from qknorm.train import TrainConfig
 from qknorm.train.optim import build_optimizer

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from qknorm.errors import ConfigError, DataError
-from qknorm.train import sources as D_src
-from qknorm.train import tokenizer as D_tok
-from qknorm.train.batcher import Batcher
-from qknorm.train.sources import DEFAULT_CORPUS_MAX_BYTES, FILE_SEPARATOR, default_corpus_bytes, default_corpus_files
-from qknorm.train.tokens import load_tokens
+from qknorm.data import sources as D_src
+from qknorm.data import tokenizer as D_tok
+from qknorm.data.batcher import Batcher
+from qknorm.data.sources import DEFAULT_CORPUS_MAX_BYTES, FILE_SEPARATOR, default_corpus_bytes, default_corpus_files
+from qknorm.data.tokens import load_tokens
 
 SEP = list(FILE_SEPARATOR)
 

@@ -32,13 +32,13 @@ import torch
 
 from ...config import ModelConfig
 from ...errors import CheckpointError, ConfigError, UnsafeCheckpointError
-from ...fileio import atomic_write_bytes, file_inside, fsync_dir
+from ..files import atomic_write_bytes, file_inside, fsync_dir
+from ..names import CKPT_DIR
 
 __all__ = ["CKPT_DIR", "LATEST", "META", "PAUSE_ENV", "Checkpoint", "CheckpointMismatch", "checkpoint_name",
            "list_checkpoints", "publish", "remove_stale_temps", "check_same_config", "sha256", "file_digest",
            "torch_bytes", "move_aside", "check_names_inside"]
 
-CKPT_DIR = "checkpoints"
 LATEST = "latest"
 META = "meta.json"
 PAUSE_ENV = "QKNORM_TEST_PAUSE_IN_CHECKPOINT_WRITE"

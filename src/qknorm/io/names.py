@@ -1,0 +1,19 @@
+"""The names of the files qknorm reads and writes, spelled once.
+
+A model directory (ours, or Hugging Face's):  CONFIG_NAME, WEIGHTS_NAME (or INDEX_NAME and its shards),
+    TOKENIZER_NAME when the model was trained on a tokenizer.
+A run directory (`qknorm train --out DIR`):   RUN_RECORD (run.json), METRICS_FILE, TOKENIZER_NAME, CKPT_DIR/,
+    and, once finished, the model directory's files.
+The files inside one training checkpoint are the checkpoint formats' own (io/checkpoints/layout.py).
+"""
+from __future__ import annotations
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "TOKENIZER_NAME", "RUN_RECORD", "METRICS_FILE", "CKPT_DIR"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"  # Hugging Face's sharded weights: {"weight_map": {key: shard}}
+TOKENIZER_NAME = "tokenizer.json"
+RUN_RECORD = "run.json"
+METRICS_FILE = "metrics.jsonl"
+CKPT_DIR = "checkpoints"
