@@ -5,6 +5,9 @@ leaves its output directory exactly as it was.
 * out_dir: a fresh run needs an absent or empty directory; a resumed one a checkpoints/ directory in it.
 * vocab_size: the model's vocabulary must hold the data's.
 * seq_len <= max_seq_len of the model (raise max_seq_len for longer sequences).
+* the model's weights alone (2 bytes a parameter, the least any dtype needs) must fit in the device's total
+  memory: a config declaring 10**9 hidden units (a run.json edited by someone else, a typo in --set) is one
+  line naming the fields, not an allocation failure or an out-of-memory kill while the model is built.
 * the attention-statistics pass (stats_every > 0) materializes fp32 scores of shape (S, H, T, T) for S <= 4
   sequences, per layer, plus a copy for the mask: if that needs more than half the memory available on the
   device, the run is refused before it starts (a bigger allocation would fail minutes later, or swap).
@@ -21,7 +24,7 @@ from ..io.names import CKPT_DIR
 from .config import TrainConfig
 from ..data.tokens import TokenData
 
-__all__ = ["check_out_dir", "check_fits", "stats_pass_bytes", "available_bytes", "STATS_SEQS"]
+__all__ = ["check_out_dir", "check_fits", "stats_pass_bytes", "available_bytes", "total_bytes", "STATS_SEQS"]
 
 STATS_SEQS = 4  # sequences of the batch the stats pass sees
 
@@ -61,8 +64,26 @@ def available_bytes(device: str) -> Optional[int]:
         return None
 
 
+def total_bytes(device: str) -> Optional[int]:
+    """All the memory of `device` (the GPU's, or physical RAM); None if unknown."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[1])
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def check_fits(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, local_batch: int) -> None:
     """The settings fit the model, the data and this machine (see the module docstring)."""
+    weights, total = 2 * model_config.num_params(), total_bytes(cfg.device)
+    if total is not None and weights > total:
+        c = model_config
+        raise ConfigError(f"the model (d_model={c.d_model}, n_layers={c.n_layers}, d_ff={c.d_ff}, vocab_size="
+                          f"{c.vocab_size}) has {c.num_params():,} parameters: {weights / 1e9:.3g} GB even at 2 bytes "
+                          f"each, more than the {total / 1e9:.3g} GB of memory on {cfg.device}")
     if data.vocab_size > model_config.vocab_size:
         raise ConfigError(f"vocab_size={model_config.vocab_size} of the model is smaller than the data's "
                           f"vocabulary ({data.vocab_size} tokens, {data.source}); set vocab_size >= {data.vocab_size}")

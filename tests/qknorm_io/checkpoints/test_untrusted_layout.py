@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import qknorm
+from qknorm.cli import main
 from qknorm.errors import CheckpointError, UnsafeCheckpointError
 from qknorm.io.safe_pickle import load_dcp_metadata
 from qknorm.io.checkpoints.full import save_checkpoint
@@ -71,7 +72,7 @@ def test_a_config_declaring_more_than_the_files_hold_allocates_nothing(made, tmp
     """d_model 10**9 would need 10**12 bytes for the embedding alone: one line, not an allocation failure."""
     path = _copy(made[kind], tmp_path / "c")
     _set_config(path, name, d_model=10 ** 9)
-    with pytest.raises(CheckpointError, match=r"shape \(256, 1000000000\)|\(1000000000|1000000000\)") as e:
+    with pytest.raises(CheckpointError, match=r"1000000000") as e:
         qknorm.load_model(path)
     assert "\n" not in str(e.value) and str(path) in str(e.value)
 
@@ -123,11 +124,36 @@ def test_a_symlink_leading_outside_is_refused(made, tmp_path, kind, rel):
         qknorm.load_model(path)
 
 
-def test_a_run_whose_checkpoint_is_symlinked_from_elsewhere_is_refused(tmp_path, capsys):
-    run = tmp_path / "run"
-    args = ["--preset", "llama", "--steps", "2", "--ckpt-every", "2", "--batch-size", "2", "--seq-len", "16",
-            "--no-progress", "--device", "cpu"]
-    assert run_cli("train", [*args, "--out", str(run)], capsys)[0] == 0
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    """A 1-process run with a full checkpoint at step 2."""
+    run = tmp_path_factory.mktemp("run") / "run"
+    args = ["train", "--preset", "llama", "--steps", "2", "--ckpt-every", "2", "--batch-size", "2", "--seq-len", "16",
+            "--no-progress", "--device", "cpu", "--out", str(run)]
+    assert main(args) == 0
+    return run
+
+
+def _tree(d: Path) -> dict:
+    return {p.relative_to(d).as_posix(): p.read_bytes() if p.is_file() and not p.is_symlink() else "link/dir"
+            for p in sorted(d.rglob("*"))}
+
+
+def test_a_run_record_declaring_a_huge_model_is_one_line_before_anything_is_built(small_run, tmp_path, capsys):
+    """`train --resume` builds the model run.json describes before it reads a checkpoint: d_model 10**9 there
+    is refused by the preflight (2 bytes a parameter > this machine's memory), not an allocation failure."""
+    run = _copy(small_run, tmp_path / "run")
+    doc = json.loads((run / "run.json").read_text())
+    doc["model_config"]["d_model"] = 10 ** 9
+    (run / "run.json").write_text(json.dumps(doc))
+    before = _tree(run)
+    code, _, err = run_cli("train", ["--out", str(run), "--resume", "--no-progress", "--device", "cpu"], capsys)
+    assert code == 2 and len(err) == 1 and "d_model=1000000000" in err[0] and "GB of memory on cpu" in err[0], err
+    assert _tree(run) == before
+
+
+def test_a_run_whose_checkpoint_is_symlinked_from_elsewhere_is_refused(small_run, tmp_path, capsys):
+    run = _copy(small_run, tmp_path / "run")
     ckpt = run / "checkpoints" / "step_0000002"
     shutil.move(ckpt, tmp_path / "foreign")
     os.symlink(tmp_path / "foreign", ckpt)
@@ -135,6 +161,7 @@ def test_a_run_whose_checkpoint_is_symlinked_from_elsewhere_is_refused(tmp_path,
         (run / name).unlink()
     with pytest.raises(UnsafeCheckpointError, match=r"step_0000002: leads outside"):
         qknorm.load_model(run)
+    before = _tree(run)
     code, _, err = run_cli("train", ["--out", str(run), "--resume", "--no-progress", "--device", "cpu"], capsys)
     assert code == 2 and len(err) == 1 and "step_0000002: leads outside" in err[0], err
-    assert ckpt.is_symlink() and not (run / "checkpoints" / "step_0000002.corrupt").exists()  # nothing moved
+    assert _tree(run) == before  # nothing moved aside, nothing written
