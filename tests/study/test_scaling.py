@@ -120,6 +120,7 @@ def test_scaling_study_writes_every_field_the_report_and_resumes(tmp_path, monke
     assert html.index("scaling_loss_vs_lr.png") < html.index("What this shows")  # the figure leads
     assert "baseline: LR sensitivity grows with model size" in html
     assert "qknorm: the trend of LR sensitivity with size is not resolved at these sizes" in html
+    assert "Max attention logit of baseline at the top LR (largest over seeds), by size: d16_l1 160," in html
     assert summary.config["plots"] is not False and "data:image/png;base64" in html
     for name in ("scaling_loss_vs_lr.png", "scaling_sensitivity.png", "sizes/d16_l1/report.html"):
         assert (out / name).stat().st_size > 1000
@@ -128,6 +129,7 @@ def test_scaling_study_writes_every_field_the_report_and_resumes(tmp_path, monke
     again = study.run_scaling_study(splan, out, runner=lambda s: calls.append(s) or size_runner(s),
                                     report=False, log=lambda _: None)
     assert calls == [] and again.analysis == summary.analysis  # every run reused
+    assert study.read_scaling_summary(out).analysis == summary.analysis  # what a re-rendered report shows
     with pytest.raises(ValueError, match="different study"):
         study.run_scaling_study(study.make_scaling_plan("scaling_smoke", seeds=1), out, runner=size_runner,
                                 log=lambda _: None)

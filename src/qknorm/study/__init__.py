@@ -33,7 +33,7 @@ from .records import RunHistory, RunRecord, RunSpec, RunStatus, arm_label, run_n
 from .report import write_report
 from .run import run_one
 from .scaling import ScalingFit, ScalingRow, ScalingSummary
-from .scaling_driver import run_scaling_study
+from .scaling_driver import read_scaling_summary, run_scaling_study
 from .scaling_plan import ScalingPlan, is_scaling, make_scaling_plan
 from .scaling_report import format_scaling_table
 from .scheduler import Scheduler
@@ -47,4 +47,4 @@ __all__ = ["StudyAnalysis", "analyze", "run_study", "PLAN_FILE", "RUNS_DIR", "SU
            "PROFILES", "WORTSMAN_GRID", "Profile", "RunHistory", "RunRecord", "RunSpec", "RunStatus", "run_name",
            "write_report", "run_one", "Scheduler", "LocalPool", "RayScheduler", "StudySummary", "format_checks",
            "format_table", "plural", "VARIANTS", "model_config", "ScalingFit", "ScalingRow", "ScalingSummary",
-           "run_scaling_study", "ScalingPlan", "is_scaling", "make_scaling_plan", "format_scaling_table"]
+           "run_scaling_study", "read_scaling_summary", "ScalingPlan", "is_scaling", "make_scaling_plan", "format_scaling_table"]

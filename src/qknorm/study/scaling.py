@@ -250,6 +250,11 @@ def trend_sentences(analysis: ScalingAnalysis) -> List[str]:
             out.append(f"Whether LR sensitivity grows faster without QK-norm than with it is not resolved at these "
                        f"sizes: slope difference {d.a} - {d.b} {_slope_text(d.difference, d.ci95)} per 10x "
                        "parameters.")
+    for label in analysis.fits:  # as measured, smallest size first: no trend is claimed from three maxima
+        rows = [r for r in analysis.rows_of(label) if r.max_attn_logit_top_lr is not None]
+        if rows:
+            out.append(f"Max attention logit of {label} at the top LR (largest over seeds), by size: " + ", ".join(
+                f"{r.size} {_num(r.max_attn_logit_top_lr, '.3g')}" for r in rows) + ".")
     edge = [f"{_label(r)} at {r.size} (best LR {_num(r.best_lr, 'g')})" for r in analysis.rows
             if r.optimum_inside_grid is False]
     if edge:

@@ -33,11 +33,22 @@ from .scaling import FIT_METHOD, ScalingSummary, SizeResult, fmt_params, scaling
 from .scaling_plan import ScalingPlan, estimate_scaling, params_nonembed, scaling_fingerprint
 from .scaling_report import write_scaling_report
 from .scheduler import Scheduler
+from .summary import StudySummary
 from .table import plural
 
-__all__ = ["run_scaling_study", "SIZES_DIR"]
+__all__ = ["run_scaling_study", "read_scaling_summary", "SIZES_DIR"]
 
 SIZES_DIR = "sizes"
+
+
+def read_scaling_summary(out_dir) -> ScalingSummary:
+    """A finished scaling study read back from OUT (its summary.json's config, each size's summary.json), the
+    analysis recomputed: to re-render the report with `write_scaling_report` without training anything."""
+    out = Path(out_dir)
+    config = json.loads((out / SUMMARY_FILE).read_text())["config"]
+    sizes = tuple(SizeResult(s["name"], s["params_nonembed"], s["tokens"], StudySummary.from_json(
+        json.loads((out / s["dir"] / SUMMARY_FILE).read_text()))) for s in config["sizes"])
+    return ScalingSummary(sizes=sizes, analysis=scaling_analysis(sizes), config=config)
 
 
 def _check_out(out: Path, splan: ScalingPlan, force: bool) -> None:
