@@ -97,3 +97,23 @@ def test_qknorm_layouts_export_as_the_family_that_has_them(tmp_path):
         assert type(back).__name__ == cls
         with torch.no_grad():
             assert rel_err(back(input_ids=ids).logits, model(ids)) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["olmo3", "cohere", "stablelm_parallel", "exaone4", "hunyuan_v1_dense",
+                                  "llama4_text"])
+def test_cached_greedy_decoding_equals_transformers_generate(name):
+    """Our KV-cached decoding past the windows, chunks (8) and temperature floors (4) of each family: the new
+    tokens' absolute positions reach RoPE, the chunk masks and Llama 4's NoPE temperature through the cache."""
+    from helpers.greedy import assert_same_greedy
+    from helpers.peaked import spread
+
+    transformers = pytest.importorskip("transformers")
+    hf = spread(make_hf(name, attn="sdpa"))
+    ours = qknorm.from_hf(hf)
+    ids, n = input_ids(length=10), 22
+    gc = transformers.GenerationConfig(do_sample=False, max_new_tokens=n, min_new_tokens=0, eos_token_id=None,
+                                       pad_token_id=0, bos_token_id=None)
+    with torch.no_grad():
+        ref = hf.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gc)
+        logits = hf(input_ids=ref).logits[:, ids.shape[1] - 1:-1]
+    assert_same_greedy(ours.generate(ids, n), ref, logits, ids.shape[1])
