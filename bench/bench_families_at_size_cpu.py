@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-# usage: PYTHONPATH=src python bench/families_at_size.py OUT_DIR   (writes a ~1.1 GB HF checkpoint to OUT_DIR)
+# usage: PYTHONPATH=src python bench/bench_families_at_size_cpu.py OUT_DIR   (writes a ~1.1 GB HF checkpoint to OUT_DIR)
 """EXAONE 4.0 1.2B's published shape (LGAI-EXAONE/EXAONE-4.0-1.2B widths, vocabulary, GQA, llama3 RoPE), 2 of its
 30 layers, hybrid windows forced on so the NoPE global layer is exercised: HF save -> qknorm from_hf -> logits."""
 import json, resource, sys, time, warnings
