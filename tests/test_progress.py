@@ -70,3 +70,17 @@ def test_a_failing_stage_is_recorded_and_named():
 def test_formats():
     assert fmt_seconds(12.34) == "12.3 s" and fmt_seconds(75) == "1:15" and fmt_seconds(3725) == "1:02:05"
     assert 1 < peak_rss_mb() < 1 << 20
+
+
+def test_for_model_shows_stages_only_for_large_weights(tmp_path):
+    from qknorm.progress import LARGE_MODEL_BYTES, for_model
+
+    (tmp_path / "small").mkdir()
+    (tmp_path / "small" / "model.safetensors").write_bytes(b"x" * 1000)
+    big = tmp_path / "run" / "checkpoints" / "step_1"
+    big.mkdir(parents=True)
+    with open(big / "model.safetensors", "wb") as f:  # sparse: the size without the disk
+        f.truncate(LARGE_MODEL_BYTES)
+    assert not for_model("q", tmp_path / "small").enabled
+    assert for_model("q", tmp_path / "run").enabled and not for_model("q", tmp_path / "run", enabled=False).enabled
+    assert not for_model("q", tmp_path / "nowhere").enabled

@@ -15,6 +15,10 @@ What is shown depends on where stderr goes:
 
 CPU time is the process's (time.process_time: every thread), the measure that other load on the machine skews
 least. `peak_rss_mb()` is the process's peak resident memory so far.
+
+Commands that are long only on large models (convert, inspect, generate, train --init-from) show their stages
+when the model's weight files add up to LARGE_MODEL_BYTES or more (`for_model`): a small model's stages take
+well under a second, and its output stays what it was.
 """
 from __future__ import annotations
 
@@ -22,9 +26,13 @@ import dataclasses
 import resource
 import sys
 import time
-from typing import IO, List, Optional
+from pathlib import Path
+from typing import IO, List, Optional, Union
 
-__all__ = ["StageTime", "Progress", "Stage", "peak_rss_mb", "fmt_seconds"]
+__all__ = ["StageTime", "Progress", "Stage", "peak_rss_mb", "fmt_seconds", "for_model", "LARGE_MODEL_BYTES"]
+
+LARGE_MODEL_BYTES = 100 << 20  # weights of ~25M fp32 / 50M bf16 parameters: reading and a pass take seconds
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".distcp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,3 +148,25 @@ class Progress:
     def _line(self, text: str) -> None:
         self.stream.write(text + "\n")
         self.stream.flush()
+
+
+def _weight_bytes(path: Path, depth: int = 3) -> int:
+    """Bytes of the weight files at or under `path` (a few levels: a run's checkpoints, a step directory)."""
+    if path.is_file():
+        return path.stat().st_size if path.suffix in _WEIGHT_SUFFIXES else 0
+    total = 0
+    try:
+        for child in path.iterdir():
+            if child.is_file() and child.suffix in _WEIGHT_SUFFIXES:
+                total += child.stat().st_size
+            elif child.is_dir() and depth > 0 and not child.is_symlink():
+                total += _weight_bytes(child, depth - 1)
+    except OSError:  # unreadable: the command's own reading reports it
+        pass
+    return total
+
+
+def for_model(prefix: str, path: Union[str, Path], *, enabled: bool = True) -> Progress:
+    """The Progress of a command reading the model at `path`: shown only when its weights are large (module
+    docstring) and `enabled` (not --no-progress); stage times are recorded either way."""
+    return Progress(prefix, enabled=enabled and _weight_bytes(Path(path)) >= LARGE_MODEL_BYTES)

@@ -96,6 +96,6 @@ def test_cli_flags_are_frozen():
     p = convert.add_parser(argparse.ArgumentParser().add_subparsers())
     flags = sorted(s for a in p._actions for s in a.option_strings)
     assert flags == sorted(["-h", "--help", "--from-hf", "--to-hf", "--from-olmo-core", "--out", "--dtype", "--check",
-                            "--tol", "--seq-len", "--max-seq-len", "--overwrite", "--allow-folded"])
+                            "--tol", "--seq-len", "--max-seq-len", "--overwrite", "--allow-folded", "--no-progress"])
     with pytest.raises(SystemExit):
         p.parse_args(["--from-hf", "a", "--to-hf", "b", "--out", "c"])

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, ConfigError
+from ..progress import for_model
 from ._common import one_line_warnings, positive_float, positive_int
 
 # library arguments -> this command's flags (errors are reported with the flag the user typed)
@@ -58,6 +59,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the files of an existing non-empty --out")
     p.add_argument("--allow-folded", action="store_true",
                    help="accept Gemma norm weights that look already folded to 1 + w (see interop/hf_keys.py)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress on stderr (shown for large models: a line per stage with elapsed time)")
     return p
 
 
@@ -113,40 +116,49 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--check compares against transformers; with --from-olmo-core convert without it")
     _check_out(out, src, args.overwrite)
     dtype = resolve_dtype(args.dtype)
+    prog = for_model("qknorm convert", src, enabled=not args.no_progress)
     if args.from_olmo_core:
-        model = from_olmo_core(src, max_seq_len=args.max_seq_len)
+        with prog.stage("reading the model"):
+            model = from_olmo_core(src, max_seq_len=args.max_seq_len)
         model = model.to(dtype) if dtype else model
         kind = "qknorm, from OLMo-core"
     elif args.from_hf:
-        model = from_hf(src, allow_folded=args.allow_folded, max_seq_len=args.max_seq_len)
-        if args.check and not _check(model, src, args):
-            print(f"qknorm convert: {src} does not match transformers within rel {args.tol:g}; nothing written")
-            return 1
+        with prog.stage("reading the model"):
+            model = from_hf(src, allow_folded=args.allow_folded, max_seq_len=args.max_seq_len)
+        if args.check:
+            with prog.stage("checking against transformers"):
+                ok = _check(model, src, args)
+            if not ok:
+                print(f"qknorm convert: {src} does not match transformers within rel {args.tol:g}; nothing written")
+                return 1
         model = model.to(dtype) if dtype else model
         kind = "qknorm"
     else:
         with one_line_warnings("qknorm convert"):
             src = model_source(src)  # a model, any training checkpoint, or a run's newest checkpoint
-        model = load_model(src)
+        with prog.stage("reading the model"):
+            model = load_model(src)
         if dtype:
             model = model.to(dtype)
         infer_family(model.config)  # fail early, in one line, when transformers cannot represent it
         if args.check:
-            with tempfile.TemporaryDirectory(prefix=".qknorm-check-") as tmp:
+            with tempfile.TemporaryDirectory(prefix=".qknorm-check-") as tmp, \
+                    prog.stage("checking against transformers"):
                 to_hf(model, Path(tmp) / "hf")
-                if not _check(model, Path(tmp) / "hf", args):
-                    print(f"qknorm convert: the export of {src} does not match within rel {args.tol:g}; "
-                          "nothing written")
-                    return 1
+                ok = _check(model, Path(tmp) / "hf", args)
+            if not ok:
+                print(f"qknorm convert: the export of {src} does not match within rel {args.tol:g}; nothing written")
+                return 1
         kind = f"transformers {infer_family(model.config).model_type}"
     tokenizer = find_tokenizer(src)
     try:
-        if args.from_hf or args.from_olmo_core:
-            save_model(model, out)
-        else:
-            to_hf(model, out, overwrite=args.overwrite)
-        if tokenizer is not None:  # the tokenizer travels with the model
-            shutil.copyfile(tokenizer, out / TOKENIZER_NAME)
+        with prog.stage("writing"):
+            if args.from_hf or args.from_olmo_core:
+                save_model(model, out)
+            else:
+                to_hf(model, out, overwrite=args.overwrite)
+            if tokenizer is not None:  # the tokenizer travels with the model
+                shutil.copyfile(tokenizer, out / TOKENIZER_NAME)
     except OSError as e:
         raise CheckpointError(f"{out}: cannot write ({e.strerror or e})") from None
     n = sum(p.numel() for p in model.parameters())

@@ -27,6 +27,7 @@ from typing import List
 from ..errors import ConfigError
 from ..io.model_dir import find_tokenizer
 from ..data.tokenizer import load_tokenizer
+from ..progress import for_model
 from ._common import non_negative_float, non_negative_int, one_line_warnings, positive_int
 from .inspect import load_any
 
@@ -51,6 +52,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int, default=None, metavar="S", help="seed of the sampler")
     p.add_argument("--eos-token-id", type=non_negative_int, default=None, metavar="ID",
                    help="stop when the model produces this token id")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress on stderr (shown for large models: a line per stage with elapsed time)")
     return p
 
 
@@ -144,7 +147,9 @@ def run(args) -> int:
     import torch
 
     path = Path(args.path)
-    with one_line_warnings("qknorm generate"):  # e.g. a run without a final model: its newest checkpoint
+    # only the reading is a stage: the generated text itself streams to stdout, where a live line would clash
+    prog = for_model("qknorm generate", path, enabled=not args.no_progress)
+    with one_line_warnings("qknorm generate"), prog.stage("reading the model"):  # e.g. a run's newest checkpoint
         model, source = load_any(path)
     codec = text_codec(path if path.is_dir() else path.parent, source, model.config.vocab_size)
     ids = _prompt_ids(args, codec, model.config)

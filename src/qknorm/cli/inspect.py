@@ -26,6 +26,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..io.files import read_json
 from ..io.names import CONFIG_NAME, TOKENIZER_NAME
 from ..data.tokenizer import load_tokenizer
+from ..progress import for_model
 from ._common import one_line_warnings, positive_int
 
 
@@ -44,6 +45,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "vocab 256)")
     p.add_argument("--seq-len", type=positive_int, default=256, metavar="T", help="tokens used (default 256)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress on stderr (shown for large models: a line per stage with elapsed time)")
     return p
 
 
@@ -123,10 +126,12 @@ def run(args) -> int:
     from ..diagnostics import layer_rows, logit_verdict, nonfinite_to_none, stats_pass
 
     path = Path(args.path)
-    with one_line_warnings("qknorm inspect"):
+    prog = for_model("qknorm inspect", path, enabled=not args.no_progress)
+    with one_line_warnings("qknorm inspect"), prog.stage("reading the model"):
         model, source = load_any(path)
     ids, described = token_ids(args, model, source)
-    stats = stats_pass(model, torch.tensor([ids], dtype=torch.long))  # (1, T)
+    with prog.stage(f"forward pass ({len(ids)} tokens)"):
+        stats = stats_pass(model, torch.tensor([ids], dtype=torch.long))  # (1, T)
     rows = layer_rows(model, stats)
     c = model.config
     has_qk = c.qk_norm.value != "none"

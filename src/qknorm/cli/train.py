@@ -45,6 +45,7 @@ from ..diagnostics import logit_verdict
 from ..errors import ConfigError
 from ..presets import PRESETS, SIZES, get_config
 from ..pretrained import load_pretrained
+from ..progress import for_model
 from ..train.config import FREE_ON_RESUME, TrainConfig
 from ..train.init_from import check_vocab, init_config, init_tokenizer
 from ..io.names import RUN_RECORD, TOKENIZER_NAME
@@ -204,7 +205,8 @@ def _init_plan(args) -> _Plan:
     model_over, train_over = _flag_overrides(args)
     train_over.setdefault("device", _resolve_device("auto"))
     cfg = TrainConfig(**train_over)  # a bad training flag fails before the source is read
-    src = load_pretrained(args.init_from)
+    with for_model("qknorm train", args.init_from, enabled=not args.no_progress).stage("reading --init-from"):
+        src = load_pretrained(args.init_from)
     where = f"the model of --init-from {src.path}"
     config = init_config(src.model.config, model_over, allow_changes=args.allow_changes, where=where)
     notes: List[str] = []

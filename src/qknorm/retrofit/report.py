@@ -71,8 +71,9 @@ class RetrofitReport:
         for f in dataclasses.fields(self):
             if f.name not in ("layers", "heal", "stages"):
                 out[f.name] = getattr(self, f.name)
-        out.update(layers=layers, heal=heal, stages=[dataclasses.asdict(t) for t in self.stages], qknorm=__version__, torch=torch.__version__,
-                   python=platform.python_version(), machine=platform.machine(),
+        out.update(layers=layers, heal=heal, stages=[dataclasses.asdict(t) for t in self.stages],
+                   qknorm=__version__, torch=torch.__version__, python=platform.python_version(),
+                   machine=platform.machine(),
                    created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         return out
 
