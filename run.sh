@@ -39,6 +39,12 @@ PYEOF
 if [ "${1:-test}" != study ] && ! installed "${RAY[@]}"; then
   "$PY" -m pip install -q "${RAY[@]}"
 fi
+# TensorBoard, the "tensorboard" extra, for `test` and `setup` (tests/train/test_tensorboard.py; --tensorboard),
+# pinned to the version the tests ran with (its dependencies: markdown, werkzeug, absl-py, tensorboard-data-server).
+TENSORBOARD=(tensorboard==2.21.0)
+if [ "${1:-test}" != study ] && ! installed "${TENSORBOARD[@]}"; then
+  "$PY" -m pip install -q "${TENSORBOARD[@]}"
+fi
 if [ "${1:-test}" != study ] && ! installed "${PEERS[@]}"; then
   "$PY" -m pip install -q --no-deps "${PEERS[@]}"
 fi

@@ -8,7 +8,8 @@
     qknorm study --profile stabilizers       every stabilizer x AdamW and Muon, 2 seeds, leaderboard with CIs
     qknorm study --profile scaling           baseline vs qknorm at 3 model sizes: LR sensitivity against size
 
-Writes OUT/summary.json, OUT/report.html, OUT/*.png and OUT/runs/<variant>_lr<lr>_s<seed>.json, then prints
+Writes OUT/summary.json, OUT/report.html, OUT/*.png and OUT/runs/<variant>_lr<lr>_s<seed>.json (with
+--tensorboard also OUT/tb/<run name>/, TensorBoard event files of each run), then prints
 the summary table and the two checks last. Rerunning the same command reuses the finished runs in OUT. Output
 to a closed pipe (`| head -1`) is dropped and the study carries on; Ctrl-C stops the workers, keeps the
 finished runs and exits 130.
@@ -23,6 +24,7 @@ from ..study.console import emit
 from ..study.ray_backend import MAX_RETRIES, RAY_EXTRA
 from ..errors import ConfigError
 from ..train.config import check_device_available
+from ..train.tensorboard_log import INSTALL_HINT, require_tensorboard
 
 # library fields -> this command's flags (errors are reported with the flag the user typed)
 FIELD_FLAGS = {"variants": "--variants", "optimizers": "--optimizers", "lrs": "--lrs", "seeds": "--seeds",
@@ -76,6 +78,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="with --backend ray: a running Ray cluster, HOST:PORT of its head node (ray start --head; "
                    "port 6379), ray://HOST:10001 (Ray Client) or auto; default: $RAY_ADDRESS if set, else start a "
                    "local Ray instance with --workers CPUs")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write each run's metrics as TensorBoard event files in OUT/tb/<run name> (needs the "
+                   f"tensorboard package: {INSTALL_HINT})")
     p.add_argument("--force", action="store_true",
                    help="overwrite an output directory holding another study (its runs are deleted, none reused)")
     return p
@@ -87,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if args.ray_address is not None and args.backend != "ray":
         raise ConfigError(f"ray_address={args.ray_address} is for backend=ray (add --backend ray)")
     profile = study.device_profile(profile, args.device)  # stabilizers -> stabilizers_gpu on CUDA (scaling too)
+    if args.tensorboard:
+        require_tensorboard()  # before any data is read
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise ConfigError(f"max_minutes={args.max_minutes!r} must be a positive number of minutes")
     kw = dict(variants=study.parse_variants(args.variants) if args.variants is not None else None,
@@ -102,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         check_device_available(plan.train.device)
     t0 = time.perf_counter()
     summary = study.run_study(plan, args.out, force=args.force, max_minutes=args.max_minutes,
-                               scheduler=ray or study.LocalPool())
+                               scheduler=ray or study.LocalPool(), tensorboard=args.tensorboard)
     reused = summary.config.get("reused_runs") or 0
     emit(f"qknorm study ({summary.config['label']}): {study.plural(len(summary.runs), 'run')} "
          + (f"({reused} reused) " if reused else "") + f"in {time.perf_counter() - t0:.0f} s; wrote "
@@ -120,7 +127,7 @@ def _run_scaling(args: argparse.Namespace, splan) -> int:
         check_device_available(splan.first.train.device)
     t0 = time.perf_counter()
     summary = study.run_scaling_study(splan, args.out, force=args.force, max_minutes=args.max_minutes,
-                                      scheduler=scheduler)
+                                      scheduler=scheduler, tensorboard=args.tensorboard)
     runs = sum(len(s.summary.runs) for s in summary.sizes)
     emit(f"qknorm scaling study ({summary.config['label']}): {study.plural(len(summary.sizes), 'size')}, "
          f"{study.plural(runs, 'run')} in {time.perf_counter() - t0:.0f} s; wrote {args.out}/summary.json, "

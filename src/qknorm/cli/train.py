@@ -7,7 +7,8 @@
 
 Writes OUT/run.json (the run's record: model, training settings, data and its fingerprint), OUT/tokenizer.json
 (with --tokenizer), OUT/metrics.jsonl (a JSON object a step), OUT/checkpoints/ (with --ckpt-every, and on
-SIGTERM/SIGINT), and at the end OUT/model.safetensors + OUT/config.json (`qknorm.load_model(OUT)`). Prints one
+SIGTERM/SIGINT), and at the end OUT/model.safetensors + OUT/config.json (`qknorm.load_model(OUT)`); with
+--tensorboard also OUT/tb/ (the metrics as TensorBoard event files; needs the tensorboard extra). Prints one
 summary line with the logit-growth verdict `qknorm inspect` gives.
 
 --init-from DIR starts a new run (fresh optimizer and schedule) from the weights of a qknorm model, run or
@@ -55,6 +56,7 @@ from ..train.preflight import check_out_dir
 from ..train.runtimes import world_size_from_env
 from ..data.sources import is_token_file
 from ..data.tokens import TokenData, load_tokens
+from ..train.tensorboard_log import INSTALL_HINT, require_tensorboard
 from ._common import (non_negative_float, non_negative_int, parse_set, positive_float, positive_int, print_line,
                       one_line_warnings)
 
@@ -62,7 +64,7 @@ from ._common import (non_negative_float, non_negative_int, parse_set, positive_
 FLAGS = ("--preset", "--size", "--set", "--data", "--tokenizer", "--steps", "--lr", "--batch-size", "--seq-len",
          "--seed", "--out", "--ckpt-every", "--resume", "--allow-changes", "--device", "--dtype", "--warmup",
          "--weight-decay", "--z-loss", "--grad-accum", "--clip", "--on-nan", "--eval-every", "--parallel",
-         "--tp", "--no-progress", "--init-from")
+         "--tp", "--no-progress", "--init-from", "--tensorboard")
 
 # flag dest -> TrainConfig field (and back, for error messages: FIELD_FLAGS)
 _TRAIN_FLAGS = {"steps": "steps", "lr": "lr", "batch_size": "batch_size", "seq_len": "seq_len", "seed": "seed",
@@ -126,6 +128,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--tp", type=positive_int, metavar="N", help="under torchrun: tensor-parallel degree (default "
                    "1); with --parallel fsdp, processes/N data-parallel groups of N")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--tensorboard", action="store_true",
+                   help="also write the metrics as TensorBoard event files in OUT/tb (needs the tensorboard package: "
+                        f"{INSTALL_HINT})")
     return p
 
 
@@ -276,6 +281,8 @@ def _resolve_device(name: str) -> str:
 
 def run(args) -> int:
     with one_line_warnings("qknorm train"):
+        if args.tensorboard:
+            require_tensorboard()  # before any model or data is read
         if args.init_from is not None and args.resume:
             raise ConfigError("--init-from starts a new run from a model; --resume continues the run in --out: give "
                               "one of them")
@@ -298,7 +305,7 @@ def run(args) -> int:
         # bad input found there is reported by its error line alone
         result = train(c, cfg, plan.data, out_dir=out, resume=args.resume, origin=plan.origin,
                        allow_changes=args.allow_changes, on_ready=lambda: [_note(n) for n in plan.notes],
-                       init_state=plan.init_state)
+                       init_state=plan.init_state, tensorboard=args.tensorboard)
     return _report(result, out, c)
 
 

@@ -3,12 +3,12 @@
 A model directory (ours, or Hugging Face's):  CONFIG_NAME, WEIGHTS_NAME (or INDEX_NAME and its shards),
     TOKENIZER_NAME when the model was trained on a tokenizer.
 A run directory (`qknorm train --out DIR`):   RUN_RECORD (run.json), METRICS_FILE, TOKENIZER_NAME, CKPT_DIR/,
-    and, once finished, the model directory's files.
+    TB_DIR/ (with --tensorboard), and, once finished, the model directory's files.
 The files inside one training checkpoint are the checkpoint formats' own (io/checkpoints/layout.py).
 """
 from __future__ import annotations
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "TOKENIZER_NAME", "RUN_RECORD", "METRICS_FILE", "CKPT_DIR"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "TOKENIZER_NAME", "RUN_RECORD", "METRICS_FILE", "CKPT_DIR", "TB_DIR"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -17,3 +17,4 @@ TOKENIZER_NAME = "tokenizer.json"
 RUN_RECORD = "run.json"
 METRICS_FILE = "metrics.jsonl"
 CKPT_DIR = "checkpoints"
+TB_DIR = "tb"  # TensorBoard event files (train/tensorboard_log.py); a study's OUT/tb/<run name>/

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Optional
 from ..errors import ConfigError
 from ..train.loop import STATS_SEQS
 from ..data.tokens import load_tokens
+from ..train.tensorboard_log import require_tensorboard
 from ..version import __version__
 from .analysis import analyze
 from .console import log_to_stderr
@@ -38,6 +39,7 @@ from .scheduler import Scheduler
 from .speed import Estimate, MachinePeak, estimate_study, flops_per_s, probe_peak, usable_cpus
 from .summary import StudySummary
 from .table import fmt, plural
+from .tensorboard import TB_DIR, write_run_events
 from .variants import VARIANTS
 
 __all__ = ["run_study"]
@@ -91,8 +93,9 @@ def _config(plan: StudyPlan, vocab: int, source: str, fingerprint: str, wall_s: 
 def _prepare_out(out: Path, force: bool) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        if force and (out / RUNS_DIR).is_dir():
-            shutil.rmtree(out / RUNS_DIR)
+        for name in (RUNS_DIR, TB_DIR) if force else ():  # another study's runs and their events
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
         (out / RUNS_DIR).mkdir(exist_ok=True)
     except OSError as e:
         raise ConfigError(f"out_dir {out}: cannot create the output directory ({e.strerror or e})") from None
@@ -117,12 +120,16 @@ def _shows_the_same(out: Path, summary: Dict[str, Any]) -> bool:
 
 def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord] = run_one, force: bool = False,
               max_minutes: Optional[float] = None, report: bool = True,
-              log: Callable[[str], None] = log_to_stderr, scheduler: Optional[Scheduler] = None) -> StudySummary:
+              log: Callable[[str], None] = log_to_stderr, scheduler: Optional[Scheduler] = None,
+              tensorboard: bool = False) -> StudySummary:
     """Run every (variant, lr, seed) of `plan` not already finished in `out_dir` and write `out_dir`/{plan.json,
     runs/*.json, summary.json} and, with `report`, report.html and the PNG plots (without plots when matplotlib
     is missing). Returns the summary (also printed by the CLI). `scheduler`: where the runs train (default: the
-    local process pool; ray_backend.RayScheduler for Ray). KeyboardInterrupt propagates after the worker
+    local process pool; ray_backend.RayScheduler for Ray). `tensorboard`: each run also as TensorBoard event
+    files in OUT/tb/<run name> (study/tensorboard.py). KeyboardInterrupt propagates after the worker
     processes are stopped; every run finished by then is on disk."""
+    if tensorboard:
+        require_tensorboard()  # before anything is read or written
     scheduler = LocalPool() if scheduler is None else scheduler
     t0 = time.time()
     out = Path(out_dir)
@@ -165,6 +172,8 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
         fps = flops_per_s(by_name[rec.name], rec)
         rec = dataclasses.replace(rec, flops_per_s=fps, mfu=round(fps / peak.flops_per_s, 3) if fps else None)
         write_run(out, by_name[rec.name], rec)
+        if tensorboard and rec.history is not None:
+            write_run_events(out, rec.name, rec.history)
         rec = dataclasses.replace(rec, history=None)
         runs.append(rec)
         if rec.status.measured:

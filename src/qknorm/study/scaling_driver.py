@@ -89,9 +89,11 @@ def _config(splan: ScalingPlan, sizes: Tuple[SizeResult, ...], estimate: Optiona
 def run_scaling_study(splan: ScalingPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord] = run_one,
                       force: bool = False, max_minutes: Optional[float] = None, report: bool = True,
                       log: Callable[[str], None] = log_to_stderr,
-                      scheduler: Optional[Callable[[], Scheduler]] = None) -> ScalingSummary:
+                      scheduler: Optional[Callable[[], Scheduler]] = None,
+                      tensorboard: bool = False) -> ScalingSummary:
     """Run the study at every size of `splan` (module docstring) and write OUT. `scheduler`: a factory of the
-    scheduler each size runs on (default: the local process pool)."""
+    scheduler each size runs on (default: the local process pool). `tensorboard`: each size's runs as event
+    files in its directory's tb/ (study/tensorboard.py)."""
     t0 = time.time()
     out = Path(out_dir)
     _check_out(out, splan, force)
@@ -121,7 +123,7 @@ def run_scaling_study(splan: ScalingPlan, out_dir, *, runner: Callable[[RunSpec]
         log(f"size {size.name}: {fmt_params(params[size.name])} non-embedding parameters, "
             f"{json.dumps(dict(plan.shape))}")
         summary = run_study(plan, out / SIZES_DIR / size.name, runner=runner, force=force, max_minutes=left,
-                            report=report, log=log, scheduler=(scheduler or LocalPool)())
+                            report=report, log=log, scheduler=(scheduler or LocalPool)(), tensorboard=tensorboard)
         tokens = plan.train.steps * plan.train.batch_size * plan.train.seq_len
         results.append(SizeResult(size.name, params[size.name], tokens, summary))
     sizes = tuple(results)

@@ -14,7 +14,8 @@ Before anything is written, every setting is checked against the model, the data
 (preflight.py). With `out_dir`: run.json (the run's record: model, training settings, data and its
 fingerprint, and with Muon the Newton-Schulz dtype this machine chose; manifest.py) and tokenizer.json (a
 copy of the tokenizer, when there is one), metrics.jsonl (a line a step, strict JSON: non-finite numbers are
-null), checkpoints/ (io/checkpoints/, each with the tokenizer), and at the end model.safetensors + config.json
+null; with `tensorboard`, the same metrics as TensorBoard event files in tb/: tensorboard_log.py),
+checkpoints/ (io/checkpoints/, each with the tokenizer), and at the end model.safetensors + config.json
 (qknorm.load_model reads them) and divergence.json (the verdict of metrics.judge_divergence on the run's losses,
 with the numbers it compared; also written when a non-finite value or a signal stopped the run). A fresh run that
 fails before its first step completes removes what it wrote, so the next command can use the directory.
@@ -50,7 +51,7 @@ from .checkpointing import load_training_checkpoint, save_training_checkpoint
 from ..io.checkpoints.rng import capture_rng_state, restore_rng_state
 from .config import FREE_ON_RESUME, OnNaN, TrainConfig
 from .export import export_model
-from ..io.names import CKPT_DIR, METRICS_FILE, RUN_RECORD, TOKENIZER_NAME
+from ..io.names import CKPT_DIR, METRICS_FILE, RUN_RECORD, TB_DIR, TOKENIZER_NAME
 from .manifest import DataRecord, RunManifest
 from .metrics_log import MetricsLog
 from .muon import MuonWithAdamW
@@ -63,6 +64,7 @@ from .runtimes import make_runtime
 from .signals import StopRequest
 from .step import autocast_factory, evaluate, forward_backward, val_batches
 from ..data.tokens import TokenData
+from .tensorboard_log import TensorBoardLog, require_tensorboard
 
 __all__ = ["TrainResult", "train", "STATS_SEQS", "DIVERGENCE_FILE"]
 
@@ -125,7 +127,7 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
           resume: bool = False, callback: Optional[Callable[[Dict[str, Any]], Optional[bool]]] = None,
           runtime: Optional[Runtime] = None, on_ready: Optional[Callable[[], None]] = None,
           origin: Optional[Dict[str, Any]] = None, allow_changes: bool = False,
-          init_state: Optional[Dict[str, torch.Tensor]] = None) -> TrainResult:
+          init_state: Optional[Dict[str, torch.Tensor]] = None, tensorboard: bool = False) -> TrainResult:
     """Train a fresh `TransformerLM(model_config)` (init from `cfg.seed`) on `data`; see the module docstring.
 
     `init_state`: start from these weights instead (a state dict of that model, e.g. a pretrained model's;
@@ -136,6 +138,8 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
     `on_ready()` is called once the set-up (data, model, resume, run directory) succeeded, just before the
     first step: the CLI prints its start note there, so bad input fails with its error line alone.
     `origin` (e.g. the preset, size and overrides the config came from) is kept in the run's record.
+    `tensorboard`: also write the metrics as TensorBoard event files in out_dir/tb (tensorboard_log.py; needs the
+    tensorboard package, checked before anything is written).
     """
     if resume and out_dir is None:
         raise ConfigError("resume=True needs out_dir (the run directory holding checkpoints/)")
@@ -153,6 +157,10 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
     if out is not None:
         check_out_dir(out, resume)
     check_fits(model_config, cfg, data, local_batch)
+    if tensorboard:
+        if out is None:
+            raise ConfigError("tensorboard=True writes beside the run's metrics.jsonl: give out_dir")
+        require_tensorboard()
     record = RunManifest(model_config=model_config.to_dict(), train_config=cfg.to_dict(), data=DataRecord.of(data),
                          origin=dict(origin or {})) if out is not None else None
     if resume:
@@ -162,7 +170,7 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
         record = dataclasses.replace(record, execution={"muon_newton_schulz": s.optimizer.precision.to_json()})
     created = out is not None and not out.exists()
     if out is not None and rt.is_main:
-        s.log, s.tokenizer = _open_run_dir(out, record, data, resume, s.start)
+        s.log, s.tokenizer = _open_run_dir(out, record, data, resume, s.start, tensorboard)
     if on_ready is not None:
         on_ready()
     try:
@@ -221,8 +229,9 @@ def _check_against_record(out: Path, now: RunManifest, allow_changes: bool) -> N
         warnings.warn(msg + ": continuing on the new data as asked", RuntimeWarning, stacklevel=3)
 
 
-def _open_run_dir(out: Path, record: RunManifest, data: TokenData, resume: bool, start: int):
-    """Create the run directory's files (rank 0): the record and tokenizer of a fresh run, the metrics log."""
+def _open_run_dir(out: Path, record: RunManifest, data: TokenData, resume: bool, start: int, tensorboard: bool):
+    """Create the run directory's files (rank 0): the record and tokenizer of a fresh run, the metrics log (with
+    TensorBoard event files in out/tb/ when `tensorboard`)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
@@ -232,7 +241,8 @@ def _open_run_dir(out: Path, record: RunManifest, data: TokenData, resume: bool,
     except OSError as e:
         raise ConfigError(f"out_dir {out}: cannot write the run directory ({e.strerror or e})") from None
     tok = out / TOKENIZER_NAME
-    return MetricsLog(out / METRICS_FILE, resume_step=start if resume else None), \
+    sink = TensorBoardLog(out / TB_DIR, purge_step=start if resume else None) if tensorboard else None
+    return MetricsLog(out / METRICS_FILE, resume_step=start if resume else None, sink=sink), \
         (tok.read_bytes() if tok.is_file() else None)
 
 
@@ -240,7 +250,7 @@ def _remove_run_files(out: Path, created: bool) -> None:
     if created:
         shutil.rmtree(out, ignore_errors=True)
         return
-    for name in (RUN_RECORD, TOKENIZER_NAME, METRICS_FILE, CKPT_DIR):
+    for name in (RUN_RECORD, TOKENIZER_NAME, METRICS_FILE, CKPT_DIR, TB_DIR):
         p = out / name
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 

@@ -3,6 +3,8 @@
 Non-finite numbers are written as null (strict JSON has no NaN) and read back as NaN. A resumed run drops the
 lines of steps its checkpoint does not hold (written after it, before a crash) and reads the rest back as
 history, so the file of a resumed run equals the file of an uninterrupted one.
+
+A `sink` (e.g. tensorboard_log.TensorBoardLog) gets every record written here too, and is closed with the log.
 """
 from __future__ import annotations
 
@@ -22,8 +24,9 @@ __all__ = ["MetricsLog"]
 class MetricsLog:
     """metrics.jsonl: one strict-JSON line a step, flushed (not fsynced); on resume cut back to a step."""
 
-    def __init__(self, path: Path, *, resume_step: Optional[int]):
+    def __init__(self, path: Path, *, resume_step: Optional[int], sink: Optional[Any] = None):
         self.path = path
+        self.sink = sink  # has write(record) and close()
         self.history: List[Dict[str, Any]] = []
         try:
             self._open(resume_step)
@@ -48,6 +51,10 @@ class MetricsLog:
     def write(self, record: Dict[str, Any]) -> None:
         self._f.write(json.dumps(nonfinite_to_none(record)) + "\n")
         self._f.flush()
+        if self.sink is not None:
+            self.sink.write(record)
 
     def close(self) -> None:
         self._f.close()
+        if self.sink is not None:
+            self.sink.close()
