@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from ..errors import ConfigError
+from ..io.names import TB_DIR
 from ..train.loop import STATS_SEQS
 from ..data.tokens import load_tokens
 from ..train.tensorboard_log import require_tensorboard
@@ -39,7 +40,7 @@ from .scheduler import Scheduler
 from .speed import Estimate, MachinePeak, estimate_study, flops_per_s, probe_peak, usable_cpus
 from .summary import StudySummary
 from .table import fmt, plural
-from .tensorboard import TB_DIR, write_run_events
+from .tensorboard import write_run_events
 from .variants import VARIANTS
 
 __all__ = ["run_study"]

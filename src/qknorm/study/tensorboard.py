@@ -16,7 +16,7 @@ from ..io.names import TB_DIR
 from ..train.tensorboard_log import TensorBoardLog
 from .records import RunHistory
 
-__all__ = ["TB_DIR", "step_records", "write_run_events"]
+__all__ = ["step_records", "write_run_events"]
 
 
 def step_records(h: RunHistory) -> List[Dict[str, Any]]:

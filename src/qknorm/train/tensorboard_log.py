@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
-from ..io.names import TB_DIR
 
 __all__ = ["INSTALL_HINT", "require_tensorboard", "scalars", "TensorBoardLog"]
 
