@@ -31,6 +31,22 @@ def _tagged(tag):
     return pids
 
 
+def _as_a_terminal_starts_a_job():
+    """In the child before exec: SIGINT at its default and not blocked, as a shell starts a foreground job,
+    whatever this test process (a pytest-xdist worker that ran other tests) has set for itself."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+
+def _signal_state(pid):
+    """The SigBlk/SigIgn/SigCgt/SigPnd lines of /proc/PID/status (SIGINT is bit 2: mask 0x2)."""
+    try:
+        return [line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith(("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt"))]
+    except OSError:
+        return []
+
+
 def _cmdline(pid):
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
@@ -60,9 +76,11 @@ def test_closed_pipes_neither_hang_nor_lose_the_study(tmp_path):
 def test_ctrl_c_prints_one_line_keeps_no_worker_and_exits_130(tmp_path):
     """SIGINT to the whole foreground process group, as a terminal sends it, while two workers train."""
     out, tag = tmp_path / "s", uuid.uuid4().hex
+    inherited = _signal_state("self")  # what this test process would pass on to the study
     p = subprocess.Popen([sys.executable, "-m", "qknorm", *TINY, "--lrs", "1e-3,1e-1", "--steps", "100000",
                           "--workers", "2", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env=_env(QKNORM_TEST_TAG=tag, PYTHONFAULTHANDLER="1"), start_new_session=True)
+                         env=_env(QKNORM_TEST_TAG=tag, PYTHONFAULTHANDLER="1"), start_new_session=True,
+                         preexec_fn=_as_a_terminal_starts_a_job)
     try:  # events, not guessed sleeps: a loaded machine starts the workers late (helpers/load.py)
         wait_until(lambda: (out / "workers.log").exists(), "the study's worker log", 120, proc=p, poll=0.1)
         wait_until(lambda: len(_tagged(tag)) >= 3, "the study and its two workers running", 120, proc=p, poll=0.1)
@@ -71,12 +89,18 @@ def test_ctrl_c_prints_one_line_keeps_no_worker_and_exits_130(tmp_path):
             stdout, stderr = p.communicate(timeout=scaled(60))
         except subprocess.TimeoutExpired:  # say who is still there, and where the study waits
             alive = {pid: _cmdline(pid) for pid in _tagged(tag)}
+            study = _signal_state(p.pid)
             if p.poll() is None:
-                os.kill(p.pid, signal.SIGABRT)  # PYTHONFAULTHANDLER: the stack of every thread
-            for pid in alive:
+                os.kill(p.pid, signal.SIGABRT)  # PYTHONFAULTHANDLER: the stack of every thread, then it dies
+            try:
+                err = p.communicate(timeout=scaled(10))[1]
+            except subprocess.TimeoutExpired:
+                p.kill()
+                err = p.communicate()[1]
+            for pid in _tagged(tag):
                 os.kill(pid, signal.SIGKILL)
-            raise AssertionError(f"no exit within {scaled(60):.0f} s of Ctrl-C; study pid {p.pid}, exit status "
-                                 f"{p.poll()}; tagged processes {alive}\n{p.communicate()[1].decode()[-6000:]}")
+            raise AssertionError(f"no exit within {scaled(60):.0f} s of Ctrl-C; tagged processes {alive}; signals "
+                                 f"of the study {study}, of this test process {inherited}\n{err.decode()[-6000:]}")
     finally:
         p.kill()
     lines = stderr.decode().splitlines()
