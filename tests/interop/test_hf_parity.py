@@ -52,7 +52,8 @@ def test_gemma3_multimodal_text_part():
     assert report.ok, str(report)
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen3", "olmo2", "gemma3", "qwen3_yarn"])
+@pytest.mark.parametrize("name", ["llama", "qwen3", "olmo2", "gemma3", "qwen3_yarn", "olmo3", "cohere", "stablelm",
+                                  "exaone4", "hunyuan_v1_dense", "llama4_text"])
 def test_bf16_within_hf_own_bf16_error(name):
     hf = make_hf(name, attn="sdpa")
     ids = input_ids()
