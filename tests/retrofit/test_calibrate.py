@@ -113,17 +113,20 @@ def test_the_chunked_objective_fits_as_the_whole_batch_does(monkeypatch):
     assert torch.allclose(chunked.k_scale, whole.k_scale, rtol=1e-3)
 
 
-def test_the_fit_stops_when_the_kl_stops_improving():
-    """At most `steps` Adam steps: a fit that has converged stops early (FIT_TOL), within a small margin of the
-    KL that running every step reaches (tol=0: never stops early)."""
+def test_the_fit_gives_up_only_when_it_makes_no_headway():
+    """A fit that moves runs every step; one whose first FIT_PATIENCE steps stay at the rms-matched KL (here: a
+    step size too small to move) stops there, with the rms-matched gains."""
+    import qknorm.retrofit.calibrate as cal
+
     torch.manual_seed(0)
     new = insert_qk_norm(qknorm.TransformerLM(qknorm.get_config("llama", "debug")), "head")
     c = new.config
     spread = torch.linspace(0.3, 3.0, c.head_dim)
     q = torch.randn(4, 16, c.n_heads, c.head_dim) * spread
     k = torch.randn(4, 16, c.n_kv_heads, c.head_dim) * spread.flip(0)
-    full = fit_layer(new, 0, q, k, steps=150, tol=0.0)
-    early = fit_layer(new, 0, q, k, steps=150)
-    assert full.steps == 150 and early.steps < 150, (full.steps, early.steps)
-    assert early.kl_fitted < 0.95 * early.kl_rms_matched  # it did fit before stopping
-    assert early.kl_fitted <= full.kl_fitted * 1.02, (early.kl_fitted, full.kl_fitted)
+    moving = fit_layer(new, 0, q, k, steps=40)
+    assert moving.steps == 40 and moving.kl_fitted < 0.95 * moving.kl_rms_matched
+    stuck = fit_layer(new, 0, q, k, steps=40, lr=1e-7)
+    assert stuck.steps == cal.FIT_PATIENCE + 1
+    assert stuck.kl_fitted == pytest.approx(stuck.kl_rms_matched, rel=1e-4)
+    assert fit_layer(new, 0, q, k, steps=40, lr=1e-7, tol=0.0).steps == 40
