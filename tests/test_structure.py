@@ -119,6 +119,38 @@ def test_no_import_cycles_between_packages():
     assert cycle is None, "package-level import cycle: " + " -> ".join(cycle)
 
 
+STOP_MODULE = "qknorm.train.stop"
+
+
+def stop_text_tests(source: str) -> list:
+    """Lines of `source` that decide on the text of a stop reason: `x.stop_reason.startswith(...)` (or endswith,
+    split), `"..." in stop_reason`, `stop_reason == "..."`. What stopped a run is read from its fields."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in ("startswith", "endswith", "split") and "stop_reason" in ast.unparse(node.func.value):
+            found.append(node.lineno)
+        elif isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(isinstance(o, ast.Constant) and isinstance(o.value, str) for o in operands) and \
+                    any("stop_reason" in ast.unparse(o) for o in operands):
+                found.append(node.lineno)
+    return found
+
+
+def test_the_stop_text_check_finds_what_it_is_shown():
+    assert stop_text_tests('if r.stop_reason and r.stop_reason.startswith("stopped by SIG"): pass') == [1]
+    assert stop_text_tests('ok = "callback" in stop_reason') == [1]
+    assert stop_text_tests('x = (rec.stop_reason or "").startswith("stopped")') == [1]
+    assert stop_text_tests("ok = r.stop_reason.kind is StopKind.SIGNAL") == []
+
+
+def test_nothing_decides_on_the_text_of_a_stop_reason():
+    bad = {name: lines for name, path in _modules().items() if name != STOP_MODULE
+           and (lines := stop_text_tests(path.read_text()))}
+    assert not bad, f"decisions on stop-reason text (read StopReason.kind / .signal instead): {bad}"
+
+
 def test_no_source_file_is_longer_than_the_limit():
     long = {str(p.relative_to(SRC)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"files over {MAX_LINES} lines: {long}"

@@ -12,6 +12,7 @@ import pytest
 
 from qknorm import study
 from qknorm.study import run as run_mod
+from qknorm.train.stop import StopKind, StopReason
 
 from helpers.load import scaled
 
@@ -50,9 +51,20 @@ def test_only_a_measured_divergence_is_diverged(monkeypatch, loss, diverged, sta
 
 def test_a_run_stopped_by_a_signal_is_failed_and_marks_an_interrupt(monkeypatch):
     monkeypatch.setattr(run_mod, "train",
-                        lambda *a, **k: _result(diverged=False, loss=2.0, stop_reason="stopped by SIGINT"))
+                        lambda *a, **k: _result(diverged=False, loss=2.0, stop_reason=StopReason.by_signal("SIGINT")))
     rec = study.run_one(_spec())
     assert rec.status.value == "failed" and run_mod.interrupted(rec)
+    assert rec.stop_reason == "stopped by SIGINT" and rec.stopped_by is StopKind.SIGNAL
+    back = study.RunRecord.from_json(json.loads(json.dumps(rec.to_json())))  # as the study's files hold it
+    assert back.stopped_by is StopKind.SIGNAL and run_mod.interrupted(back)
+
+
+def test_a_run_the_deadline_stopped_is_cut_and_not_an_interrupt(monkeypatch):
+    monkeypatch.setattr(run_mod, "train",
+                        lambda *a, **k: _result(diverged=False, loss=2.0, stop_reason=StopReason.by_callback()))
+    spec = dataclasses.replace(_spec(), train=_spec().train.replace(steps=5))
+    rec = study.run_one(spec)
+    assert rec.status.value == "cut" and not run_mod.interrupted(rec) and rec.stopped_by is StopKind.CALLBACK
 
 
 def test_old_summary_files_read_back_with_the_right_status():

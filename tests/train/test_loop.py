@@ -20,6 +20,7 @@ from qknorm.data.tokens import load_tokens
 from qknorm.train import TrainConfig
 from qknorm.train.loop import train
 from qknorm.train.optim import build_optimizer, lr_at, param_groups
+from qknorm.train.stop import StopKind
 
 from helpers.load import scaled, wait_until
 
@@ -260,7 +261,8 @@ def test_nan_skip_skips_the_step_and_keeps_going(monkeypatch, data):
 def test_nan_stop_keeps_the_last_good_checkpoint(monkeypatch, tmp_path, data):
     _nan_at(monkeypatch, 5)
     r = train(MODEL, _cfg(steps=10, on_nan="stop", ckpt_every=2, stats_every=0), data, out_dir=tmp_path)
-    assert r.stop_reason.startswith("non-finite loss at step 5") and r.steps_done == 5 and r.diverged
+    assert r.stop_reason.kind is StopKind.NON_FINITE and r.steps_done == 5 and r.diverged
+    assert str(r.stop_reason).startswith("non-finite loss at step 5")
     assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [2, 4]
     load_checkpoint(tmp_path / "checkpoints" / "step_0000004", MODEL)  # intact, verifies
     assert not (tmp_path / "model.safetensors").exists()  # no "final" model of a failed run

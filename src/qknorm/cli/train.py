@@ -36,7 +36,6 @@ import dataclasses
 import enum
 import math
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -54,6 +53,7 @@ from ..train.loop import DIVERGENCE_FILE, train
 from ..train.manifest import RunManifest, legacy_model_config, legacy_train_config
 from ..train.preflight import check_out_dir
 from ..train.runtimes import world_size_from_env
+from ..train.stop import StopKind
 from ..data.sources import is_token_file
 from ..data.tokens import TokenData, load_tokens
 from ..train.tensorboard_log import INSTALL_HINT, require_tensorboard
@@ -311,18 +311,15 @@ def run(args) -> int:
 
 def _report(result, out: Path, config: ModelConfig) -> int:
     """The summary line (stdout) and the exit status."""
-    if result.stop_reason and result.stop_reason.startswith("stopped by SIG"):
-        signame = result.stop_reason.split()[-1]
-        _note(f"{result.stop_reason} after step {result.steps_done}; checkpoint written to {out}/checkpoints; "
-              "continue with --resume")
-        return 128 + int(getattr(signal, signame, signal.SIGTERM))
-    if result.stop_reason and result.stop_reason.startswith("stopped by"):  # asked to stop (a callback)
-        _note(f"{result.stop_reason} after step {result.steps_done}; continue with --resume")
-        return 0
-    if result.stop_reason:
-        _note(f"error: the run diverged: {result.stop_reason}; stopped (on_nan=stop); checkpoints in {out} are "
-              "the last good state")
-        return 1
+    stop = result.stop_reason
+    if stop is not None and stop.kind is StopKind.SIGNAL:
+        _note(f"{stop} after step {result.steps_done}; checkpoint written to {out}/checkpoints; continue with --resume")
+    elif stop is not None and stop.kind is StopKind.CALLBACK:
+        _note(f"{stop} after step {result.steps_done}; continue with --resume")
+    elif stop is not None:
+        _note(f"error: the run diverged: {stop}; stopped (on_nan=stop); checkpoints in {out} are the last good state")
+    if stop is not None:
+        return stop.exit_code
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
     verdict = logit_verdict(result.max_attn_logit, qk_norm=config.qk_norm.value != "none") \
         if math.isfinite(result.max_attn_logit) else "no attention statistics recorded (stats_every=0)"

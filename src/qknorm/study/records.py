@@ -32,6 +32,7 @@ import torch
 from ..config import ModelConfig
 from ..metrics import DivergenceVerdict
 from ..train.config import TrainConfig
+from ..train.stop import StopKind
 from ..version import __version__
 
 __all__ = ["RunSpec", "RunRecord", "RunStatus", "RunHistory", "SpikeScores", "run_name", "arm_label",
@@ -211,13 +212,16 @@ class RunRecord:
     log_z_end: Optional[float] = None  # ... at the last stats pass (the last step, before its update)
     spike_score: SpikeScores = SpikeScores()
     error: Optional[str] = None
-    stop_reason: Optional[str] = None
+    stop_reason: Optional[str] = None  # why training stopped early, for people
+    stopped_by: Optional[StopKind] = None  # ... and what decides (train/stop.py); None = it did not
     traceback: Optional[str] = None
     divergence: Optional[DivergenceVerdict] = None  # the loop's verdict (None: the run did not train)
     history: Optional[RunHistory] = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", RunStatus(self.status))
+        if self.stopped_by is not None:
+            object.__setattr__(self, "stopped_by", StopKind(self.stopped_by))
 
     @property
     def name(self) -> str:

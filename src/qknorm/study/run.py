@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import ConfigError, DataError
 from ..train.loop import train
+from ..train.stop import StopKind, StopReason
 from ..data.tokens import TokenData, load_tokens
 from .records import RunHistory, RunRecord, RunSpec, RunStatus, SpikeScores, finite_or_none
 
@@ -114,7 +115,8 @@ def run_one(spec: RunSpec) -> RunRecord:
         return failed_record(spec, f"refused: {e}", t0, status=RunStatus.REFUSED)
     except Exception as e:  # recorded, never fatal to the study
         return failed_record(spec, f"{type(e).__name__}: {e}", t0, trace=traceback.format_exc(limit=4))
-    status, error, stop_reason = _outcome(res.diverged, res.stop_reason, res.steps_done, spec.train.steps)
+    status, error = _outcome(res.diverged, res.stop_reason, res.steps_done, spec.train.steps)
+    stop = res.stop_reason if status is not RunStatus.OK else None
     s, history = res.summary, RunHistory.from_steps(res.history)
     step_ms, step_cpu_ms = _step_times(res.history, clock.cpu, spec.train.device)
     entropy, entropy_min = _last_stats(history)
@@ -133,27 +135,27 @@ def run_one(spec: RunSpec) -> RunRecord:
                                 grad_norm=finite_or_none(s.get("grad_spike_score_w100")),
                                 loss_w1000=finite_or_none(s.get("loss_spike_score")),
                                 grad_norm_w1000=finite_or_none(s.get("grad_spike_score"))),
-        error=error, stop_reason=stop_reason, divergence=res.verdict, history=history)
+        error=error, stop_reason=str(stop) if stop else None, stopped_by=stop.kind if stop else None,
+        divergence=res.verdict, history=history)
 
 
-def _outcome(diverged: bool, stop_reason: Optional[str], steps_done: int,
-             steps: int) -> Tuple[RunStatus, Optional[str], Optional[str]]:
-    """(status, error, stop_reason) of a finished `train` call: a divergence by the loop's verdict
+def _outcome(diverged: bool, stop: Optional[StopReason], steps_done: int,
+             steps: int) -> Tuple[RunStatus, Optional[str]]:
+    """(status, error) of a finished `train` call: a divergence by the loop's verdict
     (metrics.judge_divergence) is `diverged`; a stop by the study's deadline before the last step is `cut`; a
     stop by a signal (SIGINT/SIGTERM: the study is being interrupted) or for any other reason is `failed`."""
     if diverged:
-        return RunStatus.DIVERGED, None, stop_reason
-    if stop_reason is None:
-        return RunStatus.OK, None, None
-    if "callback" in stop_reason:  # the deadline callback; on the last step the run is complete
+        return RunStatus.DIVERGED, None
+    if stop is None:
+        return RunStatus.OK, None
+    if stop.kind is StopKind.CALLBACK:  # the deadline callback; on the last step the run is complete
         if steps_done >= steps:
-            return RunStatus.OK, None, None
-        return (RunStatus.CUT, f"stopped at step {steps_done}: the study's time budget (--max-minutes) was spent",
-                stop_reason)
-    return RunStatus.FAILED, f"stopped early: {stop_reason}", stop_reason
+            return RunStatus.OK, None
+        return RunStatus.CUT, f"stopped at step {steps_done}: the study's time budget (--max-minutes) was spent"
+    return RunStatus.FAILED, f"stopped early: {stop}"
 
 
 def interrupted(rec: RunRecord) -> bool:
     """The run was stopped by SIGINT/SIGTERM (the training loop's StopRequest): the study is being interrupted,
     and the record is not a result."""
-    return rec.failed and (rec.stop_reason or "").startswith("stopped by SIG")
+    return rec.failed and rec.stopped_by is StopKind.SIGNAL

@@ -62,6 +62,7 @@ from .qk_clip import QKClip
 from .runtime import Runtime
 from .runtimes import make_runtime
 from .signals import StopRequest
+from .stop import StopReason
 from .step import autocast_factory, evaluate, forward_backward, val_batches
 from ..data.tokens import TokenData
 from .tensorboard_log import TensorBoardLog, require_tensorboard
@@ -81,7 +82,7 @@ class TrainResult:
     diverged: bool  # verdict.diverged
     steps_done: int
     model: TransformerLM  # final model, on CPU
-    stop_reason: Optional[str] = None  # None = ran all steps; else why it stopped early
+    stop_reason: Optional[StopReason] = None  # None = ran all steps; else why it stopped early (train/stop.py)
     tokens_per_s: float = 0.0  # training throughput of this process's run (global tokens / wall time)
     summary: Dict[str, Any] = dataclasses.field(default_factory=dict)  # diagnostics.summarize(history)
     muon_ns: Optional[NSPrecision] = None  # optimizer="muon": the Newton-Schulz dtype used and how it was chosen
@@ -261,7 +262,7 @@ def _run(s: _Session, callback, resume: bool) -> TrainResult:
     autocast = autocast_factory(s.device, cfg.dtype)
     tokens_per_step = cfg.batch_size * cfg.seq_len
     history = s.log.history if s.log is not None else []
-    stop_reason: Optional[str] = None
+    stop_reason: Optional[StopReason] = None
     bar = _progress(cfg, rt, s.start)
     s.t0 = time.perf_counter()
     steps_done = s.start
@@ -270,9 +271,7 @@ def _run(s: _Session, callback, resume: bool) -> TrainResult:
             for step in range(s.start, cfg.steps):
                 record = _one_step(s, step, autocast, resume, tokens_per_step)
                 if record.get("skipped") and cfg.on_nan is OnNaN.STOP:
-                    stop_reason = (f"non-finite {'loss' if not math.isfinite(record['loss']) else 'gradient norm'} "
-                                   f"at step {step} (loss={record['loss']}, grad_norm={record['grad_norm']}); the "
-                                   "update was not applied")
+                    stop_reason = StopReason.non_finite(step, record["loss"], record["grad_norm"])
                 elif s.val is not None and (step == cfg.steps - 1 or (cfg.eval_every and (step + 1) % cfg.eval_every
                                                                       == 0)):
                     record["val_loss"] = evaluate(s.wrapped, s.val, autocast, rt)
@@ -289,7 +288,7 @@ def _run(s: _Session, callback, resume: bool) -> TrainResult:
                 steps_done = step + 1
                 want_stop = bool(callback(record)) if callback is not None and rt.is_main else False
                 if rt.broadcast_flag(want_stop or stop.signame is not None):
-                    stop_reason = f"stopped by {stop.signame}" if stop.signame else "stopped by the callback"
+                    stop_reason = StopReason.by_signal(stop.signame) if stop.signame else StopReason.by_callback()
                     s.checkpoint(step + 1)
                     break
                 if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
