@@ -18,7 +18,8 @@ pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU ke
 
 
 @pytest.mark.parametrize("name,attn", [("qwen3", "sdpa"), ("qwen3_tied_sliding", "eager"), ("olmo2", "eager"),
-                                       ("olmo2_tied", "sdpa"), ("gemma3", "eager"), ("gemma3_untied_bias", "sdpa")])
+                                       ("olmo2_tied", "sdpa"), ("gemma3", "eager"), ("gemma3_untied_bias", "sdpa"),
+                                       ("olmo3", "sdpa")])
 def test_patched_logits_and_gradients_match(name, attn):
     ref = make_hf(name, attn=attn).train()
     patched = qknorm.patch_hf(copy.deepcopy(ref), backend="torch")
@@ -60,3 +61,11 @@ def test_patch_rejects_models_without_qk_norm():
         qknorm.patch_hf(make_hf("llama"))
     with pytest.raises(ConfigError, match="backend='cuda' is not allowed"):
         qknorm.patch_hf(make_hf("qwen3"), backend="cuda")
+
+
+@pytest.mark.parametrize("name", ["exaone4", "cohere"])
+def test_families_the_fused_op_does_not_serve_are_refused(name):
+    """EXAONE 4 skips RoPE on its global layers and Cohere's QK-norm is a per-head LayerNorm: swapping in the
+    fused RMSNorm + RoPE would change them, so patch_hf refuses in one line."""
+    with pytest.raises(qknorm.ConfigError, match=r"patch_hf supports qwen3, olmo2, gemma3_text, olmo3 attention"):
+        qknorm.patch_hf(make_hf(name))
