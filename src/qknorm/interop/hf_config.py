@@ -1,10 +1,11 @@
 """Hugging Face config.json <-> `ModelConfig`, per family, without importing transformers.
 
-Each supported family is a row of data (`FAMILIES`): its HF model_type and architecture, the numerics our
-model needs to be the same function (placement, QK-norm scope, norm cast and offset, embedding scale) and the
-class defaults of transformers 5.24 for every field we read, because `save_pretrained` may leave out a field
-that equals its default (sub-configs such as Gemma 3's `text_config` especially). A test keeps the defaults in
-sync with the installed transformers.
+Each supported family is a row of data (`FAMILIES`, hf_families.py): its HF model_type and architecture, the
+numerics our model needs to be the same function (placement, QK-norm scope, norm cast and offset, embedding
+scale), the class defaults of transformers 5.x for every field we read, because `save_pretrained` may leave out
+a field that equals its default (sub-configs such as Gemma 3's `text_config` especially), and for the families
+with a QK-norm/RoPE variant the hooks that read and write its fields (hf_variants.py). A test keeps the
+defaults in sync with the installed transformers.
 
 Reading (`config_from_hf`) resolves RoPE the way transformers 5.x does (hf_rope.py: default, linear, llama3 and
 yarn, per layer type for Gemma 3) and sliding windows per family (Gemma 3 layer_types or its pattern; Qwen's
@@ -14,8 +15,13 @@ slides; a Mistral config always has 0, its rule, window or not), explicit `layer
 CheckpointError naming the field and its value; a field transformers itself ignores (Gemma 3's
 attn_logit_softcapping) is ignored with a warning, so the logits stay the same.
 
-Writing (`hf_config_from_ours`) infers the family from the numerics (never from a name):
-  reordered + full QK-norm + fp32 cast          -> olmo2
+Writing (`hf_config_from_ours`) infers the family from the numerics (never from a name; `Family.accepts`):
+  parallel block, bias-free LayerNorm, interleaved RoPE          -> cohere
+  LayerNorm blocks (pre or parallel), rotate-half RoPE           -> stablelm
+  reordered + head QK-norm                                        -> exaone4
+  pre + head QK-norm after RoPE                                   -> hunyuan_v1_dense
+  pre + interleaved RoPE                                          -> llama4_text
+  reordered + full QK-norm + fp32 cast: olmo3 with sliding layers or a second RoPE, else olmo2
   sandwich  + head QK-norm + offset 1 + fp32    -> gemma3_text
   pre       + head QK-norm + input cast         -> qwen3
   pre       + no QK-norm   + input cast, then by attention bias and windows:
@@ -23,7 +29,8 @@ Writing (`hf_config_from_ours`) infers the family from the numerics (never from 
               any sliding layer, or global_every=0 ("the window applies to every layer", Mistral's rule)
                                                                -> mistral (which refuses a mix of layer types)
               otherwise (no window; bias on all of q/k/v/o or none) -> llama
-and raises a ConfigError listing every field transformers cannot represent for that family.
+and raises a ConfigError listing every field transformers cannot represent for that family: the checks below,
+then the written config read back (every field it does not reproduce, whatever the combination of variants).
 """
 from __future__ import annotations
 
