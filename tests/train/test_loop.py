@@ -191,6 +191,7 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, data):
     assert len(_lines(tmp_path / "cut" / "metrics.jsonl")) == 13  # steps 0..12, beyond the checkpoint
     resumed = train(MODEL, cfg, data, out_dir=tmp_path / "cut", resume=True)
 
+    # bit for bit: the same process layout runs the same kernels in the same order, whatever the CPU
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert _lines(tmp_path / "full" / "metrics.jsonl") == _lines(tmp_path / "cut" / "metrics.jsonl")
