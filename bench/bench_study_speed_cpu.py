@@ -44,13 +44,24 @@ def main() -> None:
                       "capability": torch.backends.cpu.get_cpu_capability(),
                       "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"),
                       "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY"), "load": os.getloadavg()}))
+    try:  # checkouts with study/speed.py: the study's FLOPs formula and peak probe
+        from qknorm.study.speed import probe_peak, step_flops
+        peak = probe_peak("cpu", "fp32").flops_per_s
+        flops = step_flops(specs[0].model, specs[0].train)
+        print(json.dumps({"peak_flops": peak, "step_flops": flops}))
+    except ImportError:
+        peak = flops = None
     for rnd in range(args.rounds):
         for spec in specs:
             rec = run_one(spec)
+            fps = flops / (rec.step_cpu_ms / 1e3) if flops and rec.step_cpu_ms else None
             print(json.dumps({"round": rnd, "optimizer": spec.optimizer, "status": rec.status.value,
                               "step_cpu_ms": rec.step_cpu_ms, "step_ms": rec.step_ms, "cpu_s": rec.cpu_s,
                               "steps": rec.steps, "muon_ns_dtype": getattr(rec, "muon_ns_dtype", None),
-                              **{k: getattr(rec, k) for k in ("flops_per_s", "mfu") if hasattr(rec, k)}}),
+                              "gflops": round(fps / 1e9, 1) if fps else None,
+                              "mfu": round(fps / peak, 3) if fps and peak else None,
+                              **{k: getattr(rec, k) for k in ("compile_graphs", "compile_graph_breaks",
+                                                              "compile_recompiles") if hasattr(rec, k)}}),
                   flush=True)
 
 

@@ -28,7 +28,8 @@ torch.set_num_threads(1)
 PUBLIC_FLAGS = {"--preset", "--size", "--set", "--data", "--tokenizer", "--steps", "--lr", "--batch-size",
                 "--seq-len", "--seed", "--out", "--ckpt-every", "--resume", "--device", "--dtype", "--warmup",
                 "--weight-decay", "--z-loss", "--grad-accum", "--clip", "--on-nan", "--eval-every", "--parallel",
-                "--no-progress", "--allow-changes", "--tp", "--init-from", "--tensorboard"}
+                "--no-progress", "--allow-changes", "--tp", "--init-from", "--tensorboard",
+                "--compile", "--no-compile"}
 SMALL = ["--batch-size", "4", "--seq-len", "16", "--device", "cpu", "--no-progress"]
 
 

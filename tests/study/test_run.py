@@ -26,7 +26,7 @@ def _result(*, diverged, loss, stop_reason=None):
     """What train() returns, for the fields run_one reads."""
     return types.SimpleNamespace(
         summary={}, diverged=diverged, stop_reason=stop_reason, steps_done=2, init_loss=5.5, final_loss=loss,
-        val_loss=loss, max_attn_logit=3.0, tokens_per_s=1.0, muon_ns=None, verdict=None,
+        val_loss=loss, max_attn_logit=3.0, tokens_per_s=1.0, muon_ns=None, verdict=None, compile_report=None,
         history=[{"step": 0, "loss": 5.5, "lr": 1e-3, "grad_norm": 1.0}, {"step": 1, "loss": loss, "lr": 1e-3,
                                                                            "grad_norm": 1.0}])
 

@@ -81,6 +81,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tensorboard", action="store_true",
                    help="also write each run's metrics as TensorBoard event files in OUT/tb/<run name> (needs the "
                    f"tensorboard package: {INSTALL_HINT})")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile every run's training forward/backward, the compile cache shared by the workers "
+                   "(OUT/.compile_cache); default off: on CPU at these run lengths a compile costs more than it "
+                   "saves (docs/study_speed.md); graph breaks and recompiles are reported")
     p.add_argument("--force", action="store_true",
                    help="overwrite an output directory holding another study (its runs are deleted, none reused)")
     return p
@@ -100,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
               lrs=study.parse_lrs(args.lrs) if args.lrs is not None else None,
               optimizers=study.parse_optimizers(args.optimizers) if args.optimizers is not None else None,
               seeds=args.seeds, seed=args.seed, steps=args.steps, device=args.device, data=args.data,
-              tokenizer=args.tokenizer, workers=args.workers)
+              tokenizer=args.tokenizer, workers=args.workers, compile=args.compile)
     if study.is_scaling(profile):
         return _run_scaling(args, study.make_scaling_plan(profile, **kw))
     plan = study.make_plan(profile, **kw)

@@ -64,7 +64,8 @@ from ._common import (non_negative_float, non_negative_int, parse_set, positive_
 FLAGS = ("--preset", "--size", "--set", "--data", "--tokenizer", "--steps", "--lr", "--batch-size", "--seq-len",
          "--seed", "--out", "--ckpt-every", "--resume", "--allow-changes", "--device", "--dtype", "--warmup",
          "--weight-decay", "--z-loss", "--grad-accum", "--clip", "--on-nan", "--eval-every", "--parallel",
-         "--tp", "--no-progress", "--init-from", "--tensorboard")
+         "--tp", "--no-progress", "--init-from", "--tensorboard",
+         "--compile", "--no-compile")
 
 # flag dest -> TrainConfig field (and back, for error messages: FIELD_FLAGS)
 _TRAIN_FLAGS = {"steps": "steps", "lr": "lr", "batch_size": "batch_size", "seq_len": "seq_len", "seed": "seed",
@@ -131,6 +132,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--tensorboard", action="store_true",
                    help="also write the metrics as TensorBoard event files in OUT/tb (needs the tensorboard package: "
                         f"{INSTALL_HINT})")
+    r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the training forward/backward (default off: on CPU a cold compile costs "
+                   "minutes and pays only on long runs; docs/study_speed.md); graph breaks and recompiles are "
+                   "reported at the end")
     return p
 
 
@@ -157,6 +162,8 @@ def _flag_overrides(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         train_over["device"] = args.device
     if args.no_progress:
         train_over["progress"] = False
+    if args.compile is not None:
+        train_over["compile"] = args.compile
     return model_over, train_over
 
 
@@ -327,6 +334,8 @@ def _report(result, out: Path, config: ModelConfig) -> int:
     if _is_main():
         print_line(f"qknorm train: {result.steps_done} steps, final loss {result.final_loss:.4f}, val loss {val}, "
                    f"{result.tokens_per_s:,.0f} tokens/s -> {out}{loss}; {verdict}")
+        if result.compile_report is not None:
+            print_line(f"qknorm train: {result.compile_report.describe()}")
     if result.diverged:
         _note(f"error: the run diverged: {result.verdict.describe()} ({out}/{DIVERGENCE_FILE})")
         return 1

@@ -11,6 +11,7 @@ report in seconds. Without matplotlib the report is written without plots, and s
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -45,6 +46,8 @@ from .variants import VARIANTS
 
 __all__ = ["run_study"]
 
+COMPILE_CACHE_ENV, COMPILE_CACHE_DIR = "TORCHINDUCTOR_CACHE_DIR", ".compile_cache"
+
 
 def _environment(device: str) -> Dict[str, Any]:
     import torch
@@ -57,7 +60,8 @@ def _environment(device: str) -> Dict[str, Any]:
 
 
 def _config(plan: StudyPlan, vocab: int, source: str, fingerprint: str, wall_s: float, reused: int,
-            plots: bool, runs, peak: MachinePeak, estimate: Optional[Estimate]) -> Dict[str, Any]:
+            plots: bool, runs, peak: MachinePeak, estimate: Optional[Estimate],
+            cache_dir: Optional[str]) -> Dict[str, Any]:
     """summary.json's "config": what was run, for people and for the report."""
     return {
         "profile": plan.profile, "label": plan_label(plan), "variants": list(plan.variants),
@@ -85,10 +89,35 @@ def _config(plan: StudyPlan, vocab: int, source: str, fingerprint: str, wall_s: 
         "muon_ns_dtype": sorted({r.muon_ns_dtype for r in runs if r.muon_ns_dtype}),
         # this machine's probed peak (runs' mfu = flops_per_s / peak_flops) and the estimate made before training
         "machine": {**peak.to_json(), "usable_cpus": usable_cpus()},
+        "compile": _compile_summary(plan, runs, cache_dir),
         "estimate": estimate.to_json() if estimate is not None else None,
         "wall_time_s": round(wall_s, 1), "reused_runs": reused, "plots": plots,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+
+
+def _compile_summary(plan: StudyPlan, runs, cache_dir: Optional[str]) -> Dict[str, Any]:
+    """Whether the runs were compiled, and dynamo's graph breaks and recompiles summed over them."""
+    if not plan.train.compile:
+        return {"on": False}
+    return {"on": True, "cache_dir": cache_dir,
+            "graphs": sum(r.compile_graphs or 0 for r in runs),
+            "graph_breaks": sum(r.compile_graph_breaks or 0 for r in runs),
+            "recompiles": sum(r.compile_recompiles or 0 for r in runs)}
+
+
+@contextlib.contextmanager
+def _shared_compile_cache(out: Path, on: bool):
+    """With compile on, inductor's cache in OUT/.compile_cache for this process and the workers it starts (unless
+    TORCHINDUCTOR_CACHE_DIR is set): each variant is compiled cold once per study, not once per worker."""
+    if not on or os.environ.get(COMPILE_CACHE_ENV):
+        yield os.environ.get(COMPILE_CACHE_ENV) if on else None
+        return
+    os.environ[COMPILE_CACHE_ENV] = str((out / COMPILE_CACHE_DIR).resolve())
+    try:
+        yield os.environ[COMPILE_CACHE_ENV]
+    finally:
+        os.environ.pop(COMPILE_CACHE_ENV, None)
 
 
 def _prepare_out(out: Path, force: bool) -> None:
@@ -102,7 +131,8 @@ def _prepare_out(out: Path, force: bool) -> None:
         raise ConfigError(f"out_dir {out}: cannot create the output directory ({e.strerror or e})") from None
 
 
-_VOLATILE = ("date", "wall_time_s", "reused_runs", "machine", "estimate")  # summary.json "config" keys a rerun changes without changing a plot
+# summary.json "config" keys a rerun changes without changing a plot
+_VOLATILE = ("date", "wall_time_s", "reused_runs", "machine", "estimate", "compile")
 
 
 def _shows_the_same(out: Path, summary: Dict[str, Any]) -> bool:
@@ -163,40 +193,45 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
     if report and not plots:
         log(f"note: {MISSING_PLOTS}")
     by_name = {s.name: s for s in specs}
-    peak = probe_peak(plan.train.device, plan.train.dtype.value)
-    # a custom runner fakes training or trains elsewhere: the estimate measures run_one here
-    estimate = estimate_study(todo, plan.workers) if runner is run_one and todo else None
-    log(f"this machine: {peak.flops_per_s / 1e9:.1f} GFLOP/s peak ({peak.how})"
-        + (f"; {estimate.describe()}" if estimate is not None else ""))
+    with _shared_compile_cache(out, plan.train.compile) as cache_dir:
+        peak = probe_peak(plan.train.device, plan.train.dtype.value)
+        # a custom runner fakes training or trains elsewhere: the estimate measures run_one here
+        estimate = estimate_study(todo, plan.workers) if runner is run_one and todo else None
+        log(f"this machine: {peak.flops_per_s / 1e9:.1f} GFLOP/s peak ({peak.how})"
+            + (f"; {estimate.describe()}" if estimate is not None else ""))
 
-    def on_done(rec: RunRecord) -> None:
-        fps = flops_per_s(by_name[rec.name], rec)
-        rec = dataclasses.replace(rec, flops_per_s=fps, mfu=round(fps / peak.flops_per_s, 3) if fps else None)
-        write_run(out, by_name[rec.name], rec)
-        if tensorboard and rec.history is not None:
-            write_run_events(out, rec.name, rec.history)
-        rec = dataclasses.replace(rec, history=None)
-        runs.append(rec)
-        if rec.status.measured:
-            status = f"val {fmt(rec.val_loss)} max logit {fmt(rec.max_attn_logit, '.4g')}" + (
-                f" DIVERGED ({rec.divergence.reason.value})" if rec.diverged and rec.divergence else
-                " DIVERGED" if rec.diverged else "")
-        else:
-            status = f"{rec.status.value.upper()} {rec.error}"
-        log(f"  [{len(runs):>3}/{n}] {rec.name:<30} {status}  ({rec.time_s:.0f}s, {time.time() - t0:.0f}s elapsed)")
+        def on_done(rec: RunRecord) -> None:
+            fps = flops_per_s(by_name[rec.name], rec)
+            rec = dataclasses.replace(rec, flops_per_s=fps, mfu=round(fps / peak.flops_per_s, 3) if fps else None)
+            write_run(out, by_name[rec.name], rec)
+            if tensorboard and rec.history is not None:
+                write_run_events(out, rec.name, rec.history)
+            rec = dataclasses.replace(rec, history=None)
+            runs.append(rec)
+            if rec.status.measured:
+                status = f"val {fmt(rec.val_loss)} max logit {fmt(rec.max_attn_logit, '.4g')}" + (
+                    f" DIVERGED ({rec.divergence.reason.value})" if rec.diverged and rec.divergence else
+                    " DIVERGED" if rec.diverged else "")
+            else:
+                status = f"{rec.status.value.upper()} {rec.error}"
+            log(f"  [{len(runs):>3}/{n}] {rec.name:<30} {status}  ({rec.time_s:.0f}s, {time.time() - t0:.0f}s elapsed)")
 
-    t_runs = time.time()
-    scheduler.execute(todo, runner, plan.workers, on_done, worker_log=out / WORKER_LOG)
-    if estimate is not None:
-        log(f"trained {plural(len(todo), 'run')} in {time.time() - t_runs:.0f} s wall (estimated "
-            f"{estimate.wall_s:.0f} s)")
+        t_runs = time.time()
+        scheduler.execute(todo, runner, plan.workers, on_done, worker_log=out / WORKER_LOG)
+        if estimate is not None:
+            log(f"trained {plural(len(todo), 'run')} in {time.time() - t_runs:.0f} s wall (estimated "
+                f"{estimate.wall_s:.0f} s)")
+    if plan.train.compile:
+        breaks = sum(r.compile_graph_breaks or 0 for r in runs)
+        recompiles = sum(r.compile_recompiles or 0 for r in runs)
+        log(f"torch.compile: {plural(breaks, 'graph break')}, {plural(recompiles, 'recompile')} over the runs")
     order = {s.name: (plan.optimizers.index(s.optimizer), plan.variants.index(s.variant), s.lr, s.seed) for s in specs}
     runs.sort(key=lambda r: order[r.name])
     softcaps = {v: m["attn_softcap"] for v, m in describe_models(plan, vocab).items()}
     summary = StudySummary(runs=tuple(runs), analysis=analyze(runs, plan.variants, plan.lrs, plan.seeds, vocab,
                                                               plan.optimizers, softcaps),
                            config=_config(plan, vocab, source, fingerprint, time.time() - t0, len(done), plots,
-                                          runs, peak, estimate))
+                                          runs, peak, estimate, cache_dir))
     text = json.dumps(summary.to_json(), indent=1)
     redraw = bool(todo) or not _shows_the_same(out, json.loads(text))
     write_atomic(out / SUMMARY_FILE, text)

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from ..errors import ConfigError
 from ..train.config import OptimizerName, TrainConfig
 from .profiles import PROFILES
-from .records import DEFAULT_OPTIMIZER, RunSpec
+from .records import DEFAULT_OPTIMIZER, RunSpec, trajectory_settings
 from .variants import VARIANTS, model_config
 
 __all__ = ["StudyPlan", "make_plan", "parse_variants", "parse_optimizers", "parse_lrs", "run_specs",
@@ -63,7 +63,7 @@ class StudyPlan:
         study crossed optimizers, so that its fingerprint (and a study directory written then) stays valid."""
         out = {"profile": self.profile, "variants": list(self.variants), "lrs": list(self.lrs),
                "seeds": list(self.seeds), "shape": dict(self.shape), "schedule": self.schedule,
-               "train": self.train.to_dict(), "data": self.data, "tokenizer": self.tokenizer,
+               "train": trajectory_settings(self.train), "data": self.data, "tokenizer": self.tokenizer,
                "workers": self.workers}
         if self.optimizers != (DEFAULT_OPTIMIZER,):
             out["optimizers"] = list(self.optimizers)
@@ -120,8 +120,10 @@ def make_plan(profile: str = "default", *, variants: Optional[Sequence[str]] = N
               lrs: Optional[Sequence[float]] = None, seeds: Optional[int] = None, seed: int = 0,
               steps: Optional[int] = None, device: Optional[str] = None, data: Optional[str] = None,
               tokenizer: Optional[str] = None, workers: Optional[int] = None,
-              optimizers: Optional[Sequence[str]] = None) -> StudyPlan:
-    """The plan of `profile` with any of its defaults replaced."""
+              optimizers: Optional[Sequence[str]] = None, compile: bool = False) -> StudyPlan:
+    """The plan of `profile` with any of its defaults replaced. `compile`: every run torch.compiles its training
+    forward (train/compiled.py; the runs' numbers agree with eager ones to 1e-5, so it is not part of the plan's
+    fingerprint)."""
     if profile not in PROFILES:
         raise ConfigError(f"profile: unknown profile {profile!r}; choose from: {', '.join(PROFILES)}")
     p = PROFILES[profile]
@@ -145,7 +147,7 @@ def make_plan(profile: str = "default", *, variants: Optional[Sequence[str]] = N
                         final_lr=top if p.schedule == "constant" else 1e-5, weight_decay=0.0, beta1=0.9,
                         beta2=0.95, adam_eps=1e-8, clip=1.0, z_loss=0.0, dtype=p.dtype, stats_every=p.stats_every,
                         eval_batches=p.eval_batches, eval_every=0, on_nan="stop", device=device or p.device,
-                        progress=False)
+                        progress=False, compile=compile)
     return StudyPlan(profile=profile, variants=variants, lrs=lrs, seeds=tuple(seed + i for i in range(seeds or p.seeds)),
                      shape=dict(p.shape), schedule=p.schedule, train=train, data=data, tokenizer=tokenizer,
                      workers=workers or p.workers, optimizers=optimizers)

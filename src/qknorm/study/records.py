@@ -35,7 +35,8 @@ from ..train.config import TrainConfig
 from ..train.stop import StopKind
 from ..version import __version__
 
-__all__ = ["RunSpec", "RunRecord", "RunStatus", "RunHistory", "SpikeScores", "run_name", "arm_label",
+__all__ = ["trajectory_settings", "RunSpec", "RunRecord", "RunStatus", "RunHistory", "SpikeScores", "run_name",
+           "arm_label",
            "finite_or_none", "json_num", "num_from_json", "DEFAULT_OPTIMIZER"]
 
 DEFAULT_OPTIMIZER = "adamw"  # runs of it keep the names they had before the study crossed optimizers
@@ -100,9 +101,15 @@ class RunSpec:
         """Everything that decides what the run measures, as JSON: a stored run is reused only when its
         identity equals the new spec's (the deadline is a budget, not part of the run)."""
         return {"variant": self.variant, "lr": self.lr, "seed": self.seed, "model": self.model.to_dict(),
-                "train": self.train.to_dict(), "data": self.data, "tokenizer": self.tokenizer,
+                "train": trajectory_settings(self.train), "data": self.data, "tokenizer": self.tokenizer,
                 "data_fingerprint": self.data_fingerprint, "qknorm": __version__,
                 "torch": torch.__version__}  # the installed versions are part of what produced the numbers
+
+
+def trajectory_settings(train: TrainConfig) -> Dict[str, Any]:
+    """The settings that decide a run's numbers: all but `compile` (compiled and eager runs agree to 1e-5,
+    tests/train/test_compile.py), so a study rerun with or without --compile reuses the other's runs."""
+    return {k: v for k, v in train.to_dict().items() if k != "compile"}
 
 
 class RunStatus(str, enum.Enum):
@@ -206,6 +213,9 @@ class RunRecord:
     flops_per_s: Optional[float] = None  # training FLOPs of a step / its median time (study/speed.py)
     mfu: Optional[float] = None  # flops_per_s / the machine's probed peak (summary.json config.machine)
     muon_ns_dtype: Optional[str] = None  # Muon runs: the dtype its Newton-Schulz ran in here (bf16/fp32)
+    compile_graphs: Optional[int] = None  # compiled runs (train/compiled.py): graphs compiled during the run
+    compile_graph_breaks: Optional[int] = None
+    compile_recompiles: Optional[int] = None
     attn_entropy: Optional[float] = None  # mean attention entropy (nats) over layers at the last stats pass
     attn_entropy_min_layer: Optional[float] = None  # the lowest layer's, at the last stats pass
     log_z_start: Optional[float] = None  # mean logsumexp of the output logits at the first stats pass (step 0)

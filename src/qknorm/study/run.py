@@ -128,6 +128,7 @@ def run_one(spec: RunSpec) -> RunRecord:
         steps=res.steps_done, time_s=round(time.perf_counter() - t0, 2), tokens_per_s=round(res.tokens_per_s, 1),
         cpu_s=round(time.process_time() - cpu0, 2), step_ms=step_ms, step_cpu_ms=step_cpu_ms,
         muon_ns_dtype=res.muon_ns.dtype if res.muon_ns is not None else None,
+        **_compile_fields(res.compile_report),
         attn_entropy=entropy, attn_entropy_min_layer=entropy_min,
         log_z_start=history.log_z[0] if history.log_z else None,
         log_z_end=history.log_z[-1] if history.log_z else None,
@@ -137,6 +138,13 @@ def run_one(spec: RunSpec) -> RunRecord:
                                 grad_norm_w1000=finite_or_none(s.get("grad_spike_score"))),
         error=error, stop_reason=str(stop) if stop else None, stopped_by=stop.kind if stop else None,
         divergence=res.verdict, history=history)
+
+
+def _compile_fields(report) -> Dict[str, Any]:
+    if report is None:
+        return {}
+    return {"compile_graphs": report.graphs, "compile_graph_breaks": report.graph_breaks,
+            "compile_recompiles": report.recompiles}
 
 
 def _outcome(diverged: bool, stop: Optional[StopReason], steps_done: int,

@@ -16,7 +16,8 @@ The estimate: the first run of each optimizer among the runs to train is trained
 this process (one torch thread, through `run_one`, so it is the real loop with the real stats pass): its median
 step CPU time and its fixed cost (set-up, validation) give a run's cost at the full step count; the runs are
 spread over min(workers, CPUs) and every worker pays a start-up: what this process spent importing Python, torch
-and qknorm, and reading the data. It assumes quiet cores: other jobs on the machine make the wall time longer, not the CPU time.
+and qknorm, and reading the data. It assumes quiet cores: other jobs on the machine make the wall time longer,
+not the CPU time.
 """
 from __future__ import annotations
 

@@ -49,6 +49,7 @@ from ..model import TransformerLM
 from ..data.batcher import Batcher
 from .checkpointing import load_training_checkpoint, save_training_checkpoint
 from ..io.checkpoints.rng import capture_rng_state, restore_rng_state
+from .compiled import CompileReport, CompileWatch, compile_model
 from .config import FREE_ON_RESUME, OnNaN, TrainConfig
 from .export import export_model
 from ..io.names import CKPT_DIR, METRICS_FILE, RUN_RECORD, TB_DIR, TOKENIZER_NAME
@@ -87,6 +88,7 @@ class TrainResult:
     summary: Dict[str, Any] = dataclasses.field(default_factory=dict)  # diagnostics.summarize(history)
     muon_ns: Optional[NSPrecision] = None  # optimizer="muon": the Newton-Schulz dtype used and how it was chosen
     verdict: Optional[DivergenceVerdict] = None  # metrics.judge_divergence of the losses (also divergence.json)
+    compile_report: Optional[CompileReport] = None  # compile=True: graphs, graph breaks, recompiles of this run
 
 
 @dataclasses.dataclass
@@ -111,6 +113,7 @@ class _Session:
     t0: float = 0.0
     last_ckpt: int = -1
     qk_clip: Optional[QKClip] = None  # with cfg.qk_clip: clips the q/k weights after each step
+    train_forward: Optional[torch.nn.Module] = None  # what the training step calls: `wrapped`, or it compiled
 
     def checkpoint(self, step_count: int) -> None:
         """A checkpoint after `step_count` steps (full in one process, sharded under torchrun), once."""
@@ -197,7 +200,8 @@ def _setup(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, rt: Run
     optimizer = build_optimizer(model, cfg)
     s = _Session(cfg=cfg, model_config=model_config, rt=rt, device=device, model=model, wrapped=wrapped,
                  optimizer=optimizer, batcher=batcher, val=val, start=0, init_loss=math.nan, elapsed0=0.0, out=out,
-                 log=None, tokenizer=None, qk_clip=QKClip(model, cfg.qk_clip, rt) if cfg.qk_clip else None)
+                 log=None, tokenizer=None, qk_clip=QKClip(model, cfg.qk_clip, rt) if cfg.qk_clip else None,
+                 train_forward=compile_model(wrapped) if cfg.compile else wrapped)
     if resume:
         # either checkpoint format (full, or sharded by a multi-process run), saved under any world size
         ckpt = load_training_checkpoint(rt, out / CKPT_DIR, wrapped, optimizer, model_config)
@@ -264,6 +268,7 @@ def _run(s: _Session, callback, resume: bool) -> TrainResult:
     history = s.log.history if s.log is not None else []
     stop_reason: Optional[StopReason] = None
     bar = _progress(cfg, rt, s.start)
+    watch = CompileWatch() if cfg.compile else None
     s.t0 = time.perf_counter()
     steps_done = s.start
     try:
@@ -315,7 +320,7 @@ def _run(s: _Session, callback, resume: bool) -> TrainResult:
         val_loss=vals[-1] if vals else None, max_attn_logit=summary["max_attn_logit"], diverged=summary["diverged"],
         steps_done=steps_done, model=rt.unwrap(s.wrapped).to("cpu"), stop_reason=stop_reason,
         tokens_per_s=done_tokens / train_time if train_time > 0 else 0.0, summary=summary, verdict=verdict,
-        muon_ns=getattr(s.optimizer, "precision", None))
+        muon_ns=getattr(s.optimizer, "precision", None), compile_report=watch.report() if watch else None)
 
 
 def _one_step(s: _Session, step: int, autocast, resume: bool, tokens_per_step: int) -> Dict[str, Any]:
@@ -328,7 +333,7 @@ def _one_step(s: _Session, step: int, autocast, resume: bool, tokens_per_step: i
     record: Dict[str, Any] = {"step": step}
     if cfg.stats_every and (step % cfg.stats_every == 0 or step == cfg.steps - 1):
         record.update(stats_pass(s.model, x[:STATS_SEQS], forward=s.wrapped, autocast=autocast, runtime=s.rt))
-    loss, gnorm = forward_backward(s.wrapped, x, y, cfg, s.rt, autocast)
+    loss, gnorm = forward_backward(s.train_forward, x, y, cfg, s.rt, autocast)
     if step == 0 and not resume:
         s.init_loss = loss
     finite = math.isfinite(loss) and math.isfinite(gnorm)

@@ -24,7 +24,8 @@ Why one Optimizer: checkpoints (full and sharded), resume and the loop handle a 
 `MuonWithAdamW` owns all parameter groups and all state (one `state_dict`); its step hands the other groups to a
 `torch.optim.AdamW` that shares its group dicts and its state, so that arithmetic is torch's own, and runs the Muon
 update of torch's `_single_tensor_muon` on the Muon groups (torch's `torch.optim.Muon` builds and checks them)
-with the Newton-Schulz dtype free: in bf16 it is torch's step exactly (tests/train/test_muon.py). Muon needs whole matrices: it is refused on FSDP- or tensor-parallel-sharded
+with the Newton-Schulz dtype free: in bf16 it is torch's step exactly (tests/train/test_muon.py). Muon needs
+whole matrices: it is refused on FSDP- or tensor-parallel-sharded
 (DTensor) parameters, where each rank would orthogonalize only its shard.
 """
 from __future__ import annotations
