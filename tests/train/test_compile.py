@@ -7,7 +7,7 @@ import torch
 import qknorm
 from qknorm.train import TrainConfig
 from qknorm.train.loop import train
-from qknorm.train.tokens import load_tokens
+from qknorm.data.tokens import load_tokens
 
 torch.set_num_threads(1)  # 2-core CI runs two test workers
 
