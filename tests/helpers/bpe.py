@@ -20,3 +20,18 @@ def train_bpe_file(source: Path | list[Path], out: Path, vocab_size: int):
               trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["[UNK]"], show_progress=False))
     tok.save(str(out))
     return tok
+
+
+def train_chat_bpe(texts: list[str], vocab_size: int = 400, special_tokens=("<|im_end|>", "<|im_start|>")):
+    """A byte-level BPE (with a ByteLevel decoder) trained on `texts`, with the chat markers as special tokens
+    (ids 0, 1, ...: each encodes as one token wherever it appears in text)."""
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tok

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -102,7 +101,7 @@ def _check(ours, hf_dir: Path, args) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from ..io.model_dir import find_tokenizer, load_model, model_source, save_model
-    from ..io.names import TOKENIZER_NAME
+    from ..io.tokenizer_files import copy_tokenizer_files
     from ..interop.hf import from_hf, resolve_dtype, to_hf
     from ..interop.hf_config import infer_family
     from ..interop.olmo_core import from_olmo_core
@@ -157,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
                 save_model(model, out)
             else:
                 to_hf(model, out, overwrite=args.overwrite)
-            if tokenizer is not None:  # the tokenizer travels with the model
-                shutil.copyfile(tokenizer, out / TOKENIZER_NAME)
+            if tokenizer is not None:  # the tokenizer travels with the model (with its chat template, if any)
+                copy_tokenizer_files(tokenizer, out)
     except OSError as e:
         raise CheckpointError(f"{out}: cannot write ({e.strerror or e})") from None
     n = sum(p.numel() for p in model.parameters())

@@ -13,7 +13,8 @@ data-parallel run).
 Before anything is written, every setting is checked against the model, the data and the machine
 (preflight.py). With `out_dir`: run.json (the run's record: model, training settings, data and its
 fingerprint, and with Muon the Newton-Schulz dtype this machine chose; manifest.py) and tokenizer.json (a
-copy of the tokenizer, when there is one), metrics.jsonl (a line a step, strict JSON: non-finite numbers are
+copy of the tokenizer, when there is one, with its tokenizer_config.json and chat_template.jinja when they are
+beside it), metrics.jsonl (a line a step, strict JSON: non-finite numbers are
 null; with `tensorboard`, the same metrics as TensorBoard event files in tb/: tensorboard_log.py),
 checkpoints/ (io/checkpoints/, each with the tokenizer), and at the end model.safetensors + config.json
 (qknorm.load_model reads them) and divergence.json (the verdict of metrics.judge_divergence on the run's losses,
@@ -52,7 +53,8 @@ from ..io.checkpoints.rng import capture_rng_state, restore_rng_state
 from .compiled import CompileReport, CompileWatch, compile_model
 from .config import FREE_ON_RESUME, OnNaN, TrainConfig
 from .export import export_model
-from ..io.names import CKPT_DIR, METRICS_FILE, RUN_RECORD, TB_DIR, TOKENIZER_NAME
+from ..io.names import CKPT_DIR, METRICS_FILE, RUN_RECORD, TB_DIR, TOKENIZER_COMPANIONS, TOKENIZER_NAME
+from ..io.tokenizer_files import copy_tokenizer_files, tokenizer_files
 from .manifest import DataRecord, RunManifest
 from .metrics_log import MetricsLog
 from .muon import MuonWithAdamW
@@ -109,7 +111,7 @@ class _Session:
     elapsed0: float
     out: Optional[Path]
     log: Optional[MetricsLog]
-    tokenizer: Optional[bytes]  # the run's tokenizer.json, stored in every checkpoint
+    tokenizer: Dict[str, bytes]  # the run's tokenizer.json and its companions, stored in every checkpoint
     t0: float = 0.0
     last_ckpt: int = -1
     qk_clip: Optional[QKClip] = None  # with cfg.qk_clip: clips the q/k weights after each step
@@ -123,7 +125,7 @@ class _Session:
             self.rt, self.out / CKPT_DIR, step_count, self.wrapped, self.optimizer, model_config=self.model_config,
             train_config=self.cfg.to_dict(), rng_state=capture_rng_state(),
             extra={"init_loss": self.init_loss, "elapsed_s": self.elapsed0 + time.perf_counter() - self.t0},
-            keep_last=self.cfg.keep_last, files={TOKENIZER_NAME: self.tokenizer} if self.tokenizer else None)
+            keep_last=self.cfg.keep_last, files=self.tokenizer or None)
         self.last_ckpt = step_count
 
 
@@ -200,7 +202,7 @@ def _setup(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, rt: Run
     optimizer = build_optimizer(model, cfg)
     s = _Session(cfg=cfg, model_config=model_config, rt=rt, device=device, model=model, wrapped=wrapped,
                  optimizer=optimizer, batcher=batcher, val=val, start=0, init_loss=math.nan, elapsed0=0.0, out=out,
-                 log=None, tokenizer=None, qk_clip=QKClip(model, cfg.qk_clip, rt) if cfg.qk_clip else None,
+                 log=None, tokenizer={}, qk_clip=QKClip(model, cfg.qk_clip, rt) if cfg.qk_clip else None,
                  train_forward=compile_model(wrapped) if cfg.compile else wrapped)
     if resume:
         # either checkpoint format (full, or sharded by a multi-process run), saved under any world size
@@ -241,21 +243,21 @@ def _open_run_dir(out: Path, record: RunManifest, data: TokenData, resume: bool,
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
             record.write(out)
-            if data.tokenizer is not None:
-                shutil.copyfile(data.tokenizer, out / TOKENIZER_NAME)
+            if data.tokenizer is not None:  # with the files beside it (a chat template: io/tokenizer_files.py)
+                copy_tokenizer_files(Path(data.tokenizer), out)
     except OSError as e:
         raise ConfigError(f"out_dir {out}: cannot write the run directory ({e.strerror or e})") from None
     tok = out / TOKENIZER_NAME
     sink = TensorBoardLog(out / TB_DIR, purge_step=start if resume else None) if tensorboard else None
     return MetricsLog(out / METRICS_FILE, resume_step=start if resume else None, sink=sink), \
-        (tok.read_bytes() if tok.is_file() else None)
+        (tokenizer_files(tok) if tok.is_file() else {})
 
 
 def _remove_run_files(out: Path, created: bool) -> None:
     if created:
         shutil.rmtree(out, ignore_errors=True)
         return
-    for name in (RUN_RECORD, TOKENIZER_NAME, METRICS_FILE, CKPT_DIR, TB_DIR):
+    for name in (RUN_RECORD, TOKENIZER_NAME, *TOKENIZER_COMPANIONS, METRICS_FILE, CKPT_DIR, TB_DIR):
         p = out / name
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
