@@ -11,7 +11,7 @@ study points every worker at one directory under its output, so a variant is com
 
 Cost on CPU (docs/study_speed.md, bench/results/study_speed_2026-12-07.md): a cold compile of a small model
 takes ~10 s of this process's CPU plus inductor's compile workers (minutes of wall time on a loaded 2-core
-machine); a warm one (kernels cached on disk) ~1.5 s per process and variant.
+machine); a warm one (kernels cached on disk) ~1.5-3 s per process and variant.
 """
 from __future__ import annotations
 
