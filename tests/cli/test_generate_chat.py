@@ -2,7 +2,7 @@
 (AutoTokenizer.apply_chat_template on the same directory, the independent reference), generation stops at the
 end-of-turn token (checked against the model's own unstopped greedy continuation), a hostile template is stopped
 by the sandbox (one line, exit 2), and the template travels with the tokenizer through runs, checkpoints and
-`convert` both ways."""
+`convert` both ways, and `retrofit`."""
 import json
 import shutil
 
@@ -150,9 +150,13 @@ def test_the_template_travels_through_runs_checkpoints_and_convert(tmp_path, bpe
     assert main(["train", "--init-from", str(hf), "--data", str(data), "--steps", "1", "--batch-size", "2",
                  "--seq-len", "16", "--set", "stats_every=0", "--out", str(init), "--no-progress",
                  "--device", "cpu"]) == 0
+    retro = tmp_path / "retro"
+    assert main(["retrofit", "--from", str(run), "--scope", "head", "--heal-steps", "0", "--out", str(retro),
+                 "--seq-len", "16", "--batch-size", "2", "--calib-tokens", "256", "--calib-steps", "2",
+                 "--eval-tokens", "256", "--device", "cpu", "--no-progress"]) == 0
     capsys.readouterr()
     ckpt = sorted((run / "checkpoints").glob("step_*"))[-1]
-    for d in (run, ckpt, hf, back, init):
+    for d in (run, ckpt, hf, back, init, retro):
         for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
             assert (d / name).read_bytes() == (src / name).read_bytes(), (d, name)
         assert main(["generate", str(d), "--chat", "--prompt", "hi", "--max-new-tokens", "2", "--no-progress"]) == 0

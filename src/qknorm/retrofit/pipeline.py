@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Callable, List, Optional, Union
@@ -41,7 +40,7 @@ from ..interop.hf import to_hf
 from ..interop.hf_config import infer_family, unrepresentable
 from ..model import TransformerLM
 from ..io.model_dir import save_model
-from ..io.names import TOKENIZER_NAME
+from ..io.tokenizer_files import copy_tokenizer_files
 from ..pretrained import Pretrained, load_pretrained
 from ..data.batcher import Batcher
 from ..data.sources import is_token_file
@@ -193,8 +192,8 @@ def _write(out: Path, model: TransformerLM, p: Prepared, report: RetrofitReport)
             to_hf(model, out)
         else:
             save_model(model, out)
-        if p.src.tokenizer is not None:  # the tokenizer travels with the model
-            shutil.copyfile(p.src.tokenizer, out / TOKENIZER_NAME)
+        if p.src.tokenizer is not None:  # the tokenizer travels with the model (with its chat template, if any)
+            copy_tokenizer_files(p.src.tokenizer, out)
         return write_report(out, report)
     except OSError as e:
         raise CheckpointError(f"out_dir {out}: cannot write ({e.strerror or e})") from None
