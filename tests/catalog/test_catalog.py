@@ -26,6 +26,17 @@ def test_every_bundled_config_reads_and_every_family_has_one():
         assert e.source == raw["_source"] and e.config.n_layers == raw["num_hidden_layers"], e.name
 
 
+def test_every_bundled_config_says_what_was_verified():
+    """Each file replaces the offline transcription's `_note` with a `_verified` note that names its source (a
+    repository, pull request, issue or page) or says that none was found."""
+    for path in sorted(catalog.CONFIG_DIR.glob("*.json")):
+        raw = json.loads(path.read_text())
+        assert "_note" not in raw, path.name
+        note = raw.get("_verified", "")
+        assert note.startswith(("verified 20", "partly verified 20", "not verified 20")), path.name
+        assert "github " in note or "https://" in note or note.startswith("not verified"), path.name
+
+
 def test_rows_describe_the_designs():
     rows = {r.family: r for r in (e.row() for e in catalog.entries())}
     assert (rows["olmo2"].scope, rows["olmo2"].weight, rows["olmo2"].block) == ("full width", "w (fp32)", "reordered")

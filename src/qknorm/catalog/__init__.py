@@ -4,8 +4,9 @@
     print(render([e.row() for e in entries()], "markdown"))      # `qknorm catalog`
 
 The configs are bundled (catalog/configs/*.json, a few KB each; no download): one published model per family,
-its config.json as on the Hugging Face Hub plus `_source` (the repository) and `_note`. Each is read by the same
-translation `from_hf` uses (interop/hf_config.py), so a row says what qknorm itself would build: norm kind, gain,
+its config.json as on the Hugging Face Hub plus `_source` (the repository) and `_verified` (which fields were
+checked against which public copy of the published file, and which stay transcribed). Each is read by the
+same translation `from_hf` uses (interop/hf_config.py), so a row says what qknorm itself would build: norm kind, gain,
 scope, place relative to RoPE, which layers carry it, eps, weight offset and cast, block placement, attention
 pattern (windows, chunks, NoPE layers), RoPE, softcaps and output scale. A family whose MLP qknorm does not
 build yet (Llama 4's mixture-of-experts layers) is read for its attention with dense layers, and says so.
