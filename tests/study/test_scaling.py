@@ -127,12 +127,16 @@ def test_scaling_study_writes_every_field_the_report_and_resumes(tmp_path, monke
     assert "d64_l2" in study.format_scaling_table(summary)
     calls = []
     again = study.run_scaling_study(splan, out, runner=lambda s: calls.append(s) or size_runner(s),
-                                    report=False, log=lambda _: None)
+                                    report=False, log=lambda _: None, max_minutes=60)
     assert calls == [] and again.analysis == summary.analysis  # every run reused
     assert study.read_scaling_summary(out).analysis == summary.analysis  # what a re-rendered report shows
+    other = study.make_scaling_plan("scaling_smoke", seeds=1)
     with pytest.raises(ValueError, match="different study"):
-        study.run_scaling_study(study.make_scaling_plan("scaling_smoke", seeds=1), out, runner=size_runner,
-                                log=lambda _: None)
+        study.run_scaling_study(other, out, runner=size_runner, log=lambda _: None)
+    lines = []
+    forced = study.run_scaling_study(other, out, runner=size_runner, force=True, report=False, log=lines.append)
+    assert "18 runs in all, 18 to train" in lines[0] and len(forced.sizes[0].summary.runs) == 6
+    assert all(f.slope_ci95 is not None for f in forced.analysis.fits.values())  # 1 seed x 3 sizes: df 1
 
 
 def test_cli_scaling_smoke_trains_real_runs_and_reports_without_matplotlib(tmp_path, capsys, monkeypatch):
