@@ -17,9 +17,10 @@
   scaling_smoke  the scaling code path at three tiny sizes, 3 steps (tests, dry runs): not a measurement
 
 The scaling grid. One grid for every size, so that LR sensitivity (a mean over the grid) compares sizes on the
-same LRs. The optimum moves to lower LRs as the model grows (Wortsman et al. Fig. 1); Wortsman's 3e-4..3e-1 is
-chosen to bracket it at all three CPU sizes (the default profile's 0.59M model has its optimum at 1e-3..3e-3;
-the measured optima per size: bench/results/scaling_study_cpu_2026-12-07.md). A size may carry its own grid
+same LRs. The optimum moves to lower LRs as the model grows (Wortsman et al. Fig. 1); Wortsman's 3e-4..3e-1
+brackets it at all three CPU sizes, measured: best LR 3e-3 at d32_l2 and d64_l3, 1e-3 at d128_l4, for both
+variants (bench/results/scaling_study_cpu_2026-12-07.md, a partial run: d128_l4 seed 0 only), so no size's grid
+was widened. A size may carry its own grid
 (`ModelSize.lrs`, widened where its optimum moves off the common one); the report marks every size whose optimum
 sits at a grid edge.
 
