@@ -19,7 +19,7 @@ from .version import __version__
 __all__ = [
     "PRESETS", "SIZES", "get_config", "ModelConfig", "Placement", "QKNormScope", "TransformerLM",
     "ConfigError", "CheckpointError", "DataError", "QKNormError", "from_hf", "to_hf", "from_olmo_core", "patch_hf",
-    "load_model", "save_model", "load_tokenizer",
+    "load_model", "save_model", "load_tokenizer", "open_model",
 ]
 
 
@@ -36,12 +36,12 @@ def __getattr__(name):  # lazy: interop pulls in safetensors/transformers only w
         from .interop.patch import patch_hf
 
         return patch_hf
-    if name in ("load_model", "save_model"):
-        from .io import model_dir
+    if name == "save_model":
+        from .io.model_dir import save_model
 
-        return getattr(model_dir, name)
-    if name == "load_tokenizer":
-        from .pretrained import load_tokenizer
+        return save_model
+    if name in ("open_model", "load_model", "load_tokenizer"):  # every model source, one function (pretrained.py)
+        from . import pretrained
 
-        return load_tokenizer
+        return getattr(pretrained, name)
     raise AttributeError(f"module 'qknorm' has no attribute {name!r}")

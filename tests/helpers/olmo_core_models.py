@@ -7,6 +7,8 @@ Variants (fp32, tiny so the suite stays fast):
   olmo2_gqa   TransformerConfig.olmo2_14M(n_kv_heads=2)         the acceptance check's model (4 layers)
   qwen3_like  TransformerConfig.llama_like with qwen3_0_6B's options: qwen_rms norms, head-wise QK-norm, explicit
               head_dim != d_model / n_heads, GQA, tied head, RoPE theta 1e6 (rope_full_precision=False)
+  llama_like  TransformerConfig.llama_like: pre-norm, no QK-norm, GQA (not in VARIANTS: for commands that need a
+              model without QK-norm, e.g. retrofit)
   gemma3_like TransformerConfig.gemma3_like: peri-norm blocks, head-wise QK-norm, sqrt(d) embedding scale, GeGLU,
               local (sliding window 8 < T) / global layers with their own RoPE thetas, tied head
 
@@ -46,6 +48,9 @@ def olmo_config(name: str) -> TransformerConfig:
             d_model=128, vocab_size=VOCAB, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=48, rope_theta=1_000_000,
             rope_full_precision=False, layer_norm_eps=1e-6, layer_norm_name=LayerNormType.qwen_rms, qk_norm=True,
             use_head_qk_norm=True, tie_word_embeddings=True)
+    if name == "llama_like":  # no QK-norm: what `qknorm retrofit` takes
+        return TransformerConfig.llama_like(d_model=128, vocab_size=VOCAB, n_layers=2, n_heads=4, n_kv_heads=2,
+                                            layer_norm_eps=1e-6)
     if name == "gemma3_like":
         return TransformerConfig.gemma3_like(
             d_model=128, vocab_size=VOCAB, n_layers=4, n_heads=4, n_kv_heads=2, hidden_size=256, head_dim=32,

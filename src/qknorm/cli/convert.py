@@ -100,11 +100,11 @@ def _check(ours, hf_dir: Path, args) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.model_dir import find_tokenizer, load_model, model_source, save_model
+    from ..io.model_dir import save_model
     from ..io.tokenizer_files import copy_tokenizer_files
-    from ..interop.hf import from_hf, resolve_dtype, to_hf
+    from ..interop.hf import resolve_dtype, to_hf
     from ..interop.hf_config import infer_family
-    from ..interop.olmo_core import from_olmo_core
+    from ..pretrained import OLMO_CORE, open_model
 
     src = Path(args.from_hf or args.to_hf or args.from_olmo_core)
     out = Path(args.out)
@@ -116,14 +116,15 @@ def run(args: argparse.Namespace) -> int:
     _check_out(out, src, args.overwrite)
     dtype = resolve_dtype(args.dtype)
     prog = for_model("qknorm convert", src, enabled=not args.no_progress)
+    # the flag names the source's kind: each is read by its own reader (and fails with its own error)
+    source_kind = OLMO_CORE if args.from_olmo_core else "hf" if args.from_hf else "qknorm"
+    with one_line_warnings("qknorm convert"), prog.stage("reading the model"):  # e.g. a run's newest checkpoint
+        opened = open_model(src, kind=source_kind, max_seq_len=args.max_seq_len, allow_folded=args.allow_folded)
+    model, src = opened.model, opened.path
     if args.from_olmo_core:
-        with prog.stage("reading the model"):
-            model = from_olmo_core(src, max_seq_len=args.max_seq_len)
         model = model.to(dtype) if dtype else model
         kind = "qknorm, from OLMo-core"
     elif args.from_hf:
-        with prog.stage("reading the model"):
-            model = from_hf(src, allow_folded=args.allow_folded, max_seq_len=args.max_seq_len)
         if args.check:
             with prog.stage("checking against transformers"):
                 ok = _check(model, src, args)
@@ -133,10 +134,6 @@ def run(args: argparse.Namespace) -> int:
         model = model.to(dtype) if dtype else model
         kind = "qknorm"
     else:
-        with one_line_warnings("qknorm convert"):
-            src = model_source(src)  # a model, any training checkpoint, or a run's newest checkpoint
-        with prog.stage("reading the model"):
-            model = load_model(src)
         if dtype:
             model = model.to(dtype)
         infer_family(model.config)  # fail early, in one line, when transformers cannot represent it
@@ -149,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"qknorm convert: the export of {src} does not match within rel {args.tol:g}; nothing written")
                 return 1
         kind = f"transformers {infer_family(model.config).model_type}"
-    tokenizer = find_tokenizer(src)
+    tokenizer = opened.tokenizer
     try:
         with prog.stage("writing"):
             if args.from_hf or args.from_olmo_core:

@@ -38,7 +38,6 @@ from ..io.model_dir import find_tokenizer
 from ..data.tokenizer import load_tokenizer
 from ..progress import for_model
 from ._common import non_negative_float, non_negative_int, one_line_warnings, positive_int
-from .inspect import load_any
 
 # library field -> flag, for error messages (cli/__init__.py rewrites them)
 FIELD_FLAGS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "top_k": "--top-k",
@@ -181,7 +180,10 @@ def run(args) -> int:
     # only the reading is a stage: the generated text itself streams to stdout, where a live line would clash
     prog = for_model("qknorm generate", path, enabled=not args.no_progress)
     with one_line_warnings("qknorm generate"), prog.stage("reading the model"):  # e.g. a run's newest checkpoint
-        model, source = load_any(path)
+        from ..pretrained import open_model
+
+        opened = open_model(path)
+    model, source = opened.model.float().eval(), opened.path
     codec = text_codec(path if path.is_dir() else path.parent, source, model.config.vocab_size)
     if args.system is not None and not args.chat:
         raise ConfigError("--system is a message of --chat: add --chat")

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, ConfigError, DataError
-from ..io.files import read_json
-from ..io.names import CONFIG_NAME, TOKENIZER_NAME
+from ..errors import ConfigError, DataError
+from ..io.names import TOKENIZER_NAME
 from ..data.tokenizer import load_tokenizer
 from ..progress import for_model
 from ._common import one_line_warnings, positive_int
@@ -48,29 +47,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true",
                    help="no progress on stderr (shown for large models: a line per stage with elapsed time)")
     return p
-
-
-def load_any(path: Path):
-    """(TransformerLM in float32 eval mode, the directory it was read from): our model directory, a training
-    checkpoint (any step), a run directory (its final model, else its newest checkpoint), an HF directory, or an
-    OLMo-core checkpoint step directory."""
-    from ..interop.olmo_core import from_olmo_core, is_olmo_core_checkpoint
-    from ..io.model_dir import load_model, model_source
-
-    if path.is_file() and path.name == CONFIG_NAME:
-        path = path.parent
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: not a model directory (expected {CONFIG_NAME} and *.safetensors, or a "
-                              "training checkpoint)")
-    if is_olmo_core_checkpoint(path):  # before config.json: a step directory's config.json is OLMo-core's run config
-        return from_olmo_core(path).float().eval(), path
-    raw = read_json(path / CONFIG_NAME) if (path / CONFIG_NAME).is_file() else None
-    if raw is not None and not (isinstance(raw, dict) and "qknorm_config" in raw):
-        from ..interop.hf import from_hf
-
-        return from_hf(path).float().eval(), path
-    source = model_source(path)
-    return load_model(source).float().eval(), source
 
 
 def token_ids(args, model, path: Path) -> tuple:
@@ -128,7 +104,10 @@ def run(args) -> int:
     path = Path(args.path)
     prog = for_model("qknorm inspect", path, enabled=not args.no_progress)
     with one_line_warnings("qknorm inspect"), prog.stage("reading the model"):
-        model, source = load_any(path)
+        from ..pretrained import open_model
+
+        opened = open_model(path)
+    model, source = opened.model.float().eval(), opened.path
     ids, described = token_ids(args, model, source)
     with prog.stage(f"forward pass ({len(ids)} tokens)"):
         stats = stats_pass(model, torch.tensor([ids], dtype=torch.long))  # (1, T)

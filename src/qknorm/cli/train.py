@@ -44,7 +44,7 @@ from ..config import ModelConfig
 from ..diagnostics import logit_verdict
 from ..errors import ConfigError
 from ..presets import PRESETS, SIZES, get_config
-from ..pretrained import load_pretrained
+from ..pretrained import open_model
 from ..progress import for_model
 from ..train.config import FREE_ON_RESUME, TrainConfig
 from ..train.init_from import check_vocab, init_config, init_tokenizer
@@ -218,7 +218,7 @@ def _init_plan(args) -> _Plan:
     train_over.setdefault("device", _resolve_device("auto"))
     cfg = TrainConfig(**train_over)  # a bad training flag fails before the source is read
     with for_model("qknorm train", args.init_from, enabled=not args.no_progress).stage("reading --init-from"):
-        src = load_pretrained(args.init_from)
+        src = open_model(args.init_from)
     where = f"the model of --init-from {src.path}"
     config = init_config(src.model.config, model_over, allow_changes=args.allow_changes, where=where)
     notes: List[str] = []

@@ -3,7 +3,7 @@ write.
 
     report = retrofit("runs/llama", "runs/llama-qk", RetrofitConfig(scope="head", heal_steps=200))
 
-1. `prepare` (nothing written): the source (any directory `load_pretrained` reads) must have no QK-norm; the
+1. `prepare` (nothing written): the source (any model `qknorm.open_model` reads) must have no QK-norm; the
    data (default: the embedded corpus; text is encoded with the source's tokenizer.json) must fit its
    vocabulary and hold a held-out window; the output directory must be absent or empty; where the result
    will be written is decided here: as a transformers directory when a family has the new numerics (llama +
@@ -41,7 +41,7 @@ from ..interop.hf_config import infer_family, unrepresentable
 from ..model import TransformerLM
 from ..io.model_dir import save_model
 from ..io.tokenizer_files import copy_tokenizer_files
-from ..pretrained import Pretrained, load_pretrained
+from ..pretrained import Pretrained, open_model
 from ..data.batcher import Batcher
 from ..data.sources import is_token_file
 from ..data.tokens import TokenData, load_tokens
@@ -93,7 +93,7 @@ def prepare(source: Union[str, Path], out: Union[str, Path], cfg: RetrofitConfig
     out = Path(out)
     _check_out(out)
     check_device_available(cfg.device)
-    src = load_pretrained(source)
+    src = open_model(source)
     check_retrofittable(src.model, cfg.scope)
     config = src.model.config
     if cfg.seq_len > config.max_seq_len:

@@ -9,8 +9,8 @@ the run's model config is the source's, and the checks that keep model, data and
   set (the attention and QK-norm kernels; max_seq_len, which bounds nothing) and may be set freely.
 * Tokenizer (`init_tokenizer`). The source's tokenizer.json, when it has one, is the run's (the run directory
   keeps a copy). Another one is refused unless `allow_changes`: the same ids would mean other text. A qknorm
-  model stored without a tokenizer is byte-level, so any tokenizer differs from it; an HF directory without
-  tokenizer.json says nothing about its tokens, so the one given is taken.
+  model stored without a tokenizer is byte-level, so any tokenizer differs from it; an HF directory or OLMo-core
+  checkpoint without tokenizer.json says nothing about its tokens, so the one given is taken.
 * Data (`check_vocab`). The data's vocabulary must fit the model's: an id >= vocab_size has no embedding.
 
 The fresh optimizer and the new schedule need nothing here: `train` builds them as for any new run.
@@ -89,8 +89,8 @@ def init_tokenizer(src: Pretrained, given: Optional[str], *, allow_changes: bool
         raise DataError(f"tokenizer {given}: file not found")
     if src.tokenizer is not None and same_tokenizer(given_path, src.tokenizer):
         return str(given_path)
-    if src.tokenizer is None and src.is_hf:
-        return str(given_path)  # an HF directory without tokenizer.json: nothing to contradict
+    if src.tokenizer is None and not src.is_ours:
+        return str(given_path)  # an HF or OLMo-core model without tokenizer.json: nothing to contradict
     has = (f"its own {src.tokenizer}" if src.tokenizer is not None else
            "no tokenizer.json, so it reads bytes (token = byte value)")
     msg = f"tokenizer={given} differs from the tokenizer of init_from {src.path} ({has}); the same ids would mean " \
