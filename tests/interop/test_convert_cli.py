@@ -72,9 +72,9 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, capsys):
 
 def test_check_failure_writes_nothing(tmp_path, capsys, monkeypatch):
     make_hf("llama").save_pretrained(tmp_path / "hf")
-    import qknorm.interop.hf as hf_mod
+    import qknorm.pretrained as opener  # convert reads every model through open_model (pretrained.py)
 
-    real = hf_mod.from_hf
+    real = opener.from_hf
 
     def broken(*a, **kw):  # a conversion bug: one weight off
         m = real(*a, **kw)
@@ -82,7 +82,7 @@ def test_check_failure_writes_nothing(tmp_path, capsys, monkeypatch):
             m.layers[1].attn.v_proj.weight.mul_(1.01)
         return m
 
-    monkeypatch.setattr(hf_mod, "from_hf", broken)
+    monkeypatch.setattr(opener, "from_hf", broken)
     code, out, err = _run(capsys, "--from-hf", tmp_path / "hf", "--out", tmp_path / "o", "--check")
     assert code == 1 and "first divergent stage: block 1" in out and "nothing written" in out
     assert not (tmp_path / "o").exists()

@@ -48,8 +48,8 @@ from ..pretrained import open_model
 from ..progress import for_model
 from ..train.config import FREE_ON_RESUME, TrainConfig
 from ..train.init_from import check_vocab, init_config, init_tokenizer
-from ..io.names import RUN_RECORD, TOKENIZER_NAME
-from ..train.loop import DIVERGENCE_FILE, train
+from ..io.names import DIVERGENCE_FILE, RUN_RECORD, TOKENIZER_NAME
+from ..train.loop import train
 from ..train.manifest import RunManifest, legacy_model_config, legacy_train_config
 from ..train.preflight import check_out_dir
 from ..train.runtimes import world_size_from_env

@@ -10,7 +10,7 @@ The files inside one training checkpoint are the checkpoint formats' own (io/che
 from __future__ import annotations
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "TOKENIZER_NAME", "RUN_RECORD", "METRICS_FILE", "CKPT_DIR", "TB_DIR",
-           "TOKENIZER_CONFIG_NAME", "CHAT_TEMPLATE_NAME", "TOKENIZER_COMPANIONS"]
+           "TOKENIZER_CONFIG_NAME", "CHAT_TEMPLATE_NAME", "TOKENIZER_COMPANIONS", "DIVERGENCE_FILE"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -22,4 +22,5 @@ TOKENIZER_COMPANIONS = (TOKENIZER_CONFIG_NAME, CHAT_TEMPLATE_NAME)  # copied whe
 RUN_RECORD = "run.json"
 METRICS_FILE = "metrics.jsonl"
 CKPT_DIR = "checkpoints"
+DIVERGENCE_FILE = "divergence.json"  # the run's divergence verdict (metrics.DivergenceVerdict.to_json)
 TB_DIR = "tb"  # TensorBoard event files (train/tensorboard_log.py); a study's OUT/tb/<run name>/

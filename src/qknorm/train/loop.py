@@ -53,7 +53,8 @@ from ..io.checkpoints.rng import capture_rng_state, restore_rng_state
 from .compiled import CompileReport, CompileWatch, compile_model
 from .config import FREE_ON_RESUME, OnNaN, TrainConfig
 from .export import export_model
-from ..io.names import CKPT_DIR, METRICS_FILE, RUN_RECORD, TB_DIR, TOKENIZER_COMPANIONS, TOKENIZER_NAME
+from ..io.names import (CKPT_DIR, DIVERGENCE_FILE, METRICS_FILE, RUN_RECORD, TB_DIR, TOKENIZER_COMPANIONS,
+                        TOKENIZER_NAME)
 from ..io.tokenizer_files import copy_tokenizer_files, tokenizer_files
 from .manifest import DataRecord, RunManifest
 from .metrics_log import MetricsLog
@@ -70,9 +71,7 @@ from .step import autocast_factory, evaluate, forward_backward, val_batches
 from ..data.tokens import TokenData
 from .tensorboard_log import TensorBoardLog, require_tensorboard
 
-__all__ = ["TrainResult", "train", "STATS_SEQS", "DIVERGENCE_FILE"]
-
-DIVERGENCE_FILE = "divergence.json"  # the run's divergence verdict (metrics.DivergenceVerdict.to_json)
+__all__ = ["TrainResult", "train", "STATS_SEQS"]
 
 
 @dataclasses.dataclass
