@@ -168,3 +168,55 @@ def test_resuming_with_the_other_optimizer_is_refused_in_one_line(tmp_path, data
     adamw_state = build_optimizer(qknorm.TransformerLM(model_cfg), cfg).state_dict()  # a run without run.json
     with pytest.raises(CheckpointError, match="saved by another optimizer"):
         build_optimizer(qknorm.TransformerLM(model_cfg), cfg.replace(optimizer="muon")).load_state_dict(adamw_state)
+
+
+def test_a_resumed_run_keeps_the_newton_schulz_dtype_its_run_recorded(tmp_path, data, monkeypatch):
+    """A new process may time bf16 and fp32 differently (a CPU where they are close, a loaded machine): the probe's
+    answer changing between the crash and the resume must not change the arithmetic of the resumed steps."""
+    from qknorm.train import newton_schulz as ns
+
+    def probe_says(dtype):
+        monkeypatch.setattr(ns, "_CACHE", {})
+        fast, slow = 1e-3, 1e-3 * 10 * ns.SLOW_FACTOR
+        monkeypatch.setattr(ns, "probe_ns_seconds",
+                            lambda dt, shape, dev: (fast if (dt == torch.float32) == (dtype == "fp32") else slow))
+
+    model_cfg = qknorm.get_config("qwen3", "debug")
+    cfg = TrainConfig(optimizer="muon", steps=6, warmup_steps=1, lr=1e-2, batch_size=4, seq_len=32, ckpt_every=3,
+                      stats_every=0, eval_batches=1, progress=False)
+    probe_says("fp32")
+    full = train(model_cfg, cfg, data, out_dir=tmp_path / "full")
+
+    def crash(record):
+        if record["step"] == 4:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(model_cfg, cfg, data, out_dir=tmp_path / "cut", callback=crash)
+    probe_says("bf16")  # the resuming process's probe would pick the other dtype
+    resumed = train(model_cfg, cfg, data, out_dir=tmp_path / "cut", resume=True)
+    assert full.muon_ns.dtype == "fp32" and full.muon_ns.how == "probed"
+    assert resumed.muon_ns.dtype == "fp32" and resumed.muon_ns.how == "recorded"
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for name in a:  # one process, same kernels in the same order: bit for bit
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_every_rank_uses_rank_0s_newton_schulz_dtype():
+    """Replicas whose Muon updates ran in different dtypes would drift apart: a rank whose probe disagrees with
+    rank 0's takes rank 0's answer (broadcast_flag); an explicit setting is never overridden."""
+    from qknorm.train.loop import _agreed_ns_precision
+    from qknorm.train.newton_schulz import NSPrecision
+    from qknorm.train.runtime import Runtime
+
+    class Rank1(Runtime):  # rank 0 probed fp32
+        def broadcast_flag(self, flag):
+            return True
+
+    mine = NSPrecision(dtype="bf16", how="probed", shape=(64, 64), bf16_ms=1.0, fp32_ms=0.9)
+    agreed = _agreed_ns_precision(mine, Rank1(), None)
+    assert (agreed.dtype, agreed.how) == ("fp32", "rank 0's probe") and "rank 0" in agreed.describe()
+    same = NSPrecision(dtype="fp32", how="probed", shape=(64, 64), bf16_ms=2.0, fp32_ms=0.9)
+    assert _agreed_ns_precision(same, Rank1(), None) is same
+    explicit = NSPrecision(dtype="bf16", how="set")
+    assert _agreed_ns_precision(explicit, Rank1(), None) is explicit

@@ -199,6 +199,8 @@ def _setup(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, rt: Run
         model.load_state_dict(init_state, strict=True)
     wrapped = rt.wrap(model)
     optimizer = build_optimizer(model, cfg)
+    if isinstance(optimizer, MuonWithAdamW):
+        optimizer.precision = _agreed_ns_precision(optimizer.precision, rt, out if resume else None)
     s = _Session(cfg=cfg, model_config=model_config, rt=rt, device=device, model=model, wrapped=wrapped,
                  optimizer=optimizer, batcher=batcher, val=val, start=0, init_loss=math.nan, elapsed0=0.0, out=out,
                  log=None, tokenizer={}, qk_clip=QKClip(model, cfg.qk_clip, rt) if cfg.qk_clip else None,
@@ -212,6 +214,23 @@ def _setup(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, rt: Run
         s.elapsed0 = float(ckpt.extra.get("elapsed_s", 0.0))
         _warn_changed_settings(ckpt.train_config, cfg, ckpt.path)
     return s
+
+
+def _agreed_ns_precision(probed: NSPrecision, rt: Runtime, resumed_run: Optional[Path]) -> NSPrecision:
+    """The Newton-Schulz dtype every rank uses, the same for a whole run: a probed ("auto") choice is replaced by the
+    one the run recorded when it resumes (a new process may time the two dtypes differently), and by rank 0's when
+    ranks disagree (replicas whose Muon updates differ would drift apart). An explicit setting is kept."""
+    if probed.how == "set":
+        return probed
+    recorded = RunManifest.read(resumed_run) if resumed_run is not None else None
+    was = (recorded.execution.get("muon_newton_schulz") or {}).get("dtype") if recorded is not None else None
+    if was in ("bf16", "fp32"):
+        return NSPrecision(dtype=was, how="recorded", shape=probed.shape, bf16_ms=probed.bf16_ms,
+                           fp32_ms=probed.fp32_ms)
+    rank0_fp32 = rt.broadcast_flag(probed.dtype == "fp32")
+    if rank0_fp32 == (probed.dtype == "fp32"):
+        return probed
+    return NSPrecision(dtype="fp32" if rank0_fp32 else "bf16", how="rank 0's probe")
 
 
 def _check_against_record(out: Path, now: RunManifest, allow_changes: bool) -> None:

@@ -42,7 +42,8 @@ _PROBE_MIN_S = 0.01  # each dtype is timed for at least this long (repeats of on
 
 @dataclasses.dataclass(frozen=True)
 class NSPrecision:
-    """The dtype Muon's Newton-Schulz runs in, and why: "set" (asked for) or "probed" (timed here)."""
+    """The dtype Muon's Newton-Schulz runs in, and why: "set" (asked for), "probed" (timed here), "recorded" (a
+    resumed run keeps the dtype its run.json records) or "rank 0's probe" (every rank of a run uses rank 0's)."""
 
     dtype: str  # "bf16" or "fp32"
     how: str  # "set", or "probed": which was faster at `shape`, with the two timings
@@ -55,8 +56,8 @@ class NSPrecision:
         return _DTYPES[self.dtype]
 
     def describe(self) -> str:
-        if self.how == "set":
-            return f"Newton-Schulz in {self.dtype} (set)"
+        if self.how != "probed":
+            return f"Newton-Schulz in {self.dtype} ({self.how})"
         return (f"Newton-Schulz in {self.dtype}: one iteration at {self.shape[0]}x{self.shape[1]} took "
                 f"{self.bf16_ms:.3g} ms in bf16, {self.fp32_ms:.3g} ms in fp32 (probed)")
 
