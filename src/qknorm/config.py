@@ -33,6 +33,7 @@ from .choice import Choice as _Choice
 from .errors import ConfigError
 from .config_variants import (QKNormGain, QKNormLayers, QKNormScope, QKNormType, fused_layer, layer_has_qk_norm,
                               layer_has_rope, nope_layer_tuple, rotary_dim, validate_variants)
+from .config_moe import layer_tuple, mlp_params, validate_moe
 from .rope_scaling import RopeScaling
 
 __all__ = ["ModelConfig", "QKNormScope", "QKNormType", "QKNormGain", "QKNormLayers", "Placement", "NormType",
@@ -169,6 +170,14 @@ class ModelConfig:
     # one power iteration per training forward (nn/sigma_reparam.py)
     sigma_reparam: bool = False
 
+    # --- mixture-of-experts MLPs (config_moe.py has each field's range; nn/moe.py the module); 0 experts = dense
+    n_experts: int = 0  # experts of a sparse layer (HF num_experts)
+    experts_per_token: int = 1  # top-k (HF num_experts_per_tok)
+    moe_d_ff: Optional[int] = None  # one expert's hidden width; None = d_ff (HF moe_intermediate_size)
+    norm_topk_prob: bool = False  # renormalize the top-k softmax weights to sum to 1
+    moe_every: int = 1  # layer i sparse iff (i+1) % moe_every == 0 (Qwen3-MoE decoder_sparse_step)
+    dense_layers: Tuple[int, ...] = ()  # layers kept dense (Qwen3-MoE mlp_only_layers)
+
     # bookkeeping, not a setting: which of _DERIVABLE this config derived (set in __post_init__; its presence
     # on input is how a dataclasses.replace copy is recognised)
     _derived: Optional[FrozenSet[str]] = dataclasses.field(default=None, repr=False, compare=False)
@@ -183,6 +192,7 @@ class ModelConfig:
         if self.layer_types is not None:
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
         object.__setattr__(self, "nope_layers", nope_layer_tuple(self.nope_layers))
+        object.__setattr__(self, "dense_layers", layer_tuple(self.dense_layers))
         object.__setattr__(self, "_derived", self._derive())
         self._validate()
 
@@ -252,6 +262,7 @@ class ModelConfig:
         if not isinstance(self.sigma_reparam, bool):
             raise ConfigError(f"sigma_reparam={self.sigma_reparam!r} must be true or false")
         validate_variants(self)
+        validate_moe(self)
 
     # ------------------------------------------------------------------ derived
     def resolved_layer_types(self) -> Tuple[str, ...]:
@@ -288,16 +299,16 @@ class ModelConfig:
             qk = 2 * hd
         else:  # scope full, or per-head gains
             qk = hd * (h + hkv)
-        mlp = 3 * d * self.d_ff
+        mlp_total = sum(mlp_params(self, i) for i in range(self.n_layers))  # dense: 3 d d_ff a layer
         if self.sigma_reparam:  # one gamma per reparametrized linear (q, k, v, o, gate, up, down)
-            attn, mlp = attn + 4, mlp + 3
+            attn, mlp_total = attn + 4, mlp_total + 3 * self.n_layers
         norm_size = d * (2 if self.norm_type is NormType.LAYERNORM and self.layernorm_bias else 1)
         n_block_norms = {Placement.SANDWICH: 4, Placement.PARALLEL: 1}.get(self.placement, 2)
-        per_layer = attn + mlp + n_block_norms * norm_size
+        per_layer = attn + n_block_norms * norm_size
         qk_total = qk * sum(layer_has_qk_norm(self, i) for i in range(self.n_layers))
         final_norm = 0 if self.placement is Placement.POST else norm_size
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
-        return self.n_layers * per_layer + qk_total + final_norm + (0 if exclude_embeddings else emb)
+        return self.n_layers * per_layer + mlp_total + qk_total + final_norm + (0 if exclude_embeddings else emb)
 
     def warn_if_unsafe_dtype(self, dtype) -> None:
         """fp16 with sandwich/post placements overflows (Gemma 3 activations exceed 65504; transformers #36822)."""

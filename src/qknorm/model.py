@@ -19,6 +19,7 @@ from . import generation
 from .config import SLIDING, ModelConfig, Placement, rotary_dim
 from .nn.block import Block
 from .nn.kv_cache import KVCache
+from .nn.moe import MoEMLP, load_balancing_loss
 from .nn.norm import RMSNorm, build_norm
 from .nn.qk_norm import QKL2Norm, QKLayerNorm
 from .nn.rope import RotaryEmbedding
@@ -106,6 +107,8 @@ class TransformerLM(nn.Module):
                 nn.init.normal_(m.weight, 0.0, std)
             elif isinstance(m, (RMSNorm, nn.LayerNorm, QKLayerNorm, QKL2Norm)):
                 m.reset_parameters()
+            elif isinstance(m, MoEMLP):
+                m.reset_parameters(std, self.config.n_layers)
 
     # ------------------------------------------------------------------ diagnostics
     @contextmanager
@@ -126,6 +129,14 @@ class TransformerLM(nn.Module):
             for a in attns:
                 a.record_stats = False
                 out.append(a.stats)
+
+    def router_aux_loss(self) -> torch.Tensor:
+        """The load-balancing loss (nn/moe.py) of the last forward's routing over the sparse layers; train with
+        loss + router_aux_loss_coef * model.router_aux_loss() (OLMoE 0.01, Qwen3-MoE 0.001)."""
+        logits = [m.router_logits for m in self.modules() if isinstance(m, MoEMLP) and m.router_logits is not None]
+        if not logits:
+            raise RuntimeError("router_aux_loss needs a forward of a model with mixture-of-experts layers first")
+        return load_balancing_loss(logits, self.config.n_experts, self.config.experts_per_token)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

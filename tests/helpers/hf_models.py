@@ -97,6 +97,19 @@ VARIANTS = {
                     dict(num_hidden_layers=4, num_key_value_heads=2, head_dim=16, intermediate_size_mlp=80,
                          moe_layers=[], no_rope_layers=[1, 0, 1, 0], attention_chunk_size=8, floor_scale=4,
                          attn_scale=0.3)),
+    # mixture-of-experts families (nn/moe.py): top-2 of 4 experts, more tokens than experts so each is used
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM",
+              dict(num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, intermediate_size=40, rope_theta=5e5)),
+    "olmoe_topk_norm_bias": ("OlmoeConfig", "OlmoeForCausalLM",
+                             dict(num_experts=5, num_experts_per_tok=3, norm_topk_prob=True, attention_bias=True,
+                                  tie_word_embeddings=True, rms_norm_eps=1e-6)),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                  dict(num_hidden_layers=4, num_key_value_heads=2, head_dim=24, num_experts=4, num_experts_per_tok=2,
+                       moe_intermediate_size=40, norm_topk_prob=True, mlp_only_layers=[2], rope_theta=2e4)),
+    "qwen3_moe_sliding": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                          dict(num_hidden_layers=4, num_key_value_heads=1, num_experts=3, num_experts_per_tok=1,
+                               moe_intermediate_size=32, decoder_sparse_step=2, use_sliding_window=True,
+                               sliding_window=8, attention_bias=True)),
 }
 
 

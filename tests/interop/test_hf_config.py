@@ -17,7 +17,7 @@ _CLASSES = {"llama": "LlamaConfig", "qwen3": "Qwen3Config", "olmo2": "Olmo2Confi
             "gemma3_text": "Gemma3TextConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config",
             "olmo3": "Olmo3Config", "cohere": "CohereConfig", "stablelm": "StableLmConfig",
             "exaone4": "Exaone4Config", "hunyuan_v1_dense": "HunYuanDenseV1Config",
-            "llama4_text": "Llama4TextConfig"}
+            "llama4_text": "Llama4TextConfig", "olmoe": "OlmoeConfig", "qwen3_moe": "Qwen3MoeConfig"}
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))

@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 DEFAULTS = {"olmo2": 2048, "qwen3": 32768, "gemma3_text": 131072, "llama": 2048, "qwen2": 32768, "mistral": 131072,
             "olmo3": 2048, "cohere": 8192, "stablelm": 4096, "exaone4": 2048, "hunyuan_v1_dense": 2048,
-            "llama4_text": 131072}
+            "llama4_text": 131072, "olmoe": 4096, "qwen3_moe": 32768}
 DENSE = {"llama4_text": {"moe_layers": []}}  # its default layers are mixture-of-experts, which are refused
 
 

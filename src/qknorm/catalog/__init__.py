@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from ..config import CHUNKED, SLIDING, ModelConfig, layer_has_qk_norm
+from ..config_moe import layer_is_moe
 from ..errors import CheckpointError, ConfigError
 from ..interop.hf_config import config_from_hf
 
@@ -129,6 +130,10 @@ def describe(e: Entry) -> Row:
             if c.final_softcap else "", f"logits x{_num(c.logit_scale)}" if c.logit_scale != 1 else ""]
     block = c.placement.value + ("" if c.norm_type.value == "rmsnorm" else
                                  f", LayerNorm{'' if c.layernorm_bias else ' (no bias)'}")
+    n_moe = sum(layer_is_moe(c, i) for i in range(L))
+    if n_moe:
+        block += (f", MoE top-{c.experts_per_token} of {c.n_experts}{' renormalized' if c.norm_topk_prob else ''}"
+                  + ("" if n_moe == L else f" on {n_moe}/{L}"))
     weight = ("1 + w" if c.norm_offset else "w") + (f" ({c.norm_cast.value})" if c.norm_type.value == "rmsnorm"
                                                      else " (fp32)")
     dash = "—"
@@ -177,4 +182,9 @@ def small_config(config: ModelConfig, *, n_layers: int = 8, d_model: int = 64, n
         changes["attention_chunk"] = min(c.attention_chunk, window)
     if c.query_pre_attn_scalar is not None:
         changes["query_pre_attn_scalar"] = head_dim
+    if c.n_experts:  # at most 8 experts, half the MLP width unless as wide as it (OLMoE), top-k where it fits
+        E, f = min(c.n_experts, 8), c.moe_d_ff
+        changes.update(n_experts=E, experts_per_token=min(c.experts_per_token, E // 2 or 1),
+                       moe_d_ff=None if f is None else d_ff if f == c.d_ff else d_ff // 2,
+                       dense_layers=tuple(i for i in c.dense_layers if i < L))
     return c.replace(**changes)

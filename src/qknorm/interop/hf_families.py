@@ -15,7 +15,7 @@ from ..config import ModelConfig
 from . import hf_variants as V
 
 SUPPORTED_MODEL_TYPES = ("olmo2", "olmo3", "gemma3_text", "gemma3", "qwen3", "qwen2", "llama", "mistral", "cohere",
-                         "stablelm", "exaone4", "hunyuan_v1_dense", "llama4_text")
+                         "stablelm", "exaone4", "hunyuan_v1_dense", "llama4_text", "olmoe", "qwen3_moe")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,11 +49,14 @@ class Family:
     # the ModelConfig values (enum values as strings) by which `infer_family` recognises the family, beyond its
     # placement and qk_norm; a tuple allows several
     signature: Dict[str, Tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    moe: bool = False  # mixture-of-experts MLPs (n_experts > 0); a dense family never takes a sparse config
 
     def accepts(self, config: ModelConfig) -> bool:
         """Whether `config` has this family's signature (placement, QK-norm scope and the fields listed)."""
         want = {"placement": (self.placement,), "qk_norm": (self.qk_norm,), "norm_type": ("rmsnorm",),
                 "rope_interleaved": (False,), "qk_norm_after_rope": (False,), **self.signature}
+        if (config.n_experts > 0) != self.moe:
+            return False
         return all(getattr(getattr(config, f), "value", getattr(config, f)) in ok for f, ok in want.items())
 
 
@@ -140,4 +143,19 @@ FAMILIES: Dict[str, Family] = {
              attn_scale=0.1, interleave_moe_layer_step=1),
         d_ff_field="intermediate_size_mlp", read=V.read_llama4, write=V.write_llama4,
         signature=dict(qk_norm=("none", "head"), rope_interleaved=(True,), qk_norm_after_rope=(True, False))),
+    "olmoe": Family(  # Llama's pre-norm block, OLMo 2's full-width QK-norm, every MLP a mixture of experts
+        "olmoe", "OlmoeForCausalLM", "pre", "full", "input", 0.0, False, "hidden_act",
+        dict(zip(_SHAPE, (50304, 2048, 2048, 16, 16)), num_key_value_heads=None, head_dim=None, rms_norm_eps=1e-5,
+             max_position_embeddings=4096, tie_word_embeddings=False, attention_bias=False, hidden_act="silu",
+             initializer_range=0.02, rope_theta=1e4, clip_qkv=None, num_experts=64, num_experts_per_tok=8,
+             norm_topk_prob=False),
+        read=V.read_olmoe, write=V.write_olmoe, moe=True),
+    "qwen3_moe": Family(  # Qwen3 with mixture-of-experts MLPs (every decoder_sparse_step-th, not mlp_only_layers)
+        "qwen3_moe", "Qwen3MoeForCausalLM", "pre", "head", "input", 0.0, False, "hidden_act",
+        dict(zip(_SHAPE, (151936, 2048, 6144, 24, 32)), num_key_value_heads=4, head_dim=None, rms_norm_eps=1e-6,
+             max_position_embeddings=32768, tie_word_embeddings=False, attention_bias=False, hidden_act="silu",
+             initializer_range=0.02, rope_theta=1e4, use_sliding_window=False, sliding_window=None,
+             decoder_sparse_step=1, moe_intermediate_size=768, num_experts_per_tok=8, num_experts=128,
+             norm_topk_prob=False, mlp_only_layers=[]),
+        sliding="all", prepare=V.prepare_qwen3_moe, read=V.read_qwen3_moe, write=V.write_qwen3_moe, moe=True),
 }

@@ -4,7 +4,10 @@ Every key of our model must come from exactly one HF key of the right shape, and
 (as nanoGPT's `from_pretrained` does). The only HF keys dropped on purpose are listed in
 `_IGNORED` (old checkpoints' rotary tables, a multimodal Gemma 3's vision tower and projector) and a tied
 `lm_head.weight` that equals the embedding. An HF name with `{h}` is one tensor per head (StableLM's per-head
-LayerNorms, `norms.{h}.weight`, each (head_dim,)): our (heads, head_dim) tensor is their stack along dim 0.
+LayerNorms, `norms.{h}.weight`, each (head_dim,)): our (heads, head_dim) tensor is their stack along dim 0; `{e}`
+likewise one tensor per expert (OLMoE/Qwen3-MoE `mlp.experts.{e}.gate_proj.weight`, (F, d)) stacked into our
+(E, F, d). transformers 5 holds its experts fused in memory (`mlp.experts.gate_up_proj` (E, 2F, d),
+`mlp.experts.down_proj` (E, d, F)) but saves them per expert; both forms are read, the per-expert one written.
 
 Gemma 3 stores its RMSNorm weights as offsets (scale = 1 + w, zero init); we keep them stored that way
 (`norm_offset=1.0`). A checkpoint whose offsets were already folded into plain scales (w' = 1 + w, as a
@@ -44,6 +47,12 @@ _PRE_NORMS = {  # Llama/Qwen2/Qwen3/Mistral: post_attention_layernorm is the pre
     "layers.{i}.attn_norm_in.weight": "model.layers.{i}.input_layernorm.weight",
     "layers.{i}.mlp_norm_in.weight": "model.layers.{i}.post_attention_layernorm.weight",
 }
+_MOE = {  # our stacked experts (E, F, d) / (E, d, F) <- one HF tensor per expert (as saved), stacked along dim 0
+    "layers.{i}.mlp.router.weight": "model.layers.{i}.mlp.gate.weight",
+    "layers.{i}.mlp.gate_proj": "model.layers.{i}.mlp.experts.{e}.gate_proj.weight",
+    "layers.{i}.mlp.up_proj": "model.layers.{i}.mlp.experts.{e}.up_proj.weight",
+    "layers.{i}.mlp.down_proj": "model.layers.{i}.mlp.experts.{e}.down_proj.weight",
+}
 KEY_MAPS: Dict[str, Dict[str, str]] = {
     "llama": {**_COMMON, **_PRE_NORMS},
     "qwen3": {**_COMMON, **_PRE_NORMS},
@@ -73,6 +82,8 @@ KEY_MAPS: Dict[str, Dict[str, str]] = {
                     "layers.{i}.mlp.gate_proj.weight": "model.layers.{i}.feed_forward.gate_proj.weight",
                     "layers.{i}.mlp.up_proj.weight": "model.layers.{i}.feed_forward.up_proj.weight",
                     "layers.{i}.mlp.down_proj.weight": "model.layers.{i}.feed_forward.down_proj.weight"},
+    "olmoe": {**_COMMON, **_PRE_NORMS, **_MOE},
+    "qwen3_moe": {**_COMMON, **_PRE_NORMS, **_MOE},  # dense layers (mlp_only_layers) keep _COMMON's MLP keys
     "gemma3_text": {**_COMMON,
                     "layers.{i}.attn_norm_in.weight": "model.layers.{i}.input_layernorm.weight",
                     "layers.{i}.attn_norm_out.weight": "model.layers.{i}.post_attention_layernorm.weight",
@@ -85,6 +96,22 @@ _PREFIXES = (("model.language_model.", "model."), ("language_model.model.", "mod
              ("language_model.lm_head.", "lm_head."))
 _IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$|^(model\.)?(vision_tower|multi_modal_projector)\.")
 _LAYER = re.compile(r"^layers\.(\d+)\.")
+_FUSED = re.compile(r"^(.*\.mlp\.experts\.)(gate_up_proj|down_proj)$")  # transformers 5's in-memory experts
+_STACK = ("{h}", "{e}")  # one HF tensor per head / per expert
+
+
+def _unfuse_experts(key: str, value: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """transformers 5's in-memory experts as the per-expert tensors it saves: gate_up_proj (E, 2F, d) is
+    gate (first F rows) and up; down_proj (E, d, F). Views, no copies."""
+    m = _FUSED.match(key)
+    if m is None or value.ndim != 3:
+        return {key: value}
+    prefix, kind = m.groups()
+    if kind == "down_proj":
+        return {f"{prefix}{e}.down_proj.weight": t for e, t in enumerate(value.unbind(0))}
+    gate, up = value.chunk(2, dim=1)
+    return {**{f"{prefix}{e}.gate_proj.weight": t for e, t in enumerate(gate.unbind(0))},
+            **{f"{prefix}{e}.up_proj.weight": t for e, t in enumerate(up.unbind(0))}}
 
 
 def normalize_hf_keys(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -97,7 +124,7 @@ def normalize_hf_keys(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tens
             if key.startswith(old):
                 key = new + key[len(old):]
                 break
-        out[key] = value
+        out.update(_unfuse_experts(key, value))
     return out
 
 
@@ -120,8 +147,9 @@ def hf_state_to_ours(hf_state: Mapping[str, torch.Tensor], model_type: str,
     used = set()
     for ours, shape in expected.items():
         name = hf_key(model_type, ours)
-        if "{h}" in name:  # one HF tensor per head, stacked
-            names = [name.replace("{h}", str(h)) for h in range(shape[0])]
+        mark = next((m for m in _STACK if m in name), None)
+        if mark:  # one HF tensor per head or expert, stacked
+            names = [name.replace(mark, str(h)) for h in range(shape[0])]
             missing = [n for n in names if n not in state]
             if missing:
                 raise CheckpointError(f"{source}: missing key {missing[0]!r} (qknorm {ours!r}, shape {tuple(shape)})")
@@ -155,7 +183,7 @@ def _stacked(source: str, names, tensors, shape: Tuple[int, ...]) -> torch.Tenso
         if tuple(t.shape) != shape[1:]:
             raise CheckpointError(f"{source}: key {name!r} has shape {tuple(t.shape)} but the config implies "
                                   f"{shape[1:]}")
-    return torch.stack(tensors)  # (heads, head_dim)
+    return torch.stack(tensors)  # (heads, head_dim) or (experts, *expert_shape)
 
 
 def ours_state_to_hf(state: Mapping[str, torch.Tensor], model_type: str) -> Dict[str, torch.Tensor]:
@@ -164,8 +192,9 @@ def ours_state_to_hf(state: Mapping[str, torch.Tensor], model_type: str) -> Dict
     out: Dict[str, torch.Tensor] = {}
     for k, v in state.items():
         name = hf_key(model_type, k)
-        if "{h}" in name:
-            out.update({name.replace("{h}", str(h)): row for h, row in enumerate(v.unbind(0))})
+        mark = next((m for m in _STACK if m in name), None)
+        if mark:
+            out.update({name.replace(mark, str(h)): row for h, row in enumerate(v.unbind(0))})
         else:
             out[name] = v
     return out

@@ -171,3 +171,54 @@ def write_llama4(c: ModelConfig, out: Dict[str, Any]) -> List[str]:
         bad.append(f"nope_floor_scale={c.nope_floor_scale} (transformers' floor_scale is an integer)")
     return bad
 
+
+
+# ---------------------------------------------------------------------------------------------- olmoe, qwen3_moe
+def _read_moe(get: Get, out: Dict[str, Any], source: str, expert_ff: str) -> Dict[str, Any]:
+    n = get("num_local_experts") or get("num_experts")  # Qwen3MoeConfig.to_dict writes its alias
+    if n is None or int(n) < 1:
+        raise _reject(source, "num_experts", n, "a mixture-of-experts family needs experts")
+    return dict(n_experts=int(n), experts_per_token=int(get("num_experts_per_tok")),
+                moe_d_ff=int(get(expert_ff)), norm_topk_prob=bool(get("norm_topk_prob")))
+
+
+def read_olmoe(get: Get, out: Dict[str, Any], source: str) -> Dict[str, Any]:
+    """Every layer sparse; intermediate_size is the experts' width; full-width QK-norm over hidden_size."""
+    if get("clip_qkv") is not None:
+        raise _reject(source, "clip_qkv", get("clip_qkv"), "q/k/v clamping is not implemented")
+    if out["head_dim"] * out["n_heads"] != out["d_model"]:
+        raise _reject(source, "head_dim", out["head_dim"], "olmoe's q/k norms span hidden_size = heads * head_dim")
+    return _read_moe(get, out, source, "intermediate_size")
+
+
+def write_olmoe(c: ModelConfig, out: Dict[str, Any]) -> List[str]:
+    out.update(num_experts=c.n_experts, num_experts_per_tok=c.experts_per_token, intermediate_size=c.moe_d_ff or
+               c.d_ff, norm_topk_prob=c.norm_topk_prob, clip_qkv=None)
+    bad = []
+    if c.head_dim * c.n_heads != c.d_model:
+        bad.append(f"head_dim={c.head_dim} (olmoe's q/k norms need head_dim = hidden_size // num_attention_heads)")
+    if c.moe_every != 1 or c.dense_layers:
+        bad.append("dense_layers/moe_every (every olmoe layer is a mixture of experts)")
+    return bad
+
+
+def prepare_qwen3_moe(cfg: Dict[str, Any], source: str) -> Dict[str, Any]:
+    """transformers keeps sliding_window only when use_sliding_window (then on every layer, 4096 by default)."""
+    if not cfg.get("use_sliding_window"):
+        return {**cfg, "sliding_window": None}
+    return {**cfg, "sliding_window": cfg.get("sliding_window", 4096)}
+
+
+def read_qwen3_moe(get: Get, out: Dict[str, Any], source: str) -> Dict[str, Any]:
+    """Layer i sparse iff not in mlp_only_layers and (i+1) % decoder_sparse_step == 0; dense layers are
+    intermediate_size wide, experts moe_intermediate_size."""
+    fields = _read_moe(get, out, source, "moe_intermediate_size")
+    fields.update(moe_every=int(get("decoder_sparse_step")), dense_layers=tuple(sorted(get("mlp_only_layers") or ())))
+    return fields
+
+
+def write_qwen3_moe(c: ModelConfig, out: Dict[str, Any]) -> List[str]:
+    out.update(num_experts=c.n_experts, num_experts_per_tok=c.experts_per_token, moe_intermediate_size=c.moe_d_ff
+               or c.d_ff, norm_topk_prob=c.norm_topk_prob, decoder_sparse_step=c.moe_every,
+               mlp_only_layers=list(c.dense_layers), use_sliding_window=out.get("sliding_window") is not None)
+    return []

@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, Placement
+from ..config_moe import layer_is_moe
 from .attention import Attention
 from .kv_cache import LayerKV
 from .mlp import GatedMLP
+from .moe import MoEMLP
 from .norm import build_norm
 
 
@@ -35,7 +37,8 @@ class Block(nn.Module):
         self.attn_norm_in, self.attn_norm_out = norm(has_in), norm(has_out)
         self.mlp_norm_in, self.mlp_norm_out = norm(has_in and p is not Placement.PARALLEL), norm(has_out)
         self.attn = Attention(config, layer_idx, device=device, dtype=dtype)
-        self.mlp = GatedMLP(config, device=device, dtype=dtype)
+        mlp = MoEMLP if layer_is_moe(config, layer_idx) else GatedMLP  # n_experts > 0: nn/moe.py
+        self.mlp = mlp(config, device=device, dtype=dtype)
         self.post, self.parallel = p is Placement.POST, p is Placement.PARALLEL
 
     def forward(self, x: torch.Tensor, rope: Tuple[torch.Tensor, torch.Tensor],

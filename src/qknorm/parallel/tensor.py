@@ -79,6 +79,9 @@ def check_tp_degree(config: ModelConfig, tp, *, world_size: Optional[int] = None
     if tp > 1 and config.sigma_reparam:
         raise ConfigError(f"sigma_reparam=True is not supported with tp={tp}: the power iteration needs whole "
                           "matrices; use tp=1")
+    if tp > 1 and config.n_experts:
+        raise ConfigError(f"n_experts={config.n_experts} is not supported with tp={tp}: the mixture-of-experts MLP "
+                          "(nn/moe.py) has no tensor-parallel plan; use tp=1")
     for field in TP_DIVISIBLE_FIELDS:
         value = getattr(config, field)
         if value % tp:
