@@ -1,6 +1,8 @@
 """compile=True: the same training as eager to 1e-5 (AdamW and Muon, losses, gradient norms and final weights),
 one graph and no graph break or recompile reported for a run, none at all for the next run of the same shape in
 the process (the compiled graph is reused), and the stats pass and validation left eager."""
+import os
+
 import pytest
 import torch
 
@@ -10,6 +12,14 @@ from qknorm.train.loop import train
 from qknorm.data.tokens import load_tokens
 
 torch.set_num_threads(1)  # 2-core CI runs two test workers
+
+# torch 2.13's inductor writes its C++ for the host CPU's vector ISA, whatever ATEN_CPU_CAPABILITY says: with ATen's
+# kernels overridden to emulate another CPU (avx2 or default on an AVX-512 host) the compiled step gave a NaN loss
+# (avx2) or C++ that does not compile (default, `at::vec` undeclared). On a CPU that really is AVX2-only both pick
+# the same ISA; so compile is tested on the host's own kernels only, and says why it skipped otherwise.
+pytestmark = pytest.mark.skipif(bool(os.environ.get("ATEN_CPU_CAPABILITY")),
+                                reason="ATEN_CPU_CAPABILITY emulates another CPU: torch inductor still generates "
+                                       "code for the host's ISA (NaN loss / C++ compile error in torch 2.13)")
 
 
 @pytest.mark.slow  # a cold torch.compile of the debug model: ~10 s of CPU, longer on a loaded machine
