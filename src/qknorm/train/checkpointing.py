@@ -22,7 +22,8 @@ from ..config import ModelConfig
 from ..errors import CheckpointError, UnsafeCheckpointError
 from ..io.checkpoints.full import load_checkpoint, save_checkpoint
 from ..io.checkpoints.layout import Checkpoint, CheckpointMismatch, list_checkpoints, move_aside
-from ..io.checkpoints.sharded import all_gather, broadcast, is_sharded, load_sharded, save_sharded
+from ..io.checkpoints.sharded import (broadcast, is_sharded, load_sharded, read_on_every_rank,
+                                      save_sharded)
 from ..io.files import dir_inside
 from .runtime import Runtime
 
@@ -53,16 +54,8 @@ def _try_load(rt: Runtime, path: Path, model: nn.Module, optimizer: torch.optim.
     """Verify (every rank agrees) then load one checkpoint of either format; CheckpointError if damaged."""
     if is_sharded(path):
         return load_sharded(path, rt, model, optimizer, model_config)
-    full, err = None, None
-    try:
-        full = load_checkpoint(path, model_config)  # reads and verifies size + sha256 of every file
-    except (CheckpointMismatch, UnsafeCheckpointError):  # the same on every rank: raised by each
-        raise
-    except CheckpointError as e:
-        err = str(e)
-    errors = [e for e in all_gather(rt, err) if e]
-    if errors:
-        raise CheckpointError(errors[0])
+    # reads and verifies size + sha256 of every file
+    full = read_on_every_rank(rt, lambda: load_checkpoint(path, model_config))
     rt.load_model_state_dict(model, full.model_state)
     rt.load_optimizer_state_dict(model, optimizer, full.optimizer_state)
     return full

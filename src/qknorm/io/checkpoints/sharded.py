@@ -33,7 +33,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -69,6 +69,23 @@ def broadcast(rt: Collective, obj: Any) -> Any:
 
 def all_gather(rt: Collective, obj: Any) -> List[Any]:
     return rt.all_gather_object(obj) if rt.world_size > 1 else [obj]
+
+
+def read_on_every_rank(rt: Collective, read: Callable[[], Any]) -> Any:
+    """`read()` on every rank; a CheckpointError on any rank is raised on all of them (the first one's message), so
+    no rank goes on to a collective the others skip. Mismatch and unsafe-file errors are the same on every rank
+    (each raises its own)."""
+    value, err = None, None
+    try:
+        value = read()
+    except (CheckpointMismatch, UnsafeCheckpointError):
+        raise
+    except CheckpointError as e:
+        err = str(e)
+    errors = [e for e in all_gather(rt, err) if e]
+    if errors:
+        raise CheckpointError(errors[0])
+    return value
 
 
 def _digest_files(rt: Collective, root: Path, rel_paths: List[str]) -> Dict[str, Dict[str, Any]]:
@@ -203,16 +220,7 @@ def load_sharded(path: str | Path, rt: Collective, model: nn.Module, optimizer: 
     """Load sharded checkpoint `path` into `model` / `optimizer` (collective). The returned `Checkpoint` has
     empty `model_state` / `optimizer_state`: they are already loaded."""
     path = Path(path)
-    meta, err = None, None
-    try:
-        meta = read_sharded_meta(path, model_config)
-    except (CheckpointMismatch, UnsafeCheckpointError):  # the same on every rank: raised by each
-        raise
-    except CheckpointError as e:
-        err = str(e)
-    errors = [e for e in all_gather(rt, err) if e]
-    if errors:
-        raise CheckpointError(errors[0])
+    meta = read_on_every_rank(rt, lambda: read_sharded_meta(path, model_config))
     problem = verify_sharded(rt, path, meta)
     if problem:
         raise CheckpointError(problem)
