@@ -64,6 +64,27 @@ def test_train_config_validation_names_field_and_range():
     assert TrainConfig(lr=1).lr == 1.0 and isinstance(TrainConfig(lr=1).lr, float)
 
 
+def test_train_config_choices_parse_like_model_config_choices():
+    """Old behaviour: TrainConfig had its own choice enum that did not lowercase, so TrainConfig(dtype="BF16")
+    raised while get_config(..., placement="PRE") worked. Both use qknorm.choice.Choice now."""
+    from qknorm.choice import Choice
+    from qknorm.train.config import DType, NSDType, OnNaN, OptimizerName, Parallel
+
+    assert all(issubclass(c, Choice) for c in (DType, NSDType, OnNaN, OptimizerName, Parallel))
+    cfg = TrainConfig(dtype="BF16", on_nan="Skip", optimizer="MUON", muon_ns_dtype="FP32", parallel="FSDP")
+    assert (cfg.dtype, cfg.on_nan, cfg.optimizer, cfg.muon_ns_dtype, cfg.parallel) == \
+        (DType.BF16, OnNaN.SKIP, OptimizerName.MUON, NSDType.FP32, Parallel.FSDP)
+    assert qknorm.get_config("qwen3", "debug", placement="PRE").placement.value == "pre"
+    # serialized lowercase, as before: run.json and checkpoints read the same
+    d = cfg.to_dict()
+    assert (d["dtype"], d["on_nan"], d["optimizer"], d["muon_ns_dtype"], d["parallel"]) == \
+        ("bf16", "skip", "muon", "fp32", "fsdp")
+    assert json.loads(json.dumps(d)) == d and TrainConfig.from_dict(d) == cfg
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(dtype="FP16")
+    assert str(e.value) == "dtype='FP16' is not allowed; choose one of: fp32, bf16"
+
+
 # ---------------------------------------------------------------------------------------------- schedule, groups
 
 

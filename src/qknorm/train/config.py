@@ -16,44 +16,31 @@ import enum
 import math
 from typing import Any, Dict, Optional
 
+from ..choice import Choice
 from ..errors import ConfigError
 
 __all__ = ["TrainConfig", "DType", "OnNaN", "OptimizerName", "NSDType", "Parallel", "FREE_ON_RESUME",
            "check_device_available"]
 
 
-class _Choice(str, enum.Enum):
-    """A str enum whose parse error names the field and the allowed values."""
-
-    @classmethod
-    def parse(cls, field: str, value: Any) -> "_Choice":
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(value)
-        except ValueError:
-            raise ConfigError(f"{field}={value!r} is not allowed; choose one of: "
-                              f"{', '.join(m.value for m in cls)}") from None
-
-
-class DType(_Choice):
+class DType(Choice):
     FP32 = "fp32"  # everything in float32
     BF16 = "bf16"  # bfloat16 autocast; weights and optimizer state stay float32
 
 
-class OnNaN(_Choice):
+class OnNaN(Choice):
     SKIP = "skip"  # skip the update of that step and go on
     STOP = "stop"  # stop the run; the last good checkpoint stays intact
 
 
-class OptimizerName(_Choice):
+class OptimizerName(Choice):
     """Which optimizer (train/optim.py; Muon and its AdamW groups: train/muon.py)."""
 
     ADAMW = "adamw"  # torch AdamW on every parameter
     MUON = "muon"  # torch Muon on the hidden matrices, AdamW on embeddings, head, norms, gains, biases
 
 
-class NSDType(_Choice):
+class NSDType(Choice):
     """The dtype of Muon's Newton-Schulz iteration (train/newton_schulz.py)."""
 
     AUTO = "auto"  # bf16 unless a short probe finds bf16 matmuls slow here (an AVX2-only CPU): then fp32
@@ -61,7 +48,7 @@ class NSDType(_Choice):
     FP32 = "fp32"
 
 
-class Parallel(_Choice):
+class Parallel(Choice):
     DDP = "ddp"  # DistributedDataParallel
     FSDP = "fsdp"  # FSDP2 (fully_shard per block)
 
