@@ -24,13 +24,13 @@ Numerics are explicit fields, never derived from a family name.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import warnings
 from typing import Any, Dict, FrozenSet, Optional, Tuple
 
 from .choice import Choice as _Choice
 from .errors import ConfigError
+from .plain import plain
 from .config_variants import (QKNormGain, QKNormLayers, QKNormScope, QKNormType, fused_layer, layer_has_qk_norm,
                               layer_has_rope, nope_layer_tuple, rotary_dim, validate_variants)
 from .config_moe import layer_tuple, mlp_params, validate_moe
@@ -325,17 +325,7 @@ class ModelConfig:
     # ------------------------------------------------------------------ (de)serialization and variants
     def to_dict(self) -> Dict[str, Any]:
         """Every setting with its resolved value, JSON-ready (enums as strings, RopeScaling as its dict)."""
-        out = {}
-        for name in field_names():
-            v = getattr(self, name)
-            if isinstance(v, enum.Enum):
-                v = v.value
-            elif isinstance(v, tuple):
-                v = list(v)
-            elif isinstance(v, RopeScaling):
-                v = v.to_dict()
-            out[name] = v
-        return out
+        return {name: plain(getattr(self, name)) for name in field_names()}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any], *, source: str = "config") -> "ModelConfig":

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import enum
 import math
 import os
 import sys
@@ -43,6 +42,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..config import ModelConfig
 from ..diagnostics import logit_verdict
 from ..errors import ConfigError
+from ..plain import plain
 from ..presets import PRESETS, SIZES, get_config
 from ..pretrained import open_model
 from ..progress import for_model
@@ -179,13 +179,8 @@ def _model(preset: str, size: str, model_over: Dict[str, Any], data: TokenData, 
     return config
 
 
-def _plain(model_over: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: (v.value if isinstance(v, enum.Enum) else list(v) if isinstance(v, tuple) else v)
-            for k, v in model_over.items()}
-
-
 def _origin(preset: str, size: str, model_over: Dict[str, Any]) -> Dict[str, Any]:
-    return {"preset": preset, "size": size, "overrides": _plain(model_over)}
+    return {"preset": preset, "size": size, "overrides": plain(model_over)}
 
 
 def build_configs(args) -> Tuple[ModelConfig, TrainConfig, bool]:
@@ -230,7 +225,7 @@ def _init_plan(args) -> _Plan:
         tokenizer = init_tokenizer(src, args.tokenizer, allow_changes=args.allow_changes)
     data = load_tokens(args.data, tokenizer=tokenizer)
     check_vocab(config, data, where)
-    origin = {"init_from": src.record(), "overrides": _plain(model_over)}
+    origin = {"init_from": src.record(), "overrides": plain(model_over)}
     return _Plan(config, cfg, data, origin, notes, init_state=src.model.state_dict())
 
 

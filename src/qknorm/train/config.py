@@ -12,12 +12,12 @@ unknown field.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import math
 from typing import Any, Dict, Optional
 
 from ..choice import Choice
 from ..errors import ConfigError
+from ..plain import plain
 
 __all__ = ["TrainConfig", "DType", "OnNaN", "OptimizerName", "NSDType", "Parallel", "FREE_ON_RESUME",
            "check_device_available"]
@@ -164,7 +164,7 @@ class TrainConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-able: enums as their string values."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any], *, source: str = "training config") -> "TrainConfig":
@@ -178,10 +178,6 @@ class TrainConfig:
 
 def field_names() -> tuple:
     return tuple(f.name for f in dataclasses.fields(TrainConfig))
-
-
-def _plain(v: Any) -> Any:
-    return v.value if isinstance(v, enum.Enum) else v
 
 
 def _check_device_name(dev: Any) -> None:

@@ -27,6 +27,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import ConfigError, DataError
 from ..model import TransformerLM
+from ..plain import plain
 from ..pretrained import Pretrained
 from ..data.tokens import TokenData
 from ..io.names import TOKENIZER_NAME
@@ -55,11 +56,11 @@ def init_config(source: ModelConfig, overrides: Dict[str, Any], *, allow_changes
             name = diff[0]
             what = (f"{name} {base[name]} -> {shapes[name]}" if name in base and name in shapes else
                     f"{'adds' if name in shapes else 'removes'} {name}")
-            raise ConfigError(f"{key}={_plain(value)!r} changes the shape of {where} ({what}); a run started from a "
-                              f"model keeps its shape (it has {key}={_plain(getattr(source, key))!r})")
+            raise ConfigError(f"{key}={plain(value)!r} changes the shape of {where} ({what}); a run started from a "
+                              f"model keeps its shape (it has {key}={plain(getattr(source, key))!r})")
         if key in FREE_FIELDS:
             continue
-        msg = (f"{key}={_plain(value)!r} changes what {where} computes (it has {key}={_plain(getattr(source, key))!r}),"
+        msg = (f"{key}={plain(value)!r} changes what {where} computes (it has {key}={plain(getattr(source, key))!r}),"
                " so the run would not start from its function")
         if not allow_changes:
             raise ConfigError(msg + "; allow_changes=True to train with the change")
@@ -106,7 +107,3 @@ def check_vocab(config: ModelConfig, data: TokenData, where: str) -> None:
     if data.vocab_size > config.vocab_size:
         raise DataError(f"the data's vocabulary ({data.vocab_size} tokens: {data.source}) does not fit {where} "
                         f"(vocab_size={config.vocab_size}); use data tokenized with the model's tokenizer")
-
-
-def _plain(v: Any) -> Any:
-    return getattr(v, "value", v)
