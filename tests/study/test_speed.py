@@ -49,7 +49,7 @@ def test_a_real_study_measures_the_machine_and_records_its_speed(tmp_path, capsy
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "GFLOP/s peak" in err and "estimate: ~" in err and "(estimated" in err
-    assert err.index("estimate: ~") < err.index("[  1/2]")  # printed before the first run finished
+    assert err.index("estimate: ~") < err.index("  baseline: ") < err.index("[  1/2]")  # before the first run
     s = json.loads((out / "summary.json").read_text())
     machine, est = s["config"]["machine"], s["config"]["estimate"]
     assert machine["peak_flops"] > 1e9 and "matmul" in machine["peak_probe"]
@@ -62,7 +62,8 @@ def test_a_real_study_measures_the_machine_and_records_its_speed(tmp_path, capsy
         assert math.isclose(r["mfu"], r["flops_per_s"] / machine["peak_flops"], abs_tol=1e-3)
         assert 0 < r["mfu"] < 1.5  # the probed peak bounds what a training step reaches (tolerance: timing noise)
     # the estimate extrapolates 11 calibration steps to 14: a run's CPU cost within 3x (a loaded, shared machine)
-    cost = {o: est["run_fixed_s"][o] + 14 * est["step_s"][o] for o in est["step_s"]}
+    cost = {a["optimizer"]: a["fixed_s"] + 14 * a["step_s"] for a in est["arms"]}
+    assert all(a["probed"] for a in est["arms"]) and est["compiles"] == []  # one variant: each arm measured
     for r in s["runs"]:
         assert cost[r["optimizer"]] / 3 < r["cpu_s"] < 3 * cost[r["optimizer"]], (r["optimizer"], r["cpu_s"], cost)
     page = (out / "report.html").read_text()

@@ -14,7 +14,8 @@ parallel, with a summary, a leaderboard with confidence intervals, a printed tab
   summary.py   StudySummary (summary.json)                    layout.py    the output directory, reusable runs
   table.py     the printed table                              plots.py     the PNG plots
   verdicts.py  the report's conclusions, from the CIs         report.py    report.html
-  console.py   output that survives a closed pipe
+  console.py   output that survives a closed pipe           speed.py     the probed peak, FLOP/s and MFU of a run
+  estimate.py  the wall-time estimate, per arm and compile, from calibration runs made here
   driver.py    run_study (resumes: finished runs with an identical stored spec are reused)
   scaling_plan.py    ScalingPlan: the study at each model size of a scaling profile; the time estimate
   scaling.py         rows per (variant, size), the slope of LR sensitivity vs log(params), the trend in words

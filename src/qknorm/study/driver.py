@@ -38,7 +38,8 @@ from .records import RunRecord, RunSpec
 from .report import write_report
 from .run import run_one
 from .scheduler import Scheduler
-from .speed import Estimate, MachinePeak, estimate_study, flops_per_s, probe_peak, usable_cpus
+from .estimate import Estimate, estimate_study
+from .speed import MachinePeak, flops_per_s, probe_peak, usable_cpus
 from .summary import StudySummary
 from .table import fmt, plural
 from .tensorboard import write_run_events
@@ -199,6 +200,8 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
         estimate = estimate_study(todo, plan.workers) if runner is run_one and todo else None
         log(f"this machine: {peak.flops_per_s / 1e9:.1f} GFLOP/s peak ({peak.how})"
             + (f"; {estimate.describe()}" if estimate is not None else ""))
+        for line in estimate.breakdown() if estimate is not None else ():
+            log(line)
 
         def on_done(rec: RunRecord) -> None:
             fps = flops_per_s(by_name[rec.name], rec)

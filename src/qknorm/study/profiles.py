@@ -26,7 +26,7 @@ sits at a grid edge.
 
 How long a profile takes depends on the machine (a CPU without fast bf16, another core count): no profile
 carries a minute count measured elsewhere. `qknorm study` measures this machine before its first run (a matmul
-probe and a few steps of the first run of each optimizer, study/speed.py) and prints its own estimate.
+probe and a few steps of every variant and optimizer, study/estimate.py) and prints its own estimate.
 
 The CPU grids are half-decade steps (Wortsman et al.'s spacing) chosen from measured runs so that every
 variant's best LR lies strictly inside the grid (bench/results/study_grid_2026-11-30.md): on the embedded

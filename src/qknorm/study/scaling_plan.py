@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from .plan import StudyPlan, make_plan
 from .profiles import PROFILES, ModelSize
 from .records import RunSpec
-from .speed import estimate_study
+from .estimate import estimate_study
 from .variants import model_config
 
 __all__ = ["ScalingPlan", "make_scaling_plan", "is_scaling", "params_nonembed", "estimate_scaling",
