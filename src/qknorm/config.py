@@ -135,12 +135,15 @@ class ModelConfig:
     norm_offset: float = 0.0  # Gemma stores RMSNorm weights as offsets: scale = norm_offset + w (1.0), zero init
     norm_cast: NormCast = NormCast.INPUT
     layernorm_bias: bool = True  # block LayerNorms (norm_type layernorm) carry a bias; Cohere's do not
+    layernorm_weight: bool = True  # ... and a gain; OLMo 1's carry neither (non-parametric, fp32, cast once)
 
     # --- attention
     attention_bias: bool = False  # bias on q/k/v projections (Qwen2 style)
     o_proj_bias: bool = False  # bias on the output projection too (HF Llama/Qwen3/OLMo 2/Gemma 3 attention_bias)
     query_pre_attn_scalar: Optional[float] = None  # scores scaled by this**-0.5; None = head_dim (Gemma 3: 256/168)
     attn_softcap: Optional[float] = None  # tanh(s/c)*c on scores before the mask (Gemma 2 style)
+    # c: q, k and v clamped to [-c, c] after their projections (and after a QK-norm before RoPE), OLMo 1 / OLMoE
+    clip_qkv: Optional[float] = None
     sliding_window: Optional[int] = None  # W: key kept if q-W < k <= q on sliding layers
     attention_chunk: Optional[int] = None  # C: on chunked_attention layers key kept if k <= q, q // C == k // C
     # with sliding_window: layer i is full attention iff (i+1) % global_every == 0 (Gemma 3: 6); 0 = no
@@ -226,7 +229,7 @@ class ModelConfig:
             raise ConfigError(f"head_dim={self.head_dim} must be even (RoPE rotates pairs of dimensions)")
         for name in ("norm_eps", "rope_theta", "init_std"):
             _require_positive(name, getattr(self, name))
-        for name in ("rope_local_theta", "query_pre_attn_scalar", "attn_softcap", "final_softcap"):
+        for name in ("rope_local_theta", "query_pre_attn_scalar", "attn_softcap", "final_softcap", "clip_qkv"):
             if getattr(self, name) is not None:
                 _require_positive(name, getattr(self, name))
         if self.norm_eps >= 1.0:
@@ -303,6 +306,8 @@ class ModelConfig:
         if self.sigma_reparam:  # one gamma per reparametrized linear (q, k, v, o, gate, up, down)
             attn, mlp_total = attn + 4, mlp_total + 3 * self.n_layers
         norm_size = d * (2 if self.norm_type is NormType.LAYERNORM and self.layernorm_bias else 1)
+        if self.norm_type is NormType.LAYERNORM and not self.layernorm_weight:
+            norm_size = 0  # OLMo 1's non-parametric LayerNorm
         n_block_norms = {Placement.SANDWICH: 4, Placement.PARALLEL: 1}.get(self.placement, 2)
         per_layer = attn + n_block_norms * norm_size
         qk_total = qk * sum(layer_has_qk_norm(self, i) for i in range(self.n_layers))

@@ -17,6 +17,9 @@ their choices and validation, so that config.py stays one concept a screen):
   nope_attn_scale    None | a > 0           Llama 4 temperature tuning on NoPE layers: q at position p is
   nope_floor_scale   F > 0                  multiplied by log1p(floor((p + 1) / F)) * a + 1
   attention_chunk    None | C               "chunked_attention" layers: key kept iff k <= q and q // C == k // C
+  clip_qkv           None | c > 0           q, k, v clamped to [-c, c] after the projections, after a QK-norm
+                                            that precedes RoPE (OLMoE's order), before RoPE (OLMo 1, OLMoE)
+  layernorm_weight   true | false           false: block LayerNorms without gain or bias (OLMo 1)
 
 Llama 4's "L2Norm" is x * rsqrt(mean(x^2) + eps): an RMSNorm without gain (qk_norm_type rms, qk_norm_gain none),
 not the unit-L2 norm with a learned temperature of qk_norm_type l2 (Henry et al. 2020).
@@ -31,7 +34,7 @@ from .errors import ConfigError
 ModelConfig = Any  # config.ModelConfig, which imports this module (the functions read its fields)
 
 __all__ = ["QKNormScope", "QKNormType", "QKNormGain", "QKNormLayers", "validate_variants", "layer_has_rope",
-           "layer_has_qk_norm", "fused_layer", "fused_kernel_serves", "unfused_reason", "rotary_dim"]
+           "layer_has_qk_norm", "fused_layer", "fused_kernel_serves", "unfused_reason", "rotary_dim", "clip_between"]
 
 
 class QKNormScope(Choice):
@@ -67,7 +70,7 @@ class QKNormLayers(Choice):
 
 def validate_variants(c: ModelConfig) -> None:
     """ConfigError naming the field for every variant setting that is out of range or contradicts another."""
-    for name in ("qk_norm_after_rope", "rope_interleaved", "layernorm_bias"):
+    for name in ("qk_norm_after_rope", "rope_interleaved", "layernorm_bias", "layernorm_weight"):
         if not isinstance(getattr(c, name), bool):
             raise ConfigError(f"{name}={getattr(c, name)!r} must be true or false")
     bad = [i for i in c.nope_layers if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < c.n_layers]
@@ -75,6 +78,12 @@ def validate_variants(c: ModelConfig) -> None:
         raise ConfigError(f"nope_layers entry {bad[0]!r} is not a layer index in 0..{c.n_layers - 1}")
     if list(c.nope_layers) != sorted(set(c.nope_layers)):
         raise ConfigError(f"nope_layers={list(c.nope_layers)!r} must be increasing, each layer once")
+    if not c.layernorm_weight and c.norm_type.value != "layernorm":
+        raise ConfigError(f"layernorm_weight=false applies to norm_type='layernorm' only, not "
+                          f"{c.norm_type.value!r}")
+    if not c.layernorm_weight and c.layernorm_bias:
+        raise ConfigError("layernorm_weight=false needs layernorm_bias=false (a non-parametric LayerNorm, OLMo 1's, "
+                          "has neither gain nor bias)")
     f = c.rope_fraction
     if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
         raise ConfigError(f"rope_fraction={f!r} must be a number in (0, 1]")
@@ -133,7 +142,8 @@ def unfused_reason(c: ModelConfig) -> str:
                       (c.rope_interleaved, "rope_interleaved=true"),
                       (c.rope_fraction != 1, f"rope_fraction={c.rope_fraction}"),
                       (bool(c.nope_layers), f"nope_layers={list(c.nope_layers)}"),
-                      (c.nope_attn_scale is not None, "nope_attn_scale")):
+                      (c.nope_attn_scale is not None, "nope_attn_scale"),
+                      (c.clip_qkv is not None and _norm_before_rope(c), "clip_qkv with a QK-norm before RoPE")):
         if cond:
             return why + " is computed in PyTorch"
     return ""
@@ -151,7 +161,19 @@ def fused_layer(c: ModelConfig, i: int) -> bool:
         return False
     if not layer_has_qk_norm(c, i):
         return True
+    if clip_between(c, i):
+        return False  # the clamp goes between the norm and RoPE (OLMoE)
     return c.qk_norm_type is QKNormType.RMS and c.qk_norm_gain is QKNormGain.SHARED and not c.qk_norm_after_rope
+
+
+def _norm_before_rope(c: ModelConfig) -> bool:
+    return c.qk_norm is not QKNormScope.NONE and not c.qk_norm_after_rope
+
+
+def clip_between(c: ModelConfig, i: int) -> bool:
+    """Whether layer i clamps q and k between its QK-norm and RoPE (clip_qkv with a norm before RoPE; OLMoE),
+    rather than straight after the projections."""
+    return c.clip_qkv is not None and layer_has_qk_norm(c, i) and not c.qk_norm_after_rope
 
 
 def nope_layer_tuple(value) -> Tuple[int, ...]:

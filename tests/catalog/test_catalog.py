@@ -18,7 +18,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 def test_every_bundled_config_reads_and_every_family_has_one():
     entries = catalog.entries()
-    assert len(entries) == len(list(catalog.CONFIG_DIR.glob("*.json"))) == 14
+    assert len(entries) == len(list(catalog.CONFIG_DIR.glob("*.json"))) == 15
     families = {e.model_type for e in entries}
     assert families == set(SUPPORTED_MODEL_TYPES) - {"gemma3"}  # gemma3 is the multimodal wrapper of gemma3_text
     for e in entries:

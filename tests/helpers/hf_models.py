@@ -97,12 +97,20 @@ VARIANTS = {
                     dict(num_hidden_layers=4, num_key_value_heads=2, head_dim=16, intermediate_size_mlp=80,
                          moe_layers=[], no_rope_layers=[1, 0, 1, 0], attention_chunk_size=8, floor_scale=4,
                          attn_scale=0.3)),
+    # OLMo 1: non-parametric LayerNorms; clip_qkv below the projections' spread, so the clamp acts on ~half of
+    # q, k and v (test_hf_clip_qkv.py asserts it)
+    "olmo": ("OlmoConfig", "OlmoForCausalLM",
+             dict(num_key_value_heads=2, clip_qkv=0.5, attention_bias=True, rope_theta=5e4)),
+    "olmo_tied": ("OlmoConfig", "OlmoForCausalLM", dict(num_key_value_heads=1, tie_word_embeddings=True)),
     # mixture-of-experts families (nn/moe.py): top-2 of 4 experts, more tokens than experts so each is used
     "olmoe": ("OlmoeConfig", "OlmoeForCausalLM",
               dict(num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, intermediate_size=40, rope_theta=5e5)),
     "olmoe_topk_norm_bias": ("OlmoeConfig", "OlmoeForCausalLM",
                              dict(num_experts=5, num_experts_per_tok=3, norm_topk_prob=True, attention_bias=True,
                                   tie_word_embeddings=True, rms_norm_eps=1e-6)),
+    "olmoe_clip": ("OlmoeConfig", "OlmoeForCausalLM",  # clamped after the QK-norm: |q| ~ the gains ~ 1
+                   dict(num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, intermediate_size=40,
+                        clip_qkv=0.8)),
     "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
                   dict(num_hidden_layers=4, num_key_value_heads=2, head_dim=24, num_experts=4, num_experts_per_tok=2,
                        moe_intermediate_size=40, norm_topk_prob=True, mlp_only_layers=[2], rope_theta=2e4)),

@@ -13,7 +13,7 @@ from qknorm.rope_scaling import RopeScaling
 
 transformers = pytest.importorskip("transformers")
 
-_CLASSES = {"llama": "LlamaConfig", "qwen3": "Qwen3Config", "olmo2": "Olmo2Config",
+_CLASSES = {"olmo": "OlmoConfig", "llama": "LlamaConfig", "qwen3": "Qwen3Config", "olmo2": "Olmo2Config",
             "gemma3_text": "Gemma3TextConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config",
             "olmo3": "Olmo3Config", "cohere": "CohereConfig", "stablelm": "StableLmConfig",
             "exaone4": "Exaone4Config", "hunyuan_v1_dense": "HunYuanDenseV1Config",

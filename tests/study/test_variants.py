@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from qknorm import study
-from qknorm.study.variants import FAMILY_VARIANTS, QK_CLIP_TAU, SOFTCAP, STABILIZER_VARIANTS, Z_LOSS
+from qknorm.study.variants import CLIP_QKV, FAMILY_VARIANTS, QK_CLIP_TAU, SOFTCAP, STABILIZER_VARIANTS, Z_LOSS
 
 # what each stabilizer changes against the baseline: (model fields, training fields)
 CHANGES = {
@@ -17,6 +17,7 @@ CHANGES = {
     "qk_clip": ({}, {"qk_clip": 50.0}),
     "z_loss": ({}, {"z_loss": 1e-4}),
     "sigma_reparam": ({"sigma_reparam": True}, {}),
+    "clip_qkv": ({"clip_qkv": 8.0}, {}),
 }
 
 
@@ -39,7 +40,7 @@ def test_each_stabilizer_is_the_baseline_with_one_thing_switched_on(variant):
 
 
 def test_the_chosen_settings_and_the_variant_lists():
-    assert (SOFTCAP, QK_CLIP_TAU, Z_LOSS) == (50.0, 50.0, 1e-4)
+    assert (SOFTCAP, QK_CLIP_TAU, Z_LOSS, CLIP_QKV) == (50.0, 50.0, 1e-4, 8.0)
     assert set(CHANGES) | {"baseline"} == set(STABILIZER_VARIANTS)
     assert set(study.VARIANTS) == set(STABILIZER_VARIANTS) | set(FAMILY_VARIANTS)
     assert study.PROFILES["default"].variants == FAMILY_VARIANTS == ("baseline", "qknorm", "olmo2", "gemma3",
@@ -57,7 +58,7 @@ def test_run_names_stay_unique_across_optimizers():
     assert study.arm_label("qknorm", "adamw") == "qknorm" and study.arm_label("qknorm", "muon") == "qknorm/muon"
     plan = study.make_plan("stabilizers")
     specs = study.run_specs(plan, 256)
-    assert len(specs) == len({s.name for s in specs}) == 12 * 2 * len(plan.lrs) * 2
+    assert len(specs) == len({s.name for s in specs}) == 13 * 2 * len(plan.lrs) * 2
 
 
 def test_train_settings_record_is_typed_and_validated():
@@ -70,3 +71,18 @@ def test_train_settings_record_is_typed_and_validated():
     assert study.VARIANTS["baseline"].train.to_json() == {}
     with pytest.raises(ConfigError, match="qk_clip=-1"):
         TrainSettings(qk_clip=-1.0).apply(TrainConfig())
+
+
+def test_clip_qkv_variant_trains_and_is_in_the_summary(tmp_path):
+    """A short real study of baseline and clip_qkv: both train, the clip_qkv arm is on the leaderboard, and the
+    model it trained clamps (its config says so and the summary file names the variant)."""
+    import json
+
+    plan = study.make_plan("smoke", variants=("baseline", "clip_qkv"), lrs=(1e-2,), steps=3, workers=1,
+                           device="cpu")
+    s = study.run_study(plan, tmp_path / "s", report=False, log=lambda _: None)
+    assert {r.variant: r.status.value for r in s.runs} == {"baseline": "ok", "clip_qkv": "ok"}
+    assert "clip_qkv" in {r.variant for r in s.analysis.leaderboard}
+    assert study.model_config("clip_qkv", plan.shape, 256).clip_qkv == CLIP_QKV
+    text = (tmp_path / "s" / "summary.json").read_text()
+    assert "clip_qkv" in json.loads(text)["config"]["variant_descriptions"]

@@ -54,7 +54,7 @@ class Row:
 
 
 COLUMNS = ("family", "model", "QK-norm", "gain", "scope", "vs RoPE", "layers with it", "eps", "weight (cast)",
-           "block", "attention", "RoPE", "softcaps / logit scale", "note")
+           "block", "attention", "RoPE", "softcaps / logit scale / clip", "note")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,15 +127,18 @@ def describe(e: Entry) -> Row:
     if c.rope_fraction != 1:
         rope.append(f"{_num(c.rope_fraction)} of each head")
     caps = [f"attn {_num(c.attn_softcap)}" if c.attn_softcap else "", f"final {_num(c.final_softcap)}"
-            if c.final_softcap else "", f"logits x{_num(c.logit_scale)}" if c.logit_scale != 1 else ""]
-    block = c.placement.value + ("" if c.norm_type.value == "rmsnorm" else
-                                 f", LayerNorm{'' if c.layernorm_bias else ' (no bias)'}")
+            if c.final_softcap else "", f"logits x{_num(c.logit_scale)}" if c.logit_scale != 1 else "",
+            f"q/k/v clamped to ±{_num(c.clip_qkv)}" if c.clip_qkv is not None else ""]
+    ln = " (no gain, no bias)" if not c.layernorm_weight else "" if c.layernorm_bias else " (no bias)"
+    block = c.placement.value + ("" if c.norm_type.value == "rmsnorm" else f", LayerNorm{ln}")
     n_moe = sum(layer_is_moe(c, i) for i in range(L))
     if n_moe:
         block += (f", MoE top-{c.experts_per_token} of {c.n_experts}{' renormalized' if c.norm_topk_prob else ''}"
                   + ("" if n_moe == L else f" on {n_moe}/{L}"))
     weight = ("1 + w" if c.norm_offset else "w") + (f" ({c.norm_cast.value})" if c.norm_type.value == "rmsnorm"
                                                      else " (fp32)")
+    if not c.layernorm_weight:
+        weight = "none (fp32)"
     dash = "—"
     return Row(
         family=e.model_type, model=e.source or e.name, qk_norm=kind if on else "none",

@@ -18,6 +18,7 @@ attn_logit_softcapping) is ignored with a warning, so the logits stay the same.
 Writing (`hf_config_from_ours`) infers the family from the numerics (never from a name; `Family.accepts`):
   parallel block, bias-free LayerNorm, interleaved RoPE          -> cohere
   LayerNorm blocks (pre or parallel), rotate-half RoPE           -> stablelm
+  pre + LayerNorms without gain or bias, no QK-norm               -> olmo (OLMo 1; clip_qkv: olmo, olmoe only)
   reordered + head QK-norm                                        -> exaone4
   pre + head QK-norm after RoPE                                   -> hunyuan_v1_dense
   pre + interleaved RoPE                                          -> llama4_text
@@ -234,6 +235,8 @@ def unrepresentable(config: ModelConfig, fam: Family) -> List[str]:
     if fam.read is None:  # the families with variant fields: the read-back check in hf_config_from_ours
         need(c.qk_norm_type.value == "rms", "qk_norm_type", f"{fam.model_type}'s QK-norm, if any, is an RMSNorm")
     need(not c.sigma_reparam, "sigma_reparam", "transformers has no sigmaReparam linears")
+    need(fam.clip_qkv or c.clip_qkv is None, "clip_qkv", f"{fam.model_type} has no q/k/v clamping (olmo and olmoe "
+         "do)")
     need(c.norm_cast.value == fam.norm_cast, "norm_cast", f"{fam.model_type} uses {fam.norm_cast!r}")
     need(c.norm_offset == fam.norm_offset, "norm_offset", f"{fam.model_type} uses {fam.norm_offset}")
     need(c.embed_scale == fam.embed_scale, "embed_scale", f"{fam.model_type} uses {fam.embed_scale}")

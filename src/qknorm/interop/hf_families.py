@@ -14,8 +14,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from ..config import ModelConfig
 from . import hf_variants as V
 
-SUPPORTED_MODEL_TYPES = ("olmo2", "olmo3", "gemma3_text", "gemma3", "qwen3", "qwen2", "llama", "mistral", "cohere",
-                         "stablelm", "exaone4", "hunyuan_v1_dense", "llama4_text", "olmoe", "qwen3_moe")
+SUPPORTED_MODEL_TYPES = ("olmo", "olmo2", "olmo3", "gemma3_text", "gemma3", "qwen3", "qwen2", "llama", "mistral",
+                         "cohere", "stablelm", "exaone4", "hunyuan_v1_dense", "llama4_text", "olmoe", "qwen3_moe")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +50,13 @@ class Family:
     # placement and qk_norm; a tuple allows several
     signature: Dict[str, Tuple[Any, ...]] = dataclasses.field(default_factory=dict)
     moe: bool = False  # mixture-of-experts MLPs (n_experts > 0); a dense family never takes a sparse config
+    clip_qkv: bool = False  # the family clamps q, k, v when its config's clip_qkv is set (OLMo 1, OLMoE)
 
     def accepts(self, config: ModelConfig) -> bool:
         """Whether `config` has this family's signature (placement, QK-norm scope and the fields listed)."""
         want = {"placement": (self.placement,), "qk_norm": (self.qk_norm,), "norm_type": ("rmsnorm",),
-                "rope_interleaved": (False,), "qk_norm_after_rope": (False,), **self.signature}
+                "rope_interleaved": (False,), "qk_norm_after_rope": (False,), "layernorm_weight": (True,),
+                **self.signature}
         if (config.n_experts > 0) != self.moe:
             return False
         return all(getattr(getattr(config, f), "value", getattr(config, f)) in ok for f, ok in want.items())
@@ -86,6 +88,13 @@ FAMILIES: Dict[str, Family] = {
              max_position_embeddings=131072, tie_word_embeddings=False, hidden_act="silu", initializer_range=0.02,
              rope_theta=10000.0, sliding_window=4096),
         sliding="all", bias="none"),
+    "olmo": Family(  # OLMo 1: Llama's block with non-parametric LayerNorms (eps 1e-5, fp32), no QK-norm, clip_qkv
+        "olmo", "OlmoForCausalLM", "pre", "none", "input", 0.0, False, "hidden_act",
+        dict(zip(_SHAPE, (50304, 4096, 11008, 32, 32)), num_key_value_heads=None, max_position_embeddings=2048,
+             tie_word_embeddings=False, attention_bias=False, hidden_act="silu", initializer_range=0.02,
+             rope_theta=1e4, clip_qkv=None),
+        eps_field="layer_norm_eps", prepare=V.prepare_olmo, read=V.read_olmo, write=V.write_olmo,
+        signature=dict(norm_type=("layernorm",), layernorm_weight=(False,)), clip_qkv=True),
     "olmo2": Family(
         "olmo2", "Olmo2ForCausalLM", "reordered", "full", "fp32", 0.0, False, "hidden_act",
         dict(zip(_SHAPE, (50304, 4096, 11008, 32, 32)), num_key_value_heads=None, head_dim=None, rms_norm_eps=1e-5,
@@ -149,7 +158,7 @@ FAMILIES: Dict[str, Family] = {
              max_position_embeddings=4096, tie_word_embeddings=False, attention_bias=False, hidden_act="silu",
              initializer_range=0.02, rope_theta=1e4, clip_qkv=None, num_experts=64, num_experts_per_tok=8,
              norm_topk_prob=False),
-        read=V.read_olmoe, write=V.write_olmoe, moe=True),
+        read=V.read_olmoe, write=V.write_olmoe, moe=True, clip_qkv=True),
     "qwen3_moe": Family(  # Qwen3 with mixture-of-experts MLPs (every decoder_sparse_step-th, not mlp_only_layers)
         "qwen3_moe", "Qwen3MoeForCausalLM", "pre", "head", "input", 0.0, False, "hidden_act",
         dict(zip(_SHAPE, (151936, 2048, 6144, 24, 32)), num_key_value_heads=4, head_dim=None, rms_norm_eps=1e-6,

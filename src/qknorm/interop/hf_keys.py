@@ -58,6 +58,7 @@ KEY_MAPS: Dict[str, Dict[str, str]] = {
     "qwen3": {**_COMMON, **_PRE_NORMS},
     "qwen2": {**_COMMON, **_PRE_NORMS},
     "mistral": {**_COMMON, **_PRE_NORMS},
+    "olmo": {**_COMMON, **_PRE_NORMS},  # its LayerNorms have no weights: no norm keys on either side
     "olmo2": {**_COMMON,  # norms on the sub-layer outputs, no input norm
               "layers.{i}.attn_norm_out.weight": "model.layers.{i}.post_attention_layernorm.weight",
               "layers.{i}.mlp_norm_out.weight": "model.layers.{i}.post_feedforward_layernorm.weight"},

@@ -13,6 +13,9 @@ Each family's hooks (rows in hf_families.py):
   exaone4           RoPE only on the sliding layers when sliding_window is set (the global layers are NoPE)
   hunyuan_v1_dense  QK-norm after RoPE; its "dynamic" RoPE with a fixed alpha is plain RoPE with
                     theta * alpha**(D/(D-2)) (what transformers computes for it)
+  olmo              OLMo 1: LayerNorms without gain or bias at transformers' fixed eps 1e-5 (no eps field in
+                    its config), no QK-norm; clip_qkv
+  olmoe             every layer sparse; clip_qkv (clamped after its full-width QK-norm)
   llama4_text       use_qk_norm -> weightless RMSNorm after RoPE on the RoPE layers; no_rope_layers (0 = NoPE);
                     attn_temperature_tuning on NoPE layers; chunked attention; interleaved RoPE; MoE layers refused
 """
@@ -127,6 +130,36 @@ def read_hunyuan(get: Get, out: Dict[str, Any], source: str) -> Dict[str, Any]:
     return dict(qk_norm_after_rope=True)
 
 
+# ---------------------------------------------------------------------------------------------- olmo (OLMo 1)
+OLMO_EPS = 1e-5  # transformers' OlmoLayerNorm hard-codes it; OlmoConfig has no eps field
+
+
+def prepare_olmo(cfg: Dict[str, Any], source: str) -> Dict[str, Any]:
+    """The fixed LayerNorm eps as the field the generic reader takes (whatever a config.json says there)."""
+    return {**cfg, "layer_norm_eps": OLMO_EPS}
+
+
+def _clip(get: Get, source: str) -> Dict[str, Any]:
+    value = get("clip_qkv")
+    if value is None:
+        return {}
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise _reject(source, "clip_qkv", value, "a positive number or null")
+    return dict(clip_qkv=float(value))
+
+
+def read_olmo(get: Get, out: Dict[str, Any], source: str) -> Dict[str, Any]:
+    if out["head_dim"] * out["n_heads"] != out["d_model"]:  # OlmoConfig has no head_dim field
+        raise _reject(source, "head_dim", out["head_dim"], "olmo's head_dim is hidden_size // num_attention_heads")
+    return dict(norm_type="layernorm", layernorm_weight=False, layernorm_bias=False, **_clip(get, source))
+
+
+def write_olmo(c: ModelConfig, out: Dict[str, Any]) -> List[str]:
+    del out["layer_norm_eps"]  # not a field of OlmoConfig (the read-back check holds norm_eps to OLMO_EPS)
+    out.update(clip_qkv=c.clip_qkv)
+    return []
+
+
 # ---------------------------------------------------------------------------------------------- llama4_text
 def read_llama4(get: Get, out: Dict[str, Any], source: str) -> Dict[str, Any]:
     n = out["n_layers"]
@@ -184,16 +217,14 @@ def _read_moe(get: Get, out: Dict[str, Any], source: str, expert_ff: str) -> Dic
 
 def read_olmoe(get: Get, out: Dict[str, Any], source: str) -> Dict[str, Any]:
     """Every layer sparse; intermediate_size is the experts' width; full-width QK-norm over hidden_size."""
-    if get("clip_qkv") is not None:
-        raise _reject(source, "clip_qkv", get("clip_qkv"), "q/k/v clamping is not implemented")
     if out["head_dim"] * out["n_heads"] != out["d_model"]:
         raise _reject(source, "head_dim", out["head_dim"], "olmoe's q/k norms span hidden_size = heads * head_dim")
-    return _read_moe(get, out, source, "intermediate_size")
+    return {**_read_moe(get, out, source, "intermediate_size"), **_clip(get, source)}
 
 
 def write_olmoe(c: ModelConfig, out: Dict[str, Any]) -> List[str]:
     out.update(num_experts=c.n_experts, num_experts_per_tok=c.experts_per_token, intermediate_size=c.moe_d_ff or
-               c.d_ff, norm_topk_prob=c.norm_topk_prob, clip_qkv=None)
+               c.d_ff, norm_topk_prob=c.norm_topk_prob, clip_qkv=c.clip_qkv)
     bad = []
     if c.head_dim * c.n_heads != c.d_model:
         bad.append(f"head_dim={c.head_dim} (olmoe's q/k norms need head_dim = hidden_size // num_attention_heads)")

@@ -206,7 +206,9 @@ def _attention(a: _Reader, block_norm: Tuple[str, float]) -> str:
            "mixers)", "attention")
     a.need("name", a.get("name", "default") == "default", "the default attention (separate q/k/v projections); "
            "fused and normalized attention are not supported", "default")
-    for name, why in (("gate", "no attention gating in qknorm"), ("clip_qkv", "no q/k/v clipping in qknorm")):
+    for name, why in (("gate", "no attention gating in qknorm"),
+                      ("clip_qkv", "not read from OLMo-core: it clamps before its QK-norm, qknorm's clip_qkv after "
+                       "it, as transformers' OLMoE does")):
         a.need(name, a.get(name) is None, why)
     for name, why in (("scalable_softmax", "no scalable softmax in qknorm"),
                       ("attention_sinks", "no attention sinks in qknorm"),

@@ -17,7 +17,9 @@ scale * max|q| * max|k| that holds for any attention kernel, the RMS of q and k 
 mean entropy of the attention distributions.
 With `track_head_max` (QK-clip), every training forward also folds its exact per-head max logit into
 `self.head_max` (head_max_logits: explicit scores, one extra q.k^T per layer).
-The projections are sigmaReparam linears when the config asks (nn/sigma_reparam.py).
+The projections are sigmaReparam linears when the config asks (nn/sigma_reparam.py). With `clip_qkv` c (OLMo 1,
+OLMoE) q, k and v are clamped to [-c, c] after the projections; where a QK-norm precedes RoPE, q and k are
+clamped after it (OLMoE's order: nn/qk_path.py), so such a layer is composed in PyTorch.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import CHUNKED, SLIDING, AttnImpl, ModelConfig, fused_layer, layer_has_rope
+from ..config_variants import clip_between
 from ..ops import qk_norm_rope
 from .kv_cache import LayerKV
 from .qk_norm import build_qk_norms, qk_logit_scale
@@ -59,7 +62,10 @@ class Attention(nn.Module):
         self.composed = None if fused_layer(c, layer_idx) else QKComposed(
             has_rope=layer_has_rope(c, layer_idx), after_rope=c.qk_norm_after_rope, interleaved=c.rope_interleaved,
             temperature=None if c.nope_attn_scale is None else (c.nope_attn_scale, c.nope_floor_scale),
-            backend=c.qk_backend)
+            backend=c.qk_backend, clip=c.clip_qkv if clip_between(c, layer_idx) else None)
+        # clip_qkv: v always clamped here; q and k here too unless the QK-norm comes first (then in `composed`)
+        self.clip_v = c.clip_qkv
+        self.clip_qk = None if clip_between(c, layer_idx) else c.clip_qkv
         self.record_stats = False
         self.stats: Dict[str, torch.Tensor] = {}
         # QK-clip (train/qk_clip.py): with track_head_max, training forwards keep the running per-head max logit
@@ -70,9 +76,7 @@ class Attention(nn.Module):
                 cache: Optional[LayerKV] = None) -> torch.Tensor:
         # x (B, T, d); cos/sin (T, D) for the new tokens' positions; cache: this layer's keys/values so far
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        q, k, v = self._project(x)  # (B, T, H, D), (B, T, Hkv, D), (B, Hkv, T, D)
         if self.composed is not None:  # start: the absolute position of the first new token
             q, k = self.composed(q, k, cos, sin, self.q_norm, self.k_norm, 0 if cache is None else cache.seen)
         else:
@@ -85,6 +89,18 @@ class Attention(nn.Module):
             self.stats = attention_stats(q, k, self.scale, self.window, self.softcap, chunk=self.chunk)
         o = self._attend_eager(q, k, v) if self.eager else self._attend_sdpa(q, k, v)  # (B, H, T, D)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def _project(self, x):
+        # x (B, T, d) -> q (B, T, H, D), k (B, T, Hkv, D), v (B, Hkv, T, D), clamped where clip_qkv asks
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.clip_qk is not None:
+            q, k = q.clamp(-self.clip_qk, self.clip_qk), k.clamp(-self.clip_qk, self.clip_qk)
+        if self.clip_v is not None:
+            v = v.clamp(-self.clip_v, self.clip_v)
+        return q, k, v.transpose(1, 2)
 
     def _qk_norm_rope(self, q, k, cos, sin, start: int = 0):
         # q (B, T, H, D), k (B, T, Hkv, D) -> (B, H, T, D), (B, Hkv, T, D); start: position of the first token
@@ -119,7 +135,7 @@ class Attention(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"qk_norm={self.scope.value}, window={self.window}, chunk={self.chunk}, scale={self.scale:.4g}, "
-                f"eager={self.eager}")
+                f"eager={self.eager}" + (f", clip_qkv={self.clip_v:g}" if self.clip_v is not None else ""))
 
 
 def causal_mask(T: int, window: Optional[int], device, *, n_past: int = 0,

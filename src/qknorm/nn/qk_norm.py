@@ -45,7 +45,8 @@ from torch import nn
 from ..config import ModelConfig, QKNormGain, QKNormScope, QKNormType, layer_has_qk_norm
 from .norm import RMSNorm
 
-__all__ = ["QKLayerNorm", "QKL2Norm", "QKWeightlessRMSNorm", "build_qk_norms", "qk_logit_scale", "l2_initial_temperature"]
+__all__ = ["QKLayerNorm", "QKL2Norm", "QKWeightlessRMSNorm", "QKFullRMSNorm", "build_qk_norms", "qk_logit_scale",
+           "l2_initial_temperature"]
 
 
 class QKLayerNorm(nn.Module):
@@ -77,6 +78,14 @@ class QKLayerNorm(nn.Module):
     def extra_repr(self) -> str:
         dim = "none" if self.weight is None else tuple(self.weight.shape)
         return f"gain={dim}, full={self.full}, eps={self.eps}, offset={self.offset}, bias=False"
+
+
+class QKFullRMSNorm(RMSNorm):
+    """RMSNorm of q or k (B, T, n, D) over a token's whole width n*D, gain (n*D,) (scope full, OLMo 2's), where a
+    layer runs it outside the fused op (nn/qk_path.py: OLMoE's clip_qkv after it, or a variant RoPE)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, n, D) -> (B, T, n, D) in x's dtype
+        return super().forward(x.flatten(-2)).view(x.shape)
 
 
 class QKWeightlessRMSNorm(nn.Module):
@@ -164,4 +173,5 @@ def build_qk_norms(config: ModelConfig, layer_idx: int = 0, *, device=None,
         return (QKLayerNorm(q_dim, full=full, eps=c.norm_eps, offset=c.norm_offset, **kw),
                 QKLayerNorm(k_dim, full=full, eps=c.norm_eps, offset=c.norm_offset, **kw))
     nkw = dict(eps=c.norm_eps, offset=c.norm_offset, cast=c.norm_cast, **kw)
-    return RMSNorm(q_dim, **nkw), RMSNorm(k_dim, **nkw)
+    norm = QKFullRMSNorm if full and c.qk_norm_gain is QKNormGain.SHARED else RMSNorm
+    return norm(q_dim, **nkw), norm(k_dim, **nkw)

@@ -2,7 +2,8 @@
 
 One layer's q (B, T, H, D) and k (B, T, Hkv, D) become q (B, H, T, D), k (B, Hkv, T, D), in this order:
 
-  1. QK-norm, when the layer has one and it comes before RoPE      (any type, gain and scope: nn/qk_norm.py)
+  1. QK-norm, when the layer has one and it comes before RoPE      (any type, gain and scope: nn/qk_norm.py),
+     then with clip_qkv c, q and k clamped to [-c, c]               (OLMoE's order)
   2. RoPE, when the layer has it, on the first rotary_dim dims of each head (the rest pass through):
        rotate-half (Llama): the op's own rotation (ops.qk_norm_rope without weights)
        interleaved (Cohere, Llama 4): pairs (x0, x1), (x2, x3).. rotate; computed as the same rotate-half on the
@@ -52,8 +53,9 @@ class QKComposed(nn.Module):
     """Steps 1-4 above for one layer; the norms belong to the attention layer (its state dict), passed in."""
 
     def __init__(self, *, has_rope: bool, after_rope: bool, interleaved: bool,
-                 temperature: Optional[Tuple[float, float]], backend: Optional[str]):
+                 temperature: Optional[Tuple[float, float]], backend: Optional[str], clip: Optional[float] = None):
         super().__init__()
+        self.clip = clip  # clip_qkv between a QK-norm before RoPE and RoPE (OLMoE)
         self.has_rope, self.after_rope, self.interleaved = has_rope, after_rope, interleaved
         self.temperature, self.backend = temperature, backend
 
@@ -61,6 +63,8 @@ class QKComposed(nn.Module):
         # q (B, T, H, D), k (B, T, Hkv, D); cos/sin (T, rotary_dim); start: absolute position of the first token
         if q_norm is not None and not self.after_rope:
             q, k = q_norm(q), k_norm(k)
+            if self.clip is not None:
+                q, k = q.clamp(-self.clip, self.clip), k.clamp(-self.clip, self.clip)
         if self.has_rope:
             q = rotate(q, cos, sin, interleaved=self.interleaved, backend=self.backend)
             k = rotate(k, cos, sin, interleaved=self.interleaved, backend=self.backend)
@@ -73,4 +77,4 @@ class QKComposed(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"rope={self.has_rope}, norm_after_rope={self.after_rope}, interleaved={self.interleaved}, "
-                f"temperature={self.temperature}")
+                f"temperature={self.temperature}" + (f", clip={self.clip:g}" if self.clip is not None else ""))

@@ -41,8 +41,9 @@ def plots_available() -> bool:
 PLOTS = ("loss_vs_lr.png", "max_logit_vs_lr.png", "max_logit_over_steps.png", "loss_curves.png")
 _COLORS = {"baseline": "#d62728", "qknorm": "#1f77b4", "olmo2": "#2ca02c", "gemma3": "#9467bd", "postln": "#ff7f0e",
            "qknorm_full": "#17becf", "qk_layernorm": "#8c564b", "qk_l2": "#e377c2", "softcap": "#bcbd22",
-           "qk_clip": "#7f7f7f", "z_loss": "#393b79", "sigma_reparam": "#000000"}
-_DASHED = ("qknorm_full", "qk_layernorm", "qk_l2", "softcap", "qk_clip", "z_loss", "sigma_reparam")
+           "qk_clip": "#7f7f7f", "z_loss": "#393b79", "sigma_reparam": "#000000",
+           "clip_qkv": "#aec7e8"}
+_DASHED = ("qknorm_full", "qk_layernorm", "qk_l2", "softcap", "qk_clip", "z_loss", "sigma_reparam", "clip_qkv")
 UNIT = "nats/token"
 _WORTSMAN_LOGIT = 1e4  # every run of Wortsman et al. 2023 with a max attention logit above this diverged
 _OPT_NAMES = {"adamw": "AdamW", "muon": "Muon"}

@@ -3,9 +3,9 @@
   quick    first look: baseline vs qknorm, 5 LRs 3e-4..3e-2, 200 steps
   default  all five variants, Wortsman et al.'s 7 LRs 3e-4..3e-1, 300 steps
   gpu      all five variants, the same 7 LRs, a bigger model, bf16, cosine, 1200 steps, 8 runs at once
-  stabilizers      all twelve variants x AdamW and Muon, 5 LRs 3e-4..3e-2, 2 seeds, 150 steps, the default
-                   profile's model: 240 runs; every arm's best LR was inside the grid (1e-3..1e-2;
-                   bench/results/stabilizers_study_cpu_2026-11-30.md)
+  stabilizers      all thirteen variants x AdamW and Muon, 5 LRs 3e-4..3e-2, 2 seeds, 150 steps, the default
+                   profile's model: 260 runs; every arm's best LR was inside the grid (1e-3..1e-2;
+                   bench/results/stabilizers_study_cpu_2026-11-30.md, run before clip_qkv joined: 12 variants)
   stabilizers_gpu  its twin for `--device cuda` (the gpu profile's model, bf16, 250 steps)
   smoke    the gpu profile's code path at a tiny size and 6 steps (tests, dry runs): not a measurement
   scaling      the same study at three model sizes (scaling_plan.py): baseline vs qknorm, Wortsman et al.'s 7 LRs
@@ -107,7 +107,7 @@ PROFILES: Dict[str, Profile] = {
         shape=_CPU_SHAPE, variants=tuple(VARIANTS), optimizers=("adamw", "muon"), lrs=_STAB_GRID, seeds=2, steps=150,
         warmup_frac=0.1, schedule="constant", batch_size=16, seq_len=64,
         description="every stabilizer and family variant x AdamW and Muon, 5 LRs 3e-4..3e-2, 2 seeds, 150 steps, "
-        "the default profile's model (240 runs)"),
+        "the default profile's model (260 runs)"),
     "stabilizers_gpu": Profile(
         shape=_GPU_SHAPE, variants=tuple(VARIANTS), optimizers=("adamw", "muon"), lrs=WORTSMAN_GRID[:6], seeds=2,
         steps=250, warmup_frac=0.05, schedule="cosine", batch_size=64, seq_len=256, dtype="bf16", stats_every=25,

@@ -12,6 +12,8 @@ settings), built at the study profile's ONE model shape:
   qk_clip        + QK-clip after each step at tau = 50 (Kimi K2's MuonClip clip; a training setting)
   z_loss         + z-loss 1e-4 on the output logits (PaLM; Wortsman et al. 2023; a training setting)
   sigma_reparam  + sigmaReparam on the attention and MLP linears (Zhai et al. 2023)
+  clip_qkv       + q, k and v clamped to [-8, 8] after their projections (OLMo 1.7's clip_qkv, the stabilizer
+                 QK-norm replaced in OLMo 2)
   olmo2          olmo2 preset: reordered norms (on the sub-layer outputs) + full-width QK-norm, fp32 weight multiply
   gemma3         gemma3 preset: sandwich norms with 1+w gains, per-head QK-norm, sqrt(d) embedding scale, GeGLU,
                  tied head. The sliding window is switched off and the query scale is head_dim**-0.5, so every
@@ -24,7 +26,10 @@ model whose logits otherwise grow past 1000; in this study's small models the be
 the logits of unstabilized runs reach 400-20,000 at LR 1e-2..3e-2 (bench/results/study_cpu_2026-11-30.md). At
 tau = 50 QK-clip acts on every run where the baseline's logits grow (LR >= 1e-2) and leaves the low-LR runs
 alone, as Kimi's tau does at its scale, and the two capping mechanisms (tanh of the scores vs rescaling the q/k
-weights) are compared at the same logit level. The z-loss coefficient 1e-4 is Wortsman et al.'s.
+weights) are compared at the same logit level. The z-loss coefficient 1e-4 is Wortsman et al.'s. clip_qkv is
+OLMo 1.7-7B's published 8.0 (config.json `clip_qkv`); it bounds each entry of q and k, so a logit by
+scale * D * c^2 = sqrt(D) * 64 (512 at the study's head_dim 64): a looser bound than the caps above, which
+it reaches only when single entries of q or k grow past 8.
 
 Optimizers cross every variant (plan.py). Which combinations the mechanisms refuse: qk_clip with sigma_reparam
 (the reparametrization undoes the clip's row scaling), and Muon or qk_clip on sharded (FSDP / tensor-parallel)
@@ -42,11 +47,12 @@ from ..presets import get_config
 from ..train.config import TrainConfig
 
 __all__ = ["Variant", "TrainSettings", "VARIANTS", "FAMILY_VARIANTS", "STABILIZER_VARIANTS", "model_config",
-           "SOFTCAP", "QK_CLIP_TAU", "Z_LOSS"]
+           "SOFTCAP", "QK_CLIP_TAU", "Z_LOSS", "CLIP_QKV"]
 
 SOFTCAP = 50.0  # Gemma 2's attention logit soft-cap
 QK_CLIP_TAU = 50.0  # the same logit level for QK-clip (module docstring)
 Z_LOSS = 1e-4  # Wortsman et al. 2023
+CLIP_QKV = 8.0  # OLMo 1.7-7B's clip_qkv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,13 +96,15 @@ VARIANTS: Dict[str, Variant] = {
                       TrainSettings(z_loss=Z_LOSS)),
     "sigma_reparam": Variant("llama", {"sigma_reparam": True},
                              "pre-norm + sigmaReparam on the attention and MLP linears (Zhai et al. 2023)"),
+    "clip_qkv": Variant("llama", {"clip_qkv": CLIP_QKV}, f"pre-norm + q, k, v clamped to [-{CLIP_QKV:g}, "
+                        f"{CLIP_QKV:g}] (OLMo 1.7's clip_qkv)"),
     "olmo2": Variant("olmo2", {}, "reordered norms + full-width QK-norm (OLMo 2 numerics)"),
     "gemma3": Variant("gemma3", _GEMMA3, "sandwich norms + per-head QK-norm (Gemma 3 numerics, no sliding window)"),
     "postln": Variant("postln", {}, "classic post-LN (LayerNorm), no QK-norm"),
 }
 FAMILY_VARIANTS = ("baseline", "qknorm", "olmo2", "gemma3", "postln")  # the QK-norm study (default profile)
 STABILIZER_VARIANTS = ("baseline", "qknorm", "qknorm_full", "qk_layernorm", "qk_l2", "softcap", "qk_clip",
-                       "z_loss", "sigma_reparam")
+                       "z_loss", "sigma_reparam", "clip_qkv")
 
 
 def model_config(variant: str, shape: Mapping[str, Any], vocab_size: int) -> ModelConfig:
