@@ -51,8 +51,8 @@ def fine_tunes(lines):
     data = load_tokens()
     mc = qknorm.get_config("llama", "debug").replace(**TINY)
     base = train(mc, _cfg(steps=200, lr=1e-2), data)
-    plateau = sum(base.history[i]["loss"] for i in range(180, 200)) / 20
-    lines.append(f"plateau model: loss {base.history[0]['loss']:.3f} at step 0, mean {plateau:.3f} over steps "
+    plateau = sum(base.history[i].loss for i in range(180, 200)) / 20
+    lines.append(f"plateau model: loss {base.history[0].loss:.3f} at step 0, mean {plateau:.3f} over steps "
                  "180-199\n")
     state = base.model.state_dict()
     lines.append("| run | steps | LR | seeds | old rule diverged | new rule diverged | new verdicts | largest rise "
@@ -64,8 +64,8 @@ def fine_tunes(lines):
         ratio = []
         for seed in seeds:
             r = train(mc, _cfg(steps=steps, lr=lr, warmup_steps=1, seed=seed), data, init_state=state)
-            losses = [h["loss"] for h in r.history]
-            v = judge_divergence(losses, vocab_size=mc.vocab_size, grad_norms=[h["grad_norm"] for h in r.history])
+            losses = [h.loss for h in r.history]
+            v = judge_divergence(losses, vocab_size=mc.vocab_size, grad_norms=[h.grad_norm for h in r.history])
             assert v == r.verdict
             old += old_rule(losses, steps)
             new += v.diverged

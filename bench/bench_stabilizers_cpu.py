@@ -39,7 +39,7 @@ SHAPES = {  # name: (model overrides, batch, seq_len)
 
 def step_time(model_cfg, cfg, data, skip):
     r = train(model_cfg, cfg, data)
-    t = [h["time_s"] for h in r.history]
+    t = [h.time_s for h in r.history]
     return statistics.median(b - a for a, b in zip(t[skip:], t[skip + 1:]))
 
 

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 import qknorm
 from qknorm import diagnostics as D
-from qknorm.metrics import judge_divergence
 from qknorm.nn.attention import causal_mask
 
 
@@ -111,28 +110,6 @@ def test_stats_pass_sliding_layers_and_rows():
     assert [r["max_attn_logit"] for r in rows] == stats["attn_logit_per_layer"]
 
 
-def test_summarize_divergence_spikes_and_max():
-    calm = [{"step": i, "loss": 3.0 - 0.001 * i, "grad_norm": 1.0 + 0.01 * (i % 3)} for i in range(150)]
-    calm[120]["grad_norm"] = 50.0  # one spike after a calm history
-    calm[10]["max_attn_logit"], calm[20]["max_attn_logit"] = 4.0, 9.0
-    s = D.summarize(calm, steps=150, vocab_size=256)
-    assert not s["diverged"] and s["max_attn_logit"] == 9.0
-    assert s["divergence"] == judge_divergence([r["loss"] for r in calm], vocab_size=256,
-                                               grad_norms=[r["grad_norm"] for r in calm])
-    assert s["final_loss"] == pytest.approx(sum(r["loss"] for r in calm[-7:]) / 7)  # last 150 // 20 = 7
-    assert s["grad_spike_score_w100"] == pytest.approx(100 / 140)  # 1 of 140 scored values (from the 10th)
-    assert s["loss_spike_score_w100"] == 0.0 and s["spike_window"] == 1000
-    assert not math.isnan(s["grad_spike_score"])  # window 1000 scores from the 100th value on
-    nan = [dict(r) for r in calm]
-    nan[50]["loss"] = math.nan
-    assert D.summarize(nan)["diverged"] and D.summarize(nan)["divergence"].nonfinite_step == 50
-    above = [{"step": i, "loss": 2.0 if i < 5 else 6.0, "grad_norm": 1.0} for i in range(10)]
-    assert D.summarize(above, vocab_size=256)["divergence"].reason.value == "above_uniform"
-    assert D.summarize(above)["divergence"].reason.value == "rose"
-    assert math.isnan(D.summarize([])["max_attn_logit"]) and not D.summarize([])["diverged"]
-    assert D.max_over_history([{"max_attn_logit": 3.0}, {"max_attn_logit": math.nan}]) == math.inf
-
-
 def test_logit_verdict_thresholds():
     assert D.logit_verdict(12.3).endswith("12.3: bounded")
     assert "elevated" in D.logit_verdict(70)
@@ -142,12 +119,10 @@ def test_logit_verdict_thresholds():
     assert "non-finite" in D.logit_verdict(math.inf)
 
 
-def test_nonfinite_json_roundtrip():
+def test_nonfinite_to_none_for_strict_json():
     rec = {"loss": math.nan, "q_rms": [1.0, math.inf], "step": 3, "skipped": True}
     out = D.nonfinite_to_none(rec)
     assert out == {"loss": None, "q_rms": [1.0, None], "step": 3, "skipped": True}
-    back = D.none_to_nan(out)
-    assert math.isnan(back["loss"]) and math.isnan(back["q_rms"][1]) and back["step"] == 3
 
 
 def test_z_loss_term_matches_definition():

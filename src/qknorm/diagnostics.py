@@ -1,4 +1,5 @@
-"""Stability diagnostics: what the attention logits, q/k norms, output logits and loss curve say about a run.
+"""Stability diagnostics: what the attention logits, q/k norms and output logits say about a model (what a
+training run's loss curve says: train/run_summary.py).
 
 * `stats_pass(model, ids)` — one forward pass under `no_grad` with every attention layer recording
   (nn/attention.py `attention_stats`): per layer the exact max attention logit over allowed (query, key)
@@ -7,8 +8,7 @@
   of the output logits and their mean log Z = logsumexp over the vocabulary (the quantity z-loss pulls toward
   0). All numbers come back with one device sync. The training loop
   runs it every `stats_every` steps on at most 4 sequences of the batch.
-* `summarize(history, vocab_size=V)` — the OLMo 2 spike score (arXiv 2501.00656) of the loss and gradient-norm
-  series, with the window stated, and the divergence verdict (`metrics.judge_divergence`).
+* `nonfinite_to_none(obj)` — a copy with NaN/inf as None, for strict JSON (`qknorm inspect --json`).
 * `logit_verdict(max_logit)` — a one-line reading of a max attention logit, for `qknorm inspect`.
 
 Thresholds of the verdict: Wortsman et al. 2023 (arXiv 2309.14322) found that every run whose max attention
@@ -23,15 +23,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from .metrics import judge_divergence, spike_score
-
-__all__ = ["stats_pass", "nonfinite_to_none", "summarize", "logit_verdict", "BOUNDED", "GROWTH", "SEVERE",
-           "SPIKE_WINDOW", "SPIKE_WINDOW_SHORT", "SPIKE_STD"]
+__all__ = ["stats_pass", "nonfinite_to_none", "logit_verdict", "layer_rows", "BOUNDED", "GROWTH", "SEVERE"]
 
 BOUNDED = 50.0  # at or below: bounded
 GROWTH = 100.0  # above: attention-logit growth
 SEVERE = 1e4  # above: Wortsman et al. saw every such run diverge
-SPIKE_WINDOW, SPIKE_WINDOW_SHORT, SPIKE_STD = 1000, 100, 7.0  # OLMo 2's window and threshold; a short-run window
 
 
 @torch.no_grad()
@@ -93,11 +89,6 @@ def _max(values: Sequence[float]) -> float:
     return max((math.inf if v != v else v for v in values), default=math.nan)
 
 
-def max_over_history(history: Sequence[Dict[str, Any]], key: str = "max_attn_logit") -> float:
-    """Max of `key` over the records that have it (NaN counts as +inf); NaN when no record has it."""
-    return _max([r[key] for r in history if r.get(key) is not None])
-
-
 def nonfinite_to_none(obj: Any) -> Any:
     """A copy of a metrics record with NaN/±Inf floats replaced by None (strict JSON has no NaN)."""
     if isinstance(obj, float):
@@ -107,56 +98,6 @@ def nonfinite_to_none(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [nonfinite_to_none(v) for v in obj]
     return obj
-
-
-def none_to_nan(obj: Any) -> Any:
-    """Inverse of `nonfinite_to_none` for records read back from metrics.jsonl (None -> NaN)."""
-    if obj is None:
-        return math.nan
-    if isinstance(obj, dict):
-        return {k: none_to_nan(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [none_to_nan(v) for v in obj]
-    return obj
-
-
-def final_loss(history: Sequence[Dict[str, Any]], steps: int) -> float:
-    """Mean train loss of the last max(1, steps // 20) recorded steps (NaN/inf propagate); NaN if none."""
-    losses = [r["loss"] for r in history]
-    if not losses:
-        return math.nan
-    tail = losses[-max(1, steps // 20):]
-    return float(sum(tail) / len(tail))
-
-
-def summarize(history: Sequence[Dict[str, Any]], *, steps: Optional[int] = None,
-              vocab_size: Optional[int] = None) -> Dict[str, Any]:
-    """Run-level diagnostics from per-step records: final loss, divergence, spike scores, max logits.
-
-    `divergence` is `metrics.judge_divergence` of the losses and gradient norms (`vocab_size`: the model's, for
-    the uniform-prediction ceiling); `diverged` its bool.
-
-    Spike scores (percent of values >= 7 std from the rolling mean of the previous values; NaN when the run is
-    too short to score): `*_spike_score` uses OLMo 2's window of 1000 (scored from the 100th value on),
-    `*_spike_score_w100` a window of 100 (scored from the 10th), better suited to runs of a few hundred steps.
-    """
-    steps = steps if steps is not None else len(history)
-    losses = [r["loss"] for r in history]
-    grads = [r["grad_norm"] for r in history]
-    verdict = judge_divergence(losses, vocab_size=vocab_size, grad_norms=grads)
-    out = {
-        "final_loss": final_loss(history, steps),
-        "diverged": verdict.diverged,
-        "divergence": verdict,
-        "max_attn_logit": max_over_history(history),
-        "max_output_logit": max_over_history(history, "logit_max"),
-        "spike_window": SPIKE_WINDOW,
-        "spike_std": SPIKE_STD,
-    }
-    for name, series in (("loss", losses), ("grad", grads)):
-        out[f"{name}_spike_score"] = spike_score(series, SPIKE_WINDOW, SPIKE_STD)
-        out[f"{name}_spike_score_w100"] = spike_score(series, SPIKE_WINDOW_SHORT, SPIKE_STD)
-    return out
 
 
 def logit_verdict(max_logit: float, *, qk_norm: bool = False) -> str:

@@ -57,7 +57,7 @@ def test_resume_without_data_or_preset_continues_on_the_recorded_run(tmp_path, c
 
     real = train_cli.train
     with monkeypatch.context() as m:
-        m.setattr(train_cli, "train", lambda *a, **k: real(*a, **k, callback=lambda rec: rec["step"] == 2))
+        m.setattr(train_cli, "train", lambda *a, **k: real(*a, **k, callback=lambda rec: rec.step == 2))
         assert _run([*fresh, "--out", str(cut)], capsys)[0] == 0
     assert not (cut / "model.safetensors").exists() and (cut / "checkpoints" / "step_0000003").is_dir()
     record = json.loads((cut / "run.json").read_text())

@@ -12,6 +12,8 @@ import pytest
 
 from qknorm import study
 from qknorm.study import run as run_mod
+from qknorm.train.run_summary import summarize
+from qknorm.train.step_record import StepRecord
 from qknorm.train.stop import StopKind, StopReason
 
 from helpers.load import scaled
@@ -24,11 +26,12 @@ def _spec():
 
 def _result(*, diverged, loss, stop_reason=None):
     """What train() returns, for the fields run_one reads."""
+    history = [StepRecord(step=0, loss=5.5, lr=1e-3, grad_norm=1.0, tokens=64, time_s=0.5),
+               StepRecord(step=1, loss=loss, lr=1e-3, grad_norm=1.0, tokens=128, time_s=1.0)]
     return types.SimpleNamespace(
-        summary={}, diverged=diverged, stop_reason=stop_reason, steps_done=2, init_loss=5.5, final_loss=loss,
-        val_loss=loss, max_attn_logit=3.0, tokens_per_s=1.0, muon_ns=None, verdict=None, compile_report=None,
-        history=[{"step": 0, "loss": 5.5, "lr": 1e-3, "grad_norm": 1.0}, {"step": 1, "loss": loss, "lr": 1e-3,
-                                                                           "grad_norm": 1.0}])
+        summary=summarize(history), diverged=diverged, stop_reason=stop_reason, steps_done=2, init_loss=5.5,
+        final_loss=loss, val_loss=loss, max_attn_logit=3.0, tokens_per_s=1.0, muon_ns=None, verdict=None,
+        compile_report=None, history=history)
 
 
 def test_a_run_that_raises_is_failed_not_diverged(monkeypatch):

@@ -59,7 +59,7 @@ def _recording(base):
 def _run(rt, data, cfg):
     r = train(MODEL, TrainConfig(**cfg), data, runtime=rt)
     full = rt.model_state_dict(rt.wrapped)  # full state (gathered on rank 0 under FSDP; {} on other ranks)
-    return {"loss": [h["loss"] for h in r.history], "grad_norm": [h["grad_norm"] for h in r.history],
+    return {"loss": [h.loss for h in r.history], "grad_norm": [h.grad_norm for h in r.history],
             "val_loss": r.val_loss, "seen": rt.seen, "digests": parameter_digests(rt.wrapped),
             "state": {k: v.clone() for k, v in full.items()}, "world": rt.world_size}
 

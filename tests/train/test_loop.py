@@ -139,8 +139,8 @@ def test_grad_accumulation_matches_one_big_batch(data):
     a = train(MODEL, _cfg(steps=3, grad_accum=1, stats_every=0), data)
     b = train(MODEL, _cfg(steps=3, grad_accum=4, stats_every=0), data)
     for (ra, rb) in zip(a.history, b.history):
-        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
-        assert ra["grad_norm"] == pytest.approx(rb["grad_norm"], rel=1e-4)
+        assert ra.loss == pytest.approx(rb.loss, rel=1e-5)
+        assert ra.grad_norm == pytest.approx(rb.grad_norm, rel=1e-4)
     for (n, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5, msg=n)
 
@@ -148,23 +148,22 @@ def test_grad_accumulation_matches_one_big_batch(data):
 def test_history_records_and_result_fields(data):
     r = train(MODEL, _cfg(), data)
     assert r.steps_done == 12 and len(r.history) == 12 and r.stop_reason is None
-    assert [h["step"] for h in r.history] == list(range(12))
+    assert [h.step for h in r.history] == list(range(12))
     h0 = r.history[0]
-    assert set(h0) >= {"step", "loss", "lr", "grad_norm", "tokens", "time_s", "max_attn_logit",
-                       "attn_logit_per_layer", "q_rms", "k_rms", "logit_max", "logit_std"}
-    assert len(h0["attn_logit_per_layer"]) == MODEL.n_layers == len(h0["q_rms"])
-    stats_steps = [h["step"] for h in r.history if "max_attn_logit" in h]
+    assert h0.time_s > 0 and h0.has_stats and h0.logit_max is not None and h0.logit_std is not None
+    assert len(h0.attn_logit_per_layer) == MODEL.n_layers == len(h0.q_rms) == len(h0.k_rms)
+    stats_steps = [h.step for h in r.history if h.has_stats]
     assert stats_steps == [0, 4, 8, 11]  # every stats_every, and the last
-    assert [h["step"] for h in r.history if "val_loss" in h] == [11]  # eval_every=0: at the end
-    assert r.init_loss == h0["loss"] and abs(r.init_loss - math.log(256)) < 0.1
-    assert r.final_loss == pytest.approx(r.history[-1]["loss"])  # last max(1, 12 // 20) = 1 step
-    assert r.val_loss == r.history[-1]["val_loss"]
-    assert r.max_attn_logit == max(h["max_attn_logit"] for h in r.history if "max_attn_logit" in h)
-    assert not r.diverged and r.history[-1]["tokens"] == 12 * 8 * 32 and r.tokens_per_s > 0
-    assert r.history[0]["lr"] == pytest.approx(1e-3)
-    assert r.summary["spike_window"] == 1000 and "grad_spike_score_w100" in r.summary
+    assert [h.step for h in r.history if h.val_loss is not None] == [11]  # eval_every=0: at the end
+    assert r.init_loss == h0.loss and abs(r.init_loss - math.log(256)) < 0.1
+    assert r.final_loss == pytest.approx(r.history[-1].loss)  # last max(1, 12 // 20) = 1 step
+    assert r.val_loss == r.history[-1].val_loss
+    assert r.max_attn_logit == max(h.max_attn_logit for h in r.history if h.has_stats)
+    assert not r.diverged and r.history[-1].tokens == 12 * 8 * 32 and r.tokens_per_s > 0
+    assert r.history[0].lr == pytest.approx(1e-3)
+    assert r.summary.spike_window == 1000 and math.isnan(r.summary.grad_spike_score)  # window 1000: from the 100th
     # QK-norm with unit gains keeps q RMS at ~1 at init (RoPE is a rotation)
-    assert h0["q_rms"][0] == pytest.approx(1.0, abs=1e-3)
+    assert h0.q_rms[0] == pytest.approx(1.0, abs=1e-3)
 
 
 def test_vocab_too_small_for_data_is_a_config_error(data):
@@ -195,7 +194,7 @@ def _lines(path: Path):
 
 def _crash_at(step):
     def callback(record):
-        if record["step"] == step:
+        if record.step == step:
             raise RuntimeError("simulated crash")
 
     return callback
@@ -274,8 +273,8 @@ def test_nan_skip_skips_the_step_and_keeps_going(monkeypatch, data):
     _nan_at(monkeypatch, 3)
     r = train(MODEL, _cfg(steps=6, on_nan="skip", stats_every=0), data)
     assert r.steps_done == 6 and r.stop_reason is None
-    assert r.history[3].get("skipped") and math.isnan(r.history[3]["loss"])
-    assert all(not h.get("skipped") for i, h in enumerate(r.history) if i != 3)
+    assert r.history[3].skipped and math.isnan(r.history[3].loss)
+    assert all(not h.skipped for i, h in enumerate(r.history) if i != 3)
     assert all(torch.isfinite(p).all() for p in r.model.parameters())
     assert math.isfinite(r.final_loss) and r.diverged  # a NaN anywhere counts as divergence
 
@@ -342,6 +341,6 @@ def test_golden_loss_debug_preset_30_steps(data):
 
 def test_bf16_autocast_on_cpu_and_periodic_eval(data):
     r = train(MODEL, _cfg(steps=4, dtype="bf16", eval_every=2, stats_every=2, z_loss=1e-4), data)
-    assert [h["step"] for h in r.history if "val_loss" in h] == [1, 3]
-    assert all(math.isfinite(h["loss"]) for h in r.history) and r.history[-1]["loss"] < r.init_loss
+    assert [h.step for h in r.history if h.val_loss is not None] == [1, 3]
+    assert all(math.isfinite(h.loss) for h in r.history) and r.history[-1].loss < r.init_loss
     assert next(r.model.parameters()).dtype == torch.float32  # weights and optimizer stay fp32

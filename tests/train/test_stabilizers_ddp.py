@@ -50,7 +50,7 @@ def _run(rt, data, case):
 
     rt.all_reduce_max = recording  # this instance only
     r = train(model_cfg, TrainConfig(**CFG, **extra), data, runtime=rt)
-    return {"loss": [h["loss"] for h in r.history], "clipped": [h.get("qk_clip_heads") for h in r.history],
+    return {"loss": [h.loss for h in r.history], "clipped": [h.qk_clip_heads for h in r.history],
             "maxima": torch.stack(maxima) if maxima else None,
             "state": {k: v.clone() for k, v in r.model.state_dict().items()},
             "digests": parameter_digests(r.model)}

@@ -36,5 +36,5 @@ def test_muon_with_qk_clip_trains_on_cuda():
                                                                 eval_batches=1, progress=False, device="cuda"),
               load_tokens(max_bytes=200_000))
     assert not r.diverged and r.final_loss < r.init_loss - 1.0
-    logits = [h["max_attn_logit"] for h in r.history if "max_attn_logit" in h]
+    logits = [h.max_attn_logit for h in r.history if h.has_stats]
     assert max(logits) <= 2.5 * 20, logits

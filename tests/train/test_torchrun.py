@@ -59,7 +59,7 @@ def test_torchrun_ddp_and_fsdp_then_resume_in_one_process(tmp_path, capsys):
                     TrainConfig(steps=MORE, batch_size=4, seq_len=16, seed=1, lr=3e-3, warmup_steps=0, final_lr=3e-3,
                                 stats_every=0, eval_batches=1, progress=False), load_tokens())
         runs = [j.result() for j in jobs]
-    ref_loss = [h["loss"] for h in ref.history]
+    ref_loss = [h.loss for h in ref.history]
 
     for (out, dig, proc), parallel in zip(runs, ("ddp", "fsdp")):
         assert "Traceback" not in proc.stderr

@@ -25,13 +25,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
 from ..config import ModelConfig
 from ..metrics import DivergenceVerdict
 from ..train.config import TrainConfig
+from ..train.step_record import StepRecord
 from ..train.stop import StopKind
 from ..version import __version__
 
@@ -164,23 +165,22 @@ class RunHistory:
     val_loss: List[Optional[float]] = dataclasses.field(default_factory=list)
 
     @classmethod
-    def from_steps(cls, history: List[Dict[str, Any]]) -> "RunHistory":
+    def from_steps(cls, history: Sequence[StepRecord]) -> "RunHistory":
         """From the training loop's per-step records."""
-        def col(key, rows):
-            return [finite_or_none(r.get(key)) for r in rows]
+        def per_layer(values):
+            return [finite_or_none(v) for v in values or ()]
 
-        def per_layer(key, rows):
-            return [[finite_or_none(v) for v in r.get(key, [])] for r in rows]
-
-        stats = [r for r in history if "max_attn_logit" in r]
-        vals = [r for r in history if "val_loss" in r]
-        return cls(step=[r["step"] for r in history], loss=col("loss", history), lr=col("lr", history),
-                   grad_norm=col("grad_norm", history), stats_step=[r["step"] for r in stats],
-                   max_attn_logit=col("max_attn_logit", stats),
-                   attn_logit_per_layer=per_layer("attn_logit_per_layer", stats),
-                   q_rms=per_layer("q_rms", stats), k_rms=per_layer("k_rms", stats),
-                   attn_entropy=per_layer("attn_entropy_per_layer", stats), log_z=col("log_z", stats),
-                   val_step=[r["step"] for r in vals], val_loss=col("val_loss", vals))
+        stats = [r for r in history if r.has_stats]
+        vals = [r for r in history if r.val_loss is not None]
+        return cls(step=[r.step for r in history], loss=[finite_or_none(r.loss) for r in history],
+                   lr=[finite_or_none(r.lr) for r in history],
+                   grad_norm=[finite_or_none(r.grad_norm) for r in history], stats_step=[r.step for r in stats],
+                   max_attn_logit=[finite_or_none(r.max_attn_logit) for r in stats],
+                   attn_logit_per_layer=[per_layer(r.attn_logit_per_layer) for r in stats],
+                   q_rms=[per_layer(r.q_rms) for r in stats], k_rms=[per_layer(r.k_rms) for r in stats],
+                   attn_entropy=[per_layer(r.attn_entropy_per_layer) for r in stats],
+                   log_z=[finite_or_none(r.log_z) for r in stats],
+                   val_step=[r.step for r in vals], val_loss=[finite_or_none(r.val_loss) for r in vals])
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import ConfigError, DataError
 from ..train.loop import train
+from ..train.step_record import StepRecord
 from ..train.stop import StopKind, StopReason
 from ..data.tokens import TokenData, load_tokens
 from .records import RunHistory, RunRecord, RunSpec, RunStatus, SpikeScores, finite_or_none
@@ -66,7 +67,7 @@ class _StepClock:
     def __init__(self, deadline: Optional[float]):
         self.deadline, self.cpu = deadline, [time.process_time()]
 
-    def __call__(self, _record: Dict[str, Any]) -> bool:
+    def __call__(self, _record: StepRecord) -> bool:
         self.cpu.append(time.process_time())
         return self.deadline is not None and time.time() > self.deadline
 
@@ -80,10 +81,10 @@ def _median_ms(deltas: List[float]) -> Optional[float]:
     return round(1e3 * (d[mid] if len(d) % 2 else (d[mid - 1] + d[mid]) / 2), 3)
 
 
-def _step_times(history: List[Dict[str, Any]], cpu: List[float], device: str) -> Tuple[Optional[float], ...]:
+def _step_times(history: List[StepRecord], cpu: List[float], device: str) -> Tuple[Optional[float], ...]:
     """(median wall ms, median CPU ms) of a step; CPU time only for CPU runs (a GPU run's host time is not its
     cost). The first step is left out (warm-up allocations)."""
-    wall = [r.get("time_s") for r in history]  # after step i, from the loop's start
+    wall = [r.time_s for r in history]  # after step i, from the loop's start
     walls = [b - a for a, b in zip(wall[:-1], wall[1:]) if a is not None and b is not None]  # steps 1, 2, ...
     cpus = [b - a for a, b in zip(cpu[1:], cpu[2:])] if device == "cpu" else []  # cpu[i + 1]: after step i
     return _median_ms(walls), _median_ms(cpus)
@@ -132,10 +133,10 @@ def run_one(spec: RunSpec) -> RunRecord:
         attn_entropy=entropy, attn_entropy_min_layer=entropy_min,
         log_z_start=history.log_z[0] if history.log_z else None,
         log_z_end=history.log_z[-1] if history.log_z else None,
-        spike_score=SpikeScores(loss=finite_or_none(s.get("loss_spike_score_w100")),
-                                grad_norm=finite_or_none(s.get("grad_spike_score_w100")),
-                                loss_w1000=finite_or_none(s.get("loss_spike_score")),
-                                grad_norm_w1000=finite_or_none(s.get("grad_spike_score"))),
+        spike_score=SpikeScores(loss=finite_or_none(s.loss_spike_score_w100),
+                                grad_norm=finite_or_none(s.grad_spike_score_w100),
+                                loss_w1000=finite_or_none(s.loss_spike_score),
+                                grad_norm_w1000=finite_or_none(s.grad_spike_score)),
         error=error, stop_reason=str(stop) if stop else None, stopped_by=stop.kind if stop else None,
         divergence=res.verdict, history=history)
 

@@ -20,7 +20,8 @@ __all__ = ["step_records", "write_run_events"]
 
 
 def step_records(h: RunHistory) -> List[Dict[str, Any]]:
-    """The history's columns as one metrics record a step (the keys of metrics.jsonl that TensorBoard shows)."""
+    """The history's columns as one dict a step: StepRecord field name -> value, for the fields TensorBoard shows
+    (TensorBoardLog.add)."""
     rows: Dict[int, Dict[str, Any]] = {}
     for i, step in enumerate(h.step):
         rows[step] = {"step": step, "loss": h.loss[i], "lr": h.lr[i], "grad_norm": h.grad_norm[i]}
@@ -40,7 +41,7 @@ def write_run_events(out: Path, name: str, history: RunHistory) -> Path:
     tb = TensorBoardLog(log_dir)
     try:
         for record in step_records(history):
-            tb.write(record)
+            tb.add(record["step"], record)
     finally:
         tb.close()
     return log_dir

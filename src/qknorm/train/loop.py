@@ -14,7 +14,7 @@ Before anything is written, every setting is checked against the model, the data
 (preflight.py). With `out_dir`: run.json (the run's record: model, training settings, data and its
 fingerprint, and with Muon the Newton-Schulz dtype this machine chose; manifest.py) and tokenizer.json (a
 copy of the tokenizer, when there is one, with its tokenizer_config.json and chat_template.jinja when they are
-beside it), metrics.jsonl (a line a step, strict JSON: non-finite numbers are
+beside it), metrics.jsonl (a line a step: a StepRecord, step_record.py; strict JSON: non-finite numbers are
 null; with `tensorboard`, the same metrics as TensorBoard event files in tb/: tensorboard_log.py),
 checkpoints/ (io/checkpoints/, each with the tokenizer), and at the end model.safetensors + config.json
 (qknorm.load_model reads them) and divergence.json (the verdict of metrics.judge_divergence on the run's losses,
@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from ..config import ModelConfig
-from ..diagnostics import stats_pass, summarize
+from ..diagnostics import stats_pass
 from ..errors import ConfigError, DataError
 from ..io.files import atomic_write_bytes
 from ..metrics import DivergenceVerdict
@@ -64,9 +64,11 @@ from .optim import build_optimizer, lr_at, set_lr
 from .preflight import STATS_SEQS, check_fits, check_out_dir
 from .qk_clip import QKClip
 from .runtime import Runtime
+from .run_summary import RunSummary, summarize
 from .runtimes import make_runtime
 from .signals import StopRequest
 from .stop import StopReason
+from .step_record import StepRecord
 from .step import autocast_factory, evaluate, forward_backward, val_batches
 from ..data.tokens import TokenData
 from .tensorboard_log import TensorBoardLog, require_tensorboard
@@ -76,7 +78,7 @@ __all__ = ["TrainResult", "train", "STATS_SEQS"]
 
 @dataclasses.dataclass
 class TrainResult:
-    history: List[Dict[str, Any]]  # one record a step (see module docstring of metrics keys)
+    history: List[StepRecord]  # one record a step (train/step_record.py)
     init_loss: float  # loss at step 0, before any update
     final_loss: float  # mean loss of the last max(1, steps // 20) steps (NaN/inf if diverged)
     val_loss: Optional[float]  # last validation loss; None without validation data
@@ -86,7 +88,7 @@ class TrainResult:
     model: TransformerLM  # final model, on CPU
     stop_reason: Optional[StopReason] = None  # None = ran all steps; else why it stopped early (train/stop.py)
     tokens_per_s: float = 0.0  # training throughput of this process's run (global tokens / wall time)
-    summary: Dict[str, Any] = dataclasses.field(default_factory=dict)  # diagnostics.summarize(history)
+    summary: Optional[RunSummary] = None  # run_summary.summarize(history)
     muon_ns: Optional[NSPrecision] = None  # optimizer="muon": the Newton-Schulz dtype used and how it was chosen
     verdict: Optional[DivergenceVerdict] = None  # metrics.judge_divergence of the losses (also divergence.json)
     compile_report: Optional[CompileReport] = None  # compile=True: graphs, graph breaks, recompiles of this run
@@ -129,7 +131,7 @@ class _Session:
 
 
 def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_dir: str | Path | None = None,
-          resume: bool = False, callback: Optional[Callable[[Dict[str, Any]], Optional[bool]]] = None,
+          resume: bool = False, callback: Optional[Callable[[StepRecord], Optional[bool]]] = None,
           runtime: Optional[Runtime] = None, on_ready: Optional[Callable[[], None]] = None,
           origin: Optional[Dict[str, Any]] = None, allow_changes: bool = False,
           init_state: Optional[Dict[str, torch.Tensor]] = None, tensorboard: bool = False) -> TrainResult:
@@ -138,7 +140,7 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
     `init_state`: start from these weights instead (a state dict of that model, e.g. a pretrained model's;
     train/init_from.py has the checks): a new run with a fresh optimizer and schedule.
 
-    `callback(record)` is called after every step with its metrics record (main process); returning True
+    `callback(record)` is called after every step with its `StepRecord` (main process); returning True
     stops training after that step like SIGTERM does (a checkpoint is written when there is an out_dir).
     `on_ready()` is called once the set-up (data, model, resume, run directory) succeeded, just before the
     first step: the CLI prints its start note there, so bad input fails with its error line alone.
@@ -295,19 +297,21 @@ def _run(s: _Session, callback, resume: bool) -> TrainResult:
         with StopRequest() as stop:
             for step in range(s.start, cfg.steps):
                 record = _one_step(s, step, autocast, resume, tokens_per_step)
-                if record.get("skipped") and cfg.on_nan is OnNaN.STOP:
-                    stop_reason = StopReason.non_finite(step, record["loss"], record["grad_norm"])
+                val_loss = None
+                if record.skipped and cfg.on_nan is OnNaN.STOP:
+                    stop_reason = StopReason.non_finite(step, record.loss, record.grad_norm)
                 elif s.val is not None and (step == cfg.steps - 1 or (cfg.eval_every and (step + 1) % cfg.eval_every
                                                                       == 0)):
-                    record["val_loss"] = evaluate(s.wrapped, s.val, autocast, rt)
-                record["time_s"] = s.elapsed0 + time.perf_counter() - s.t0
+                    val_loss = evaluate(s.wrapped, s.val, autocast, rt)
+                record = dataclasses.replace(record, val_loss=val_loss,
+                                             time_s=s.elapsed0 + time.perf_counter() - s.t0)
                 history.append(record)
                 if s.log is not None:
                     s.log.write(record)
                 if bar is not None:
                     bar.update(1)
                     if step % 10 == 0 or step == cfg.steps - 1:
-                        bar.set_postfix_str(f"loss {record['loss']:.3f}", refresh=False)
+                        bar.set_postfix_str(f"loss {record.loss:.3f}", refresh=False)
                 if stop_reason is not None:
                     break
                 steps_done = step + 1
@@ -330,29 +334,29 @@ def _run(s: _Session, callback, resume: bool) -> TrainResult:
         export_model(rt, s.wrapped, s.out)  # rank 0 writes; under FSDP the full state is gathered first
     rt.barrier()
     summary = summarize(history, steps=cfg.steps, vocab_size=s.model_config.vocab_size)
-    verdict = summary["divergence"]
+    verdict = summary.divergence
     if s.out is not None and rt.is_main:
         atomic_write_bytes(s.out / DIVERGENCE_FILE, (json.dumps(verdict.to_json(), indent=1) + "\n").encode())
-    vals = [r["val_loss"] for r in history if "val_loss" in r]
+    vals = [r.val_loss for r in history if r.val_loss is not None]
     done_tokens = (steps_done - s.start) * tokens_per_step
     return TrainResult(
-        history=history, init_loss=s.init_loss, final_loss=summary["final_loss"],
-        val_loss=vals[-1] if vals else None, max_attn_logit=summary["max_attn_logit"], diverged=summary["diverged"],
+        history=history, init_loss=s.init_loss, final_loss=summary.final_loss,
+        val_loss=vals[-1] if vals else None, max_attn_logit=summary.max_attn_logit, diverged=summary.diverged,
         steps_done=steps_done, model=rt.unwrap(s.wrapped).to("cpu"), stop_reason=stop_reason,
         tokens_per_s=done_tokens / train_time if train_time > 0 else 0.0, summary=summary, verdict=verdict,
         muon_ns=getattr(s.optimizer, "precision", None), compile_report=watch.report() if watch else None)
 
 
-def _one_step(s: _Session, step: int, autocast, resume: bool, tokens_per_step: int) -> Dict[str, Any]:
+def _one_step(s: _Session, step: int, autocast, resume: bool, tokens_per_step: int) -> StepRecord:
     """Stats (when due), forward/backward, the update (skipped on a non-finite value); the step's record."""
     cfg = s.cfg
     lr = lr_at(step, cfg)
     set_lr(s.optimizer, lr)
     x, y = s.batcher.batch(step)
     x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
-    record: Dict[str, Any] = {"step": step}
+    measured: Dict[str, Any] = {}
     if cfg.stats_every and (step % cfg.stats_every == 0 or step == cfg.steps - 1):
-        record.update(stats_pass(s.model, x[:STATS_SEQS], forward=s.wrapped, autocast=autocast, runtime=s.rt))
+        measured.update(stats_pass(s.model, x[:STATS_SEQS], forward=s.wrapped, autocast=autocast, runtime=s.rt))
     loss, gnorm = forward_backward(s.train_forward, x, y, cfg, s.rt, autocast)
     if step == 0 and not resume:
         s.init_loss = loss
@@ -360,12 +364,10 @@ def _one_step(s: _Session, step: int, autocast, resume: bool, tokens_per_step: i
     if finite:
         s.optimizer.step()
     if s.qk_clip is not None:
-        record.update(s.qk_clip.after_step(applied=finite))
+        measured.update(s.qk_clip.after_step(applied=finite))
     s.optimizer.zero_grad(set_to_none=True)
-    record.update(loss=loss, lr=lr, grad_norm=gnorm, tokens=(step + 1) * tokens_per_step)
-    if not finite:
-        record["skipped"] = True
-    return record
+    return StepRecord(step=step, **measured, loss=loss, lr=lr, grad_norm=gnorm, tokens=(step + 1) * tokens_per_step,
+                      skipped=not finite)
 
 
 def _warn_changed_settings(saved: Dict[str, Any], cfg: TrainConfig, path: Path) -> None:

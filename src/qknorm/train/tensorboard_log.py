@@ -2,11 +2,11 @@
 
     require_tensorboard()                       # ConfigError naming `pip install 'qknorm[tensorboard]'` if missing
     tb = TensorBoardLog(run_dir / TB_DIR)       # opened on the first write: a run that fails before it writes nothing
-    tb.write(record); tb.close()                # one metrics.jsonl record a step
+    tb.write(record); tb.close()                # one StepRecord a step (tb.add(step, metrics): named values)
 
 Optional: needs the `tensorboard` package (the `tensorboard` extra); written with
 torch.utils.tensorboard.SummaryWriter. `tensorboard --logdir RUN` (or a directory of runs, or a study's OUT/tb)
-shows them. Tags, each at global step = the record's "step":
+shows them. Tags, each at global step = the record's `step`:
 
     train/loss  train/lr  train/grad_norm  val/loss                   every step (val/loss when validated)
     attention/max_logit                                               each stats pass (stats_every)
@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
+from .step_record import StepRecord
 
 __all__ = ["INSTALL_HINT", "require_tensorboard", "scalars", "TensorBoardLog"]
 
@@ -47,13 +48,14 @@ def _value(v: Any) -> float:
     return math.nan if v is None else float(v)
 
 
-def scalars(record: Dict[str, Any]) -> Iterator[Tuple[str, float]]:
-    """(tag, value) of each metric a metrics.jsonl record holds (module docstring: the tags)."""
+def scalars(metrics: Mapping[str, Any]) -> Iterator[Tuple[str, float]]:
+    """(tag, value) of each metric in `metrics` (StepRecord field name -> value, as `StepRecord.present()` gives;
+    module docstring: the tags)."""
     for key, tag in _STEP_KEYS:
-        if key in record:
-            yield tag, _value(record[key])
+        if key in metrics:
+            yield tag, _value(metrics[key])
     for key, prefix in _LAYER_KEYS:
-        values: Sequence[Any] = record.get(key) or ()
+        values: Sequence[Any] = metrics.get(key) or ()
         for i, v in enumerate(values):
             yield f"{prefix}{i:02d}", _value(v)
 
@@ -73,12 +75,15 @@ class TensorBoardLog:
         self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=self.purge_step, flush_secs=10)
         return self._writer
 
-    def write(self, record: Dict[str, Any]) -> None:
+    def write(self, record: StepRecord) -> None:
         """The record's scalars at its step."""
+        self.add(record.step, record.present())
+
+    def add(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """The scalars of `metrics` (field name -> value, as `scalars` reads them) at global step `step`."""
         writer = self._writer or self._open()
-        step = int(record["step"])
-        for tag, value in scalars(record):
-            writer.add_scalar(tag, value, global_step=step)
+        for tag, value in scalars(metrics):
+            writer.add_scalar(tag, value, global_step=int(step))
 
     def close(self) -> None:
         if self._writer is not None:

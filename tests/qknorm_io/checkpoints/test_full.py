@@ -14,6 +14,7 @@ from qknorm.io.checkpoints.full import load_checkpoint, load_latest, save_checkp
 from qknorm.io.checkpoints.layout import CheckpointMismatch, list_checkpoints
 from qknorm.io.checkpoints.rng import capture_rng_state, restore_rng_state
 from qknorm.train.metrics_log import MetricsLog
+from qknorm.train.step_record import StepRecord
 
 pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
 
@@ -124,14 +125,16 @@ def test_metrics_log_truncates_to_the_checkpoint_step(tmp_path):
     path = tmp_path / "metrics.jsonl"
     log = MetricsLog(path, resume_step=None)
     for step in range(5):
-        log.write({"step": step, "loss": float("nan") if step == 1 else 1.0 / (step + 1), "q_rms": [math.inf]})
+        log.write(StepRecord(step=step, q_rms=(math.inf,), loss=float("nan") if step == 1 else 1.0 / (step + 1),
+                             lr=1e-3, grad_norm=1.0, tokens=8 * (step + 1)))
     log.close()
     with open(path, "a") as f:
         f.write('{"step": 5, "loss"')  # a line cut by a crash
     lines = path.read_text().splitlines()
-    assert json.loads(lines[1]) == {"step": 1, "loss": None, "q_rms": [None]}  # strict JSON
+    assert json.loads(lines[1]) == {"step": 1, "q_rms": [None], "loss": None, "lr": 1e-3, "grad_norm": 1.0,
+                                    "tokens": 16}  # strict JSON
     log = MetricsLog(path, resume_step=3)
-    assert [r["step"] for r in log.history] == [0, 1, 2] and math.isnan(log.history[1]["loss"])
-    log.write({"step": 3, "loss": 0.5})
+    assert [r.step for r in log.history] == [0, 1, 2] and math.isnan(log.history[1].loss)
+    log.write(StepRecord(step=3, loss=0.5, lr=1e-3, grad_norm=1.0, tokens=32))
     log.close()
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1, 2, 3]
