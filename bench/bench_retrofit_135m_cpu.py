@@ -27,24 +27,22 @@ def model(out: str) -> None:
 
 def heal_steps(src_dir: str, steps: int) -> None:
     from qknorm.data.tokens import load_tokens
-    from qknorm.pretrained import load_pretrained
+    from qknorm.pretrained import open_model
     from qknorm.retrofit.config import RetrofitConfig
     from qknorm.retrofit.heal import heal
-    from qknorm.retrofit.insert import insert_qk_norm, unshare
+    from qknorm.retrofit.insert import insert_qk_norm
 
-    original = load_pretrained(src_dir).model.float().eval().requires_grad_(False)
+    original = open_model(src_dir).model.float().eval().requires_grad_(False)
     tokens = load_tokens(None)
     cfg = RetrofitConfig(heal_steps=steps)
-    t = time.process_time()
-    model = unshare(insert_qk_norm(original, "head", share=True))
-    print("unshare: CPU", round(time.process_time() - t, 2), "s", flush=True)
+    model = insert_qk_norm(original, "head", share=True)
     t, w = time.process_time(), time.perf_counter()
 
     def tick(n):
         print(f"step done: CPU {time.process_time() - t:.1f} s, wall {time.perf_counter() - w:.1f} s", flush=True)
 
-    r = heal(model, original, tokens.train, cfg.heal_config(), objective="distill", evaluate=lambda m: (0.0, 0.0),
-             eval_every=10 ** 9, first=(0.0, 0.0), tick=tick)
+    _, r = heal(model, original, tokens.train, cfg.heal_config(), objective="distill",
+                evaluate=lambda m: (0.0, 0.0), eval_at=(), first=(0.0, 0.0), tick=tick)
     print(f"{steps} steps: CPU {time.process_time() - t:.1f} s; losses {[round(s.loss, 4) for s in r.steps]}; "
           f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 

@@ -16,7 +16,8 @@ AutoModelForCausalLM.from_pretrained(OUT) or qknorm.from_hf(OUT) load it), else 
 the held-out reference, each KL, calibration layer by layer, healing step by step) with elapsed time and ETA on
 a terminal, one line per stage otherwise; --no-progress for none. retrofit_report.json records every stage's
 wall and CPU seconds and the peak memory. Exit status: 0 done; 1 healing diverged or a stage failed (out of
-memory: one line naming the stage, nothing written); 2 bad input (one line, nothing written).
+memory: one line naming the stage, nothing written); 2 bad input (one line, nothing written); 128 + the signal
+when SIGTERM/SIGINT stopped healing (after the step in flight; nothing written).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import sys
 
 from ..progress import Progress
 from ..retrofit.config import RetrofitConfig
-from ..retrofit.heal import HealDiverged
+from ..retrofit.heal import HealDiverged, HealStopped
 from ..retrofit.insert import SCOPES
 from ..retrofit.pipeline import retrofit
 from ._common import non_negative_int, one_line_warnings, positive_float, positive_int, print_line
@@ -107,6 +108,9 @@ def run(args) -> int:
         except HealDiverged as e:
             prog.note(f"error: {e}; nothing written")
             return 1
+        except HealStopped as e:  # SIGTERM/SIGINT: the step in flight finished, then stopped
+            prog.note(f"qknorm retrofit: {e}; nothing written")
+            return e.reason.exit_code
         except (RuntimeError, MemoryError) as e:  # out of memory, a backend failure: one line, never a traceback
             stage = prog.failed or "retrofit"
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]

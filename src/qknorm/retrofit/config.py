@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from ..errors import ConfigError
 from ..train.config import TrainConfig
@@ -36,8 +36,8 @@ class RetrofitConfig:
     batch_size: int = 8  # healing batch, and the held-out evaluation's
     seq_len: int = 128  # window length of calibration, healing and evaluation
     eval_tokens: int = 16384  # held-out tokens (the validation split's) every KL and loss is measured on
-    # held-out evaluation every N healing steps; 0 = about 10 points over the healing, fewer where one evaluation
-    # costs more than the steps between (eval_interval): the curve's points cost no more than the healing
+    # held-out evaluation every N healing steps and after the last; 0 = about 10 points over the healing, fewer
+    # where one evaluation costs more than the steps between (eval_steps): the curve costs no more than the healing
     eval_every: int = 0
     seed: int = 0
     device: str = "cpu"
@@ -65,6 +65,18 @@ class RetrofitConfig:
         # batch_size windows; an evaluation one forward pass of each on eval_tokens
         steps_per_eval = math.ceil(self.eval_tokens / (4 * self.batch_size * self.seq_len))
         return self.eval_every or max(1, self.heal_steps // 10, steps_per_eval)
+
+    @property
+    def eval_steps(self) -> Tuple[int, ...]:
+        """The healing steps after which the held-out KL is measured: every eval_interval, and the last. By default
+        (eval_every=0) none closer than eval_interval to the last, and none between when fewer than two fit (a
+        curve needs two inner points to show a shape): 10 steps at the default tokens get the last point alone,
+        where every 4th and the last would cost 3 evaluations (~12 steps' worth) for 10 steps of healing."""
+        n, every = self.heal_steps, self.eval_interval
+        inner = [s for s in range(every, n, every) if self.eval_every or n - s >= every]
+        if not self.eval_every and len(inner) < 2:
+            inner = []
+        return tuple(inner) + ((n,) if n else ())
 
     def heal_config(self) -> TrainConfig:
         """The healing run's training settings (AdamW, no weight decay, clipping at 1)."""

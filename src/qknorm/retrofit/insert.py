@@ -10,7 +10,6 @@ scale - 1), so "gains = 1" means the identity scale whatever the numerics.
 """
 from __future__ import annotations
 
-import copy
 from typing import List, Sequence, Tuple
 
 import torch
@@ -19,7 +18,7 @@ from ..config import QKNormScope
 from ..errors import ConfigError
 from ..model import TransformerLM
 
-__all__ = ["SCOPES", "check_retrofittable", "insert_qk_norm", "unshare", "gains", "set_gains"]
+__all__ = ["SCOPES", "check_retrofittable", "insert_qk_norm", "gains", "set_gains"]
 
 SCOPES = ("head", "full")
 
@@ -38,7 +37,7 @@ def check_retrofittable(model: TransformerLM, scope: str) -> QKNormScope:
 def insert_qk_norm(model: TransformerLM, scope: str, *, share: bool = False) -> TransformerLM:
     """A copy of `model` with QK-norm of `scope` (gains 1), on the same device and in the same dtype. With
     `share`, every weight but the new norms' *is* the original's tensor (no second copy of the model in memory;
-    training one would change the other: `unshare` first)."""
+    training one would change the other: retrofit/heal.py trains a copy)."""
     parsed = check_retrofittable(model, scope)
     p = next(model.parameters())
     new = TransformerLM(model.config.replace(qk_norm=parsed), device="meta" if share else p.device, dtype=p.dtype)
@@ -51,12 +50,6 @@ def insert_qk_norm(model: TransformerLM, scope: str, *, share: bool = False) -> 
                 norm.to_empty(device=p.device)
         set_gains(new, [(torch.ones(()), torch.ones(()))] * len(new.layers))
     return new  # the new norms at scale 1 (weight 1, or 0 with offset 1)
-
-
-def unshare(model: TransformerLM) -> TransformerLM:
-    """A copy of `model` that shares no tensor with anything (before training a model `insert_qk_norm(share=True)`
-    made), every parameter trainable."""
-    return copy.deepcopy(model).requires_grad_(True)
 
 
 def gains(model: TransformerLM) -> List[Tuple[torch.Tensor, torch.Tensor]]:

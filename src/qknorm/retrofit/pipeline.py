@@ -10,8 +10,8 @@ write.
    per-head QK-norm is Qwen3), else in qknorm's format.
 2. QK-norm is inserted with gains 1 (insert.py): `kl_naive`.
 3. The gains are fitted per layer to the original's attention distributions on `calib_tokens` training
-   tokens (calibrate.py). Fitted gains that do worse end to end than gains 1 on those calibration tokens
-   are not kept (`calibration_kept`): `kl_calibrated`.
+   tokens (calibrate.py). Fitted gains that do worse end to end than gains 1 on the first CHECK_TOKENS of
+   those calibration tokens are not kept (`calibration_kept`): `kl_calibrated`.
 4. Optionally healed (heal.py): `kl_healed`.
 5. Written: the model (in the source's dtype), its tokenizer, retrofit_report.json/.html and the healing
    curve (report.py).
@@ -21,9 +21,14 @@ What each stage costs, in forward passes of the model (what dominates at real si
 the held-out windows (its hidden states kept: the reference every later KL streams from, through the LM head
 alone) and once over the calibration windows (q and k of every layer captured in that same pass); the
 retrofitted model once per measurement (held-out: naive, calibrated, each point of the healing curve;
-calibration windows: gains 1 and fitted, for the keep-or-not decision). The retrofitted model shares the
-original's weights until it is healed, so memory holds one copy of the model until then. Each stage is shown
-on `progress` and timed (wall and CPU) in the report's `stages`, with the peak resident memory.
+the first CHECK_TOKENS calibration tokens: gains 1 and fitted, for the keep-or-not decision). The retrofitted
+model shares the original's weights until it is healed, so memory holds one copy of the model until then. Each
+stage is shown on `progress` and timed (wall and CPU) in the report's `stages`, with the peak resident memory.
+
+The keep-or-not check measures CHECK_TOKENS of the calibration windows, not all: it decides between two gain
+settings whose end-to-end KLs differ by orders of magnitude where calibration works (0.0141 vs 0.0000175 on the
+135M llama of bench/results/retrofit_135m_2026-12-07.md), and there two passes over all 8,192 calibration
+tokens cost ~85 CPU-s, over 2,048 ~20.
 """
 from __future__ import annotations
 
@@ -51,11 +56,13 @@ from ..train.init_from import check_vocab
 from .calibrate import QKCapture, calibrate
 from .config import RetrofitConfig
 from .heal import heal
-from .insert import check_retrofittable, gains, insert_qk_norm, set_gains, unshare
+from .insert import check_retrofittable, gains, insert_qk_norm, set_gains
 from .measure import Reference
 from .report import RetrofitReport, write_report
 
-__all__ = ["Prepared", "prepare", "retrofit"]
+__all__ = ["Prepared", "prepare", "retrofit", "CHECK_TOKENS"]
+
+CHECK_TOKENS = 2048  # calibration tokens (whole windows, at least one) the keep-or-not check measures on
 
 Log = Optional[Callable[[str], None]]
 
@@ -144,13 +151,14 @@ def retrofit(source: Union[str, Path], out: Union[str, Path], cfg: RetrofitConfi
     with prog.stage("calibration: q and k of every layer", calib.shape[0], "windows") as st:
         with QKCapture(original, *calib.shape, dev) as captured:
             cref = Reference.build(original, calib, tick=st.advance, hook=captured)
-    with prog.stage("calibration KL: gains 1", calib.shape[0], "windows") as st:
+    cref = cref.first(max(1, CHECK_TOKENS // calib.shape[1]))
+    with prog.stage("calibration KL: gains 1", cref.windows, "windows") as st:
         calib_naive = cref.measure(model, st.advance)[0]
     with prog.stage("calibration: fitting the gains", len(model.layers), "layers") as st:
         fits = calibrate(model, captured, steps=cfg.calib_steps, lr=cfg.calib_lr, tick=st.advance, log=say)
     del captured  # the q and k of every layer: the largest thing calibration holds
     set_gains(model, [(f.q_scale, f.k_scale) for f in fits])
-    with prog.stage("calibration KL: fitted gains", calib.shape[0], "windows") as st:
+    with prog.stage("calibration KL: fitted gains", cref.windows, "windows") as st:
         calib_fitted = cref.measure(model, st.advance)[0]
     kept = "fitted"
     if not calib_fitted <= calib_naive:
@@ -161,11 +169,10 @@ def retrofit(source: Union[str, Path], out: Union[str, Path], cfg: RetrofitConfi
     say(f"calibrated ({kept} gains kept): KL {kl_cal:.4f}, loss {val_cal:.4f}")
     healed = None
     if cfg.heal_steps:
-        model = unshare(model)  # trained from here on: its own weights, the original's untouched
-        with prog.stage("healing", cfg.heal_steps, "steps") as st:
-            healed = heal(model, original, p.data.train, cfg.heal_config(), objective=cfg.objective,
-                          evaluate=ref.measure, eval_every=cfg.eval_interval, first=(kl_cal, val_cal),
-                          log=say, tick=st.advance)
+        with prog.stage("healing", cfg.heal_steps, "steps") as st:  # a copy trained: the original's untouched
+            model, healed = heal(model, original, p.data.train, cfg.heal_config(), objective=cfg.objective,
+                                 evaluate=ref.measure, eval_at=cfg.eval_steps, first=(kl_cal, val_cal), log=say,
+                                 tick=st.advance)
     last = healed.evals[-1] if healed is not None else None
     with prog.stage("writing"):
         report = RetrofitReport(

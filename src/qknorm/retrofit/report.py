@@ -46,7 +46,7 @@ class RetrofitReport:
     val_loss_retrofitted: float
     val_loss_healed: Optional[float]
     calibration_kept: str  # "fitted", or "naive" when the fitted gains did worse end to end on calibration tokens
-    calib_kl_naive: float  # end-to-end next-token KL on the calibration tokens, gains 1
+    calib_kl_naive: float  # end-to-end next-token KL on the first pipeline.CHECK_TOKENS calibration tokens, gains 1
     calib_kl_fitted: float  # ... with the fitted gains
     layers: List[LayerFit]
     heal: Optional[HealResult]

@@ -4,7 +4,8 @@ checkpoints.
     result = train(get_config("llama", "debug"), TrainConfig(steps=200, lr=3e-3), load_tokens(), out_dir="runs/x")
 
 One step (0-based index s): lr = lr_at(s); the global batch Batcher.batch(s) (a pure function of seed and s)
-is split into `grad_accum` micro-batches; loss = CE (+ z_loss * mean(logsumexp(logits)^2)); the gradient
+is split into `grad_accum` micro-batches; loss = CE (+ z_loss * mean(logsumexp(logits)^2)), or another
+`objective` (train/objective.py: retrofit's healing distills the original model); the gradient
 norm is measured before clipping; loss and norm come back with one device sync and a non-finite value skips
 the step or stops the run (`on_nan`). Every `stats_every` steps a no-grad pass on <= 4 sequences of the batch
 records per-layer max attention logit and q/k RMS (diagnostics.stats_pass; max / mean over the ranks of a
@@ -60,6 +61,7 @@ from .manifest import DataRecord, RunManifest
 from .metrics_log import MetricsLog
 from .muon import MuonWithAdamW
 from .newton_schulz import NSPrecision
+from .objective import Objective
 from .optim import build_optimizer, lr_at, set_lr
 from .preflight import STATS_SEQS, check_fits, check_out_dir
 from .qk_clip import QKClip
@@ -117,6 +119,7 @@ class _Session:
     last_ckpt: int = -1
     qk_clip: Optional[QKClip] = None  # with cfg.qk_clip: clips the q/k weights after each step
     train_forward: Optional[torch.nn.Module] = None  # what the training step calls: `wrapped`, or it compiled
+    objective: Optional[Objective] = None  # the loss when not cross-entropy (train/objective.py)
 
     def checkpoint(self, step_count: int) -> None:
         """A checkpoint after `step_count` steps (full in one process, sharded under torchrun), once."""
@@ -134,7 +137,8 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
           resume: bool = False, callback: Optional[Callable[[StepRecord], Optional[bool]]] = None,
           runtime: Optional[Runtime] = None, on_ready: Optional[Callable[[], None]] = None,
           origin: Optional[Dict[str, Any]] = None, allow_changes: bool = False,
-          init_state: Optional[Dict[str, torch.Tensor]] = None, tensorboard: bool = False) -> TrainResult:
+          init_state: Optional[Dict[str, torch.Tensor]] = None, tensorboard: bool = False,
+          objective: Optional[Objective] = None) -> TrainResult:
     """Train a fresh `TransformerLM(model_config)` (init from `cfg.seed`) on `data`; see the module docstring.
 
     `init_state`: start from these weights instead (a state dict of that model, e.g. a pretrained model's;
@@ -147,12 +151,16 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
     `origin` (e.g. the preset, size and overrides the config came from) is kept in the run's record.
     `tensorboard`: also write the metrics as TensorBoard event files in out_dir/tb (tensorboard_log.py; needs the
     tensorboard package, checked before anything is written).
+    `objective`: train on this loss instead of cross-entropy (train/objective.py; no z-loss, one process).
     """
     if resume and out_dir is None:
         raise ConfigError("resume=True needs out_dir (the run directory holding checkpoints/)")
     if resume and init_state is not None:
         raise ConfigError("init_state starts a new run; resume=True continues one from its checkpoint: give one")
     rt = runtime or make_runtime(cfg.device, cfg.parallel, cfg.tp)
+    if objective is not None and (cfg.z_loss or rt.world_size > 1):
+        raise ConfigError(f"objective={objective.name!r} replaces the cross-entropy: it takes no z_loss and runs in "
+                          "one process")
     if rt.tp != cfg.tp:
         raise ConfigError(f"tp={cfg.tp} but the given runtime is tensor-parallel over {rt.tp} process(es)")
     rt.check_model(model_config)
@@ -173,6 +181,7 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
     if resume:
         _check_against_record(out, record, allow_changes)
     s = _setup(model_config, cfg, data, rt, out, resume, init_state)
+    s.objective = objective
     if record is not None and isinstance(s.optimizer, MuonWithAdamW):
         record = dataclasses.replace(record, execution={"muon_newton_schulz": s.optimizer.precision.to_json()})
     created = out is not None and not out.exists()
@@ -333,7 +342,8 @@ def _run(s: _Session, callback, resume: bool) -> TrainResult:
     if stop_reason is None and s.out is not None:
         export_model(rt, s.wrapped, s.out)  # rank 0 writes; under FSDP the full state is gathered first
     rt.barrier()
-    summary = summarize(history, steps=cfg.steps, vocab_size=s.model_config.vocab_size)
+    ceiling = s.objective is None or s.objective.uniform_ceiling  # a KL has no ln(vocab) ceiling
+    summary = summarize(history, steps=cfg.steps, vocab_size=s.model_config.vocab_size if ceiling else None)
     verdict = summary.divergence
     if s.out is not None and rt.is_main:
         atomic_write_bytes(s.out / DIVERGENCE_FILE, (json.dumps(verdict.to_json(), indent=1) + "\n").encode())
@@ -357,7 +367,7 @@ def _one_step(s: _Session, step: int, autocast, resume: bool, tokens_per_step: i
     measured: Dict[str, Any] = {}
     if cfg.stats_every and (step % cfg.stats_every == 0 or step == cfg.steps - 1):
         measured.update(stats_pass(s.model, x[:STATS_SEQS], forward=s.wrapped, autocast=autocast, runtime=s.rt))
-    loss, gnorm = forward_backward(s.train_forward, x, y, cfg, s.rt, autocast)
+    loss, gnorm = forward_backward(s.train_forward, x, y, cfg, s.rt, autocast, s.objective)
     if step == 0 and not resume:
         s.init_loss = loss
     finite = math.isfinite(loss) and math.isfinite(gnorm)

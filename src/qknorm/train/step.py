@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..data.batcher import Batcher
 from .config import DType, TrainConfig
+from .objective import Objective
 from .runtime import Runtime
 from ..data.tokens import TokenData
 
@@ -56,11 +57,13 @@ def _is_dtensor(t: torch.Tensor) -> bool:
     return hasattr(t, "full_tensor")
 
 
-def forward_backward(model, x, y, cfg: TrainConfig, rt: Runtime, autocast) -> Tuple[float, float]:
+def forward_backward(model, x, y, cfg: TrainConfig, rt: Runtime, autocast,
+                     objective: Optional[Objective] = None) -> Tuple[float, float]:
     """Gradients of the mean loss of batch (x, y) over `grad_accum` micro-batches, then clipping.
 
     Returns (loss, pre-clip grad norm) as python floats: the only device sync of a step. The loss is the
-    cross-entropy (z-loss excluded) averaged over the micro-batches and, under data parallelism, the ranks.
+    cross-entropy (z-loss excluded), or `objective`'s value, averaged over the micro-batches and, under data
+    parallelism, the ranks.
     """
     micro = x.shape[0] // cfg.grad_accum
     loss_sum = None
@@ -69,7 +72,8 @@ def forward_backward(model, x, y, cfg: TrainConfig, rt: Runtime, autocast) -> Tu
         sync = contextlib.nullcontext() if i == cfg.grad_accum - 1 else rt.no_sync(model)
         with sync, rt.loss_context():
             with autocast():
-                ce, zl = forward_loss(model, x[sl], y[sl], cfg.z_loss)
+                ce, zl = (forward_loss(model, x[sl], y[sl], cfg.z_loss) if objective is None
+                          else (objective.loss(model, x[sl], y[sl]), None))
             total = ce if zl is None else ce + zl
             (total / cfg.grad_accum).backward()
         ce = _value(ce.detach())
