@@ -13,13 +13,13 @@ from qknorm.data.tokens import load_tokens
 
 torch.set_num_threads(1)  # 2-core CI runs two test workers
 
-# torch 2.13's inductor writes its C++ for the host CPU's vector ISA, whatever ATEN_CPU_CAPABILITY says: with ATen's
-# kernels overridden to emulate another CPU (avx2 or default on an AVX-512 host) the compiled step gave a NaN loss
-# (avx2) or C++ that does not compile (default, `at::vec` undeclared). On a CPU that really is AVX2-only both pick
-# the same ISA; so compile is tested on the host's own kernels only, and says why it skipped otherwise.
+# With ATEN_CPU_CAPABILITY set (ATen's kernels emulating another CPU) torch 2.13's inductor, which follows the
+# variable (torch/_inductor/cpu_vec_isa.py: pick_vec_isa), trained to a NaN loss (avx2 on an AVX-512 host) or wrote
+# C++ that does not compile (default: no vector ISA, `at::vec` undeclared); so training refuses compile there
+# (train/compiled.py, tests/cli/test_compile_cpu_capability.py) and this test runs on the host's own kernels only.
 pytestmark = pytest.mark.skipif(bool(os.environ.get("ATEN_CPU_CAPABILITY")),
-                                reason="ATEN_CPU_CAPABILITY emulates another CPU: torch inductor still generates "
-                                       "code for the host's ISA (NaN loss / C++ compile error in torch 2.13)")
+                                reason="ATEN_CPU_CAPABILITY emulates another CPU: compile is refused there (torch 2.13's "
+                                       "inductor gave a NaN loss / a C++ compile error)")
 
 
 @pytest.mark.slow  # a cold torch.compile of the debug model: ~10 s of CPU, longer on a loaded machine

@@ -23,6 +23,7 @@ from .. import study
 from ..study.console import emit
 from ..study.ray_backend import MAX_RETRIES, RAY_EXTRA
 from ..errors import ConfigError
+from ..train.compiled import require_compile_support
 from ..train.config import check_device_available
 from ..train.tensorboard_log import INSTALL_HINT, require_tensorboard
 
@@ -105,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
               optimizers=study.parse_optimizers(args.optimizers) if args.optimizers is not None else None,
               seeds=args.seeds, seed=args.seed, steps=args.steps, device=args.device, data=args.data,
               tokenizer=args.tokenizer, workers=args.workers, compile=args.compile)
+    if args.compile:  # before anything is read or written (run_study checks too; a scaling study writes first)
+        require_compile_support(args.device or study.PROFILES[profile].device)
     if study.is_scaling(profile):
         return _run_scaling(args, study.make_scaling_plan(profile, **kw))
     plan = study.make_plan(profile, **kw)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Optional
 
 from ..errors import ConfigError
 from ..io.names import TB_DIR
+from ..train.compiled import require_compile_support
 from ..train.loop import STATS_SEQS
 from ..data.tokens import load_tokens
 from ..train.tensorboard_log import require_tensorboard
@@ -162,6 +163,8 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
     processes are stopped; every run finished by then is on disk."""
     if tensorboard:
         require_tensorboard()  # before anything is read or written
+    if plan.train.compile:
+        require_compile_support(plan.train.device)
     scheduler = LocalPool() if scheduler is None else scheduler
     t0 = time.time()
     out = Path(out_dir)

@@ -12,17 +12,44 @@ study points every worker at one directory under its output, so a variant is com
 Cost on CPU (docs/study_speed.md, bench/results/study_speed_2026-12-07.md): a cold compile of a small model
 takes ~10 s of this process's CPU plus inductor's compile workers (minutes of wall time on a loaded 2-core
 machine); a warm one (kernels cached on disk) ~1.5-3 s per process and variant.
+
+Not with ATEN_CPU_CAPABILITY set on CPU (ATen's kernels emulating another CPU): torch 2.13's inductor then trained
+to a NaN loss (avx2 on an AVX-512 host) or wrote C++ that does not compile (default), minutes into a cold compile.
+`require_compile_support` refuses such a run before anything is done (ConfigError): compile was asked for and
+cannot be given, and eager instead would silently be another run than the one asked for (its speed, its report).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Tuple
+import os
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-__all__ = ["CompileReport", "CompileWatch", "compile_model", "RECOMPILE_LIMIT"]
+from ..errors import ConfigError
+
+__all__ = ["CompileReport", "CompileWatch", "compile_model", "RECOMPILE_LIMIT", "CAPABILITY_ENV",
+           "compile_unsupported", "require_compile_support"]
 
 RECOMPILE_LIMIT = 64  # graphs per compiled frame: a study's variants each add one
+CAPABILITY_ENV = "ATEN_CPU_CAPABILITY"
+
+
+def compile_unsupported(device: str) -> Optional[str]:
+    """Why torch.compile cannot train on `device` in this environment (module docstring), or None."""
+    value = os.environ.get(CAPABILITY_ENV)
+    if not value or torch.device(device).type != "cpu":
+        return None
+    return (f"torch.compile on CPU does not work with {CAPABILITY_ENV}={value} (ATen's kernels emulating another "
+            f"CPU: torch {torch.__version__}'s inductor then trained to NaN losses under avx2 and wrote C++ that "
+            f"does not compile under default)")
+
+
+def require_compile_support(device: str) -> None:
+    """ConfigError (one line, naming the variable and the way out) when `compile_unsupported(device)`."""
+    why = compile_unsupported(device)
+    if why is not None:
+        raise ConfigError(f"compile: {why}; use --no-compile (compile=False) or unset {CAPABILITY_ENV}")
 
 
 @dataclasses.dataclass(frozen=True)

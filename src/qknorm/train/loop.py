@@ -51,7 +51,7 @@ from ..model import TransformerLM
 from ..data.batcher import Batcher
 from .checkpointing import load_training_checkpoint, save_training_checkpoint
 from ..io.checkpoints.rng import capture_rng_state, restore_rng_state
-from .compiled import CompileReport, CompileWatch, compile_model
+from .compiled import CompileReport, CompileWatch, compile_model, require_compile_support
 from .config import FREE_ON_RESUME, OnNaN, TrainConfig
 from .export import export_model
 from ..io.names import (CKPT_DIR, DIVERGENCE_FILE, METRICS_FILE, RUN_RECORD, TB_DIR, TOKENIZER_COMPANIONS,
@@ -157,6 +157,8 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
         raise ConfigError("resume=True needs out_dir (the run directory holding checkpoints/)")
     if resume and init_state is not None:
         raise ConfigError("init_state starts a new run; resume=True continues one from its checkpoint: give one")
+    if cfg.compile:
+        require_compile_support(cfg.device)
     rt = runtime or make_runtime(cfg.device, cfg.parallel, cfg.tp)
     if objective is not None and (cfg.z_loss or rt.world_size > 1):
         raise ConfigError(f"objective={objective.name!r} replaces the cross-entropy: it takes no z_loss and runs in "
