@@ -9,6 +9,7 @@ import pytest
 
 from qknorm import ConfigError, study
 from qknorm.study import RunHistory, RunRecord
+from qknorm.study.leaderboard import LeaderboardRow
 from qknorm.study.scaling import (ScalingAnalysis, ScalingFit, ScalingRow, fit_slope, slope_difference,
                                   trend_sentences)
 from qknorm.study.scaling_plan import params_nonembed
@@ -38,7 +39,7 @@ def test_fit_slope_without_enough_points_has_no_interval():
 
 
 def _analysis(baseline_ci, qknorm_ci):
-    rows = tuple(ScalingRow(variant=v, optimizer="adamw", size=s, params_nonembed=p, tokens=10)
+    rows = tuple(ScalingRow(size=s, params_nonembed=p, tokens=10, board=LeaderboardRow(variant=v, optimizer="adamw"))
                  for v in ("baseline", "qknorm") for s, p in (("a", 10 ** 4), ("b", 10 ** 5)))
     t4 = 2.7764451051977987
     fits = {k: ScalingFit(slope=sum(ci) / 2, slope_ci95=ci, slope_se=(ci[1] - ci[0]) / 2 / t4, df=4)

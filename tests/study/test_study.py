@@ -9,6 +9,7 @@ import pytest
 from qknorm import ConfigError, study
 from qknorm.cli import main
 from qknorm.study import RunHistory, RunRecord
+from qknorm.study.plan import plan_fingerprint
 from qknorm.study.records import SpikeScores
 
 L0 = 5.0
@@ -152,13 +153,13 @@ def test_out_dir_guard(tmp_path):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not empty and holds files that are not a qknorm study.*force"):
-        study.check_out_dir(tmp_path / "other", plan, force=False)
-    study.check_out_dir(tmp_path / "other", plan, force=True)
+        study.check_out_dir(tmp_path / "other", plan_fingerprint(plan), force=False)
+    study.check_out_dir(tmp_path / "other", plan_fingerprint(plan), force=True)
     out = tmp_path / "s"
     study.run_study(plan, out, runner=fake_runner, report=False, log=lambda _: None)
-    study.check_out_dir(out, plan, force=False)  # the same study may be re-run in place
+    study.check_out_dir(out, plan_fingerprint(plan), force=False)  # the same study may be re-run in place
     with pytest.raises(ConfigError, match="holds a different study"):
-        study.check_out_dir(out, _plan(lrs=(1e-2,)), force=False)
+        study.check_out_dir(out, plan_fingerprint(_plan(lrs=(1e-2,))), force=False)
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -29,6 +29,7 @@ from typing import Any, Dict, Tuple
 from ..config import ModelConfig
 from ..train.config import TrainConfig
 from ..errors import ConfigError
+from ..train.tensorboard_log import INSTALL_HINT
 
 _TRUE, _FALSE, _NONE = ("true", "yes", "on", "1"), ("false", "no", "off", "0"), ("none", "null")
 _LAYER_ALIASES = {"sliding": "sliding_attention", "full": "full_attention"}
@@ -196,3 +197,14 @@ def positive_float(text: str) -> float:
     if v == 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return v
+
+
+def add_tensorboard_and_compile(p: argparse.ArgumentParser, *, events_in: str, compile_what: str,
+                                compile_default: Any) -> None:
+    """--tensorboard and --compile, as `qknorm train` and `qknorm study` both take them: `events_in` says where the
+    event files go, `compile_what` what is compiled (and where its cache lives)."""
+    p.add_argument("--tensorboard", action="store_true",
+                   help=f"also write {events_in} (needs the tensorboard package: {INSTALL_HINT})")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=compile_default,
+                   help=f"torch.compile {compile_what}; default off: on CPU a cold compile costs minutes and pays only "
+                   "on long runs (docs/study_speed.md); graph breaks and recompiles are reported at the end")

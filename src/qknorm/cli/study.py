@@ -25,7 +25,8 @@ from ..study.ray_backend import MAX_RETRIES, RAY_EXTRA
 from ..errors import ConfigError
 from ..train.compiled import require_compile_support
 from ..train.config import check_device_available
-from ..train.tensorboard_log import INSTALL_HINT, require_tensorboard
+from ..train.tensorboard_log import require_tensorboard
+from ._common import add_tensorboard_and_compile
 
 # library fields -> this command's flags (errors are reported with the flag the user typed)
 FIELD_FLAGS = {"variants": "--variants", "optimizers": "--optimizers", "lrs": "--lrs", "seeds": "--seeds",
@@ -79,13 +80,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="with --backend ray: a running Ray cluster, HOST:PORT of its head node (ray start --head; "
                    "port 6379), ray://HOST:10001 (Ray Client) or auto; default: $RAY_ADDRESS if set, else start a "
                    "local Ray instance with --workers CPUs")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="also write each run's metrics as TensorBoard event files in OUT/tb/<run name> (needs the "
-                   f"tensorboard package: {INSTALL_HINT})")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                   help="torch.compile every run's training forward/backward, the compile cache shared by the workers "
-                   "(OUT/.compile_cache); default off: on CPU at these run lengths a compile costs more than it "
-                   "saves (docs/study_speed.md); graph breaks and recompiles are reported")
+    add_tensorboard_and_compile(p, events_in="each run's metrics as TensorBoard event files in OUT/tb/<run name>",
+                                compile_what="every run's training forward/backward, the compile cache shared by "
+                                "the workers (OUT/.compile_cache)", compile_default=False)
     p.add_argument("--force", action="store_true",
                    help="overwrite an output directory holding another study (its runs are deleted, none reused)")
     return p

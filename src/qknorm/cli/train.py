@@ -56,9 +56,9 @@ from ..train.runtimes import world_size_from_env
 from ..train.stop import StopKind
 from ..data.sources import is_token_file
 from ..data.tokens import TokenData, load_tokens
-from ..train.tensorboard_log import INSTALL_HINT, require_tensorboard
-from ._common import (non_negative_float, non_negative_int, parse_set, positive_float, positive_int, print_line,
-                      one_line_warnings)
+from ..train.tensorboard_log import require_tensorboard
+from ._common import (add_tensorboard_and_compile, non_negative_float, non_negative_int, parse_set, positive_float,
+                      positive_int, print_line, one_line_warnings)
 
 # the frozen public flags (tests/cli/test_train_cli.py checks the parser against this list)
 FLAGS = ("--preset", "--size", "--set", "--data", "--tokenizer", "--steps", "--lr", "--batch-size", "--seq-len",
@@ -129,13 +129,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--tp", type=positive_int, metavar="N", help="under torchrun: tensor-parallel degree (default "
                    "1); with --parallel fsdp, processes/N data-parallel groups of N")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    r.add_argument("--tensorboard", action="store_true",
-                   help="also write the metrics as TensorBoard event files in OUT/tb (needs the tensorboard package: "
-                        f"{INSTALL_HINT})")
-    r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the training forward/backward (default off: on CPU a cold compile costs "
-                   "minutes and pays only on long runs; docs/study_speed.md); graph breaks and recompiles are "
-                   "reported at the end")
+    add_tensorboard_and_compile(r, events_in="the metrics as TensorBoard event files in OUT/tb",
+                                compile_what="the training forward/backward", compile_default=None)
     return p
 
 

@@ -20,11 +20,19 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
-__all__ = ["t_quantile", "mean_ci95", "ratio_ci95", "Separation", "separation", "Interval", "CI_METHOD"]
+__all__ = ["t_quantile", "mean_ci95", "ratio_ci95", "Separation", "separation", "Interval", "interval_from_json",
+           "CI_METHOD"]
 
 Interval = Tuple[float, float]
+
+
+def interval_from_json(x: Any) -> Optional[Interval]:
+    """An interval as summary.json holds it ([lo, hi] or null)."""
+    return None if x is None else (float(x[0]), float(x[1]))
+
+
 CI_METHOD = ("95% confidence intervals over seeds: Student's t interval, mean +- t(0.975, n-1) * sd / sqrt(n) (with "
              "2 seeds t = 12.71: wide); step-time ratios: Welch's t interval of the log ratio of geometric means; "
              "two methods are called separated only when their intervals do not overlap")

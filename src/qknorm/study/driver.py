@@ -168,7 +168,7 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
     scheduler = LocalPool() if scheduler is None else scheduler
     t0 = time.time()
     out = Path(out_dir)
-    check_out_dir(out, plan, force)
+    check_out_dir(out, plan_fingerprint(plan), force)
     data = load_tokens(plan.data, tokenizer=plan.tokenizer)  # bad data fails here, before any run
     fingerprint = data.fingerprint().short
     specs = run_specs(plan, data.vocab_size, fingerprint)

@@ -38,8 +38,9 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def check_out_dir(out: Path, plan: StudyPlan, force: bool) -> None:
-    """Refuse to write into a non-empty directory unless it holds this same study (or `force`)."""
+def check_out_dir(out: Path, fingerprint: str, force: bool) -> None:
+    """Refuse to write into a non-empty directory unless it holds this same study (or `force`): its plan.json has
+    `fingerprint` (a study's `plan_fingerprint`, a scaling study's `scaling_fingerprint`)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out_dir {out} exists and is not a directory")
     if force or not out.is_dir() or not any(out.iterdir()):
@@ -48,7 +49,7 @@ def check_out_dir(out: Path, plan: StudyPlan, force: bool) -> None:
         old = json.loads((out / PLAN_FILE).read_text())
     except (OSError, ValueError):
         old = None
-    if not isinstance(old, dict) or old.get("fingerprint") != plan_fingerprint(plan):
+    if not isinstance(old, dict) or old.get("fingerprint") != fingerprint:
         what = "a different study" if isinstance(old, dict) else "files that are not a qknorm study"
         raise ConfigError(f"out_dir {out} is not empty and holds {what}; choose another output directory or "
                           "force=True to overwrite")

@@ -24,17 +24,13 @@ import dataclasses
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .ci import Interval, mean_ci95, ratio_ci95
+from .ci import Interval, interval_from_json, mean_ci95, ratio_ci95
 from .curve import Optimum
 from .records import RunRecord, arm_label, json_num, num_from_json
 
 __all__ = ["LeaderboardRow", "leaderboard", "Arm"]
 
 Arm = Tuple[str, str]  # (variant, optimizer)
-
-
-def _ci(x: Any) -> Optional[Interval]:
-    return None if x is None else (float(x[0]), float(x[1]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +87,7 @@ class LeaderboardRow:
         kw = {k: v for k, v in d.items() if k in known}
         for k in list(kw):
             if k.endswith("_ci95"):
-                kw[k] = _ci(kw[k])
+                kw[k] = interval_from_json(kw[k])
             elif k.startswith("max_attn_logit"):
                 kw[k] = num_from_json(kw[k])
         return cls(**kw)

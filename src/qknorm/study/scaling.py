@@ -23,8 +23,8 @@ import dataclasses
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .ci import Interval, t_quantile
-from .records import json_num, num_from_json
+from .ci import Interval, interval_from_json, t_quantile
+from .leaderboard import LeaderboardRow
 from .summary import StudySummary
 
 __all__ = ["fmt_params", "ScalingSummary", "ScalingRow", "ScalingFit", "SlopeDifference", "ScalingAnalysis",
@@ -45,10 +45,6 @@ def fmt_params(n: int) -> str:
     return f"{n / 1e3:.3g}k"
 
 
-def _ci(x: Any) -> Optional[Interval]:
-    return None if x is None else (float(x[0]), float(x[1]))
-
-
 @dataclasses.dataclass(frozen=True)
 class SizeResult:
     """One size's study: its name, non-embedding parameter count, tokens a run trains on and its summary."""
@@ -59,42 +55,34 @@ class SizeResult:
     summary: StudySummary
 
 
+# the leaderboard row's fields a scaling row shows, before and after its per-seed sensitivities (summary.json order)
+_BOARD_HEAD = ("best_lr", "optimum_inside_grid", "best_val_loss", "best_val_loss_ci95", "lr_sensitivity",
+               "lr_sensitivity_ci95")
+_BOARD_TAIL = ("top_lr", "max_attn_logit_top_lr", "diverged", "runs")
+
+
 @dataclasses.dataclass(frozen=True)
 class ScalingRow:
-    variant: str
-    optimizer: str
+    """One arm at one size: that size's leaderboard row (`board`, leaderboard.py: best LR and its val loss, LR
+    sensitivity, the max logit at the top LR, divergences) and that size's per-seed LR sensitivities (the points of
+    the fit)."""
+
     size: str
     params_nonembed: int
     tokens: int
-    best_lr: Optional[float] = None
-    optimum_inside_grid: Optional[bool] = None
-    best_val_loss: Optional[float] = None
-    best_val_loss_ci95: Optional[Interval] = None
-    lr_sensitivity: Optional[float] = None
-    lr_sensitivity_ci95: Optional[Interval] = None
+    board: LeaderboardRow
     lr_sensitivity_per_seed: Tuple[float, ...] = ()
-    top_lr: Optional[float] = None
-    max_attn_logit_top_lr: Optional[float] = None  # the largest over seeds; +inf: non-finite
-    diverged: int = 0
-    runs: int = 0
+
+    @property
+    def label(self) -> str:
+        return self.board.label
 
     def to_json(self) -> Dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["max_attn_logit_top_lr"] = json_num(self.max_attn_logit_top_lr)
-        out["lr_sensitivity_per_seed"] = list(self.lr_sensitivity_per_seed)
-        for k in ("best_val_loss_ci95", "lr_sensitivity_ci95"):
-            out[k] = None if out[k] is None else [out[k][0], out[k][1]]
-        return out
-
-    @classmethod
-    def from_json(cls, d: Dict[str, Any]) -> "ScalingRow":
-        known = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
-        kw.update(best_val_loss_ci95=_ci(kw.get("best_val_loss_ci95")),
-                  lr_sensitivity_ci95=_ci(kw.get("lr_sensitivity_ci95")),
-                  lr_sensitivity_per_seed=tuple(kw.get("lr_sensitivity_per_seed") or ()),
-                  max_attn_logit_top_lr=num_from_json(kw.get("max_attn_logit_top_lr")))
-        return cls(**kw)
+        """summary.json's "scaling" entry: the board's fields flat, beside the size's."""
+        b = self.board.to_json()
+        return {"variant": b["variant"], "optimizer": b["optimizer"], "size": self.size,
+                "params_nonembed": self.params_nonembed, "tokens": self.tokens, **{k: b[k] for k in _BOARD_HEAD},
+                "lr_sensitivity_per_seed": list(self.lr_sensitivity_per_seed), **{k: b[k] for k in _BOARD_TAIL}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +112,7 @@ class ScalingFit:
     def from_json(cls, d: Dict[str, Any]) -> "ScalingFit":
         known = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
-        kw["slope_ci95"] = _ci(kw.get("slope_ci95"))
+        kw["slope_ci95"] = interval_from_json(kw.get("slope_ci95"))
         return cls(**kw)
 
 
@@ -176,16 +164,12 @@ class ScalingAnalysis:
     difference: Optional[SlopeDifference] = None  # baseline - qknorm, when both are in the study
 
     def rows_of(self, label: str) -> List[ScalingRow]:
-        return [r for r in self.rows if _label(r) == label]
+        return [r for r in self.rows if r.label == label]
 
     def to_json(self) -> Dict[str, Any]:
         return {"scaling": [r.to_json() for r in self.rows],
                 "scaling_fit": {k: f.to_json() for k, f in self.fits.items()},
                 "scaling_fit_difference": self.difference.to_json() if self.difference else None}
-
-
-def _label(r: ScalingRow) -> str:
-    return r.variant if r.optimizer == "adamw" else f"{r.variant}/{r.optimizer}"
 
 
 def scaling_analysis(sizes: Sequence[SizeResult]) -> ScalingAnalysis:
@@ -196,15 +180,10 @@ def scaling_analysis(sizes: Sequence[SizeResult]) -> ScalingAnalysis:
         for board in s.analysis.leaderboard:
             sens = s.analysis.lr_sensitivity.get(board.label)
             rows.append(ScalingRow(
-                variant=board.variant, optimizer=board.optimizer, size=size.name, params_nonembed=size.params_nonembed,
-                tokens=size.tokens, best_lr=board.best_lr, optimum_inside_grid=board.optimum_inside_grid,
-                best_val_loss=board.best_val_loss, best_val_loss_ci95=board.best_val_loss_ci95,
-                lr_sensitivity=board.lr_sensitivity, lr_sensitivity_ci95=board.lr_sensitivity_ci95,
-                lr_sensitivity_per_seed=tuple(sens.per_seed[k] for k in sorted(sens.per_seed)) if sens else (),
-                top_lr=board.top_lr, max_attn_logit_top_lr=board.max_attn_logit_top_lr, diverged=board.diverged,
-                runs=board.runs))
-    labels = list(dict.fromkeys(_label(r) for r in rows))
-    fits = {k: fit_slope([(r.params_nonembed, y) for r in rows if _label(r) == k for y in r.lr_sensitivity_per_seed])
+                size=size.name, params_nonembed=size.params_nonembed, tokens=size.tokens, board=board,
+                lr_sensitivity_per_seed=tuple(sens.per_seed[k] for k in sorted(sens.per_seed)) if sens else ()))
+    labels = list(dict.fromkeys(r.label for r in rows))
+    fits = {k: fit_slope([(r.params_nonembed, y) for r in rows if r.label == k for y in r.lr_sensitivity_per_seed])
             for k in labels}
     diff = (slope_difference("baseline", fits["baseline"], "qknorm", fits["qknorm"])
             if {"baseline", "qknorm"} <= set(fits) else None)
@@ -234,7 +213,7 @@ def trend_sentences(analysis: ScalingAnalysis) -> List[str]:
                        f"{_slope_text(fit.slope, fit.slope_ci95)} per 10x parameters; {why}.")
         else:
             word = "grows" if fit.slope > 0 else "shrinks"
-            edge = [r.size for r in rows if r.optimum_inside_grid is False]
+            edge = [r.size for r in rows if r.board.optimum_inside_grid is False]
             out.append(f"{label}: LR sensitivity {word} with model size over {span}: slope "
                        f"{_slope_text(fit.slope, fit.slope_ci95)} per 10x parameters (95% interval excludes zero)"
                        + (f"; but at {', '.join(edge)} the best LR is at a grid edge, so the sensitivity there, and "
@@ -251,12 +230,12 @@ def trend_sentences(analysis: ScalingAnalysis) -> List[str]:
                        f"sizes: slope difference {d.a} - {d.b} {_slope_text(d.difference, d.ci95)} per 10x "
                        "parameters.")
     for label in analysis.fits:  # as measured, smallest size first: no trend is claimed from three maxima
-        rows = [r for r in analysis.rows_of(label) if r.max_attn_logit_top_lr is not None]
+        rows = [r for r in analysis.rows_of(label) if r.board.max_attn_logit_top_lr is not None]
         if rows:
             out.append(f"Max attention logit of {label} at the top LR (largest over seeds), by size: " + ", ".join(
-                f"{r.size} {_num(r.max_attn_logit_top_lr, '.3g')}" for r in rows) + ".")
-    edge = [f"{_label(r)} at {r.size} (best LR {_num(r.best_lr, 'g')})" for r in analysis.rows
-            if r.optimum_inside_grid is False]
+                f"{r.size} {_num(r.board.max_attn_logit_top_lr, '.3g')}" for r in rows) + ".")
+    edge = [f"{r.label} at {r.size} (best LR {_num(r.board.best_lr, 'g')})" for r in analysis.rows
+            if r.board.optimum_inside_grid is False]
     if edge:
         out.append("The grid does not bracket the optimum of " + ", ".join(edge) + ": there the LR sensitivity "
                    "depends on where the grid ends; widen the grid (--lrs) for a size whose optimum moved.")
@@ -275,6 +254,6 @@ class ScalingSummary:
         """summary.json: the scaling rows and fits, `lr_sensitivity` {arm: {size: value}}, every run with its size."""
         sens: Dict[str, Dict[str, Any]] = {}
         for r in self.analysis.rows:
-            sens.setdefault(_label(r), {})[r.size] = r.lr_sensitivity
+            sens.setdefault(r.label, {})[r.size] = r.board.lr_sensitivity
         runs = [{**r.to_json(), "size": s.name} for s in self.sizes for r in s.summary.runs]
         return {**self.analysis.to_json(), "lr_sensitivity": sens, "runs": runs, "config": self.config}

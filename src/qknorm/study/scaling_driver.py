@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..data.tokens import load_tokens
 from .console import log_to_stderr
 from .driver import run_study
-from .layout import PLAN_FILE, SUMMARY_FILE, finished_runs, write_atomic
+from .layout import PLAN_FILE, SUMMARY_FILE, check_out_dir, finished_runs, write_atomic
 from .pool import LocalPool
 from .records import RunRecord, RunSpec
 from .plan import run_specs
@@ -49,22 +49,6 @@ def read_scaling_summary(out_dir) -> ScalingSummary:
     sizes = tuple(SizeResult(s["name"], s["params_nonembed"], s["tokens"], StudySummary.from_json(
         json.loads((out / s["dir"] / SUMMARY_FILE).read_text()))) for s in config["sizes"])
     return ScalingSummary(sizes=sizes, analysis=scaling_analysis(sizes), config=config)
-
-
-def _check_out(out: Path, splan: ScalingPlan, force: bool) -> None:
-    """Refuse a non-empty OUT that holds anything but this same scaling study (unless `force`)."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out_dir {out} exists and is not a directory")
-    if force or not out.is_dir() or not any(out.iterdir()):
-        return
-    try:
-        old = json.loads((out / PLAN_FILE).read_text())
-    except (OSError, ValueError):
-        old = None
-    if not isinstance(old, dict) or old.get("fingerprint") != scaling_fingerprint(splan):
-        what = "a different study" if isinstance(old, dict) else "files that are not a qknorm study"
-        raise ConfigError(f"out_dir {out} is not empty and holds {what}; choose another output directory or "
-                          "force=True to overwrite")
 
 
 def _config(splan: ScalingPlan, sizes: Tuple[SizeResult, ...], estimate: Optional[Tuple[float, str]], wall_s: float,
@@ -96,7 +80,7 @@ def run_scaling_study(splan: ScalingPlan, out_dir, *, runner: Callable[[RunSpec]
     files in its directory's tb/ (study/tensorboard.py)."""
     t0 = time.time()
     out = Path(out_dir)
-    _check_out(out, splan, force)
+    check_out_dir(out, scaling_fingerprint(splan), force)
     data = load_tokens(splan.first.data, tokenizer=splan.first.tokenizer)  # bad data fails here
     vocab, fingerprint = data.vocab_size, data.fingerprint().short
     del data

@@ -84,10 +84,10 @@ def _sensitivity(plt, summary: ScalingSummary, path: Path) -> None:
         for r in rows:
             ax.plot([r.params_nonembed] * len(r.lr_sensitivity_per_seed), r.lr_sensitivity_per_seed, ".",
                     color=color, alpha=0.5, ms=6)
-        have = [r for r in rows if r.lr_sensitivity is not None]
-        xs, ys = [r.params_nonembed for r in have], [r.lr_sensitivity for r in have]
-        err = [[y - (r.lr_sensitivity_ci95 or (y, y))[0] for r, y in zip(have, ys)],
-               [(r.lr_sensitivity_ci95 or (y, y))[1] - y for r, y in zip(have, ys)]]
+        have = [r for r in rows if r.board.lr_sensitivity is not None]
+        xs, ys = [r.params_nonembed for r in have], [r.board.lr_sensitivity for r in have]
+        err = [[y - (r.board.lr_sensitivity_ci95 or (y, y))[0] for r, y in zip(have, ys)],
+               [(r.board.lr_sensitivity_ci95 or (y, y))[1] - y for r, y in zip(have, ys)]]
         ci = (f" [{fit.slope_ci95[0]:+.3f}, {fit.slope_ci95[1]:+.3f}]" if fit.slope_ci95 else "")
         slope = f"slope {fit.slope:+.3f}{ci} per 10x" if fit.slope is not None else "no fit"
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, lw=0, elinewidth=1.5, color=color,

@@ -32,10 +32,6 @@ def _ci(ci, spec: str = ".3f") -> str:
     return f" [{_f(ci[0], spec)}, {_f(ci[1], spec)}]" if ci else ""
 
 
-def _label(r) -> str:
-    return r.variant if r.optimizer == "adamw" else f"{r.variant}/{r.optimizer}"
-
-
 _HEAD = ["variant", "size", "params", "tokens a run", "best LR", "best val loss [95% CI]",
          "LR sensitivity [95% CI]", "per seed", "max logit @ top LR", "diverged / runs"]
 
@@ -43,12 +39,13 @@ _HEAD = ["variant", "size", "params", "tokens a run", "best LR", "best val loss 
 def _rows(summary: ScalingSummary) -> List[List[str]]:
     out = []
     for r in summary.analysis.rows:
-        edge = " (grid edge)" if r.optimum_inside_grid is False else ""
-        out.append([_label(r), r.size, f"{r.params_nonembed:,}", f"{r.tokens:,}", _f(r.best_lr, "g") + edge,
-                    _f(r.best_val_loss) + _ci(r.best_val_loss_ci95), _f(r.lr_sensitivity) + _ci(r.lr_sensitivity_ci95),
+        b = r.board
+        edge = " (grid edge)" if b.optimum_inside_grid is False else ""
+        out.append([r.label, r.size, f"{r.params_nonembed:,}", f"{r.tokens:,}", _f(b.best_lr, "g") + edge,
+                    _f(b.best_val_loss) + _ci(b.best_val_loss_ci95), _f(b.lr_sensitivity) + _ci(b.lr_sensitivity_ci95),
                     ", ".join(_f(x) for x in r.lr_sensitivity_per_seed) or "-",
-                    _f(r.max_attn_logit_top_lr, ".4g") + (f" (LR {r.top_lr:g})" if r.top_lr else ""),
-                    f"{r.diverged} / {r.runs}"])
+                    _f(b.max_attn_logit_top_lr, ".4g") + (f" (LR {b.top_lr:g})" if b.top_lr else ""),
+                    f"{b.diverged} / {b.runs}"])
     return out
 
 
