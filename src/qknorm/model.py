@@ -19,7 +19,7 @@ from . import generation
 from .config import SLIDING, ModelConfig, Placement, rotary_dim
 from .nn.block import Block
 from .nn.kv_cache import KVCache
-from .nn.moe import MoEMLP, load_balancing_loss
+from .nn.moe import MoEMLP, router_aux_loss
 from .nn.norm import RMSNorm, build_norm
 from .nn.qk_norm import QKL2Norm, QKLayerNorm
 from .nn.rope import RotaryEmbedding
@@ -132,11 +132,12 @@ class TransformerLM(nn.Module):
 
     def router_aux_loss(self) -> torch.Tensor:
         """The load-balancing loss (nn/moe.py) of the last forward's routing over the sparse layers; train with
-        loss + router_aux_loss_coef * model.router_aux_loss() (OLMoE 0.01, Qwen3-MoE 0.001)."""
-        logits = [m.router_logits for m in self.modules() if isinstance(m, MoEMLP) and m.router_logits is not None]
-        if not logits:
+        loss + router_aux_loss_coef * model.router_aux_loss() (OLMoE 0.01, Qwen3-MoE 0.001), as `qknorm train`
+        does (TrainConfig.router_aux_loss_coef)."""
+        loss = router_aux_loss(self)
+        if loss is None:
             raise RuntimeError("router_aux_loss needs a forward of a model with mixture-of-experts layers first")
-        return load_balancing_loss(logits, self.config.n_experts, self.config.experts_per_token)
+        return loss
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -47,7 +47,7 @@ from ..presets import PRESETS, SIZES, get_config
 from ..pretrained import open_model
 from ..progress import for_model
 from ..train.config import FREE_ON_RESUME, TrainConfig
-from ..train.init_from import check_vocab, init_config, init_tokenizer
+from ..train.init_from import check_vocab, init_config, init_tokenizer, published_aux_coef
 from ..io.names import DIVERGENCE_FILE, RUN_RECORD, TOKENIZER_NAME
 from ..train.loop import train
 from ..train.manifest import RunManifest, legacy_model_config, legacy_train_config
@@ -212,6 +212,10 @@ def _init_plan(args) -> _Plan:
     where = f"the model of --init-from {src.path}"
     config = init_config(src.model.config, model_over, allow_changes=args.allow_changes, where=where)
     notes: List[str] = []
+    coef = published_aux_coef(src)  # an HF mixture-of-experts checkpoint's own balancing-loss coefficient
+    if coef is not None and "router_aux_loss_coef" not in train_over:
+        cfg = cfg.replace(router_aux_loss_coef=coef)
+        notes.append(f"router_aux_loss_coef={coef:g}, as {src.path}'s config.json publishes (--set changes it)")
     if args.data is not None and is_token_file(Path(args.data)) and args.tokenizer is None:
         tokenizer = None  # already token ids: the model's tokenizer is not applied (nor copied into the run)
         if src.tokenizer is not None:

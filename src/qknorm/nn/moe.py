@@ -26,7 +26,7 @@ from torch import nn
 from ..config import Activation, ModelConfig
 from ..config_moe import expert_d_ff
 
-__all__ = ["MoEMLP", "load_balancing_loss"]
+__all__ = ["MoEMLP", "load_balancing_loss", "router_aux_loss"]
 
 
 class MoEMLP(nn.Module):
@@ -91,3 +91,12 @@ def load_balancing_loss(router_logits: Sequence[torch.Tensor], n_experts: int, t
         prob_sum = prob_sum + probs.sum(dim=0)
         rows += probs.shape[0]
     return n_experts * torch.sum((counts / rows) * (prob_sum / rows))
+
+
+def router_aux_loss(model: nn.Module) -> Optional[torch.Tensor]:
+    """The load-balancing loss of the last forward of `model`'s sparse layers (any wrapper of a TransformerLM:
+    DDP, FSDP, torch.compile), or None when it has none."""
+    sparse = [m for m in model.modules() if isinstance(m, MoEMLP) and m.router_logits is not None]
+    if not sparse:
+        return None
+    return load_balancing_loss([m.router_logits for m in sparse], sparse[0].n_experts, sparse[0].top_k)

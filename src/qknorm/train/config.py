@@ -58,7 +58,7 @@ _ENUMS = {"dtype": DType, "on_nan": OnNaN, "parallel": Parallel, "optimizer": Op
 _INT_MIN = {"steps": 1, "batch_size": 1, "seq_len": 1, "grad_accum": 1, "seed": 0,
             "eval_every": 0, "eval_batches": 1, "stats_every": 0, "ckpt_every": 0, "keep_last": 1, "tp": 1}
 _POSITIVE = ("lr", "adam_eps")
-_NON_NEGATIVE = ("final_lr", "weight_decay", "clip", "z_loss")
+_NON_NEGATIVE = ("final_lr", "weight_decay", "clip", "z_loss", "router_aux_loss_coef")
 _BOOLS = ("decay_norms", "progress", "compile")
 # settings that do not change the trajectory: a resume may change them without a warning (checkpoints
 # reshard across process counts, parallel and tp: io/checkpoints/sharded.py)
@@ -84,6 +84,10 @@ class TrainConfig:
     adam_eps: float = 1e-8
     clip: float = 1.0  # max global gradient norm; 0 = no clipping (the norm is still reported)
     z_loss: float = 0.0  # coefficient of mean(logsumexp(logits)^2) (PaLM; Wortsman et al. use 1e-4)
+    # mixture-of-experts models: loss + coef * the load-balancing loss (nn/moe.py; no effect on dense models).
+    # 0.01: Switch Transformer's alpha and OLMoE's published value (Qwen3-MoE publishes 0.001); --init-from an
+    # HF checkpoint whose config.json states it uses that value unless set
+    router_aux_loss_coef: float = 0.01
     seed: int = 0  # model init and data order
     eval_every: int = 0  # validation every N steps; 0 = only at the end
     eval_batches: int = 8  # validation batches of batch_size sequences

@@ -12,6 +12,8 @@ the run's model config is the source's, and the checks that keep model, data and
   model stored without a tokenizer is byte-level, so any tokenizer differs from it; an HF directory or OLMo-core
   checkpoint without tokenizer.json says nothing about its tokens, so the one given is taken.
 * Data (`check_vocab`). The data's vocabulary must fit the model's: an id >= vocab_size has no embedding.
+* Training settings an HF config publishes (`published_aux_coef`): a mixture-of-experts checkpoint's
+  router_aux_loss_coef (OLMoE 0.01, Qwen3-MoE 0.001) is the run's unless the command line sets it.
 
 The fresh optimizer and the new schedule need nothing here: `train` builds them as for any new run.
 """
@@ -32,7 +34,7 @@ from ..pretrained import Pretrained
 from ..data.tokens import TokenData
 from ..io.names import TOKENIZER_NAME
 
-__all__ = ["FREE_FIELDS", "init_config", "init_tokenizer", "check_vocab", "same_tokenizer"]
+__all__ = ["FREE_FIELDS", "init_config", "init_tokenizer", "check_vocab", "same_tokenizer", "published_aux_coef"]
 
 FREE_FIELDS = ("attn_impl", "qk_backend", "max_seq_len")
 
@@ -107,3 +109,20 @@ def check_vocab(config: ModelConfig, data: TokenData, where: str) -> None:
     if data.vocab_size > config.vocab_size:
         raise DataError(f"the data's vocabulary ({data.vocab_size} tokens: {data.source}) does not fit {where} "
                         f"(vocab_size={config.vocab_size}); use data tokenized with the model's tokenizer")
+
+
+def published_aux_coef(src: Pretrained) -> Optional[float]:
+    """router_aux_loss_coef of an HF mixture-of-experts source's config.json, or None (a dense model, another
+    format, the field absent or not a non-negative number)."""
+    if not src.format.startswith("hf/") or not src.model.config.n_experts:
+        return None
+    from ..interop.hf_config import text_config
+    from ..io.names import CONFIG_NAME
+
+    try:
+        cfg, _ = text_config(json.loads((src.path / CONFIG_NAME).read_text()), source=str(src.path))
+    except (OSError, ValueError):
+        return None
+    v = cfg.get("router_aux_loss_coef")
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+    return float(v) if ok else None

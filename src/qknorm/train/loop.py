@@ -369,7 +369,7 @@ def _one_step(s: _Session, step: int, autocast, resume: bool, tokens_per_step: i
     measured: Dict[str, Any] = {}
     if cfg.stats_every and (step % cfg.stats_every == 0 or step == cfg.steps - 1):
         measured.update(stats_pass(s.model, x[:STATS_SEQS], forward=s.wrapped, autocast=autocast, runtime=s.rt))
-    loss, gnorm = forward_backward(s.train_forward, x, y, cfg, s.rt, autocast, s.objective)
+    loss, gnorm, aux = forward_backward(s.train_forward, x, y, cfg, s.rt, autocast, s.objective)
     if step == 0 and not resume:
         s.init_loss = loss
     finite = math.isfinite(loss) and math.isfinite(gnorm)
@@ -379,7 +379,7 @@ def _one_step(s: _Session, step: int, autocast, resume: bool, tokens_per_step: i
         measured.update(s.qk_clip.after_step(applied=finite))
     s.optimizer.zero_grad(set_to_none=True)
     return StepRecord(step=step, **measured, loss=loss, lr=lr, grad_norm=gnorm, tokens=(step + 1) * tokens_per_step,
-                      skipped=not finite)
+                      router_aux_loss=aux, skipped=not finite)
 
 
 def _warn_changed_settings(saved: Dict[str, Any], cfg: TrainConfig, path: Path) -> None:

@@ -1,7 +1,8 @@
 """One training step's arithmetic, and validation: the loss of a micro-batch, gradient accumulation with
 clipping, and the validation loss — everything the loop needs that touches tensors.
 
-    loss = CE(logits, y) (+ z_loss * mean(logsumexp(logits)^2))     per micro-batch, logits in fp32
+    loss = CE(logits, y) (+ z_loss * mean(logsumexp(logits)^2)) (+ router_aux_loss_coef * load-balancing loss)
+           per micro-batch, logits in fp32; the balancing loss (nn/moe.py) only for mixture-of-experts models
     step: grad of the mean loss over `grad_accum` micro-batches, then clip; the loss and pre-clip gradient norm
           come back as python floats with one device sync; under data parallelism the loss is the mean over
           ranks (the Runtime reduces it).
@@ -21,12 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from ..data.batcher import Batcher
+from ..nn.moe import router_aux_loss
 from .config import DType, TrainConfig
 from .objective import Objective
 from .runtime import Runtime
 from ..data.tokens import TokenData
 
-__all__ = ["forward_loss", "forward_backward", "autocast_factory", "val_batches", "evaluate"]
+__all__ = ["forward_loss", "training_loss", "forward_backward", "autocast_factory", "val_batches", "evaluate"]
 
 
 def forward_loss(model, x: torch.Tensor, y: torch.Tensor, z_loss: float):
@@ -37,6 +39,22 @@ def forward_loss(model, x: torch.Tensor, y: torch.Tensor, z_loss: float):
     if not z_loss:
         return ce, None
     return ce, z_loss * _logsumexp(flat).pow(2).mean()
+
+
+def training_loss(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, objective: Optional[Objective] = None):
+    """(the loss to differentiate, cross-entropy, router balancing loss or None) of one micro-batch: CE, plus
+    the z-loss term, plus router_aux_loss_coef * the balancing loss of this forward's routing (a mixture-of-
+    experts model: nn/moe.py; it is returned for the metrics whatever the coefficient). With an `objective`
+    (train/objective.py) its value alone, as both the loss and the reported one."""
+    if objective is not None:
+        value = objective.loss(model, x, y)
+        return value, value, None
+    ce, zl = forward_loss(model, x, y, cfg.z_loss)
+    aux = router_aux_loss(model)
+    total = ce if zl is None else ce + zl
+    if aux is not None and cfg.router_aux_loss_coef:
+        total = total + cfg.router_aux_loss_coef * aux
+    return total, ce, aux
 
 
 def _logsumexp(flat: torch.Tensor) -> torch.Tensor:
@@ -58,29 +76,32 @@ def _is_dtensor(t: torch.Tensor) -> bool:
 
 
 def forward_backward(model, x, y, cfg: TrainConfig, rt: Runtime, autocast,
-                     objective: Optional[Objective] = None) -> Tuple[float, float]:
+                     objective: Optional[Objective] = None) -> Tuple[float, float, Optional[float]]:
     """Gradients of the mean loss of batch (x, y) over `grad_accum` micro-batches, then clipping.
 
-    Returns (loss, pre-clip grad norm) as python floats: the only device sync of a step. The loss is the
-    cross-entropy (z-loss excluded), or `objective`'s value, averaged over the micro-batches and, under data
-    parallelism, the ranks.
+    Returns (loss, pre-clip grad norm, router balancing loss or None) as python floats: the only device sync of
+    a step. The loss is the cross-entropy (z-loss and balancing terms excluded), or `objective`'s value; it and
+    the balancing loss (a mixture-of-experts model without an objective) are averaged over the micro-batches
+    and, under data parallelism, the ranks.
     """
     micro = x.shape[0] // cfg.grad_accum
-    loss_sum = None
+    loss_sum = aux_sum = None
     for i in range(cfg.grad_accum):
         sl = slice(i * micro, (i + 1) * micro)
         sync = contextlib.nullcontext() if i == cfg.grad_accum - 1 else rt.no_sync(model)
         with sync, rt.loss_context():
             with autocast():
-                ce, zl = (forward_loss(model, x[sl], y[sl], cfg.z_loss) if objective is None
-                          else (objective.loss(model, x[sl], y[sl]), None))
-            total = ce if zl is None else ce + zl
+                total, ce, aux = training_loss(model, x[sl], y[sl], cfg, objective)
             (total / cfg.grad_accum).backward()
         ce = _value(ce.detach())
         loss_sum = ce if loss_sum is None else loss_sum + ce
+        if aux is not None:
+            aux_sum = aux.detach() if aux_sum is None else aux_sum + aux.detach()
     grad_norm = rt.clip_grad_norm(model, cfg.clip)
-    loss = rt.all_reduce_mean(loss_sum / cfg.grad_accum)
-    return tuple(torch.stack([loss.float(), grad_norm.float().to(loss.device)]).tolist())
+    sums = torch.stack([loss_sum.float()] + ([aux_sum.float()] if aux_sum is not None else []))  # (1,) | (2,)
+    means = rt.all_reduce_mean(sums / cfg.grad_accum)  # over the micro-batches and the ranks
+    out = torch.cat([means, grad_norm.float().to(means.device).reshape(1)]).tolist()  # the one device sync
+    return out[0], out[-1], (out[1] if aux_sum is not None else None)
 
 
 def autocast_factory(device: torch.device, dtype: DType) -> Callable:

@@ -12,6 +12,8 @@ measure is None (False for `skipped`) and has no key in the line, so the file ke
                                                             diagnostics.stats_pass: per layer, tuples)
     qk_clip_max_logit, qk_clip_heads                        with qk_clip (train/qk_clip.py)
     loss, lr, grad_norm, tokens                             every step (loss and norm: train/step.py)
+    router_aux_loss                                         every step of a mixture-of-experts model (its
+                                                            load-balancing loss, before the coefficient)
     skipped                                                 a non-finite loss or norm: the update was not applied
     val_loss                                                the steps that validated (eval_every, the last)
     time_s                                                  wall time since the run's start (resumes included)
@@ -51,6 +53,7 @@ class StepRecord:
     lr: float
     grad_norm: float  # before clipping
     tokens: int  # tokens trained on after this step (all ranks)
+    router_aux_loss: Optional[float] = None  # a mixture-of-experts model: the load-balancing loss (nn/moe.py)
     skipped: bool = False
     val_loss: Optional[float] = None
     time_s: Optional[float] = None

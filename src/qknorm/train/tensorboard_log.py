@@ -9,6 +9,7 @@ torch.utils.tensorboard.SummaryWriter. `tensorboard --logdir RUN` (or a director
 shows them. Tags, each at global step = the record's `step`:
 
     train/loss  train/lr  train/grad_norm  val/loss                   every step (val/loss when validated)
+    train/router_aux_loss                                             every step of a mixture-of-experts model
     attention/max_logit                                               each stats pass (stats_every)
     attention/max_logit/layer_NN  q_rms/layer_NN  k_rms/layer_NN      each stats pass, one tag per layer
 
@@ -30,7 +31,7 @@ __all__ = ["INSTALL_HINT", "require_tensorboard", "scalars", "TensorBoardLog"]
 INSTALL_HINT = "pip install 'qknorm[tensorboard]'"
 
 _STEP_KEYS = (("loss", "train/loss"), ("lr", "train/lr"), ("grad_norm", "train/grad_norm"), ("val_loss", "val/loss"),
-              ("max_attn_logit", "attention/max_logit"))
+              ("max_attn_logit", "attention/max_logit"), ("router_aux_loss", "train/router_aux_loss"))
 _LAYER_KEYS = (("attn_logit_per_layer", "attention/max_logit/layer_"), ("q_rms", "q_rms/layer_"),
                ("k_rms", "k_rms/layer_"))
 
