@@ -26,7 +26,8 @@ NAN_STEP = 2
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A 5-step run whose steps write every kind of key: a stats pass (stats_every=2), QK-clip, validation at the
-    end, and a step whose loss is NaN (on_nan=skip): (result, its metrics.jsonl lines)."""
+    end, a step whose loss is NaN (on_nan=skip), and mixture-of-experts MLPs (the balancing loss): (result, its
+    metrics.jsonl lines)."""
     real, calls = L.forward_loss, {"n": 0}
 
     def nan_at_step_2(model, x, y, z_loss):  # eval_every=0: the only calls before the last step are the steps'
@@ -39,7 +40,7 @@ def run(tmp_path_factory):
                       qk_clip=50.0, on_nan="skip", progress=False)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(L, "forward_loss", nan_at_step_2)
-        res = train(qknorm.get_config("qwen3", "debug"), cfg, load_tokens(max_bytes=50_000), out_dir=out)
+        res = train(qknorm.get_config("qwen3", "debug", n_experts=4, experts_per_token=2), cfg, load_tokens(max_bytes=50_000), out_dir=out)
     return res, (out / "metrics.jsonl").read_text().splitlines()
 
 
