@@ -31,8 +31,8 @@ from torch import nn
 
 from ..config import CHUNKED, SLIDING, AttnImpl, ModelConfig, fused_layer, layer_has_rope
 from ..config_variants import clip_between
-from ..ops import qk_norm_rope
 from .kv_cache import LayerKV
+from .qk_fused import QKFused, fused_numerics
 from .qk_norm import build_qk_norms, qk_logit_scale
 from .qk_path import QKComposed
 from .sigma_reparam import linear_class
@@ -59,7 +59,9 @@ class Attention(nn.Module):
         # rms | layernorm | l2 (weightless, shared or per-head gains), or None where the layer has no QK-norm
         self.q_norm, self.k_norm = build_qk_norms(c, layer_idx, device=device, dtype=dtype)
         # the fused op (RMSNorm before rotate-half RoPE, or RoPE alone), else composed in PyTorch (nn/qk_path.py)
-        self.composed = None if fused_layer(c, layer_idx) else QKComposed(
+        fused = fused_layer(c, layer_idx)
+        self.fused = QKFused(fused_numerics(self.q_norm, c.qk_norm), c.qk_backend) if fused else None
+        self.composed = None if self.fused is not None else QKComposed(
             has_rope=layer_has_rope(c, layer_idx), after_rope=c.qk_norm_after_rope, interleaved=c.rope_interleaved,
             temperature=None if c.nope_attn_scale is None else (c.nope_attn_scale, c.nope_floor_scale),
             backend=c.qk_backend, clip=c.clip_qkv if clip_between(c, layer_idx) else None)
@@ -106,11 +108,7 @@ class Attention(nn.Module):
         # q (B, T, H, D), k (B, T, Hkv, D) -> (B, H, T, D), (B, Hkv, T, D); start: position of the first token
         if self.composed is not None:
             return self.composed(q, k, cos, sin, self.q_norm, self.k_norm, start)
-        qn, kn = self.q_norm, self.k_norm
-        if qn is None:
-            return qk_norm_rope(q, k, None, None, cos, sin, scope="none", backend=self.backend)
-        return qk_norm_rope(q, k, qn.weight, kn.weight, cos, sin, eps=qn.eps, scope=self.scope,
-                            offset=qn.offset, norm_cast=qn.cast, backend=self.backend)
+        return self.fused(q, k, cos, sin, self.q_norm, self.k_norm, start)
 
     def _attend_sdpa(self, q, k, v):
         gqa = self.n_heads != self.n_kv_heads

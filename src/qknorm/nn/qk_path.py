@@ -5,7 +5,8 @@ One layer's q (B, T, H, D) and k (B, T, Hkv, D) become q (B, H, T, D), k (B, Hkv
   1. QK-norm, when the layer has one and it comes before RoPE      (any type, gain and scope: nn/qk_norm.py),
      then with clip_qkv c, q and k clamped to [-c, c]               (OLMoE's order)
   2. RoPE, when the layer has it, on the first rotary_dim dims of each head (the rest pass through):
-       rotate-half (Llama): the op's own rotation (ops.qk_norm_rope without weights)
+       rotate-half (Llama): the op's own rotation (ops.qk_norm_rope without weights, unchecked: the layer's
+       shapes are right by construction)
        interleaved (Cohere, Llama 4): pairs (x0, x1), (x2, x3).. rotate; computed as the same rotate-half on the
        de-interleaved dims [x0, x2, .., x1, x3, ..] and re-interleaved, which is term for term HF's
        x*cos + rotate_half_interleaved(x)*sin (and Llama 4's complex product (a + ib)(cos + i sin))
@@ -23,7 +24,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from ..ops import qk_norm_rope
+from ..ops import ROPE_ONLY, pick_backend, qk_norm_rope_unchecked
 
 __all__ = ["QKComposed", "rotate", "nope_temperature"]
 
@@ -35,7 +36,8 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved
     part, rest = x[..., :rd], x[..., rd:]
     if interleaved:
         part = torch.cat((part[..., 0::2], part[..., 1::2]), dim=-1)  # (B, T, n, rd): evens, then odds
-    out, _ = qk_norm_rope(part, part[:, :, :1], None, None, cos, sin, scope="none", backend=backend)
+    one = part[:, :, :1]  # the op rotates a k too: one head's worth, discarded
+    out, _ = qk_norm_rope_unchecked(part, one, None, None, cos, sin, ROPE_ONLY, pick_backend(part, one, backend))
     out = out.transpose(1, 2)  # (B, T, n, rd)
     if interleaved:
         half = rd // 2

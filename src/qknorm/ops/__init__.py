@@ -7,20 +7,27 @@ Backends: "torch" (ops/reference.py, plain PyTorch; the CPU path) and "triton" (
 through the torch.library op in ops/op.py, so torch.compile keeps the kernel). backend=None picks "triton"
 for CUDA tensors when triton imports and the shape fits the kernel, else "torch". Triton is imported only
 when the triton backend runs, so `import qknorm` works without it.
+
+Checked once: `qk_norm_rope` parses its enums and checks every argument, then calls `qk_norm_rope_unchecked`
+with a `QKNumerics` (the resolved eps, scope, offset and norm cast). Callers that resolved their numerics
+already (an attention layer does at construction; the tensor-parallel op after its own checks) call
+`qk_norm_rope_unchecked` directly: no parsing and no argument checks per call, only the backend choice.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
 
 from ..config import NormCast, QKNormScope
 from ..errors import ConfigError
-from .reference import qk_norm_rope_ref
+from .reference import qk_norm_rope_ref, qk_norm_rope_ref_unchecked
 
-__all__ = ["qk_norm_rope", "qk_norm_rope_ref", "triton_available", "SCOPES", "NORM_CASTS", "BACKENDS"]
+__all__ = ["qk_norm_rope", "qk_norm_rope_ref", "triton_available", "SCOPES", "NORM_CASTS", "BACKENDS",
+           "QKNumerics", "ROPE_ONLY", "qk_norm_rope_unchecked", "pick_backend"]
 
 SCOPES = tuple(m.value for m in QKNormScope)
 NORM_CASTS = tuple(m.value for m in NormCast)
@@ -28,6 +35,21 @@ BACKENDS = (None, "torch", "triton")
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _REF_DTYPES = _KERNEL_DTYPES + (torch.float64,)
 MAX_TILE = 16384  # padded heads * padded head_dim per token that one kernel program holds
+
+
+@dataclass(frozen=True)
+class QKNumerics:
+    """The op's numerics, resolved: what `qk_norm_rope` makes of its eps/scope/offset/norm_cast arguments once.
+
+    scope NONE means RoPE only (the weights are then None)."""
+
+    eps: float
+    scope: QKNormScope
+    offset: float
+    norm_cast: NormCast
+
+
+ROPE_ONLY = QKNumerics(eps=1e-6, scope=QKNormScope.NONE, offset=0.0, norm_cast=NormCast.FP32)
 
 
 def _next_pow2(n: int) -> int:
@@ -56,11 +78,9 @@ def _kernel_fits(q: torch.Tensor, k: torch.Tensor) -> bool:
     return _next_pow2(max(q.shape[2], k.shape[2])) * _next_pow2(D) <= MAX_TILE and q.dtype in _KERNEL_DTYPES
 
 
-def _check(q, k, q_weight, k_weight, cos, sin, eps, scope, offset, norm_cast, backend) -> str:
-    """Validate the arguments (scope and norm_cast: the config's enums or their values); return the effective
-    scope ("none" when no weights are given) as a string."""
-    scope = QKNormScope.parse("scope", scope).value
-    NormCast.parse("norm_cast", norm_cast)
+def _check(q, k, q_weight, k_weight, cos, sin, eps, scope: QKNormScope, backend) -> QKNormScope:
+    """Validate the arguments (scope parsed already); return the effective scope (NONE when no weights are
+    given)."""
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is not allowed; choose one of None, 'torch', 'triton'")
     for name, t in (("q", q), ("k", k), ("cos", cos), ("sin", sin)):
@@ -91,20 +111,22 @@ def _check(q, k, q_weight, k_weight, cos, sin, eps, scope, offset, norm_cast, ba
     if (q_weight is None) != (k_weight is None):
         raise ConfigError("q_weight and k_weight must both be tensors (QK-norm) or both be None (RoPE only)")
     if q_weight is None:
-        return "none"
-    if scope == "none":
+        return QKNormScope.NONE
+    if scope is QKNormScope.NONE:
         raise ConfigError("scope='none' applies no norm: pass q_weight=None and k_weight=None, "
                           "or choose scope 'head' or 'full'")
-    want_q, want_k = ((D,), (D,)) if scope == "head" else ((H * D,), (Hkv * D,))
+    want_q, want_k = ((D,), (D,)) if scope is QKNormScope.HEAD else ((H * D,), (Hkv * D,))
     if tuple(q_weight.shape) != want_q or tuple(k_weight.shape) != want_k:
-        raise ConfigError(f"for scope={scope!r}, q_weight must be {want_q} and k_weight {want_k}; got "
+        raise ConfigError(f"for scope={scope.value!r}, q_weight must be {want_q} and k_weight {want_k}; got "
                           f"{tuple(q_weight.shape)} and {tuple(k_weight.shape)}")
     if not (q_weight.is_floating_point() and k_weight.is_floating_point()):
         raise ConfigError(f"q_weight and k_weight must be floating point; got {q_weight.dtype}, {k_weight.dtype}")
     return scope
 
 
-def _pick_backend(q, k, backend):
+def pick_backend(q, k, backend) -> str:
+    """The backend that runs these tensors, "torch" or "triton": backend None picks; an explicit "triton"
+    raises ConfigError when it cannot run them."""
     if backend == "torch":
         return "torch"
     if backend is None:
@@ -137,14 +159,21 @@ def qk_norm_rope(q, k, q_weight, k_weight, cos, sin, *, eps=1e-6, scope: QKNormS
     Raises ConfigError naming the argument on bad input.
     """
     scope = QKNormScope.parse("scope", scope)  # the config's enums, or their string values
-    norm_cast = NormCast.parse("norm_cast", norm_cast).value
-    scope = _check(q, k, q_weight, k_weight, cos, sin, eps, scope, offset, norm_cast, backend)
-    if scope == "none":
+    norm_cast = NormCast.parse("norm_cast", norm_cast)
+    scope = _check(q, k, q_weight, k_weight, cos, sin, eps, scope, backend)
+    numerics = QKNumerics(eps=float(eps), scope=scope, offset=float(offset), norm_cast=norm_cast)
+    if scope is QKNormScope.NONE:
         q_weight = k_weight = None
-    which = _pick_backend(q, k, backend)
+    return qk_norm_rope_unchecked(q, k, q_weight, k_weight, cos, sin, numerics, pick_backend(q, k, backend))
+
+
+def qk_norm_rope_unchecked(q, k, q_weight, k_weight, cos, sin, numerics: QKNumerics, which: str):
+    """`qk_norm_rope` for arguments known to be valid: no parsing, no checks. `which`: "torch" or "triton" (from
+    `pick_backend`); weights None exactly when numerics.scope is NONE."""
     if which == "torch":
-        return qk_norm_rope_ref(q, k, q_weight, k_weight, cos, sin, eps=float(eps), scope=scope,
-                                offset=float(offset), norm_cast=norm_cast)
+        return qk_norm_rope_ref_unchecked(q, k, q_weight, k_weight, cos, sin, numerics.eps, numerics.scope,
+                                          numerics.offset, numerics.norm_cast)
     from .op import qk_norm_rope_op
 
-    return qk_norm_rope_op(q, k, q_weight, k_weight, cos, sin, float(eps), scope, float(offset), norm_cast)
+    return qk_norm_rope_op(q, k, q_weight, k_weight, cos, sin, numerics.eps, numerics.scope.value, numerics.offset,
+                           numerics.norm_cast.value)

@@ -35,11 +35,12 @@ from typing import Callable
 import torch
 from torch.autograd.function import once_differentiable
 
+from ..config import NormCast, QKNormScope
 from ..errors import ConfigError
-from . import _check, _pick_backend
-from .reference import rms_norm_rope_ref
+from . import QKNumerics, _check, pick_backend
+from .reference import rms_norm_rope_unchecked
 
-__all__ = ["qk_norm_rope_tp"]
+__all__ = ["qk_norm_rope_tp", "qk_norm_rope_tp_unchecked"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ def _torch_norm_rope(q, k, q_weight, k_weight, cos, sin, s, a: _Args):
         if a.norm_cast == "input":
             xh = xh.to(x.dtype).to(cd)
         y = xh * (w.to(cd) + a.offset).view(n, D)  # gains (n*D,) -> (n, D), broadcast over (B, T)
-        out.append(rms_norm_rope_ref(y, None, cos, sin, scope="none").to(x.dtype))  # RoPE -> (B, n, T, D)
+        rope = rms_norm_rope_unchecked(y, None, cos, sin, a.eps, QKNormScope.NONE, 0.0, NormCast.FP32)
+        out.append(rope.to(x.dtype))  # RoPE -> (B, n, T, D)
     return tuple(out)
 
 
@@ -194,12 +196,22 @@ def qk_norm_rope_tp(q, k, q_weight, k_weight, cos, sin, *, all_reduce: Callable[
     """
     if q_weight is None or k_weight is None:
         raise ConfigError("qk_norm_rope_tp is the full-width norm: q_weight and k_weight must be tensors")
-    _check(q, k, q_weight, k_weight, cos, sin, eps, "full", offset, norm_cast, backend)
+    norm_cast = NormCast.parse("norm_cast", norm_cast)
+    _check(q, k, q_weight, k_weight, cos, sin, eps, QKNormScope.FULL, backend)
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
         raise ConfigError(f"group_size={group_size!r} must be an integer >= 1 (the tensor-parallel degree)")
     if not callable(all_reduce):
         raise ConfigError(f"all_reduce must be callable (an in-place sum over the group); got {type(all_reduce)}")
+    numerics = QKNumerics(eps=float(eps), scope=QKNormScope.FULL, offset=float(offset), norm_cast=norm_cast)
+    return qk_norm_rope_tp_unchecked(q, k, q_weight, k_weight, cos, sin, numerics, pick_backend(q, k, backend),
+                                     all_reduce=all_reduce, group_size=group_size)
+
+
+def qk_norm_rope_tp_unchecked(q, k, q_weight, k_weight, cos, sin, numerics: QKNumerics, which: str, *,
+                              all_reduce: Callable[[torch.Tensor], None], group_size: int):
+    """`qk_norm_rope_tp` for arguments known to be valid (no parsing, no checks); `which` from `pick_backend`."""
     D = q.shape[3]
-    a = _Args(eps=float(eps), offset=float(offset), norm_cast=norm_cast, width_q=q.shape[2] * D * group_size,
-              width_k=k.shape[2] * D * group_size, all_reduce=all_reduce, backend=_pick_backend(q, k, backend))
+    a = _Args(eps=numerics.eps, offset=numerics.offset, norm_cast=numerics.norm_cast.value,
+              width_q=q.shape[2] * D * group_size, width_k=k.shape[2] * D * group_size, all_reduce=all_reduce,
+              backend=which)
     return _QKNormRopeTP.apply(q, k, q_weight, k_weight, cos, sin, a)

@@ -10,7 +10,8 @@ N = heads * D for scope "full", the OLMo 2 statistic over a token's whole projec
 Scope "none" (or weights None) skips the norm: RoPE and the transpose only. Gradients come from autograd,
 which treats the "input" rounding as identity for x (straight through), as autograd of the HF code does.
 The arithmetic runs in float32, or float64 when given float64 tensors, so the same code is the float64
-reference in tests. It writes nothing in place.
+reference in tests. It writes nothing in place. The `*_unchecked` forms take the enums resolved (the op's
+per-call path); the public forms parse scope and norm_cast first.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 from ..config import NormCast, QKNormScope
 from .rms import compute_dtype, rms_normalize
 
-__all__ = ["qk_norm_rope_ref", "rms_norm_rope_ref"]
+__all__ = ["qk_norm_rope_ref", "rms_norm_rope_ref",
+           "qk_norm_rope_ref_unchecked", "rms_norm_rope_unchecked"]
 
 
 def rms_norm_rope_ref(
@@ -35,9 +37,15 @@ def rms_norm_rope_ref(
     norm_cast: NormCast | str = NormCast.FP32,
 ) -> torch.Tensor:
     """One of q or k: x (B, T, n, D) -> (B, n, T, D) in x.dtype. cos/sin are (T, D) or (B, T, D)."""
+    return rms_norm_rope_unchecked(x, weight, cos, sin, eps, QKNormScope.parse("scope", scope), offset,
+                                   NormCast.parse("norm_cast", norm_cast))
+
+
+def rms_norm_rope_unchecked(x: torch.Tensor, weight: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                            eps: float, scope: QKNormScope, offset: float, norm_cast: NormCast) -> torch.Tensor:
+    """`rms_norm_rope_ref` with its enums resolved (no parsing: the per-call path of an attention layer)."""
     B, T, n, D = x.shape
     cd = compute_dtype(x.dtype)
-    scope = QKNormScope.parse("scope", scope)
     if weight is not None and scope is not QKNormScope.NONE:
         # scope head: a statistic per (token, head) over D; full: one over the token's n*D values (OLMo 2)
         dims, gain = ((-1,), weight) if scope is QKNormScope.HEAD else ((-2, -1), weight.view(n, D))
@@ -66,8 +74,14 @@ def qk_norm_rope_ref(
     norm_cast: NormCast | str = NormCast.FP32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q (B, T, H, D), k (B, T, Hkv, D) -> q (B, H, T, D), k (B, Hkv, T, D), contiguous, input dtype."""
-    kw = dict(eps=eps, scope=scope, offset=offset, norm_cast=norm_cast)
+    return qk_norm_rope_ref_unchecked(q, k, q_weight, k_weight, cos, sin, eps, QKNormScope.parse("scope", scope),
+                                      offset, NormCast.parse("norm_cast", norm_cast))
+
+
+def qk_norm_rope_ref_unchecked(q, k, q_weight, k_weight, cos, sin, eps: float, scope: QKNormScope, offset: float,
+                               norm_cast: NormCast) -> tuple[torch.Tensor, torch.Tensor]:
+    """`qk_norm_rope_ref` with its enums resolved (no parsing)."""
     return (
-        rms_norm_rope_ref(q, q_weight, cos, sin, **kw),
-        rms_norm_rope_ref(k, k_weight, cos, sin, **kw),
+        rms_norm_rope_unchecked(q, q_weight, cos, sin, eps, scope, offset, norm_cast),
+        rms_norm_rope_unchecked(k, k_weight, cos, sin, eps, scope, offset, norm_cast),
     )

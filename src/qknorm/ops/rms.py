@@ -27,10 +27,11 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def rms_normalize(x: torch.Tensor, gain: torch.Tensor, *, eps: float, offset: float, cast: NormCast,
                   dims: Union[int, Tuple[int, ...]] = -1) -> torch.Tensor:
-    """(x / rms(x over dims)) * (gain + offset) in the compute dtype; `gain` broadcasts against x."""
+    """(x / rms(x over dims)) * (gain + offset) in the compute dtype; `gain` broadcasts against x. `cast` is a
+    NormCast, resolved by the caller (the block norm at construction, the QK op at its entry)."""
     cd = compute_dtype(x.dtype)
     xf = x.to(cd)
     xh = xf * torch.rsqrt(xf.pow(2).mean(dims, keepdim=True) + eps)
-    if NormCast.parse("norm_cast", cast) is NormCast.INPUT:
+    if cast is NormCast.INPUT:
         xh = xh.to(x.dtype).to(cd)
     return xh * (gain.to(cd) + offset)
