@@ -250,8 +250,12 @@ def test_resume_with_a_different_model_config_names_the_field(tmp_path, data):
     with pytest.raises(CheckpointError, match=r"saved with n_layers=2, this run has n_layers=3"):
         train(MODEL.replace(n_layers=3), _cfg(steps=4, warmup_steps=1, stats_every=0), data, out_dir=tmp_path,
               resume=True)
-    with pytest.warns(RuntimeWarning, match=r"changed training settings \(lr 0.003 -> 0.001\)"):
+    # a changed setting is refused as `qknorm train --resume` refuses it (train/resume.py), unless allowed
+    with pytest.raises(ConfigError, match=r"lr=0.001 contradicts the run's record \(lr was 0.003 in "):
         train(MODEL, _cfg(steps=3, warmup_steps=1, stats_every=0, lr=1e-3), data, out_dir=tmp_path, resume=True)
+    with pytest.warns(RuntimeWarning, match=r"changed training settings \(lr 0.003 -> 0.001\)"):
+        train(MODEL, _cfg(steps=3, warmup_steps=1, stats_every=0, lr=1e-3), data, out_dir=tmp_path, resume=True,
+              allow_changes=True)
 
 
 # ---------------------------------------------------------------------------------------------- NaN / Inf

@@ -46,13 +46,12 @@ from ..plain import plain
 from ..presets import PRESETS, SIZES, get_config
 from ..pretrained import open_model
 from ..progress import for_model
-from ..train.config import FREE_ON_RESUME, TrainConfig
-from ..train.init_from import check_vocab, init_config, init_tokenizer, published_aux_coef
-from ..io.names import DIVERGENCE_FILE, RUN_RECORD, TOKENIZER_NAME
+from ..train.config import TrainConfig
+from ..train.init_from import init_config, init_tokenizer, published_aux_coef
+from ..io.names import DIVERGENCE_FILE
 from ..train.loop import train
-from ..train.manifest import RunManifest, legacy_model_config, legacy_train_config
-from ..train.preflight import check_out_dir
-from ..train.runtimes import world_size_from_env
+from ..train.resume import plan_resume, preset_model, preset_origin
+from ..train.run_dir import RunDir
 from ..train.stop import StopKind
 from ..data.sources import is_token_file
 from ..data.tokens import TokenData, load_tokens
@@ -76,7 +75,8 @@ _TRAIN_FLAGS = {"steps": "steps", "lr": "lr", "batch_size": "batch_size", "seq_l
 
 FIELD_FLAGS = {**{field: "--" + dest.replace("_", "-") for dest, field in _TRAIN_FLAGS.items()},
                "device": "--device", "out_dir": "--out", "resume=True": "--resume",
-               "allow_changes=True": "--allow-changes", "init_from": "--init-from", "tokenizer=": "--tokenizer="}
+               "allow_changes=True": "--allow-changes", "preset=NAME": "--preset NAME", "init_from": "--init-from",
+               "tokenizer=": "--tokenizer="}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -162,22 +162,6 @@ def _flag_overrides(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     return model_over, train_over
 
 
-def _model(preset: str, size: str, model_over: Dict[str, Any], data: TokenData, notes: List[str]) -> ModelConfig:
-    """The preset's config with the overrides; its vocabulary grown to the data's unless vocab_size was set."""
-    config = get_config(preset, size, **model_over)
-    if data.vocab_size > config.vocab_size:
-        if "vocab_size" in model_over:
-            raise ConfigError(f"vocab_size={config.vocab_size} is smaller than the data's vocabulary "
-                              f"({data.vocab_size})")
-        config = config.replace(vocab_size=data.vocab_size)
-        notes.append(f"vocab_size set to the data's vocabulary: {data.vocab_size}")
-    return config
-
-
-def _origin(preset: str, size: str, model_over: Dict[str, Any]) -> Dict[str, Any]:
-    return {"preset": preset, "size": size, "overrides": plain(model_over)}
-
-
 def build_configs(args) -> Tuple[ModelConfig, TrainConfig, bool]:
     """(ModelConfig, TrainConfig, vocab_size explicitly set?) of a new run from the parsed arguments."""
     if args.preset is None:
@@ -194,8 +178,8 @@ def _fresh_plan(args) -> _Plan:
     size = args.size or "debug"
     data = load_tokens(args.data, tokenizer=args.tokenizer)
     notes: List[str] = []
-    config = _model(args.preset, size, model_over, data, notes)
-    return _Plan(config, cfg, data, _origin(args.preset, size, model_over), notes)
+    config = preset_model(args.preset, size, model_over, data, notes)
+    return _Plan(config, cfg, data, preset_origin(args.preset, size, model_over), notes)
 
 
 def _init_plan(args) -> _Plan:
@@ -222,54 +206,19 @@ def _init_plan(args) -> _Plan:
             notes.append(f"{args.data} is already tokenized: {src.tokenizer} is not applied nor copied into the run")
     else:
         tokenizer = init_tokenizer(src, args.tokenizer, allow_changes=args.allow_changes)
-    data = load_tokens(args.data, tokenizer=tokenizer)
-    check_vocab(config, data, where)
+    data = load_tokens(args.data, tokenizer=tokenizer)  # ids beyond the model's vocabulary: train refuses them
     origin = {"init_from": src.record(), "overrides": plain(model_over)}
     return _Plan(config, cfg, data, origin, notes, init_state=src.model.state_dict())
 
 
-def _resume_plan(args, out: Path) -> _Plan:
-    """The run as recorded in out/run.json, with the command line's explicit changes (checked)."""
-    record = RunManifest.read(out)
-    saved = record.train_config if record else legacy_train_config(out)
+def _resume_plan(args, run_dir: RunDir) -> _Plan:
+    """The run as recorded in its run.json, with the command line's explicit changes (train/resume.py plans it;
+    `train` checks the changes against the record)."""
     model_over, train_over = _flag_overrides(args)
     train_over.setdefault("device", _resolve_device("auto"))
-    base = TrainConfig.from_dict(saved, source=str(out / RUN_RECORD)) if saved else TrainConfig()
-    changed = {k: (base.to_dict()[k], v) for k, v in TrainConfig(**{**base.to_dict(), **train_over}).to_dict().items()
-               if k in train_over and k not in FREE_ON_RESUME and v != base.to_dict()[k]}
-    if changed and saved and not args.allow_changes:
-        k, (was, now) = next(iter(changed.items()))
-        raise ConfigError(f"{k}={now!r} contradicts the run's record ({k} was {was!r} in {out / RUN_RECORD}); "
-                          "continue as recorded, or allow_changes=True to resume with the change")
-    cfg = base.replace(**train_over)
-    notes: List[str] = []
-    world = world_size_from_env()
-    if "tp" not in train_over and cfg.tp > 1 and world % cfg.tp:  # the launch, not the run, sets the layout
-        notes.append(f"the run recorded tp={cfg.tp}; this launch has {world} process(es): resuming with tp=1 "
-                     "(checkpoints reshard)")
-        cfg = cfg.replace(tp=1)
-    tok_copy = out / TOKENIZER_NAME
-    if record is not None and args.data is None and args.tokenizer is None:
-        data = record.data.load(tokenizer=str(tok_copy) if record.data.tokenizer and tok_copy.is_file() else None)
-    else:
-        data = load_tokens(args.data if args.data is not None else (record.data.spec if record else None),
-                           tokenizer=args.tokenizer or (str(tok_copy) if tok_copy.is_file() else None))
-    origin = dict(record.origin) if record else {}
-    if args.preset is None and args.size is None and not model_over and (record or legacy_model_config(out)):
-        config = ModelConfig.from_dict(record.model_config if record else legacy_model_config(out))
-    else:  # the model the flags describe; a different one is refused by the checkpoint, naming the field
-        preset = args.preset or origin.get("preset")
-        if preset is None and record is not None and "init_from" in origin:  # a run started from a model
-            config = init_config(ModelConfig.from_dict(record.model_config), model_over,
-                                 allow_changes=args.allow_changes, where=f"the run in {out}")
-            return _Plan(config, cfg, data, origin, notes)
-        if preset is None:
-            raise ConfigError(f"{out} has no run record: give the run's --preset (and --size, --set) to resume it")
-        size = args.size or origin.get("size") or "debug"
-        config = _model(preset, size, {**origin.get("overrides", {}), **model_over} if preset == origin.get("preset")
-                        else model_over, data, notes)
-        origin = _origin(preset, size, model_over)
-    return _Plan(config, cfg, data, origin, notes)
+    plan = plan_resume(run_dir, train_changes=train_over, model_changes=model_over, data=args.data,
+                       tokenizer=args.tokenizer, preset=args.preset, size=args.size, allow_changes=args.allow_changes)
+    return _Plan(plan.model_config, plan.cfg, plan.data, plan.origin, list(plan.notes))
 
 
 def _resolve_device(name: str) -> str:
@@ -292,9 +241,9 @@ def run(args) -> int:
                               "--out is required with --init-from (the new run's directory)" if args.init_from
                               else f"--preset is required for a new run; choose one of: {', '.join(PRESETS)}")
         out = Path(args.out or f"runs/{args.preset}-{args.size or 'debug'}")
-        check_out_dir(out, args.resume)
+        run_dir = RunDir.check(out, args.resume)  # before any data or model is read; train takes it as checked
         plan = _init_plan(args) if args.init_from is not None else \
-            _resume_plan(args, out) if args.resume else _fresh_plan(args)
+            _resume_plan(args, run_dir) if args.resume else _fresh_plan(args)
         c, cfg = plan.model_config, plan.cfg
         what = (f"{plan.origin['preset']}/{plan.origin.get('size', '')}".rstrip("/") if "preset" in plan.origin else
                 f"model of {plan.origin['init_from']['path']}" if "init_from" in plan.origin else "recorded model")
@@ -304,7 +253,7 @@ def run(args) -> int:
                           f"out: {out}")
         # the notes come once train() has checked everything (device, data length, checkpoint, run dir):
         # bad input found there is reported by its error line alone
-        result = train(c, cfg, plan.data, out_dir=out, resume=args.resume, origin=plan.origin,
+        result = train(c, cfg, plan.data, out_dir=run_dir, resume=args.resume, origin=plan.origin,
                        allow_changes=args.allow_changes, on_ready=lambda: [_note(n) for n in plan.notes],
                        init_state=plan.init_state, tensorboard=args.tensorboard)
     return _report(result, out, c)

@@ -52,7 +52,7 @@ from ..data.sources import is_token_file
 from ..data.tokens import TokenData, load_tokens
 from ..progress import Progress, peak_rss_mb
 from ..train.config import check_device_available
-from ..train.init_from import check_vocab
+from ..train.preflight import check_vocab
 from .calibrate import QKCapture, calibrate
 from .config import RetrofitConfig
 from .heal import heal
@@ -107,7 +107,7 @@ def prepare(source: Union[str, Path], out: Union[str, Path], cfg: RetrofitConfig
         raise ConfigError(f"seq_len={cfg.seq_len} is longer than the model's max_seq_len={config.max_seq_len}")
     text = data is None or not is_token_file(Path(data))
     tokens = load_tokens(data, tokenizer=str(src.tokenizer) if text and src.tokenizer is not None else None)
-    check_vocab(config, tokens, f"the model of from_dir {src.path}")
+    check_vocab(config, tokens, fixed_by=f"the model of from_dir {src.path}")
     if len(tokens.val) < cfg.seq_len + 1:
         raise DataError(f"the validation split of {tokens.source} has {len(tokens.val)} tokens, fewer than one "
                         f"window of seq_len + 1 = {cfg.seq_len + 1}: the held-out KL needs more data")

@@ -11,7 +11,8 @@ the run's model config is the source's, and the checks that keep model, data and
   keeps a copy). Another one is refused unless `allow_changes`: the same ids would mean other text. A qknorm
   model stored without a tokenizer is byte-level, so any tokenizer differs from it; an HF directory or OLMo-core
   checkpoint without tokenizer.json says nothing about its tokens, so the one given is taken.
-* Data (`check_vocab`). The data's vocabulary must fit the model's: an id >= vocab_size has no embedding.
+* Data. The data's vocabulary must fit the model's (an id >= vocab_size has no embedding): `train` checks it
+  (preflight.check_vocab, the one check of that rule).
 * Training settings an HF config publishes (`published_aux_coef`): a mixture-of-experts checkpoint's
   router_aux_loss_coef (OLMoE 0.01, Qwen3-MoE 0.001) is the run's unless the command line sets it.
 
@@ -31,10 +32,9 @@ from ..errors import ConfigError, DataError
 from ..model import TransformerLM
 from ..plain import plain
 from ..pretrained import Pretrained
-from ..data.tokens import TokenData
 from ..io.names import TOKENIZER_NAME
 
-__all__ = ["FREE_FIELDS", "init_config", "init_tokenizer", "check_vocab", "same_tokenizer", "published_aux_coef"]
+__all__ = ["FREE_FIELDS", "init_config", "init_tokenizer", "same_tokenizer", "published_aux_coef"]
 
 FREE_FIELDS = ("attn_impl", "qk_backend", "max_seq_len")
 
@@ -102,13 +102,6 @@ def init_tokenizer(src: Pretrained, given: Optional[str], *, allow_changes: bool
         raise ConfigError(msg + "; leave tokenizer unset to use the model's, or allow_changes=True")
     warnings.warn(msg + ": continuing with it as asked", RuntimeWarning, stacklevel=2)
     return str(given_path)
-
-
-def check_vocab(config: ModelConfig, data: TokenData, where: str) -> None:
-    """DataError when the data's ids do not all fit the model's vocabulary."""
-    if data.vocab_size > config.vocab_size:
-        raise DataError(f"the data's vocabulary ({data.vocab_size} tokens: {data.source}) does not fit {where} "
-                        f"(vocab_size={config.vocab_size}); use data tokenized with the model's tokenizer")
 
 
 def published_aux_coef(src: Pretrained) -> Optional[float]:

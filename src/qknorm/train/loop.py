@@ -21,8 +21,10 @@ checkpoints/ (io/checkpoints/, each with the tokenizer), and at the end model.sa
 (qknorm.load_model reads them) and divergence.json (the verdict of metrics.judge_divergence on the run's losses,
 with the numbers it compared; also written when a non-finite value or a signal stopped the run). A fresh run that
 fails before its first step completes removes what it wrote, so the next command can use the directory.
-`resume=True` continues from the newest usable checkpoint to bit-identical weights (CPU, same settings); data
-whose fingerprint differs from the record is refused unless `allow_changes`. SIGTERM/SIGINT finish the
+`resume=True` continues from the newest usable checkpoint to bit-identical weights (CPU, same settings), under
+the rules of train/resume.py (the ones `qknorm train --resume` keeps): what is not given of model_config, cfg
+and data comes from the run's record, and settings or data that contradict it are refused unless
+`allow_changes`. SIGTERM/SIGINT finish the
 current step, write a checkpoint and return (`stop_reason`); a second SIGINT aborts.
 
 Data parallelism hooks in through a `Runtime` (train/runtime.py): rank/world size, model wrapping, metric
@@ -44,7 +46,7 @@ import torch
 
 from ..config import ModelConfig
 from ..diagnostics import stats_pass
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..io.files import atomic_write_bytes
 from ..metrics import DivergenceVerdict
 from ..model import TransformerLM
@@ -63,8 +65,10 @@ from .muon import MuonWithAdamW
 from .newton_schulz import NSPrecision
 from .objective import Objective
 from .optim import build_optimizer, lr_at, set_lr
-from .preflight import STATS_SEQS, check_fits, check_out_dir
+from .preflight import STATS_SEQS, check_batch_split, check_fits
 from .qk_clip import QKClip
+from .resume import check_resume, plan_resume
+from .run_dir import RunDir
 from .runtime import Runtime
 from .run_summary import RunSummary, summarize
 from .runtimes import make_runtime
@@ -133,7 +137,8 @@ class _Session:
         self.last_ckpt = step_count
 
 
-def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_dir: str | Path | None = None,
+def train(model_config: Optional[ModelConfig] = None, cfg: Optional[TrainConfig] = None,
+          data: Optional[TokenData] = None, *, out_dir: str | Path | RunDir | None = None,
           resume: bool = False, callback: Optional[Callable[[StepRecord], Optional[bool]]] = None,
           runtime: Optional[Runtime] = None, on_ready: Optional[Callable[[], None]] = None,
           origin: Optional[Dict[str, Any]] = None, allow_changes: bool = False,
@@ -152,11 +157,22 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
     `tensorboard`: also write the metrics as TensorBoard event files in out_dir/tb (tensorboard_log.py; needs the
     tensorboard package, checked before anything is written).
     `objective`: train on this loss instead of cross-entropy (train/objective.py; no z-loss, one process).
+    `resume=True`: model_config, cfg and data may be left None: the run's record gives them (resume.plan_resume).
+    `out_dir` may be a RunDir the caller checked (the command line does, before reading data).
     """
     if resume and out_dir is None:
         raise ConfigError("resume=True needs out_dir (the run directory holding checkpoints/)")
     if resume and init_state is not None:
         raise ConfigError("init_state starts a new run; resume=True continues one from its checkpoint: give one")
+    if not resume and (model_config is None or cfg is None or data is None):
+        raise ConfigError("a new run needs model_config, cfg and data (only resume=True reads them from the run)")
+    run_dir = RunDir.of(out_dir, resume)
+    if resume and (model_config is None or cfg is None or data is None):
+        plan = plan_resume(run_dir, data=data, allow_changes=allow_changes)
+        for note in plan.notes:
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
+        model_config = plan.model_config if model_config is None else model_config
+        cfg, data = plan.cfg if cfg is None else cfg, plan.data
     if cfg.compile:
         require_compile_support(cfg.device)
     rt = runtime or make_runtime(cfg.device, cfg.parallel, cfg.tp)
@@ -166,14 +182,10 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
     if rt.tp != cfg.tp:
         raise ConfigError(f"tp={cfg.tp} but the given runtime is tensor-parallel over {rt.tp} process(es)")
     rt.check_model(model_config)
-    local_batch = cfg.batch_size // rt.dp_size
-    if cfg.batch_size % rt.dp_size or local_batch % cfg.grad_accum:
-        raise ConfigError(f"batch_size={cfg.batch_size} must split evenly over {rt.dp_size} data-parallel "
-                          f"process(es) x grad_accum={cfg.grad_accum} micro-batches")
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        check_out_dir(out, resume)
-    check_fits(model_config, cfg, data, local_batch)
+    local_batch = check_batch_split(cfg, rt.dp_size)
+    out = run_dir.path if run_dir is not None else None
+    check_fits(model_config, cfg, data, local_batch,
+               fixed_vocab="the weights it starts from" if init_state is not None else None)
     if tensorboard:
         if out is None:
             raise ConfigError("tensorboard=True writes beside the run's metrics.jsonl: give out_dir")
@@ -181,7 +193,7 @@ def train(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, *, out_d
     record = RunManifest(model_config=model_config.to_dict(), train_config=cfg.to_dict(), data=DataRecord.of(data),
                          origin=dict(origin or {})) if out is not None else None
     if resume:
-        _check_against_record(out, record, allow_changes)
+        check_resume(out, record, allow_changes)
     s = _setup(model_config, cfg, data, rt, out, resume, init_state)
     s.objective = objective
     if record is not None and isinstance(s.optimizer, MuonWithAdamW):
@@ -244,27 +256,6 @@ def _agreed_ns_precision(probed: NSPrecision, rt: Runtime, resumed_run: Optional
     if rank0_fp32 == (probed.dtype == "fp32"):
         return probed
     return NSPrecision(dtype="fp32" if rank0_fp32 else "bf16", how="rank 0's probe")
-
-
-def _check_against_record(out: Path, now: RunManifest, allow_changes: bool) -> None:
-    """On resume: the data must be what the run recorded (else DataError, or a warning with allow_changes)."""
-    saved = RunManifest.read(out)
-    if saved is None:
-        warnings.warn(f"{out} has no {RUN_RECORD} (a run of an older version): the data cannot be checked "
-                      "against the run's", RuntimeWarning, stacklevel=3)
-        return
-    was, want = saved.train_config.get("optimizer", "adamw"), now.train_config["optimizer"]
-    if was != want:  # not even with allow_changes: the checkpoints hold the other optimizer's state
-        raise ConfigError(f"optimizer={want!r} cannot resume {out}: its checkpoints hold {was!r} optimizer state "
-                          f"({RUN_RECORD}); resume with optimizer={was!r}")
-    if saved.data.fingerprint != now.data.fingerprint:
-        msg = (f"the data differ from the run's record ({out / RUN_RECORD}: {saved.data.describe()}, "
-               f"{saved.data.fingerprint.n_tokens:,} tokens, sha256 {saved.data.fingerprint.sha256[:12]}; now "
-               f"{now.data.describe()}, {now.data.fingerprint.n_tokens:,} tokens, sha256 "
-               f"{now.data.fingerprint.sha256[:12]})")
-        if not allow_changes:
-            raise DataError(msg + "; resume on the recorded data, or allow_changes=True to continue on these")
-        warnings.warn(msg + ": continuing on the new data as asked", RuntimeWarning, stacklevel=3)
 
 
 def _open_run_dir(out: Path, record: RunManifest, data: TokenData, resume: bool, start: int, tensorboard: bool):

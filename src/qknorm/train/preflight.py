@@ -3,7 +3,9 @@ model, the data and this machine. Every check raises a one-line error naming the
 leaves its output directory exactly as it was.
 
 * out_dir: a fresh run needs an absent or empty directory; a resumed one a checkpoints/ directory in it.
-* vocab_size: the model's vocabulary must hold the data's.
+* vocab_size: the model's vocabulary must hold the data's (`check_vocab`, also used by retrofit).
+* batch_size: the global batch splits evenly over the data-parallel processes (`check_batch_split`; that
+  grad_accum divides it is TrainConfig's own check).
 * seq_len <= max_seq_len of the model (raise max_seq_len for longer sequences).
 * the model's weights alone (2 bytes a parameter, the least any dtype needs) must fit in the device's total
   memory: a config declaring 10**9 hidden units (a run.json edited by someone else, a typo in --set) is one
@@ -24,7 +26,8 @@ from ..io.names import CKPT_DIR
 from .config import TrainConfig
 from ..data.tokens import TokenData
 
-__all__ = ["check_out_dir", "check_fits", "stats_pass_bytes", "available_bytes", "total_bytes", "STATS_SEQS"]
+__all__ = ["check_out_dir", "check_fits", "check_vocab", "check_batch_split", "stats_pass_bytes", "available_bytes",
+           "total_bytes", "STATS_SEQS"]
 
 STATS_SEQS = 4  # sequences of the batch the stats pass sees
 
@@ -76,17 +79,36 @@ def total_bytes(device: str) -> Optional[int]:
         return None
 
 
-def check_fits(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, local_batch: int) -> None:
-    """The settings fit the model, the data and this machine (see the module docstring)."""
+def check_vocab(model_config: ModelConfig, data: TokenData, *, fixed_by: Optional[str] = None) -> None:
+    """ConfigError naming vocab_size when the data's ids do not all fit the model's vocabulary (an id >= vocab_size
+    has no embedding). `fixed_by`: what fixes the model's vocabulary (pretrained weights), so the data must change."""
+    if data.vocab_size > model_config.vocab_size:
+        fix = (f"use data tokenized with the tokenizer of {fixed_by}" if fixed_by else
+               f"set vocab_size >= {data.vocab_size}")
+        raise ConfigError(f"vocab_size={model_config.vocab_size} of the model is smaller than the data's vocabulary "
+                          f"({data.vocab_size} tokens, {data.source}); {fix}")
+
+
+def check_batch_split(cfg: TrainConfig, dp_size: int) -> int:
+    """The sequences each data-parallel process takes per step; ConfigError naming batch_size when the global batch
+    does not split evenly over `dp_size` processes x grad_accum micro-batches (TrainConfig checked grad_accum)."""
+    if (cfg.batch_size // cfg.grad_accum) % dp_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} must split evenly over {dp_size} data-parallel "
+                          f"process(es) x grad_accum={cfg.grad_accum} micro-batches")
+    return cfg.batch_size // dp_size
+
+
+def check_fits(model_config: ModelConfig, cfg: TrainConfig, data: TokenData, local_batch: int, *,
+               fixed_vocab: Optional[str] = None) -> None:
+    """The settings fit the model, the data and this machine (see the module docstring); `fixed_vocab`: as
+    check_vocab's `fixed_by`."""
     weights, total = 2 * model_config.num_params(), total_bytes(cfg.device)
     if total is not None and weights > total:
         c = model_config
         raise ConfigError(f"the model (d_model={c.d_model}, n_layers={c.n_layers}, d_ff={c.d_ff}, vocab_size="
                           f"{c.vocab_size}) has {c.num_params():,} parameters: {weights / 1e9:.3g} GB even at 2 bytes "
                           f"each, more than the {total / 1e9:.3g} GB of memory on {cfg.device}")
-    if data.vocab_size > model_config.vocab_size:
-        raise ConfigError(f"vocab_size={model_config.vocab_size} of the model is smaller than the data's "
-                          f"vocabulary ({data.vocab_size} tokens, {data.source}); set vocab_size >= {data.vocab_size}")
+    check_vocab(model_config, data, fixed_by=fixed_vocab)
     if cfg.seq_len > model_config.max_seq_len:
         raise ConfigError(f"seq_len={cfg.seq_len} is longer than the model's max_seq_len={model_config.max_seq_len}; "
                           "use a shorter seq_len or raise the model's max_seq_len")
