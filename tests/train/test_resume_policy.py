@@ -61,7 +61,7 @@ def cut_run(tmp_path_factory):
     train_bpe_file(corpus, tok, vocab_size=300)
     run = tmp / "run"
     real = train_cli.train
-    train_cli.train = lambda *a, **k: real(*a, **k, callback=lambda rec: rec["step"] == 2)
+    train_cli.train = lambda *a, **k: real(*a, **k, callback=lambda rec: rec.step == 2)
     try:
         assert main(["train", "--preset", "llama", "--set", "qk_norm=head", "--data", str(corpus), "--tokenizer",
                      str(tok), "--ckpt-every", "3", "--lr", "1e-2", "--steps", "6", "--out", str(run), *SMALL]) == 0
