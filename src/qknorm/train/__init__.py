@@ -8,6 +8,8 @@
   run_summary.py   RunSummary of a run's steps (final loss, divergence, spike scores, max logits)
   export.py        the final consolidated model; preflight.py what must hold before a run writes anything
   manifest.py      run.json, the run's record of itself (model, settings, data fingerprint)
+  resume.py        resuming: the plan from run.json and the rules a resume keeps (CLI and Python share them);
+                   run_dir.py the run directory, checked once per run
 
 Importing this package imports only `TrainConfig` (no torch); other names come from their modules
 (``from qknorm.train.loop import train``); token data is qknorm.data, checkpoint files qknorm.io.
