@@ -7,6 +7,7 @@ import pytest
 
 from qknorm import study
 from qknorm.study.report import render_html
+from qknorm.study.study_config import StudyConfig
 
 L0 = 5.0
 
@@ -18,12 +19,12 @@ def _run(variant, lr, val, *, seed=0, status="ok", logit=10.0, error=None):
 
 def _summary(runs, lrs, seeds=(0,), variants=("baseline", "qknorm")):
     analysis = study.analyze(runs, variants, lrs, seeds, 256)
-    return study.StudySummary(runs=tuple(runs), analysis=analysis, config={
+    return study.StudySummary(runs=tuple(runs), analysis=analysis, config=StudyConfig.from_json({
         "lrs": list(lrs), "variants": list(variants), "seeds": list(seeds), "profile": "quick",
         "label": "quick profile", "model_shape": {"vocab_size": 256}, "data": {"source": "test"},
         "train": {"steps": 10, "schedule": "constant", "warmup_steps": 1, "batch_size": 16, "seq_len": 64,
                   "beta2": 0.95, "weight_decay": 0.0, "clip": 1.0, "dtype": "fp32", "stats_every": 10},
-        "stats_seqs": 4})
+        "stats_seqs": 4}))
 
 
 def test_a_failed_run_is_left_out_of_lr_sensitivity_not_counted_as_l0():

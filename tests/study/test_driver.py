@@ -51,7 +51,7 @@ def test_a_rerun_trains_only_what_did_not_finish_and_trusts_stored_specs_not_nam
     assert len(calls) == 6 and {r.status.value for r in s.runs} == {"ok", "cut", "failed"}
     s, calls, lines = _study(plan, out)  # the same command again: only the cut and the failed run
     assert calls == ["baseline_lr0.1_s0", "qknorm_lr0.1_s0"]
-    assert "reusing 4 finished runs" in lines[0] and s.config["reused_runs"] == 4
+    assert "reusing 4 finished runs" in lines[0] and s.config.reused_runs == 4
     assert all(r.status.value == "ok" for r in s.runs) and len(s.runs) == 6
     _, calls, _ = _study(plan, out)  # a finished study: nothing to train
     assert calls == []
@@ -107,7 +107,7 @@ def test_without_matplotlib_the_report_has_no_plots_and_says_so(tmp_path, monkey
     assert any("matplotlib is not installed" in line and "pip install 'qknorm[plots]'" in line for line in lines)
     page = (out / "report.html").read_text()
     assert "No plots: matplotlib is not installed" in page and "<img" not in page
-    assert not list(out.glob("*.png")) and summary.config["plots"] is False
+    assert not list(out.glob("*.png")) and summary.config.plots is False
     # what it prints about itself: "1 seed", and a custom grid is not labelled as the profile's
     assert "x 1 seed," in lines[0] and "1 seeds" not in lines[0] and "(quick profile, custom LRs)" in lines[0]
     assert "quick profile, custom LRs" in page and "x 1 seed," in page and "1 seeds" not in page
@@ -155,7 +155,7 @@ def test_a_plot_that_cannot_be_drawn_leaves_a_report_that_says_so(tmp_path, monk
     lines, out = [], tmp_path / "s"
     summary = study.run_study(_plan(lrs=(1e-3,)), out, runner=ok_runner, log=lines.append)
     assert "the plots could not be drawn (ValueError: Data cannot be log-scaled)" in (out / "report.html").read_text()
-    assert summary.config["plots"] is False and json.loads((out / "summary.json").read_text())["config"]["plots"] is False
+    assert summary.config.plots is False and json.loads((out / "summary.json").read_text())["config"]["plots"] is False
     assert lines[-1].startswith("note: report.html has no plots")
 
 

@@ -135,7 +135,7 @@ def test_ctrl_c_cancels_the_outstanding_runs_and_a_rerun_resumes(ray_instance, t
     assert ray.available_resources().get("CPU", 0) == 2, "cancelled runs still hold their CPUs"
     lines = []
     summary = study.run_study(plan, out, runner=fast_runner, scheduler=_quiet(), report=False, log=lines.append)
-    assert "reusing 1 finished run" in lines[0] and summary.config["reused_runs"] == 1
+    assert "reusing 1 finished run" in lines[0] and summary.config.reused_runs == 1
     assert attempts("baseline_lr0.1_s0", ray_instance) == 1 and all(r.status.value == "ok" for r in summary.runs)
 
 

@@ -11,6 +11,7 @@ from qknorm.cli import main
 from qknorm.study import RunHistory, RunRecord
 from qknorm.study.plan import plan_fingerprint
 from qknorm.study.records import SpikeScores
+from qknorm.study.study_config import StudyConfig
 
 L0 = 5.0
 
@@ -34,7 +35,7 @@ def _analyze(runs, plan, vocab_size=256):
 def _summary(runs, lrs, variants=("baseline", "qknorm")):
     plan = _plan(variants=variants, lrs=lrs)
     return study.StudySummary(runs=tuple(runs), analysis=study.analyze(runs, plan.variants, plan.lrs, plan.seeds, 256),
-                              config={"lrs": list(lrs), "variants": list(variants), "seeds": [0]})
+                              config=StudyConfig(lrs=tuple(lrs), variants=tuple(variants), seeds=(0,)))
 
 
 # ---------------------------------------------------------------------------------------------- aggregation

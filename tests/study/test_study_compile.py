@@ -31,11 +31,11 @@ def test_compile_reaches_every_run_but_not_the_fingerprint(tmp_path, monkeypatch
     s = study.run_study(compiled, out, runner=compiled_runner, report=False, log=lambda _: None)
     assert SEEN == [(True, str((out / ".compile_cache").resolve()))] * 4
     assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ  # set for the study only
-    assert s.config["compile"] == {"on": True, "cache_dir": str((out / ".compile_cache").resolve()), "graphs": 4,
+    assert s.config.compile == {"on": True, "cache_dir": str((out / ".compile_cache").resolve()), "graphs": 4,
                                    "graph_breaks": 0, "recompiles": 2}
     SEEN.clear()
     s = study.run_study(eager, out, runner=compiled_runner, report=False, log=lambda _: None)
-    assert SEEN == [] and s.config["reused_runs"] == 4 and s.config["compile"] == {"on": False}
+    assert SEEN == [] and s.config.reused_runs == 4 and s.config.compile == {"on": False}
 
 
 def test_the_cli_flag(monkeypatch, tmp_path):

@@ -114,10 +114,10 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     summary = study.run_study(plan, args.out, force=args.force, max_minutes=args.max_minutes,
                                scheduler=ray or study.LocalPool(), tensorboard=args.tensorboard)
-    reused = summary.config.get("reused_runs") or 0
-    emit(f"qknorm study ({summary.config['label']}): {study.plural(len(summary.runs), 'run')} "
+    reused = summary.config.reused_runs
+    emit(f"qknorm study ({summary.config.label}): {study.plural(len(summary.runs), 'run')} "
          + (f"({reused} reused) " if reused else "") + f"in {time.perf_counter() - t0:.0f} s; wrote "
-         f"{args.out}/summary.json, {args.out}/report.html" + ("" if summary.config.get("plots") else " (no plots)")
+         f"{args.out}/summary.json, {args.out}/report.html" + ("" if summary.config.plots else " (no plots)")
          + "\n" + study.format_table(summary))
     return 0
 

@@ -12,6 +12,7 @@ parallel, with a summary, a leaderboard with confidence intervals, a printed tab
   curve.py     loss vs LR over seeds, the optimum             analysis.py  LR sensitivity and the checks
   ci.py        95% intervals, separation of two methods       leaderboard.py  one row per (variant, optimizer)
   summary.py   StudySummary (summary.json)                    layout.py    the output directory, reusable runs
+  study_config.py  StudyConfig: summary.json's "config" (what was run), typed
   table.py     the printed table                              plots.py     the PNG plots
   verdicts.py  the report's conclusions, from the CIs         report.py    report.html
   console.py   output that survives a closed pipe           speed.py     the probed peak, FLOP/s and MFU of a run
@@ -38,6 +39,7 @@ from .scaling_driver import read_scaling_summary, run_scaling_study
 from .scaling_plan import ScalingPlan, is_scaling, make_scaling_plan
 from .scaling_report import format_scaling_table
 from .scheduler import Scheduler
+from .study_config import StudyConfig
 from .summary import StudySummary
 from .table import format_checks, format_table, plural
 from .variants import VARIANTS, model_config
@@ -46,6 +48,6 @@ __all__ = ["StudyAnalysis", "analyze", "run_study", "PLAN_FILE", "RUNS_DIR", "SU
            "StudyPlan", "make_plan", "parse_lrs", "parse_variants", "plan_fingerprint", "plan_label", "run_specs",
            "OPTIMIZERS", "parse_optimizers", "device_profile", "LeaderboardRow", "arm_label",
            "PROFILES", "WORTSMAN_GRID", "Profile", "RunHistory", "RunRecord", "RunSpec", "RunStatus", "run_name",
-           "write_report", "run_one", "Scheduler", "LocalPool", "RayScheduler", "StudySummary", "format_checks",
+           "write_report", "run_one", "Scheduler", "LocalPool", "RayScheduler", "StudySummary", "StudyConfig", "format_checks",
            "format_table", "plural", "VARIANTS", "model_config", "ScalingFit", "ScalingRow", "ScalingSummary",
            "run_scaling_study", "read_scaling_summary", "ScalingPlan", "is_scaling", "make_scaling_plan", "format_scaling_table"]

@@ -41,6 +41,7 @@ from .run import run_one
 from .scheduler import Scheduler
 from .estimate import Estimate, estimate_study
 from .speed import MachinePeak, flops_per_s, probe_peak, usable_cpus
+from .study_config import DataSource, Environment, StudyConfig
 from .summary import StudySummary
 from .table import fmt, plural
 from .tensorboard import write_run_events
@@ -51,51 +52,47 @@ __all__ = ["run_study"]
 COMPILE_CACHE_ENV, COMPILE_CACHE_DIR = "TORCHINDUCTOR_CACHE_DIR", ".compile_cache"
 
 
-def _environment(device: str) -> Dict[str, Any]:
+def _environment(device: str) -> Environment:
     import torch
 
-    env = {"torch": torch.__version__, "python": platform.python_version(), "device": device,
-           "cpu_count": os.cpu_count(), "platform": platform.platform()}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-    return env
+    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else None
+    return Environment(torch=torch.__version__, python=platform.python_version(), device=device,
+                       cpu_count=os.cpu_count(), platform=platform.platform(), gpu=gpu)
 
 
 def _config(plan: StudyPlan, vocab: int, source: str, fingerprint: str, wall_s: float, reused: int,
             plots: bool, runs, peak: MachinePeak, estimate: Optional[Estimate],
-            cache_dir: Optional[str]) -> Dict[str, Any]:
+            cache_dir: Optional[str]) -> StudyConfig:
     """summary.json's "config": what was run, for people and for the report."""
-    return {
-        "profile": plan.profile, "label": plan_label(plan), "variants": list(plan.variants),
-        "optimizers": list(plan.optimizers), "lrs": list(plan.lrs), "seeds": list(plan.seeds),
-        "variant_descriptions": {v: VARIANTS[v].description for v in plan.variants},
-        "variant_training": describe_training(plan), "uncertainty": CI_METHOD,
-        "model_shape": {**plan.shape, "vocab_size": vocab},
-        "models": describe_models(plan, vocab),
-        "train": {**plan.train.to_dict(), "final_lr": None if plan.schedule == "constant" else plan.train.final_lr,
-                  "schedule": plan.schedule},
-        "spike_score": {"n_std": 7.0, "window": 100, "window_w1000": 1000,
-                        "definition": "percent of values >= 7 std from the rolling mean of the previous "
-                                      "`window` values (OLMo 2); 'loss'/'grad_norm' use window 100"},
-        "lr_sensitivity_loss": "validation loss at the end of training; diverged runs count as l0; failed and cut "
-                               "runs are left out (the variant's sensitivity is then undefined)",
-        "stats_seqs": STATS_SEQS,
-        "max_attn_logit_sampling": (
+    return StudyConfig(
+        profile=plan.profile, label=plan_label(plan), variants=tuple(plan.variants),
+        optimizers=tuple(plan.optimizers), lrs=tuple(plan.lrs), seeds=tuple(plan.seeds),
+        variant_descriptions={v: VARIANTS[v].description for v in plan.variants},
+        variant_training=describe_training(plan), uncertainty=CI_METHOD,
+        model_shape={**plan.shape, "vocab_size": vocab},
+        models=describe_models(plan, vocab),
+        train=plan.train, schedule=plan.schedule,
+        spike_score={"n_std": 7.0, "window": 100, "window_w1000": 1000,
+                     "definition": "percent of values >= 7 std from the rolling mean of the previous "
+                                   "`window` values (OLMo 2); 'loss'/'grad_norm' use window 100"},
+        lr_sensitivity_loss="validation loss at the end of training; diverged runs count as l0; failed and cut "
+                            "runs are left out (the variant's sensitivity is then undefined)",
+        stats_seqs=STATS_SEQS,
+        max_attn_logit_sampling=(
             f"largest attention logit (fp32) over stats passes every {plan.train.stats_every} steps and at the last "
             f"step, each on {min(STATS_SEQS, plan.train.batch_size)} of the batch's {plan.train.batch_size} "
             "sequences: a lower bound of the run's true maximum"),
-        "data": {"source": source, "path": plan.data, "tokenizer": plan.tokenizer, "fingerprint": fingerprint},
-        "workers": plan.workers, "fingerprint": plan_fingerprint(plan), "qknorm": __version__,
-        "environment": _environment(plan.train.device),
-        # Muon runs: the Newton-Schulz dtype(s) the machine(s) chose (train/newton_schulz.py); [] without Muon
-        "muon_ns_dtype": sorted({r.muon_ns_dtype for r in runs if r.muon_ns_dtype}),
+        data=DataSource(source=source, path=plan.data, tokenizer=plan.tokenizer, fingerprint=fingerprint),
+        workers=plan.workers, fingerprint=plan_fingerprint(plan), qknorm=__version__,
+        environment=_environment(plan.train.device),
+        # Muon runs: the Newton-Schulz dtype(s) the machine(s) chose (train/newton_schulz.py); () without Muon
+        muon_ns_dtype=tuple(sorted({r.muon_ns_dtype for r in runs if r.muon_ns_dtype})),
         # this machine's probed peak (runs' mfu = flops_per_s / peak_flops) and the estimate made before training
-        "machine": {**peak.to_json(), "usable_cpus": usable_cpus()},
-        "compile": _compile_summary(plan, runs, cache_dir),
-        "estimate": estimate.to_json() if estimate is not None else None,
-        "wall_time_s": round(wall_s, 1), "reused_runs": reused, "plots": plots,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
+        machine={**peak.to_json(), "usable_cpus": usable_cpus()},
+        compile=_compile_summary(plan, runs, cache_dir),
+        estimate=estimate.to_json() if estimate is not None else None,
+        wall_time_s=round(wall_s, 1), reused_runs=reused, plots=plots,
+        date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
 
 
 def _compile_summary(plan: StudyPlan, runs, cache_dir: Optional[str]) -> Dict[str, Any]:
@@ -245,6 +242,7 @@ def run_study(plan: StudyPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord
         _, note = write_report(out, summary, redraw=redraw)
         if note and plots:  # matplotlib imported, yet drawing failed: say so, in the log and in summary.json
             log(f"note: report.html has no plots: {note}")
-            summary = dataclasses.replace(summary, config={**summary.config, "plots": False, "plots_note": note})
+            summary = dataclasses.replace(summary, config=dataclasses.replace(summary.config, plots=False,
+                                                                              plots_note=note))
             write_atomic(out / SUMMARY_FILE, json.dumps(summary.to_json(), indent=1))
     return summary

@@ -233,7 +233,7 @@ def _nothing(ax, text: str) -> None:
 def _plot_loss_curves(fig, summary: StudySummary, hist: Histories) -> None:
     lrs = _curve_lrs(summary, hist)
     grid = fig.subplots(len(summary.optimizers), max(1, len(lrs)), sharey=True, squeeze=False)
-    l0 = math.log(summary.config["model_shape"]["vocab_size"])
+    l0 = math.log(summary.config.vocab_size)
     seed = summary.seeds[0]
     if not lrs:
         _nothing(grid[0][0], "no run recorded a loss curve")

@@ -23,6 +23,7 @@ from .analysis import check_logit_pair
 from .ci import CI_METHOD
 from .layout import REPORT_FILE, SUMMARY_FILE, write_atomic
 from .plots import MISSING_PLOTS, PLOTS, UNIT, plots_available, write_plots
+from .study_config import StudyConfig
 from .summary import StudySummary
 from .table import format_notes, plural, sampling_note
 from .verdicts import conclusions
@@ -154,7 +155,7 @@ def _board_note(summary: StudySummary) -> str:
     time = ("process CPU time per step (one torch thread per run; robust to a loaded machine)" if basis == {"cpu"}
             else "wall time per step")
     return (f"One row per variant x optimizer; click a column header to sort. Uncertainty: "
-            f"{html.escape(summary.config.get('uncertainty') or CI_METHOD)}. Best val loss: at the best grid LR, "
+            f"{html.escape(summary.config.uncertainty or CI_METHOD)}. Best val loss: at the best grid LR, "
             f"min(val loss, l0) averaged over seeds (a diverged run counts as l0). Top LR = {top:g}: max attention "
             f"logit (the largest over seeds; softcap's before its cap), mean attention entropy over layers at the "
             "last stats pass (nats; in brackets the lowest layer's: near 0 = one-hot attention), output log Z "
@@ -176,7 +177,7 @@ def _sensitivity_rows(summary: StudySummary) -> List[List[str]]:
                      _spread(s.best_loss, point.lo if point else None, point.hi if point else None, many),
                      _f(s.optimum.best_lr, "g"), where[s.optimum.inside] + (
                          f' <span class="note">({html.escape(s.optimum.note)})</span>' if s.optimum.note else ""),
-                     _f(s.init_loss), html.escape(cfg.get("variant_descriptions", {}).get(v.split("/")[0], ""))])
+                     _f(s.init_loss), html.escape(cfg.variant_descriptions.get(v.split("/")[0], ""))])
     return rows
 
 
@@ -193,9 +194,9 @@ def _run_rows(summary: StudySummary) -> List[List[str]]:
     return rows
 
 
-def speed_note(cfg: Dict) -> str:
+def speed_note(cfg: StudyConfig) -> str:
     """What the speed columns mean, the probed peak and the estimate against the wall time (docs/study_speed.md)."""
-    machine, est = cfg.get("machine") or {}, cfg.get("estimate")
+    machine, est = cfg.machine, cfg.estimate
     if not machine.get("peak_flops"):
         return ""
     text = (f"GFLOP/s: training FLOPs of a step (6 N + 12 L H T per token) over its median time (CPU time on CPU); "
@@ -203,13 +204,13 @@ def speed_note(cfg: Dict) -> str:
             f"({machine.get('peak_probe', '')}).")
     if est:
         text += (f" Estimated before training: {est['wall_s']:.0f} s wall for {est['runs']} runs on "
-                 f"{est['parallel']} cores; this invocation took {cfg.get('wall_time_s', 0):.0f} s.")
+                 f"{est['parallel']} cores; this invocation took {cfg.wall_time_s:.0f} s.")
     return text
 
 
 def render_html(summary: StudySummary, images: Dict[str, bytes], *, plots_note: str = "") -> str:
     cfg = summary.config
-    tr = cfg["train"]
+    tr = cfg.train
     many = len(summary.seeds) > 1
     verdict = {True: '<span class="pass">PASS</span>', False: '<span class="fail">FAIL</span>', None: "n/a"}
     check_rows = [[html.escape(c.description), _f(c.value, ".3g"), _f(c.threshold, "g"), verdict[c.passed],
@@ -217,9 +218,9 @@ def render_html(summary: StudySummary, images: Dict[str, bytes], *, plots_note: 
     figs_list = [f'<img alt="{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}">'
                  for n, b in images.items()]
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in format_notes(summary))
-    env = cfg.get("environment", {})
-    reused = cfg.get("reused_runs") or 0
-    wall = f"wall time {cfg.get('wall_time_s', 0):.0f} s" + (
+    env = cfg.environment
+    reused = cfg.reused_runs
+    wall = f"wall time {cfg.wall_time_s:.0f} s" + (
         f" for this invocation, which reused {plural(reused, 'finished run')} of an earlier one" if reused else "")
     spread = " (mean [min–max] over seeds)" if many else ""
     words = "".join(f"<h3>{html.escape(h)}</h3><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in sentences)
@@ -229,22 +230,22 @@ def render_html(summary: StudySummary, images: Dict[str, bytes], *, plots_note: 
     if plots_note:
         first, rest = f'<p class="fail">No plots: {html.escape(plots_note)}.</p>', ""
     opts = summary.optimizers
-    grid = " x ".join([plural(len(cfg["variants"]), "variant")] + ([plural(len(opts), "optimizer")] if len(opts) > 1
-                                                                    else []) + [plural(len(cfg["lrs"]), "peak LR"),
-                                                                                plural(len(cfg["seeds"]), "seed")])
+    grid = " x ".join([plural(len(cfg.variants), "variant")] + ([plural(len(opts), "optimizer")] if len(opts) > 1
+                                                                 else []) + [plural(len(cfg.lrs), "peak LR"),
+                                                                             plural(len(cfg.seeds), "seed")])
     optim = ("AdamW" if opts == ["adamw"] else " and ".join({"adamw": "AdamW", "muon": "Muon"}.get(o, o) for o in opts)
              + " (Muon on the hidden matrices, AdamW on embeddings, head, norms and gains)")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>qknorm study</title>
 <style>{_CSS}</style></head><body>
 <h1>Attention stability study</h1>
-<p class="note">{html.escape(cfg.get('label') or cfg['profile'] + ' profile')}: {grid},
-{tr['steps']} steps each
-({html.escape(tr['schedule'])} schedule after {tr['warmup_steps']} warmup steps, batch {tr['batch_size']} x
-{tr['seq_len']} tokens, {html.escape(optim)} (beta2 {tr['beta2']}, weight decay {tr['weight_decay']}),
-clip {tr['clip']},
-{html.escape(tr['dtype'])}). Model shape: {html.escape(json.dumps(cfg['model_shape']))}. Data:
-{html.escape(str(cfg['data']['source']))}. torch {html.escape(str(env.get('torch')))} on
-{html.escape(str(env.get('gpu') or env.get('device')))}; {wall}; {html.escape(cfg.get('date', ''))}.</p>
+<p class="note">{html.escape(cfg.label or cfg.profile + ' profile')}: {grid},
+{tr.steps} steps each
+({html.escape(cfg.schedule)} schedule after {tr.warmup_steps} warmup steps, batch {tr.batch_size} x
+{tr.seq_len} tokens, {html.escape(optim)} (beta2 {tr.beta2}, weight decay {tr.weight_decay}),
+clip {tr.clip},
+{html.escape(tr.dtype.value)}). Model shape: {html.escape(json.dumps(dict(cfg.model_shape)))}. Data:
+{html.escape(str(cfg.data.source))}. torch {html.escape(str(env.torch))} on
+{html.escape(str(env.hardware))}; {wall}; {html.escape(cfg.date)}.</p>
 <h2>Leaderboard</h2>
 <p class="note">{_board_note(summary)}</p>
 {leaderboard_html(summary)}

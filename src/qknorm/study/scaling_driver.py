@@ -53,20 +53,21 @@ def read_scaling_summary(out_dir) -> ScalingSummary:
 
 def _config(splan: ScalingPlan, sizes: Tuple[SizeResult, ...], estimate: Optional[Tuple[float, str]], wall_s: float,
             plots: bool) -> Dict[str, Any]:
-    first = sizes[0].summary.config
+    first, first_json = sizes[0].summary.config, sizes[0].summary.config.to_json()
     return {
-        "profile": splan.profile, "label": first["label"], "variants": first["variants"],
-        "optimizers": first["optimizers"], "seeds": first["seeds"], "train": first["train"], "data": first["data"],
+        "profile": splan.profile, "label": first.label, "variants": list(first.variants),
+        "optimizers": list(first.optimizers), "seeds": list(first.seeds), "train": first_json["train"],
+        "data": first.data.to_json(),
         "sizes": [{"name": s.name, "params_nonembed": s.params_nonembed, "tokens": s.tokens,
-                   "model_shape": s.summary.config["model_shape"], "lrs": s.summary.config["lrs"],
-                   "dir": f"{SIZES_DIR}/{s.name}", "wall_time_s": s.summary.config.get("wall_time_s"),
-                   "reused_runs": s.summary.config.get("reused_runs")} for s in sizes],
+                   "model_shape": dict(s.summary.config.model_shape), "lrs": list(s.summary.config.lrs),
+                   "dir": f"{SIZES_DIR}/{s.name}", "wall_time_s": s.summary.config.wall_time_s,
+                   "reused_runs": s.summary.config.reused_runs} for s in sizes],
         "fingerprint": scaling_fingerprint(splan), "scaling_fit_method": FIT_METHOD,
-        "uncertainty": first.get("uncertainty"), "lr_sensitivity_loss": first.get("lr_sensitivity_loss"),
-        "variant_descriptions": first.get("variant_descriptions"),
+        "uncertainty": first.uncertainty, "lr_sensitivity_loss": first.lr_sensitivity_loss,
+        "variant_descriptions": dict(first.variant_descriptions),
         "estimate_s": round(estimate[0], 1) if estimate else None, "estimate_method": estimate[1] if estimate else
-        None, "environment": first["environment"],
-        "qknorm": first["qknorm"], "wall_time_s": round(wall_s, 1), "plots": plots,
+        None, "environment": first.environment.to_json(),
+        "qknorm": first.qknorm, "wall_time_s": round(wall_s, 1), "plots": plots,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 

@@ -54,14 +54,13 @@ def _sensitivity(sens: Optional[Sensitivity], many: bool) -> str:
 
 def sampling_note(summary: StudySummary) -> str:
     """What the max attention logit is: sampled, so a lower bound of the run's true maximum."""
-    tr = summary.config.get("train", {})
-    seqs = summary.config.get("stats_seqs")
-    every = tr.get("stats_every")
+    tr, seqs = summary.config.train, summary.config.stats_seqs
+    every = tr.stats_every
     if not every or not seqs:
         return "max logit: the largest attention logit seen at the run's stats passes (a lower bound of its maximum)"
     return (f"max logit: the largest attention logit (fp32, over all layers and heads) at stats passes every "
-            f"{every} steps and at the last step, each on {min(seqs, tr.get('batch_size', seqs))} of the batch's "
-            f"{tr.get('batch_size')} sequences: a lower bound of the run's true maximum")
+            f"{every} steps and at the last step, each on {min(seqs, tr.batch_size)} of the batch's "
+            f"{tr.batch_size} sequences: a lower bound of the run's true maximum")
 
 
 def format_notes(summary: StudySummary) -> List[str]:
