@@ -33,7 +33,7 @@ from .errors import ConfigError
 from .plain import plain
 from .config_variants import (QKNormGain, QKNormLayers, QKNormScope, QKNormType, fused_layer, layer_has_qk_norm,
                               layer_has_rope, nope_layer_tuple, rotary_dim, validate_variants)
-from .config_moe import layer_tuple, mlp_params, validate_moe
+from .config_moe import MoERouter, layer_tuple, mlp_params, validate_moe
 from .rope_scaling import RopeScaling
 
 __all__ = ["ModelConfig", "QKNormScope", "QKNormType", "QKNormGain", "QKNormLayers", "Placement", "NormType",
@@ -87,6 +87,7 @@ _ENUM_FIELDS = {
     "attn_impl": AttnImpl,
     "qk_norm_gain": QKNormGain,
     "qk_norm_layers": QKNormLayers,
+    "moe_router": MoERouter,
 }
 
 
@@ -180,6 +181,8 @@ class ModelConfig:
     norm_topk_prob: bool = False  # renormalize the top-k softmax weights to sum to 1
     moe_every: int = 1  # layer i sparse iff (i+1) % moe_every == 0 (Qwen3-MoE decoder_sparse_step)
     dense_layers: Tuple[int, ...] = ()  # layers kept dense (Qwen3-MoE mlp_only_layers)
+    moe_router: MoERouter = MoERouter.SOFTMAX  # softmax (OLMoE, Qwen3-MoE) | sigmoid on the inputs (Llama 4)
+    moe_shared_expert: bool = False  # one always-on expert beside the routed ones (Llama 4)
 
     # bookkeeping, not a setting: which of _DERIVABLE this config derived (set in __post_init__; its presence
     # on input is how a dataclasses.replace copy is recognised)

@@ -51,7 +51,8 @@ def test_rows_describe_the_designs():
     l4 = rows["llama4_text"]
     assert (l4.qk_norm, l4.gain, l4.vs_rope, l4.layers) == ("weightless RMSNorm", "none", "after",
                                                             "RoPE layers (36/48)")
-    assert "chunked 8192 on 36/48" in l4.attention and "temperature 0.1" in l4.attention and "refused" in l4.note
+    assert "chunked 8192 on 36/48" in l4.attention and "temperature 0.1" in l4.attention
+    assert l4.block == "pre, MoE top-1 of 16, sigmoid on inputs + shared expert" and not l4.note
     assert rows["llama"].qk_norm == "none" and rows["mistral"].attention == "sliding 4096 on 32/32"
 
 

@@ -102,6 +102,17 @@ VARIANTS = {
     "olmo": ("OlmoConfig", "OlmoForCausalLM",
              dict(num_key_value_heads=2, clip_qkv=0.5, attention_bias=True, rope_theta=5e4)),
     "olmo_tied": ("OlmoConfig", "OlmoForCausalLM", dict(num_key_value_heads=1, tie_word_embeddings=True)),
+    # Llama 4's MoE layers: sigmoid router on the inputs + a shared expert; every 2nd layer top-1 of 3, or
+    # explicit moe_layers top-2 of 4 (not periodic: dense_layers)
+    "llama4_text_moe": ("Llama4TextConfig", "Llama4ForCausalLM",
+                        dict(num_hidden_layers=4, num_key_value_heads=2, head_dim=16, intermediate_size_mlp=80,
+                             intermediate_size=40, num_local_experts=3, num_experts_per_tok=1,
+                             interleave_moe_layer_step=2, no_rope_layers=[1, 0, 1, 0], attention_chunk_size=8,
+                             floor_scale=4, attn_scale=0.3)),
+    "llama4_text_moe_top2": ("Llama4TextConfig", "Llama4ForCausalLM",
+                             dict(num_hidden_layers=4, num_key_value_heads=1, head_dim=16, intermediate_size_mlp=48,
+                                  intermediate_size=32, num_local_experts=4, num_experts_per_tok=2,
+                                  moe_layers=[0, 1, 3], attention_chunk_size=8, tie_word_embeddings=True)),
     # mixture-of-experts families (nn/moe.py): top-2 of 4 experts, more tokens than experts so each is used
     "olmoe": ("OlmoeConfig", "OlmoeForCausalLM",
               dict(num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, intermediate_size=40, rope_theta=5e5)),

@@ -28,7 +28,7 @@ def test_defaults_match_installed_transformers(model_type):
     hf = cls()
     # attributes transformers derives in __post_init__ from other fields or stores elsewhere
     derived = {"rope_theta", "rope_local_base_freq", "sliding_window_pattern", "num_key_value_heads", "head_dim",
-               "sliding_window", "partial_rotary_factor"}
+               "sliding_window", "partial_rotary_factor", "moe_layers"}
     for field, ours in fam.defaults.items():
         if field not in derived:
             assert getattr(hf, field) == ours, field
@@ -43,14 +43,8 @@ def test_defaults_match_installed_transformers(model_type):
     if fam.sliding in ("layer_types", "all"):  # Qwen's class sets it to None unless use_sliding_window
         assert hf.sliding_window == fam.defaults["sliding_window"]
     # and the whole default config translates to the same model transformers would build
-    if model_type == "llama4_text":  # its default layers are all mixture-of-experts, refused in one line
-        with pytest.raises(CheckpointError, match="moe_layers=.*mixture-of-experts"):
-            config_from_hf({"model_type": model_type})
-        ours = config_from_hf({"model_type": model_type, "moe_layers": []})[0]
-        full = config_from_hf(getattr(transformers, _CLASSES[model_type])(moe_layers=[]).to_dict())[0]
-    else:
-        ours = config_from_hf({"model_type": model_type})[0]
-        full = config_from_hf(hf.to_dict())[0]
+    ours = config_from_hf({"model_type": model_type})[0]
+    full = config_from_hf(hf.to_dict())[0]
     assert ours == full
 
 

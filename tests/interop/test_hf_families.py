@@ -77,9 +77,12 @@ def test_family_configs_are_what_the_model_cards_say():
     assert o.qk_norm.value == "full" and o.global_every == 4 and o.local_rope == (2e4, None)
 
 
-def test_llama4_moe_layers_are_refused_in_one_line():
-    with pytest.raises(qknorm.CheckpointError, match=r"moe_layers=\[0, 1\] is not supported \(mixture-of-experts"):
-        qknorm.interop.hf_config.config_from_hf({"model_type": "llama4_text", "num_hidden_layers": 2})
+def test_llama4_default_config_reads_its_moe_layers():
+    """The class defaults (every layer sparse, 16 experts, top-1), once refused, read as Llama 4's MoE."""
+    c = qknorm.interop.hf_config.config_from_hf({"model_type": "llama4_text", "num_hidden_layers": 2})[0]
+    assert (c.n_experts, c.experts_per_token, c.moe_every, c.moe_router.value, c.moe_shared_expert) == \
+        (16, 1, 1, "sigmoid", True)
+    assert (c.d_ff, c.moe_d_ff) == (16384, 8192)  # intermediate_size_mlp (dense), intermediate_size (experts)
 
 
 def test_qknorm_layouts_export_as_the_family_that_has_them(tmp_path):

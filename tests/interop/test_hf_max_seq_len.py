@@ -16,18 +16,17 @@ pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU ke
 
 transformers = pytest.importorskip("transformers")
 
-DEFAULTS = {"olmo2": 2048, "qwen3": 32768, "gemma3_text": 131072, "llama": 2048, "qwen2": 32768, "mistral": 131072,
+DEFAULTS = {"olmo": 2048, "olmo2": 2048, "qwen3": 32768, "gemma3_text": 131072, "llama": 2048, "qwen2": 32768,
+            "mistral": 131072,
             "olmo3": 2048, "cohere": 8192, "stablelm": 4096, "exaone4": 2048, "hunyuan_v1_dense": 2048,
             "llama4_text": 131072, "olmoe": 4096, "qwen3_moe": 32768}
-DENSE = {"llama4_text": {"moe_layers": []}}  # its default layers are mixture-of-experts, which are refused
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
 @pytest.mark.parametrize("value", [-1, None, 0, "unknown"])
 def test_unknown_max_position_embeddings_gets_the_family_default(model_type, value):
     with pytest.warns(UserWarning, match=f"max_position_embeddings={value!r} \\(unknown\\)"):
-        config, _ = config_from_hf({"model_type": model_type, "max_position_embeddings": value,
-                                    **DENSE.get(model_type, {})})
+        config, _ = config_from_hf({"model_type": model_type, "max_position_embeddings": value})
     assert config.max_seq_len == DEFAULTS[model_type] == FAMILIES[model_type].defaults["max_position_embeddings"]
 
 

@@ -43,6 +43,32 @@ def test_moe_equals_dense_float64_reference_with_gradients(k, norm):
     assert m.router.weight.grad is None and g_out[3].abs().sum() > 0  # the router learns through the weights
 
 
+def test_sigmoid_router_with_shared_expert_equals_float64_reference():
+    """Llama 4's rule: top-k of the logits, sigmoid of each chosen logit scaling that expert's input, plus a shared
+    expert on every token (float64 dense reference: every expert on its scaled input, masked)."""
+    c = ModelConfig(d_model=16, n_heads=2, d_ff=24, n_experts=4, experts_per_token=2, moe_d_ff=12,
+                    moe_router="sigmoid", moe_shared_expert=True)
+    torch.manual_seed(0)
+    m = MoEMLP(c).double()
+    m.reset_parameters(0.3, 2)
+    with torch.no_grad():
+        for p in m.shared.parameters():
+            p.normal_(0.0, 0.3)
+    x = torch.randn(2, 24, 16, dtype=torch.float64)
+    flat = x.reshape(-1, 16)
+    logits = flat @ m.router.weight.T  # (N, E)
+    top = torch.topk(logits, 2, dim=-1)
+    sig = torch.sigmoid(top.values.float()).double()  # in fp32 whatever the dtype, as Llama 4 computes it
+    s = torch.zeros_like(logits).scatter(1, top.indices, sig)  # (N, E), 0 where unchosen
+    xs = s[..., None] * flat[:, None, :]  # (N, E, d): each expert's scaled input
+    h = torch.nn.functional.silu(torch.einsum("ned,efd->nef", xs, m.gate_proj)) * \
+        torch.einsum("ned,efd->nef", xs, m.up_proj)
+    routed = (torch.einsum("nef,edf->ned", h, m.down_proj) * (s > 0)[..., None]).sum(1)  # (N, d)
+    ref = m.shared(flat) + routed
+    torch.testing.assert_close(m(x), ref.view_as(x), rtol=1e-12, atol=1e-12)
+    assert c.num_params() == sum(p.numel() for p in TransformerLM(c).parameters())
+
+
 def test_sparse_layers_and_parameter_count():
     c = ModelConfig(vocab_size=32, d_model=16, n_layers=4, n_heads=2, d_ff=24, n_experts=3, experts_per_token=2,
                     moe_d_ff=8, moe_every=2, dense_layers=[3])
@@ -54,6 +80,8 @@ def test_sparse_layers_and_parameter_count():
 
 @pytest.mark.parametrize("fields,match", [
     (dict(n_experts=2, experts_per_token=3), "experts_per_token=3 must be <= n_experts=2"),
+    (dict(moe_shared_expert=True), "moe_shared_expert is set but n_experts is 0"),
+    (dict(n_experts=2, moe_router="sigmoid", norm_topk_prob=True), "norm_topk_prob=true renormalizes softmax"),
     (dict(moe_d_ff=8), "moe_d_ff is set but n_experts is 0"),
     (dict(n_experts=2, dense_layers=[5]), "dense_layers entry 5"),
     (dict(n_experts=-1), "n_experts=-1 must be an integer >= 0"),

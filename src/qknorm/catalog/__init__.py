@@ -8,8 +8,8 @@ its config.json as on the Hugging Face Hub plus `_source` (the repository) and `
 checked against which public copy of the published file, and which stay transcribed). Each is read by the
 same translation `from_hf` uses (interop/hf_config.py), so a row says what qknorm itself would build: norm kind, gain,
 scope, place relative to RoPE, which layers carry it, eps, weight offset and cast, block placement, attention
-pattern (windows, chunks, NoPE layers), RoPE, softcaps and output scale. A family whose MLP qknorm does not
-build yet (Llama 4's mixture-of-experts layers) is read for its attention with dense layers, and says so.
+pattern (windows, chunks, NoPE layers), RoPE, softcaps, output scale and q/k/v clamps, and the mixture-of-
+experts layers (router rule, shared expert).
 
 `small_config` shrinks an entry to a CPU-sized model of the same design (depth, width, vocabulary, windows),
 so that `qknorm catalog --build NAME --out DIR` writes a checkpoint `qknorm inspect DIR` reads.
@@ -24,13 +24,12 @@ from typing import List, Optional, Sequence
 
 from ..config import CHUNKED, SLIDING, ModelConfig, layer_has_qk_norm
 from ..config_moe import layer_is_moe
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..interop.hf_config import config_from_hf
 
 __all__ = ["CONFIG_DIR", "Entry", "Row", "entries", "read_entry", "render", "small_config"]
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-_MOE_NOTE = "attention only: its mixture-of-experts MLP layers are refused (read as dense)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,16 +73,8 @@ class Entry:
 def read_entry(path: Path) -> Entry:
     """One bundled config.json as an Entry (CheckpointError naming the file if it does not read)."""
     raw = json.loads(Path(path).read_text())
-    source = str(path)
-    note = ""
-    try:
-        config, fam = config_from_hf(raw, source=source)
-    except CheckpointError as e:
-        if "moe_layers=" not in str(e):
-            raise
-        config, fam = config_from_hf({**raw, "moe_layers": []}, source=source)
-        note = _MOE_NOTE
-    return Entry(Path(path).stem, str(raw.get("_source", "")), fam.model_type, config, note)
+    config, fam = config_from_hf(raw, source=str(path))
+    return Entry(Path(path).stem, str(raw.get("_source", "")), fam.model_type, config)
 
 
 def entries(directory: Optional[Path] = None) -> List[Entry]:
@@ -134,7 +125,8 @@ def describe(e: Entry) -> Row:
     n_moe = sum(layer_is_moe(c, i) for i in range(L))
     if n_moe:
         block += (f", MoE top-{c.experts_per_token} of {c.n_experts}{' renormalized' if c.norm_topk_prob else ''}"
-                  + ("" if n_moe == L else f" on {n_moe}/{L}"))
+                  + (", sigmoid on inputs" if c.moe_router.value == "sigmoid" else "")
+                  + (" + shared expert" if c.moe_shared_expert else "") + ("" if n_moe == L else f" on {n_moe}/{L}"))
     weight = ("1 + w" if c.norm_offset else "w") + (f" ({c.norm_cast.value})" if c.norm_type.value == "rmsnorm"
                                                      else " (fp32)")
     if not c.layernorm_weight:

@@ -49,15 +49,16 @@ class Family:
     # the ModelConfig values (enum values as strings) by which `infer_family` recognises the family, beyond its
     # placement and qk_norm; a tuple allows several
     signature: Dict[str, Tuple[Any, ...]] = dataclasses.field(default_factory=dict)
-    moe: bool = False  # mixture-of-experts MLPs (n_experts > 0); a dense family never takes a sparse config
+    # mixture-of-experts MLPs (n_experts > 0); a dense family never takes a sparse config; None: either (Llama 4)
+    moe: Optional[bool] = False
     clip_qkv: bool = False  # the family clamps q, k, v when its config's clip_qkv is set (OLMo 1, OLMoE)
 
     def accepts(self, config: ModelConfig) -> bool:
         """Whether `config` has this family's signature (placement, QK-norm scope and the fields listed)."""
         want = {"placement": (self.placement,), "qk_norm": (self.qk_norm,), "norm_type": ("rmsnorm",),
                 "rope_interleaved": (False,), "qk_norm_after_rope": (False,), "layernorm_weight": (True,),
-                **self.signature}
-        if (config.n_experts > 0) != self.moe:
+                "moe_router": ("softmax",), "moe_shared_expert": (False,), **self.signature}
+        if self.moe is not None and (config.n_experts > 0) != self.moe:
             return False
         return all(getattr(getattr(config, f), "value", getattr(config, f)) in ok for f, ok in want.items())
 
@@ -143,15 +144,17 @@ FAMILIES: Dict[str, Family] = {
              rms_norm_eps=1e-5, max_position_embeddings=2048, tie_word_embeddings=False, attention_bias=False,
              hidden_act="silu", initializer_range=0.02, rope_theta=1e4),
         prepare=V.prepare_hunyuan, read=V.read_hunyuan, signature=dict(qk_norm_after_rope=(True,))),
-    "llama4_text": Family(  # weightless RMS QK-norm after RoPE on the RoPE layers; NoPE layers with temperature
+    "llama4_text": Family(  # weightless RMS QK-norm after RoPE on RoPE layers; NoPE layers with temperature; MoE
         "llama4_text", "Llama4ForCausalLM", "pre", "head", "input", 0.0, False, "hidden_act",
         dict(zip(_SHAPE, (202048, 5120, 8192, 48, 40)), intermediate_size_mlp=16384, num_key_value_heads=8,
              head_dim=128, rms_norm_eps=1e-5, max_position_embeddings=131072, tie_word_embeddings=False,
              attention_bias=False, hidden_act="silu", initializer_range=0.02, rope_theta=5e5, use_qk_norm=True,
              no_rope_layer_interval=4, attention_chunk_size=8192, attn_temperature_tuning=True, floor_scale=8192,
-             attn_scale=0.1, interleave_moe_layer_step=1),
-        d_ff_field="intermediate_size_mlp", read=V.read_llama4, write=V.write_llama4,
-        signature=dict(qk_norm=("none", "head"), rope_interleaved=(True,), qk_norm_after_rope=(True, False))),
+             attn_scale=0.1, interleave_moe_layer_step=1, moe_layers=None, num_local_experts=16,
+             num_experts_per_tok=1),
+        d_ff_field="intermediate_size_mlp", read=V.read_llama4, write=V.write_llama4, moe=None,
+        signature=dict(qk_norm=("none", "head"), rope_interleaved=(True,), qk_norm_after_rope=(True, False),
+                       moe_router=("softmax", "sigmoid"), moe_shared_expert=(False, True))),
     "olmoe": Family(  # Llama's pre-norm block, OLMo 2's full-width QK-norm, every MLP a mixture of experts
         "olmoe", "OlmoeForCausalLM", "pre", "full", "input", 0.0, False, "hidden_act",
         dict(zip(_SHAPE, (50304, 2048, 2048, 16, 16)), num_key_value_heads=None, head_dim=None, rms_norm_eps=1e-5,

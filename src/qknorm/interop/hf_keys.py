@@ -8,6 +8,8 @@ LayerNorms, `norms.{h}.weight`, each (head_dim,)): our (heads, head_dim) tensor 
 likewise one tensor per expert (OLMoE/Qwen3-MoE `mlp.experts.{e}.gate_proj.weight`, (F, d)) stacked into our
 (E, F, d). transformers 5 holds its experts fused in memory (`mlp.experts.gate_up_proj` (E, 2F, d),
 `mlp.experts.down_proj` (E, d, F)) but saves them per expert; both forms are read, the per-expert one written.
+Llama 4 holds and saves its experts fused and transposed (`feed_forward.experts.gate_up_proj` (E, d, 2F),
+`down_proj` (E, F, d)): read and written in that form, split into our layout in between.
 
 Gemma 3 stores its RMSNorm weights as offsets (scale = 1 + w, zero init); we keep them stored that way
 (`norm_offset=1.0`). A checkpoint whose offsets were already folded into plain scales (w' = 1 + w, as a
@@ -47,6 +49,7 @@ _PRE_NORMS = {  # Llama/Qwen2/Qwen3/Mistral: post_attention_layernorm is the pre
     "layers.{i}.attn_norm_in.weight": "model.layers.{i}.input_layernorm.weight",
     "layers.{i}.mlp_norm_in.weight": "model.layers.{i}.post_attention_layernorm.weight",
 }
+_OURS = ".ours"  # suffix of Llama 4's experts split into our layout (never a key on disk)
 _MOE = {  # our stacked experts (E, F, d) / (E, d, F) <- one HF tensor per expert (as saved), stacked along dim 0
     "layers.{i}.mlp.router.weight": "model.layers.{i}.mlp.gate.weight",
     "layers.{i}.mlp.gate_proj": "model.layers.{i}.mlp.experts.{e}.gate_proj.weight",
@@ -82,7 +85,14 @@ KEY_MAPS: Dict[str, Dict[str, str]] = {
     "llama4_text": {**{k: v for k, v in _COMMON.items() if ".mlp." not in k}, **_PRE_NORMS,  # dense layers
                     "layers.{i}.mlp.gate_proj.weight": "model.layers.{i}.feed_forward.gate_proj.weight",
                     "layers.{i}.mlp.up_proj.weight": "model.layers.{i}.feed_forward.up_proj.weight",
-                    "layers.{i}.mlp.down_proj.weight": "model.layers.{i}.feed_forward.down_proj.weight"},
+                    "layers.{i}.mlp.down_proj.weight": "model.layers.{i}.feed_forward.down_proj.weight",
+                    # sparse layers: router, fused experts (split into our layout: _LLAMA4_EXPERTS), shared expert
+                    "layers.{i}.mlp.router.weight": "model.layers.{i}.feed_forward.router.weight",
+                    **{f"layers.{{i}}.mlp.{p}": f"model.layers.{{i}}.feed_forward.experts.{p}{_OURS}"
+                       for p in ("gate_proj", "up_proj", "down_proj")},
+                    **{f"layers.{{i}}.mlp.shared.{p}.weight":
+                       f"model.layers.{{i}}.feed_forward.shared_expert.{p}.weight"
+                       for p in ("gate_proj", "up_proj", "down_proj")}},
     "olmoe": {**_COMMON, **_PRE_NORMS, **_MOE},
     "qwen3_moe": {**_COMMON, **_PRE_NORMS, **_MOE},  # dense layers (mlp_only_layers) keep _COMMON's MLP keys
     "gemma3_text": {**_COMMON,
@@ -115,6 +125,40 @@ def _unfuse_experts(key: str, value: torch.Tensor) -> Dict[str, torch.Tensor]:
             **{f"{prefix}{e}.up_proj.weight": t for e, t in enumerate(up.unbind(0))}}
 
 
+_LLAMA4_EXPERTS = re.compile(r"^(.*\.feed_forward\.experts\.)(gate_up_proj|down_proj)$")
+
+
+def _split_llama4_experts(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Llama 4's fused experts in our layout: gate_up_proj (E, d, 2F) -> gate, up (E, F, d) (its first F columns
+    are the gate); down_proj (E, F, d) -> (E, d, F). Under the `_OURS` names of the key map."""
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        m = _LLAMA4_EXPERTS.match(key)
+        if m is None or value.ndim != 3:
+            out[key] = value
+        elif m.group(2) == "down_proj":
+            out[f"{m.group(1)}down_proj{_OURS}"] = value.transpose(1, 2)
+        else:
+            gate, up = value.transpose(1, 2).chunk(2, dim=1)  # (E, 2F, d) -> (E, F, d) each
+            out.update({f"{m.group(1)}gate_proj{_OURS}": gate, f"{m.group(1)}up_proj{_OURS}": up})
+    return out
+
+
+def _fuse_llama4_experts(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Inverse of `_split_llama4_experts`: our gate, up, down under `_OURS` names -> gate_up_proj, down_proj."""
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not key.endswith(_OURS):
+            out[key] = value
+        elif key.endswith(f"down_proj{_OURS}"):
+            out[key[:-len(f"down_proj{_OURS}")] + "down_proj"] = value.transpose(1, 2).contiguous()
+        elif key.endswith(f"gate_proj{_OURS}"):
+            prefix = key[:-len(f"gate_proj{_OURS}")]
+            up = state[f"{prefix}up_proj{_OURS}"]
+            out[prefix + "gate_up_proj"] = torch.cat([value, up], dim=1).transpose(1, 2).contiguous()
+    return out
+
+
 def normalize_hf_keys(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Strip a multimodal text prefix and drop the keys listed in `_IGNORED`."""
     out = {}
@@ -144,6 +188,8 @@ def hf_state_to_ours(hf_state: Mapping[str, torch.Tensor], model_type: str,
                      expected: Mapping[str, Tuple[int, ...]], *, tied: bool, source: str) -> Dict[str, torch.Tensor]:
     """Map HF tensors onto our keys; every key used once, every shape as `expected` (our key -> shape)."""
     state = normalize_hf_keys(hf_state)
+    if model_type == "llama4_text":
+        state = _split_llama4_experts(state)
     out: Dict[str, torch.Tensor] = {}
     used = set()
     for ours, shape in expected.items():
@@ -198,7 +244,7 @@ def ours_state_to_hf(state: Mapping[str, torch.Tensor], model_type: str) -> Dict
             out.update({name.replace(mark, str(h)): row for h, row in enumerate(v.unbind(0))})
         else:
             out[name] = v
-    return out
+    return _fuse_llama4_experts(out) if model_type == "llama4_text" else out
 
 
 def _norm_vectors(state: Mapping[str, torch.Tensor]) -> Iterable[Tuple[str, torch.Tensor]]:

@@ -17,13 +17,15 @@ Each family's hooks (rows in hf_families.py):
                     its config), no QK-norm; clip_qkv
   olmoe             every layer sparse; clip_qkv (clamped after its full-width QK-norm)
   llama4_text       use_qk_norm -> weightless RMSNorm after RoPE on the RoPE layers; no_rope_layers (0 = NoPE);
-                    attn_temperature_tuning on NoPE layers; chunked attention; interleaved RoPE; MoE layers refused
+                    attn_temperature_tuning on NoPE layers; chunked attention; interleaved RoPE; MoE layers
+                    (moe_layers / interleave_moe_layer_step): sigmoid router on the inputs, a shared expert
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List
 
 from ..config import CHUNKED, FULL, SLIDING, ModelConfig
+from ..config_moe import expert_d_ff, layer_is_moe
 from ..errors import CheckpointError
 
 Get = Callable[[str], Any]
@@ -163,14 +165,6 @@ def write_olmo(c: ModelConfig, out: Dict[str, Any]) -> List[str]:
 # ---------------------------------------------------------------------------------------------- llama4_text
 def read_llama4(get: Get, out: Dict[str, Any], source: str) -> Dict[str, Any]:
     n = out["n_layers"]
-    moe = get("moe_layers")
-    if moe is None:
-        step = int(get("interleave_moe_layer_step"))
-        moe = list(range(step - 1, n, step))
-    if moe:
-        shown = list(moe) if len(moe) <= 6 else [*moe[:6], "..."]
-        raise _reject(source, "moe_layers", shown, f"mixture-of-experts MLP layers, {len(moe)} of {n}; dense layers "
-                      "only")
     interval = int(get("no_rope_layer_interval"))
     no_rope = get("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(n)]
     if len(no_rope) != n:
@@ -189,7 +183,23 @@ def read_llama4(get: Get, out: Dict[str, Any], source: str) -> Dict[str, Any]:
         fields.update(layer_types=tuple(types), attention_chunk=int(chunk))
     elif any(t != FULL for t in types):
         raise _reject(source, "layer_types", list(types), "llama4_text layers are chunked_attention or full_attention")
-    return fields
+    return {**fields, **_llama4_moe(get, n, source)}
+
+
+def _llama4_moe(get: Get, n: int, source: str) -> Dict[str, Any]:
+    """Llama 4's sparse layers (moe_layers, else every interleave_moe_layer_step-th): num_local_experts of width
+    intermediate_size, top-k of the logits with sigmoid scores on the inputs, one shared expert."""
+    step = int(get("interleave_moe_layer_step"))
+    moe = get("moe_layers")
+    moe = sorted(set(range(step - 1, n, step) if moe is None else moe))
+    if not moe:
+        return {}
+    if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n for i in moe):
+        raise _reject(source, "moe_layers", moe, f"layer indices in 0..{n - 1}")
+    periodic = next((s for s in range(1, n + 1) if moe == list(range(s - 1, n, s))), None)
+    layers = dict(moe_every=periodic) if periodic else dict(dense_layers=tuple(i for i in range(n) if i not in moe))
+    return dict(n_experts=int(get("num_local_experts")), experts_per_token=int(get("num_experts_per_tok")),
+                moe_d_ff=int(get("intermediate_size")), moe_router="sigmoid", moe_shared_expert=True, **layers)
 
 
 def write_llama4(c: ModelConfig, out: Dict[str, Any]) -> List[str]:
@@ -198,8 +208,14 @@ def write_llama4(c: ModelConfig, out: Dict[str, Any]) -> List[str]:
                                                                        for i in range(c.n_layers)],
                attn_temperature_tuning=c.nope_attn_scale is not None, attn_scale=c.nope_attn_scale or 0.1,
                floor_scale=int(c.nope_floor_scale), attention_chunk_size=c.attention_chunk, layer_types=types,
-               moe_layers=[], intermediate_size=c.d_ff)
+               moe_layers=[i for i in range(c.n_layers) if layer_is_moe(c, i)], intermediate_size=c.d_ff)
     bad = [] if SLIDING not in types else ["sliding_window (llama4_text has chunked, not sliding, attention)"]
+    if c.n_experts:
+        out.update(num_local_experts=c.n_experts, num_experts_per_tok=c.experts_per_token,
+                   intermediate_size=expert_d_ff(c), interleave_moe_layer_step=1)
+        if c.moe_router.value != "sigmoid" or not c.moe_shared_expert:
+            bad.append(f"moe_router={c.moe_router.value!r}, moe_shared_expert={c.moe_shared_expert} (llama4_text's "
+                       "experts: sigmoid router on the inputs and a shared expert)")
     if not float(c.nope_floor_scale).is_integer():
         bad.append(f"nope_floor_scale={c.nope_floor_scale} (transformers' floor_scale is an integer)")
     return bad

@@ -1,8 +1,15 @@
-"""Mixture-of-experts MLP (OLMoE, Qwen3-MoE): a top-k router over E gated-MLP experts, and its balancing loss.
+"""Mixture-of-experts MLP (OLMoE, Qwen3-MoE, Llama 4): a top-k router over E gated-MLP experts, and its balancing
+loss. With moe_router "softmax" (OLMoE, Qwen3-MoE) the weights scale the experts' outputs:
 
     p = softmax(x W_r^T)                      (N, E) in fp32, over all experts
     w, e = topk(p, k)                         (N, k); norm_topk_prob: w / sum(w)  (OLMoE: off, Qwen3-MoE: on)
     y = sum_j w_j * down_e_j(act(gate_e_j(x)) * up_e_j(x))
+
+with "sigmoid" (Llama 4) the top-k is taken of the logits and each chosen logit's sigmoid scales the expert's
+input (not the same function: the experts are not linear), and a shared expert (moe_shared_expert) adds to it:
+
+    v, e = topk(x W_r^T, k)                   (N, k) in x's dtype;  s = sigmoid(v) (fp32, cast back)
+    y = shared(x) + sum_j expert_e_j(s_j * x)
 
 The experts are three stacked tensors (E, F, d), (E, F, d), (E, d, F): per-expert keys on disk stack into them
 (interop/hf_keys.py). This is the correct-first path: a loop over the experts that some token chose, each
@@ -24,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Activation, ModelConfig
-from ..config_moe import expert_d_ff
+from ..config_moe import MoERouter, expert_d_ff
+from .mlp import GatedMLP
 
 __all__ = ["MoEMLP", "load_balancing_loss", "router_aux_loss"]
 
@@ -42,6 +50,9 @@ class MoEMLP(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(E, d, f, **kw))
         self.top_k, self.n_experts, self.norm_topk = config.experts_per_token, E, config.norm_topk_prob
         self.tanh_gelu = config.activation is Activation.GELU_TANH
+        self.sigmoid = config.moe_router is MoERouter.SIGMOID  # Llama 4: sigmoid scores on the expert inputs
+        # Llama 4's shared expert: a gated MLP of an expert's width on every token
+        self.shared = GatedMLP(config, d_ff=f, device=device, dtype=dtype) if config.moe_shared_expert else None
         self.router_logits: Optional[torch.Tensor] = None  # (N, E) of the last forward
 
     @torch.no_grad()
@@ -54,6 +65,9 @@ class MoEMLP(nn.Module):
     def route(self, x: torch.Tensor):
         """(N, d) -> router logits (N, E), routing weights (N, k) in x's dtype, expert indices (N, k)."""
         logits = self.router(x)
+        if self.sigmoid:  # Llama 4: top-k of the logits, then their sigmoid (fp32, cast back as transformers)
+            top, idx = torch.topk(logits, self.top_k, dim=-1)
+            return logits, torch.sigmoid(top.float()).to(logits.dtype), idx
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         weights, idx = torch.topk(probs, self.top_k, dim=-1)
         if self.norm_topk:
@@ -67,8 +81,11 @@ class MoEMLP(nn.Module):
         out = torch.zeros_like(flat)
         for e in idx.unique().tolist():  # the experts some token chose, in increasing order
             slot, tok = torch.where(idx.T == e)  # (k, N) mask: top-k slot and token of each routing to e
-            y = self._expert(e, flat[tok]) * weights[tok, slot, None]  # (n_e, d)
+            w = weights[tok, slot, None]  # (n_e, 1)
+            y = self._expert(e, flat[tok] * w) if self.sigmoid else self._expert(e, flat[tok]) * w  # (n_e, d)
             out.index_add_(0, tok, y.to(out.dtype))
+        if self.shared is not None:
+            out = self.shared(flat) + out
         return out.view_as(x)
 
     def _expert(self, e: int, h: torch.Tensor) -> torch.Tensor:  # (n, d) -> (n, d)
