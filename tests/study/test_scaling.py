@@ -10,6 +10,7 @@ import pytest
 from qknorm import ConfigError, study
 from qknorm.study import RunHistory, RunRecord
 from qknorm.study.leaderboard import LeaderboardRow
+from qknorm.study.scaling_config import ScalingConfig
 from qknorm.study.scaling import (ScalingAnalysis, ScalingFit, ScalingRow, fit_slope, slope_difference,
                                   trend_sentences)
 from qknorm.study.scaling_plan import params_nonembed
@@ -115,6 +116,9 @@ def test_scaling_study_writes_every_field_the_report_and_resumes(tmp_path, monke
     base, qk = summary.analysis.fits["baseline"], summary.analysis.fits["qknorm"]
     assert base.resolved and base.slope > 0 and abs(qk.slope) < 1e-9  # the fake's built-in trend, recovered
     assert {r["size"] for r in data["runs"]} == {"d16_l1", "d32_l2", "d64_l2"} and len(data["runs"]) == 36
+    # the typed config reads back and writes out key for key (a key written that ScalingConfig lacks fails here)
+    assert json.dumps(ScalingConfig.from_json(data["config"]).to_json()) == json.dumps(data["config"])
+    assert summary.config.sizes[0].dir == "sizes/d16_l1" and summary.config.train == splan.first.train
     assert data["scaling"][0]["tokens"] == 3 * 2 * 16
     assert set(data["lr_sensitivity"]["baseline"]) == {"d16_l1", "d32_l2", "d64_l2"}
     html = (out / "report.html").read_text()
@@ -122,7 +126,7 @@ def test_scaling_study_writes_every_field_the_report_and_resumes(tmp_path, monke
     assert "baseline: LR sensitivity grows with model size" in html
     assert "qknorm: the trend of LR sensitivity with size is not resolved at these sizes" in html
     assert "Max attention logit of baseline at the top LR (largest over seeds), by size: d16_l1 160," in html
-    assert summary.config["plots"] is not False and "data:image/png;base64" in html
+    assert summary.config.plots is not False and "data:image/png;base64" in html
     for name in ("scaling_loss_vs_lr.png", "scaling_sensitivity.png", "sizes/d16_l1/report.html"):
         assert (out / name).stat().st_size > 1000
     assert "d64_l2" in study.format_scaling_table(summary)

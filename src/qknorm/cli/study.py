@@ -133,8 +133,8 @@ def _run_scaling(args: argparse.Namespace, splan) -> int:
     summary = study.run_scaling_study(splan, args.out, force=args.force, max_minutes=args.max_minutes,
                                       scheduler=scheduler, tensorboard=args.tensorboard)
     runs = sum(len(s.summary.runs) for s in summary.sizes)
-    emit(f"qknorm scaling study ({summary.config['label']}): {study.plural(len(summary.sizes), 'size')}, "
+    emit(f"qknorm scaling study ({summary.config.label}): {study.plural(len(summary.sizes), 'size')}, "
          f"{study.plural(runs, 'run')} in {time.perf_counter() - t0:.0f} s; wrote {args.out}/summary.json, "
-         f"{args.out}/report.html" + ("" if summary.config.get("plots") else " (no plots)") + "\n"
+         f"{args.out}/report.html" + ("" if summary.config.plots else " (no plots)") + "\n"
          + study.format_scaling_table(summary))
     return 0

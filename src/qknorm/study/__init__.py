@@ -12,7 +12,7 @@ parallel, with a summary, a leaderboard with confidence intervals, a printed tab
   curve.py     loss vs LR over seeds, the optimum             analysis.py  LR sensitivity and the checks
   ci.py        95% intervals, separation of two methods       leaderboard.py  one row per (variant, optimizer)
   summary.py   StudySummary (summary.json)                    layout.py    the output directory, reusable runs
-  study_config.py  StudyConfig: summary.json's "config" (what was run), typed
+  study_config.py  StudyConfig: summary.json's "config" (what was run), typed; scaling_config.py the scaling study's
   table.py     the printed table                              plots.py     the PNG plots
   verdicts.py  the report's conclusions, from the CIs         report.py    report.html
   console.py   output that survives a closed pipe           speed.py     the probed peak, FLOP/s and MFU of a run

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .ci import Interval, interval_from_json, t_quantile
 from .leaderboard import LeaderboardRow
+from .scaling_config import ScalingConfig
 from .summary import StudySummary
 
 __all__ = ["fmt_params", "ScalingSummary", "ScalingRow", "ScalingFit", "SlopeDifference", "ScalingAnalysis",
@@ -248,7 +249,7 @@ class ScalingSummary:
 
     sizes: Tuple[SizeResult, ...]
     analysis: ScalingAnalysis
-    config: Dict[str, Any]
+    config: ScalingConfig  # what was run (scaling_config.py)
 
     def to_json(self) -> Dict[str, Any]:
         """summary.json: the scaling rows and fits, `lr_sensitivity` {arm: {size: value}}, every run with its size."""
@@ -256,4 +257,4 @@ class ScalingSummary:
         for r in self.analysis.rows:
             sens.setdefault(r.label, {})[r.size] = r.board.lr_sensitivity
         runs = [{**r.to_json(), "size": s.name} for s in self.sizes for r in s.summary.runs]
-        return {**self.analysis.to_json(), "lr_sensitivity": sens, "runs": runs, "config": self.config}
+        return {**self.analysis.to_json(), "lr_sensitivity": sens, "runs": runs, "config": self.config.to_json()}

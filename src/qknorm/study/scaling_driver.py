@@ -29,6 +29,7 @@ from .pool import LocalPool
 from .records import RunRecord, RunSpec
 from .plan import run_specs
 from .run import run_one
+from .scaling_config import ScalingConfig, SizeEntry
 from .scaling import FIT_METHOD, ScalingSummary, SizeResult, fmt_params, scaling_analysis
 from .scaling_plan import ScalingPlan, estimate_scaling, params_nonembed, scaling_fingerprint
 from .scaling_report import write_scaling_report
@@ -45,30 +46,28 @@ def read_scaling_summary(out_dir) -> ScalingSummary:
     """A finished scaling study read back from OUT (its summary.json's config, each size's summary.json), the
     analysis recomputed: to re-render the report with `write_scaling_report` without training anything."""
     out = Path(out_dir)
-    config = json.loads((out / SUMMARY_FILE).read_text())["config"]
-    sizes = tuple(SizeResult(s["name"], s["params_nonembed"], s["tokens"], StudySummary.from_json(
-        json.loads((out / s["dir"] / SUMMARY_FILE).read_text()))) for s in config["sizes"])
+    config = ScalingConfig.from_json(json.loads((out / SUMMARY_FILE).read_text())["config"])
+    sizes = tuple(SizeResult(s.name, s.params_nonembed, s.tokens, StudySummary.from_json(
+        json.loads((out / s.dir / SUMMARY_FILE).read_text()))) for s in config.sizes)
     return ScalingSummary(sizes=sizes, analysis=scaling_analysis(sizes), config=config)
 
 
 def _config(splan: ScalingPlan, sizes: Tuple[SizeResult, ...], estimate: Optional[Tuple[float, str]], wall_s: float,
-            plots: bool) -> Dict[str, Any]:
-    first, first_json = sizes[0].summary.config, sizes[0].summary.config.to_json()
-    return {
-        "profile": splan.profile, "label": first.label, "variants": list(first.variants),
-        "optimizers": list(first.optimizers), "seeds": list(first.seeds), "train": first_json["train"],
-        "data": first.data.to_json(),
-        "sizes": [{"name": s.name, "params_nonembed": s.params_nonembed, "tokens": s.tokens,
-                   "model_shape": dict(s.summary.config.model_shape), "lrs": list(s.summary.config.lrs),
-                   "dir": f"{SIZES_DIR}/{s.name}", "wall_time_s": s.summary.config.wall_time_s,
-                   "reused_runs": s.summary.config.reused_runs} for s in sizes],
-        "fingerprint": scaling_fingerprint(splan), "scaling_fit_method": FIT_METHOD,
-        "uncertainty": first.uncertainty, "lr_sensitivity_loss": first.lr_sensitivity_loss,
-        "variant_descriptions": dict(first.variant_descriptions),
-        "estimate_s": round(estimate[0], 1) if estimate else None, "estimate_method": estimate[1] if estimate else
-        None, "environment": first.environment.to_json(),
-        "qknorm": first.qknorm, "wall_time_s": round(wall_s, 1), "plots": plots,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            plots: bool) -> ScalingConfig:
+    first = sizes[0].summary.config
+    return ScalingConfig(
+        profile=splan.profile, label=first.label, variants=first.variants, optimizers=first.optimizers,
+        seeds=first.seeds, train=first.train, schedule=first.schedule, data=first.data,
+        sizes=tuple(SizeEntry(name=s.name, params_nonembed=s.params_nonembed, tokens=s.tokens,
+                              model_shape=s.summary.config.model_shape, lrs=s.summary.config.lrs,
+                              dir=f"{SIZES_DIR}/{s.name}", wall_time_s=s.summary.config.wall_time_s,
+                              reused_runs=s.summary.config.reused_runs) for s in sizes),
+        fingerprint=scaling_fingerprint(splan), scaling_fit_method=FIT_METHOD,
+        uncertainty=first.uncertainty, lr_sensitivity_loss=first.lr_sensitivity_loss,
+        variant_descriptions=first.variant_descriptions,
+        estimate_s=round(estimate[0], 1) if estimate else None, estimate_method=estimate[1] if estimate else None,
+        environment=first.environment, qknorm=first.qknorm, wall_time_s=round(wall_s, 1), plots=plots,
+        date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
 
 
 def run_scaling_study(splan: ScalingPlan, out_dir, *, runner: Callable[[RunSpec], RunRecord] = run_one,
@@ -119,6 +118,7 @@ def run_scaling_study(splan: ScalingPlan, out_dir, *, runner: Callable[[RunSpec]
     if report:
         _, note = write_scaling_report(out, summary)
         if note:  # no figures on the scaling page (matplotlib missing, or drawing failed): summary.json says why
-            summary = dataclasses.replace(summary, config={**summary.config, "plots": False, "plots_note": note})
+            summary = dataclasses.replace(summary, config=dataclasses.replace(summary.config, plots=False,
+                                                                              plots_note=note))
             write_atomic(out / SUMMARY_FILE, json.dumps(summary.to_json(), indent=1))
     return summary

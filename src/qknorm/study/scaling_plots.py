@@ -67,7 +67,7 @@ def _loss_vs_lr(plt, summary: ScalingSummary, path: Path) -> None:
             axes[0][0].set_ylim(min(losses) - 0.1, max(max(losses), l0) + 0.2)
     axes[0][-1].legend(title="model size (non-embedding params)", fontsize=8, title_fontsize=8, loc="upper left",
                        bbox_to_anchor=(1.01, 1.0))
-    seeds = len(summary.config.get("seeds") or [])
+    seeds = len(summary.config.seeds)
     fig.suptitle(f"Final loss vs learning rate, one curve per model size (mean of {seeds} seeds, bars min to max; "
                  "stars: each size's best LR)", fontsize=11)
     fig.tight_layout()

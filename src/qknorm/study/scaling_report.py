@@ -86,30 +86,29 @@ text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:
 
 
 def render_scaling_html(summary: ScalingSummary, images: List[Tuple[str, bytes]], plots_note: str = "") -> str:
-    cfg, tr = summary.config, summary.config["train"]
+    cfg, tr = summary.config, summary.config.train
     figs = "".join(f'<img alt="{html.escape(n)}" src="data:image/png;base64,{base64.b64encode(b).decode()}">'
                    for n, b in images)
     if plots_note:
         figs = f'<p class="fail">No plots: {html.escape(plots_note)}.</p>'
-    sizes = "; ".join(f"{s['name']}: {json.dumps(s['model_shape'])}, {s['params_nonembed']:,} non-embedding "
-                      f"parameters, LRs {', '.join(f'{x:g}' for x in s['lrs'])}" for s in cfg["sizes"])
-    links = "".join(f'<li><a href="{html.escape(s["dir"])}/report.html">{html.escape(s["name"])}</a>: the full study '
-                    f'at this size (leaderboard, checks, logits, loss curves, every run)</li>' for s in cfg["sizes"])
+    sizes = "; ".join(f"{s.name}: {json.dumps(dict(s.model_shape))}, {s.params_nonembed:,} non-embedding "
+                      f"parameters, LRs {', '.join(f'{x:g}' for x in s.lrs)}" for s in cfg.sizes)
+    links = "".join(f'<li><a href="{html.escape(s.dir)}/report.html">{html.escape(s.name)}</a>: the full study '
+                    f'at this size (leaderboard, checks, logits, loss curves, every run)</li>' for s in cfg.sizes)
     words = "".join(f"<li>{html.escape(x)}</li>" for x in trend_sentences(summary.analysis))
-    env = cfg.get("environment", {})
-    est = cfg.get("estimate_s")
+    env, est = cfg.environment, cfg.estimate_s
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>qknorm scaling study</title>
 <style>{_CSS}</style></head><body>
 <h1>Does QK-norm matter more as models grow?</h1>
-<p class="note">{html.escape(cfg.get('label') or cfg['profile'])}: {len(cfg['sizes'])} model sizes x
-{html.escape(', '.join(cfg['variants']))} x {len(cfg['seeds'])} seeds, {tr['steps']} steps each
-({html.escape(tr['schedule'])} schedule after {tr['warmup_steps']} warmup steps, batch {tr['batch_size']} x
-{tr['seq_len']} tokens: the same tokens at every size), {html.escape(tr['dtype'])}. Data:
-{html.escape(str(cfg['data']['source']))}. torch {html.escape(str(env.get('torch')))} on
-{html.escape(str(env.get('gpu') or env.get('device')))}; wall time {cfg.get('wall_time_s', 0):.0f} s
+<p class="note">{html.escape(cfg.label or cfg.profile)}: {len(cfg.sizes)} model sizes x
+{html.escape(', '.join(cfg.variants))} x {len(cfg.seeds)} seeds, {tr.steps} steps each
+({html.escape(cfg.schedule)} schedule after {tr.warmup_steps} warmup steps, batch {tr.batch_size} x
+{tr.seq_len} tokens: the same tokens at every size), {html.escape(tr.dtype.value)}. Data:
+{html.escape(str(cfg.data.source))}. torch {html.escape(str(env.torch))} on
+{html.escape(str(env.hardware))}; wall time {cfg.wall_time_s:.0f} s
 (estimated before it started: {_f(est / 60 if est else None, '.1f')} min,
-{html.escape(cfg.get('estimate_method') or 'no estimate')});
-{html.escape(cfg.get('date', ''))}.</p>
+{html.escape(cfg.estimate_method or 'no estimate')});
+{html.escape(cfg.date)}.</p>
 <p>Wortsman et al. 2023 (arXiv 2309.14322, Fig. 1) train the same models with and without qk-layernorm at several
 sizes over one learning-rate grid: without it the final loss degrades at high learning rates more as the model
 grows (LR sensitivity grows with size); with it the curves stay flat. These are the same two figures, measured
@@ -122,15 +121,15 @@ parameters and long training.</p>
 <h2>Every variant at every size</h2>
 {_table(_HEAD, _rows(summary))}
 <h2>Fitted slopes</h2>
-<p class="note">{html.escape(cfg.get('scaling_fit_method', ''))}. The difference of two slopes gets the interval
+<p class="note">{html.escape(cfg.scaling_fit_method or '')}. The difference of two slopes gets the interval
 sqrt(se_a^2 + se_b^2) x t with the smaller of the two fits' degrees of freedom.</p>
 {_table(['arm', 'slope per 10x params [95% CI]', 'interval excludes 0', 'points', 'sizes', 'df'],
         _fit_rows(summary))}
 <h2>How it was measured</h2>
 <ul class="note"><li>LR sensitivity (Wortsman et al.): E over the LR grid of [min(loss(lr), l0) - l*] on the
 final validation loss, per seed; l0 = loss at initialization, l* = best loss on the grid;
-{html.escape(str(cfg.get('lr_sensitivity_loss', '')))}.
-Uncertainty: {html.escape(str(cfg.get('uncertainty', '')))}.</li>
+{html.escape(str(cfg.lr_sensitivity_loss or ''))}.
+Uncertainty: {html.escape(str(cfg.uncertainty or ''))}.</li>
 <li>Sizes: {html.escape(sizes)}. Non-embedding parameters exclude the token embedding and the output head.</li>
 <li>Max attention logit: the largest over seeds at the top grid LR (sampled by the stats pass: a lower bound).</li>
 </ul>

@@ -16,7 +16,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from ..train.config import TrainConfig
 from .records import DEFAULT_OPTIMIZER
 
-__all__ = ["StudyConfig", "DataSource", "Environment"]
+__all__ = ["StudyConfig", "DataSource", "Environment", "train_to_json", "train_from_json", "known_fields"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -34,7 +34,7 @@ class DataSource:
 
     @classmethod
     def from_json(cls, d: Optional[Mapping[str, Any]]) -> "DataSource":
-        return cls(**_known(cls, d or {}))
+        return cls(**known_fields(cls, d or {}))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -61,7 +61,7 @@ class Environment:
 
     @classmethod
     def from_json(cls, d: Optional[Mapping[str, Any]]) -> "Environment":
-        return cls(**_known(cls, d or {}))
+        return cls(**known_fields(cls, d or {}))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -115,7 +115,7 @@ class StudyConfig:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "StudyConfig":
-        kw = _known(cls, d)
+        kw = known_fields(cls, d)
         kw.update(variants=tuple(d["variants"]), lrs=tuple(d["lrs"]), seeds=tuple(d["seeds"]),
                   data=DataSource.from_json(d.get("data")), environment=Environment.from_json(d.get("environment")))
         if d.get("optimizers"):
@@ -123,13 +123,7 @@ class StudyConfig:
         if "muon_ns_dtype" in d:
             kw["muon_ns_dtype"] = tuple(d["muon_ns_dtype"])
         if "train" in d:
-            train = dict(d["train"])
-            kw["schedule"] = train.pop("schedule", "cosine")
-            if train.get("final_lr") is None:  # a constant schedule: final_lr = lr
-                train["final_lr"] = train.get("lr", TrainConfig().lr)
-            names = {f.name for f in dataclasses.fields(TrainConfig)}
-            kw["train"] = TrainConfig.from_dict({k: v for k, v in train.items() if k in names},
-                                                source="summary.json config.train")
+            kw["train"], kw["schedule"] = train_from_json(d["train"])
         return cls(**kw)
 
 
@@ -137,9 +131,26 @@ _NOT_WRITTEN = ("schedule",)  # written inside "train"
 _WRITTEN_WHEN_SET = ("plots_note",)
 
 
+def train_to_json(train: TrainConfig, schedule: str) -> Dict[str, Any]:
+    """config.train: the TrainConfig's settings, final_lr null for a constant schedule, the schedule's name last."""
+    return {**train.to_dict(), "final_lr": None if schedule == "constant" else train.final_lr, "schedule": schedule}
+
+
+def train_from_json(d: Mapping[str, Any]) -> Tuple[TrainConfig, str]:
+    """(TrainConfig, schedule) from config.train; settings that older files lack keep their defaults, settings no
+    longer known are left out."""
+    train = dict(d)
+    schedule = train.pop("schedule", "cosine")
+    if train.get("final_lr") is None:  # a constant schedule: final_lr = lr
+        train["final_lr"] = train.get("lr", TrainConfig().lr)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig.from_dict({k: v for k, v in train.items() if k in names},
+                                 source="summary.json config.train"), schedule
+
+
 def _json(name: str, v: Any, schedule: str) -> Any:
     if name == "train":
-        return {**v.to_dict(), "final_lr": None if schedule == "constant" else v.final_lr, "schedule": schedule}
+        return train_to_json(v, schedule)
     if isinstance(v, (DataSource, Environment)):
         return v.to_json()
     if isinstance(v, tuple):
@@ -149,7 +160,7 @@ def _json(name: str, v: Any, schedule: str) -> Any:
     return v
 
 
-def _known(cls, d: Mapping[str, Any]) -> Dict[str, Any]:
+def known_fields(cls, d: Mapping[str, Any]) -> Dict[str, Any]:
     """The keys of `d` that are fields of `cls` (older files lack some, and held some no longer written)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in d.items() if k in names}
