@@ -23,7 +23,7 @@ def _explicit_max_logits(model, ids):
         B = h.shape[0]
         q = a.q_proj(h).view(B, T, a.n_heads, a.head_dim)
         k = a.k_proj(h).view(B, T, a.n_kv_heads, a.head_dim)
-        q, k = a._qk_norm_rope(q, k, cos, sin)  # (B, H, T, D), (B, Hkv, T, D)
+        q, k = a.qk_norm_rope(q, k, cos, sin)  # (B, H, T, D), (B, Hkv, T, D)
         k = k.repeat_interleave(a.n_heads // a.n_kv_heads, dim=1)
         s = (q @ k.transpose(2, 3)) * a.scale  # (B, H, T, T)
         maxes.append(s.masked_fill(~causal_mask(T, None, ids.device), -math.inf).amax().item())
@@ -52,7 +52,7 @@ def test_stats_pass_matches_explicit_scores(preset):
     assert len(stats["q_rms"]) == len(stats["k_rms"]) == model.config.n_layers
     if preset == "qwen3":  # unit QK-norm gains: RMS 1 after the norm, RoPE rotates without scaling
         assert stats["q_rms"] == pytest.approx([1.0, 1.0], abs=1e-3)
-    assert not any(layer.attn.record_stats for layer in model.layers)  # recording switched off again
+    assert not any(layer.attn._qk_probes for layer in model.layers)  # the recording probes removed again
 
 
 def _explicit_entropies(model, ids):
@@ -68,7 +68,7 @@ def _explicit_entropies(model, ids):
         h = layer.attn_norm_in(x)
         q = a.q_proj(h).view(B, T, a.n_heads, a.head_dim)
         k = a.k_proj(h).view(B, T, a.n_kv_heads, a.head_dim)
-        q, k = a._qk_norm_rope(q, k, cos, sin)  # (B, H, T, D), (B, Hkv, T, D)
+        q, k = a.qk_norm_rope(q, k, cos, sin)  # (B, H, T, D), (B, Hkv, T, D)
         k = k.repeat_interleave(a.n_heads // a.n_kv_heads, dim=1)
         s = (q.double() @ k.double().transpose(2, 3)) * a.scale  # (B, H, T, T)
         if a.softcap is not None:
@@ -163,7 +163,7 @@ def test_stats_pass_under_bf16_autocast_computes_the_scores_in_fp32():
             a, h = layer.attn, layer.attn_norm_in(x)
             q = a.q_proj(h).view(2, T, a.n_heads, a.head_dim)
             k = a.k_proj(h).view(2, T, a.n_kv_heads, a.head_dim)
-            q, k = a._qk_norm_rope(q, k, cos, sin)  # (B, H, T, D), (B, Hkv, T, D) in bf16
+            q, k = a.qk_norm_rope(q, k, cos, sin)  # (B, H, T, D), (B, Hkv, T, D) in bf16
             assert q.dtype == torch.bfloat16
             k = k.repeat_interleave(a.n_heads // a.n_kv_heads, dim=1)
             with torch.autocast("cpu", enabled=False):

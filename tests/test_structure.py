@@ -171,3 +171,74 @@ def test_train_config_is_a_frozen_keyword_only_dataclass():
         cfg.lr = 1.0  # type: ignore[misc]
     with pytest.raises(TypeError):
         TrainConfig(10)  # type: ignore[misc]
+
+
+def class_swaps(source: str) -> list:
+    """Lines that change an object's class in place: `x.__class__ = C` (also in tuple targets and augmented or
+    annotated form) or `setattr(x, "__class__", C)` / `object.__setattr__(x, "__class__", C)`."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AugAssign, ast.AnnAssign)) else []
+        flat = [t for target in targets for t in ast.walk(target)]
+        if any(isinstance(t, ast.Attribute) and t.attr == "__class__" for t in flat):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and any(isinstance(a, ast.Constant) and a.value == "__class__"
+                                                for a in node.args[1:2]):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if name in ("setattr", "__setattr__"):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_the_class_swap_check_finds_what_it_is_shown():
+    assert class_swaps("m.__class__ = TensorParallelLM") == [1]
+    assert class_swaps("a, b.__class__ = 1, C") == [1]
+    assert class_swaps("setattr(m, '__class__', C)\nobject.__setattr__(m, '__class__', C)") == [1, 2]
+    assert class_swaps("cls = m.__class__\nx.klass = C\nsetattr(m, 'name', 1)") == []
+
+
+def test_no_object_changes_its_class_in_place():
+    bad = {name: lines for name, path in _modules().items() if (lines := class_swaps(path.read_text()))}
+    assert not bad, f"__class__ assignments (compose instead: hold a strategy object, install it by a method): {bad}"
+
+
+def attention_attribute_writes(source: str, names: set) -> list:
+    """Lines that assign one of `names` as an attribute of something other than `self` (`a.record_stats = True`)."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AugAssign, ast.AnnAssign)) else []
+        for t in (t for target in targets for t in ast.walk(target)):
+            if isinstance(t, ast.Attribute) and t.attr in names and not (
+                    isinstance(t.value, ast.Name) and t.value.id == "self"):
+                lines.append(node.lineno)
+    return sorted(set(lines))
+
+
+def _attention_state_names() -> set:
+    """What an Attention sets on itself in its own code (its state), dunder-free."""
+    tree = ast.parse((PKG / "nn" / "attention.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Attention")
+    return {t.attr for n in ast.walk(cls) if isinstance(n, ast.Assign) for target in n.targets
+            for t in ast.walk(target) if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
+            and t.value.id == "self"}
+
+
+def test_the_attention_state_check_finds_what_it_is_shown():
+    names = _attention_state_names()
+    assert {"qk_path", "n_heads", "scale", "q_norm"} <= names
+    assert attention_attribute_writes("a.scale, a.window = 1, 2\nfor a in x:\n    a.q_norm = None", names) == [1, 3]
+    assert attention_attribute_writes("self.scale = 1\nh = a.scale", names) == []
+
+
+# same attribute names on objects that are not our Attention (read each before adding one here)
+NOT_OUR_ATTENTION = {"qknorm.benchmarks.paired_cpu": "an argparse Namespace's head_dim",
+                     "qknorm.benchmarks.train_models": "HF Olmo2 attention's q_norm/k_norm, replaced by Identity"}
+
+
+def test_nothing_outside_the_attention_sets_its_state():
+    names = _attention_state_names()
+    bad = {name: lines for name, path in _modules().items() if name != "qknorm.nn.attention"
+           and name not in NOT_OUR_ATTENTION and (lines := attention_attribute_writes(path.read_text(), names))}
+    assert not bad, f"attributes of Attention set from outside (use add_qk_probe / set_qk_path): {bad}"

@@ -9,14 +9,17 @@ sequence whose earlier keys/values are in a KVCache (nn/kv_cache.py), at their a
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional
+from contextlib import contextmanager, nullcontext
+from typing import ContextManager, Dict, Iterator, List, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
 
 from . import generation
 from .config import SLIDING, ModelConfig, Placement, rotary_dim
+from .errors import ConfigError
+from .nn.attention import Attention
+from .nn.attention_probes import StatsProbe, probing
 from .nn.block import Block
 from .nn.kv_cache import KVCache
 from .nn.moe import MoEMLP, router_aux_loss
@@ -24,6 +27,18 @@ from .nn.norm import RMSNorm, build_norm
 from .nn.qk_norm import QKL2Norm, QKLayerNorm
 from .nn.rope import RotaryEmbedding
 from .nn.sigma_reparam import SigmaReparamLinear
+
+
+class ParallelPlan(Protocol):
+    """What a parallelized model does differently from one process (parallel/tensor.py's TensorParallelPlan):
+    the LM head's input and output layouts, and combining per-rank attention statistics."""
+
+    def head_input(self, h: torch.Tensor) -> torch.Tensor: ...  # (B, T, d) local -> the head's input
+
+    def head_output(self, logits: torch.Tensor) -> torch.Tensor: ...  # the head's output -> what forward returns
+
+    def combining_attention_stats(self, attns: Sequence[Attention],
+                                  stats: List[Dict[str, torch.Tensor]]) -> ContextManager[None]: ...
 
 
 class TransformerLM(nn.Module):
@@ -46,6 +61,7 @@ class TransformerLM(nn.Module):
         self.rope_global = RotaryEmbedding(rd, theta=c.rope_theta, scaling=c.rope_scaling)
         self.rope_local = RotaryEmbedding(rd, theta=local_theta, scaling=local_scaling)
         self._layer_is_sliding = [t == SLIDING for t in c.resolved_layer_types()]
+        self.parallel_plan: Optional[ParallelPlan] = None  # set once by set_parallel_plan (parallel/tensor.py)
         self.reset_parameters()
 
     # ------------------------------------------------------------------ forward
@@ -68,12 +84,21 @@ class TransformerLM(nn.Module):
         return self.norm(x)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, T, vocab)
+        plan = self.parallel_plan
+        h = h if plan is None else plan.head_input(h)
         w = self.embed.weight if self.lm_head is None else self.lm_head.weight
         out = nn.functional.linear(h, w)
         if self.config.logit_scale != 1.0:  # Cohere
             out = out * self.config.logit_scale
         cap = self.config.final_softcap
-        return out if cap is None else torch.tanh(out / cap) * cap
+        out = out if cap is None else torch.tanh(out / cap) * cap
+        return out if plan is None else plan.head_output(out)
+
+    def set_parallel_plan(self, plan: ParallelPlan) -> None:
+        """Parallelizers (qknorm.parallel.parallelize_tp) install their plan once, after sharding the weights."""
+        if self.parallel_plan is not None:
+            raise ConfigError("this model is already parallelized (it has a parallel plan)")
+        self.parallel_plan = plan
 
     # ------------------------------------------------------------------ generation (generation.py)
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
@@ -118,17 +143,17 @@ class TransformerLM(nn.Module):
             with model.recording_attention_stats() as stats:
                 model(ids)
             stats[i]["max_logit"]
-        """
+
+        Under a parallel plan the stats are combined over the ranks (a collective: every rank runs the forward)."""
         attns = [layer.attn for layer in self.layers]
         out: List[Dict[str, torch.Tensor]] = []
-        for a in attns:
-            a.record_stats, a.stats = True, {}
-        try:
-            yield out
-        finally:
-            for a in attns:
-                a.record_stats = False
-                out.append(a.stats)
+        plan = self.parallel_plan
+        with plan.combining_attention_stats(attns, out) if plan is not None else nullcontext():
+            with probing(attns, [StatsProbe() for _ in attns]) as probes:
+                try:
+                    yield out
+                finally:
+                    out.extend(p.stats for p in probes)
 
     def router_aux_loss(self) -> torch.Tensor:
         """The load-balancing loss (nn/moe.py) of the last forward's routing over the sparse layers; train with

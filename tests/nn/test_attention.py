@@ -6,6 +6,7 @@ import torch
 
 from qknorm import get_config
 from qknorm.nn.attention import Attention
+from qknorm.nn.attention_probes import StatsProbe
 
 pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
 
@@ -173,8 +174,10 @@ def test_recorded_max_logit_is_exact_and_bound_holds():
     cfg = get_config("llama", "debug")
     attn = make(cfg)
     x = torch.randn(2, 12, cfg.d_model)
-    attn.record_stats = True
+    probe = StatsProbe()
+    handle = attn.add_qk_probe(probe)
     run(attn, x, cfg)
+    handle.remove()
     # independent: recompute scores from the reference pieces
     d = torch.float64
     B, T, H, D = 2, 12, cfg.n_heads, cfg.head_dim
@@ -183,8 +186,9 @@ def test_recorded_max_logit_is_exact_and_bound_holds():
     k = k.repeat_interleave(H // cfg.n_kv_heads, 1)
     s = (q @ k.transpose(-1, -2)) * D ** -0.5
     s = s.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
-    assert abs(attn.stats["max_logit"].item() - s.max().item()) < 1e-3 * max(1.0, s.max().abs().item())
-    assert attn.stats["logit_bound"].item() >= s.max().item()
+    assert abs(probe.stats["max_logit"].item() - s.max().item()) < 1e-3 * max(1.0, s.max().abs().item())
+    assert probe.stats["logit_bound"].item() >= s.max().item()
+    assert not attn._qk_probes  # removed
 
 
 @pytest.mark.parametrize("window", [None, 5])

@@ -23,7 +23,7 @@ def _q_k(attn, x, cfg):
     cos, sin = rope_tables(T, cfg.head_dim, theta=cfg.rope_theta)
     q = attn.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim)
     k = attn.k_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim)
-    return attn._qk_norm_rope(q, k, cos, sin)
+    return attn.qk_norm_rope(q, k, cos, sin)
 
 
 @pytest.mark.parametrize("full", [False, True])

@@ -29,7 +29,7 @@ def _head_max(attn, x, cfg):
     cos, sin = rope_tables(T, cfg.head_dim, theta=cfg.rope_theta)
     q = attn.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim)
     k = attn.k_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim)
-    q, k = attn._qk_norm_rope(q, k, cos, sin)
+    q, k = attn.qk_norm_rope(q, k, cos, sin)
     return head_max_logits(q, k, attn.scale, attn.window)
 
 
@@ -80,13 +80,13 @@ def test_clip_tracks_training_forwards_only_and_resets():
     ids = torch.randint(0, 256, (2, 12))
     with torch.no_grad():
         model(ids)  # a diagnostics / validation pass does not count
-    assert all(a.head_max is None for a in clip.attns) and clip.after_step(applied=True) == {}
+    assert all(p.head_max is None for p in clip.probes) and clip.after_step(applied=True) == {}
     w0 = model.layers[0].attn.q_proj.weight.detach().clone()
     model(ids)
     model(ids)  # two micro-batches: the max over both
     rec = clip.after_step(applied=False)  # a skipped (non-finite) step: reported, not applied
     assert rec["qk_clip_heads"] == cfg.n_layers * cfg.n_heads and rec["qk_clip_max_logit"] > 0
-    assert torch.equal(model.layers[0].attn.q_proj.weight, w0) and clip.attns[0].head_max is None
+    assert torch.equal(model.layers[0].attn.q_proj.weight, w0) and clip.probes[0].head_max is None
     model(ids)
     clip.after_step(applied=True)
     assert model.layers[0].attn.q_proj.weight.abs().max() < w0.abs().max()

@@ -11,23 +11,27 @@ are appended to the layer's cache and the queries attend over everything it keep
 being the last T of them; the mask follows from that (`causal_mask(T, W, n_past=S-T)`).
 
 Two paths compute the same function: SDPA (default; flash/efficient kernels) and eager (explicit scores; needed
-for attention softcapping). When `record_stats` is set, the layer also stores diagnostics of its last call in
-`self.stats`: the exact max attention logit over allowed (query, key) pairs, the cheap bound
-scale * max|q| * max|k| that holds for any attention kernel, the RMS of q and k after QK-norm and RoPE, and the
-mean entropy of the attention distributions.
-With `track_head_max` (QK-clip), every training forward also folds its exact per-head max logit into
-`self.head_max` (head_max_logits: explicit scores, one extra q.k^T per layer).
+for attention softcapping). The QK step is the layer's `qk_path`: the fused op (nn/qk_fused.py), the composed
+PyTorch path (nn/qk_path.py), or what `set_qk_path` installs (tensor parallelism: parallel/qk_norm_tp.py).
+Observers of q and k (after QK-norm, RoPE and the cache) register with `add_qk_probe`, as forward hooks do, and
+are removed through the handle it returns; nothing else sets attributes on the layer from outside. The probes
+(nn/attention_probes.py) compute from q and k: `attention_stats` (the exact max attention logit over allowed
+(query, key) pairs, the cheap bound scale * max|q| * max|k| that holds for any attention kernel, the RMS of q and
+k, the mean entropy of the attention distributions; `model.recording_attention_stats()`) and the per-head max
+logit `head_max_logits` (QK-clip: explicit scores, one extra q.k^T per layer in training forwards).
 The projections are sigmaReparam linears when the config asks (nn/sigma_reparam.py). With `clip_qkv` c (OLMo 1,
 OLMoE) q, k and v are clamped to [-c, c] after the projections; where a QK-norm precedes RoPE, q and k are
 clamped after it (OLMoE's order: nn/qk_path.py), so such a layer is composed in PyTorch.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from collections import OrderedDict
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from ..config import CHUNKED, SLIDING, AttnImpl, ModelConfig, fused_layer, layer_has_rope
 from ..config_variants import clip_between
@@ -36,6 +40,9 @@ from .qk_fused import QKFused, fused_numerics
 from .qk_norm import build_qk_norms, qk_logit_scale
 from .qk_path import QKComposed
 from .sigma_reparam import linear_class
+
+
+QKProbe = Callable[["Attention", torch.Tensor, torch.Tensor], None]
 
 
 class Attention(nn.Module):
@@ -59,36 +66,27 @@ class Attention(nn.Module):
         # rms | layernorm | l2 (weightless, shared or per-head gains), or None where the layer has no QK-norm
         self.q_norm, self.k_norm = build_qk_norms(c, layer_idx, device=device, dtype=dtype)
         # the fused op (RMSNorm before rotate-half RoPE, or RoPE alone), else composed in PyTorch (nn/qk_path.py)
-        fused = fused_layer(c, layer_idx)
-        self.fused = QKFused(fused_numerics(self.q_norm, c.qk_norm), c.qk_backend) if fused else None
-        self.composed = None if self.fused is not None else QKComposed(
+        # q (B, T, H, D), k (B, T, Hkv, D) -> (B, H, T, D), (B, Hkv, T, D)
+        self.qk_path: nn.Module = QKFused(fused_numerics(self.q_norm, c.qk_norm), c.qk_backend) if fused_layer(
+            c, layer_idx) else QKComposed(
             has_rope=layer_has_rope(c, layer_idx), after_rope=c.qk_norm_after_rope, interleaved=c.rope_interleaved,
             temperature=None if c.nope_attn_scale is None else (c.nope_attn_scale, c.nope_floor_scale),
             backend=c.qk_backend, clip=c.clip_qkv if clip_between(c, layer_idx) else None)
         # clip_qkv: v always clamped here; q and k here too unless the QK-norm comes first (then in `composed`)
         self.clip_v = c.clip_qkv
         self.clip_qk = None if clip_between(c, layer_idx) else c.clip_qkv
-        self.record_stats = False
-        self.stats: Dict[str, torch.Tensor] = {}
-        # QK-clip (train/qk_clip.py): with track_head_max, training forwards keep the running per-head max logit
-        self.track_head_max = False
-        self.head_max: Optional[torch.Tensor] = None  # (H,) fp32, max over the forwards since the last reset
+        self._qk_probes: Dict[int, QKProbe] = OrderedDict()  # add_qk_probe's, by handle id
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: Optional[LayerKV] = None) -> torch.Tensor:
         # x (B, T, d); cos/sin (T, D) for the new tokens' positions; cache: this layer's keys/values so far
         B, T, _ = x.shape
         q, k, v = self._project(x)  # (B, T, H, D), (B, T, Hkv, D), (B, Hkv, T, D)
-        if self.composed is not None:  # start: the absolute position of the first new token
-            q, k = self.composed(q, k, cos, sin, self.q_norm, self.k_norm, 0 if cache is None else cache.seen)
-        else:
-            q, k = self._qk_norm_rope(q, k, cos, sin)  # (B, H, T, D), (B, Hkv, T, D)
+        q, k = self.qk_norm_rope(q, k, cos, sin, 0 if cache is None else cache.seen)  # (B, H|Hkv, T, D)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, Hkv, S, D): kept past keys, then these T
-        if self.track_head_max and torch.is_grad_enabled():
-            self.head_max = head_max_logits(q, k, self.scale, self.window, self.head_max, chunk=self.chunk)
-        if self.record_stats:
-            self.stats = attention_stats(q, k, self.scale, self.window, self.softcap, chunk=self.chunk)
+        for probe in self._qk_probes.values():
+            probe(self, q, k)
         o = self._attend_eager(q, k, v) if self.eager else self._attend_sdpa(q, k, v)  # (B, H, T, D)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
@@ -104,11 +102,22 @@ class Attention(nn.Module):
             v = v.clamp(-self.clip_v, self.clip_v)
         return q, k, v.transpose(1, 2)
 
-    def _qk_norm_rope(self, q, k, cos, sin, start: int = 0):
-        # q (B, T, H, D), k (B, T, Hkv, D) -> (B, H, T, D), (B, Hkv, T, D); start: position of the first token
-        if self.composed is not None:
-            return self.composed(q, k, cos, sin, self.q_norm, self.k_norm, start)
-        return self.fused(q, k, cos, sin, self.q_norm, self.k_norm, start)
+    def qk_norm_rope(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int = 0):
+        """The layer's QK step: q (B, T, H, D), k (B, T, Hkv, D) -> (B, H, T, D), (B, Hkv, T, D); start: the
+        absolute position of the first token."""
+        return self.qk_path(q, k, cos, sin, self.q_norm, self.k_norm, start)
+
+    def set_qk_path(self, path: nn.Module) -> None:
+        """Replace the QK step (tensor parallelism installs its sharded one); `path(q, k, cos, sin, q_norm, k_norm,
+        start)` with the shapes of `qk_norm_rope`."""
+        self.qk_path = path
+
+    def add_qk_probe(self, probe: "QKProbe") -> RemovableHandle:
+        """Call `probe(layer, q, k)` in every forward with the q (B, H, T, D) and k (B, Hkv, S, D) the layer attends
+        with; `handle.remove()` stops it. Probes observe: they return nothing the layer uses."""
+        handle = RemovableHandle(self._qk_probes)
+        self._qk_probes[handle.id] = probe
+        return handle
 
     def _attend_sdpa(self, q, k, v):
         gqa = self.n_heads != self.n_kv_heads

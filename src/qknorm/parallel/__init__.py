@@ -10,8 +10,8 @@ tensor.py: the sharding plan of a TransformerLM; qk_norm_tp.py: the QK-norm on a
 comm.py: what the QK-norm costs in communication under each TP scheme (formulas) and a recorder that counts
 the collectives a step actually issues. The fused two-phase kernels are in qknorm.ops.qk_norm_rope_tp.
 """
-from .qk_norm_tp import TensorParallelAttention, shard_attention, sum_grad_over_group
-from .tensor import TP_DIVISIBLE_FIELDS, TensorParallelLM, check_tp_degree, parallelize_tp
+from .qk_norm_tp import TensorParallelAttention, TensorParallelQKPath, sum_grad_over_group
+from .tensor import TP_DIVISIBLE_FIELDS, TensorParallelPlan, check_tp_degree, parallelize_tp
 
-__all__ = ["check_tp_degree", "parallelize_tp", "TensorParallelLM", "TensorParallelAttention", "shard_attention",
-           "sum_grad_over_group", "TP_DIVISIBLE_FIELDS"]
+__all__ = ["check_tp_degree", "parallelize_tp", "TensorParallelPlan", "TensorParallelAttention",
+           "TensorParallelQKPath", "sum_grad_over_group", "TP_DIVISIBLE_FIELDS"]

@@ -1,11 +1,12 @@
 """QK-norm on a tensor-parallel shard of the attention heads: exact for both scopes.
 
-`shard_attention(attn, tp_mesh)` (called by `parallelize_tp`) turns an `Attention` whose q/k/v projections
-are column-sharded into a `TensorParallelAttention`, the way `fully_shard` turns a module into an FSDPModule:
-same object, same parameters, a subclass whose only override is the QK-norm call; `n_heads`/`n_kv_heads`
-become the local counts, so the attention's views, GQA grouping and SDPA see this rank's heads. When the layer
-records diagnostics it also keeps its heads' largest q and k norms, from which `TensorParallelLM` rebuilds the
-whole layer's logit bound.
+`TensorParallelAttention(config, layer_idx, tp_mesh, attn)` (made by `parallelize_tp`, which puts it in the
+block in place of `attn`) is an `Attention` built from the same config that takes over `attn`'s sub-modules (the
+q/k/v/o projections, already column/row-sharded, and the QK-norms, whose gains it shards below) and is
+constructed with this rank's head counts, so the views, GQA grouping and SDPA see this rank's heads. Its QK
+step is a `TensorParallelQKPath` installed through the layer's public `set_qk_path`: composition, no class
+swap and no overridden private method. The layer's numerics are the ones the plain layer resolved at
+construction (nn/qk_fused.py), so a call parses and checks nothing.
 
 * scope "full" (OLMo 2): the gains are sharded with their heads, `Shard(0)` of the (H*D,) vector, so rank r
   holds the gains of heads [r*H/N, (r+1)*H/N), exactly the rows its q_proj shard produces. The statistic
@@ -22,18 +23,20 @@ DTensors on `tp_mesh`, so the same code serves both.
 """
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
-from ..config import QKNormScope
+from ..config import ModelConfig, NormCast, QKNormScope
 from ..nn.attention import Attention
-from ..ops import qk_norm_rope
-from ..ops.qk_norm_rope_tp import qk_norm_rope_tp
+from ..ops import ROPE_ONLY, QKNumerics, pick_backend, qk_norm_rope_unchecked
+from ..ops.qk_norm_rope_tp import qk_norm_rope_tp_unchecked
 
-__all__ = ["TensorParallelAttention", "shard_attention", "sum_grad_over_group"]
+__all__ = ["TensorParallelAttention", "TensorParallelQKPath", "sum_grad_over_group"]
 
 
 class _SumGradOverGroup(torch.autograd.Function):
@@ -60,47 +63,63 @@ def sum_grad_over_group(group, *tensors: torch.Tensor):
     return _SumGradOverGroup.apply(group, *tensors)
 
 
-class TensorParallelAttention(Attention):
-    """An `Attention` holding a tensor-parallel shard of the heads. Made by `shard_attention`, not constructed."""
+def qk_norm_rope_tp(q, k, q_weight, k_weight, cos, sin, *, all_reduce: Callable[[torch.Tensor], None],
+                    group_size: int, eps: float, offset: float, norm_cast: NormCast, backend: str):
+    """The full-width op of `TensorParallelQKPath`, unchecked: `qknorm.ops.qk_norm_rope_tp`'s keywords, resolved
+    (norm_cast a NormCast, backend "torch" or "triton" from pick_backend). A module-level name, so that the
+    tests' negative control can put a rank-local norm in its place."""
+    numerics = QKNumerics(eps=eps, scope=QKNormScope.FULL, offset=offset, norm_cast=norm_cast)
+    return qk_norm_rope_tp_unchecked(q, k, q_weight, k_weight, cos, sin, numerics, backend, all_reduce=all_reduce,
+                                     group_size=group_size)
 
-    tp_mesh: DeviceMesh
+
+class TensorParallelQKPath(nn.Module):
+    """The QK step of a layer holding a shard of the heads (q (B, T, n, D), k (B, T, n_kv, D) -> (B, n|n_kv, T, D)):
+    per head, the op on the local heads with the replicated gain's gradient summed over the group; full width, the
+    two-phase op whose statistic is all-reduced over the group. RoPE alone where the layer has no QK-norm."""
+
+    def __init__(self, tp_mesh: DeviceMesh, numerics: QKNumerics, backend: Optional[str]):
+        super().__init__()
+        self.tp_mesh, self.numerics, self.backend = tp_mesh, numerics, backend
 
     def _all_reduce(self, t: torch.Tensor) -> None:
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.tp_mesh.get_group())
 
-    def _qk_norm_rope(self, q, k, cos, sin):
-        q, k = self._local_qk_norm_rope(q, k, cos, sin)
-        if self.record_stats:  # this rank's largest q and k norms: TensorParallelLM combines the layer's stats
-            self.qk_max_norm = torch.stack([t.detach().float().norm(dim=-1).amax() for t in (q, k)])  # (2,)
-        return q, k
-
-    def _local_qk_norm_rope(self, q, k, cos, sin):
-        # q (B, T, n_heads_local, D), k (B, T, n_kv_heads_local, D) -> (B, n, T, D) each
-        if self.q_norm is None:
-            return super()._qk_norm_rope(q, k, cos, sin)
-        qn, kn = self.q_norm, self.k_norm
-        qw, kw = qn.weight.to_local(), kn.weight.to_local()  # full: this rank's slices; head: the whole (D,)
-        kw_ = dict(eps=qn.eps, offset=qn.offset, norm_cast=qn.cast.value, backend=self.backend)
-        if self.scope is QKNormScope.HEAD:
+    def forward(self, q, k, cos, sin, q_norm: Optional[nn.Module], k_norm: Optional[nn.Module], start: int = 0):
+        which = pick_backend(q, k, self.backend)
+        if q_norm is None:
+            return qk_norm_rope_unchecked(q, k, None, None, cos, sin, ROPE_ONLY, which)
+        qw, kw = q_norm.weight.to_local(), k_norm.weight.to_local()  # full: this rank's slices; head: the whole (D,)
+        if self.numerics.scope is QKNormScope.HEAD:
             qw, kw = sum_grad_over_group(self.tp_mesh.get_group(), qw, kw)
-            return qk_norm_rope(q, k, qw, kw, cos, sin, scope="head", **kw_)
+            return qk_norm_rope_unchecked(q, k, qw, kw, cos, sin, self.numerics, which)
+        n = self.numerics
         return qk_norm_rope_tp(q, k, qw, kw, cos, sin, all_reduce=self._all_reduce, group_size=self.tp_mesh.size(),
-                               **kw_)
+                               eps=n.eps, offset=n.offset, norm_cast=n.norm_cast, backend=which)
+
+    def extra_repr(self) -> str:
+        return f"scope={self.numerics.scope.value}, tp={self.tp_mesh.size()}"
+
+
+class TensorParallelAttention(Attention):
+    """An `Attention` holding a tensor-parallel shard of the heads, in place of a plain one (see the module
+    docstring). `attn`'s q/k/v projections must be column-sharded over `tp_mesh` already (o_proj row-sharded);
+    head counts must divide by the mesh size (`check_tp_degree` in parallel/tensor.py says so in one line)."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int, tp_mesh: DeviceMesh, attn: Attention):
+        super().__init__(config, layer_idx, device="meta")  # the layer's settings; its modules are attn's, below
+        self.tp_mesh = tp_mesh
+        n = tp_mesh.size()
+        self.n_heads, self.n_kv_heads = self.n_heads // n, self.n_kv_heads // n  # this rank's heads
+        for name, child in attn.named_children():  # the sharded projections and the norms (whole gains)
+            if name != "qk_path":
+                setattr(self, name, child)
+        if self.q_norm is not None:
+            placement = [Shard(0)] if self.scope is QKNormScope.FULL else [Replicate()]
+            for norm in (self.q_norm, self.k_norm):
+                w = nn.Parameter(distribute_tensor(norm.weight.detach(), tp_mesh, placement))
+                norm.register_parameter("weight", w)
+        self.set_qk_path(TensorParallelQKPath(tp_mesh, attn.qk_path.numerics, self.backend))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, tp={self.tp_mesh.size()}, local heads={self.n_heads}/{self.n_kv_heads}"
-
-
-def shard_attention(attn: Attention, tp_mesh: DeviceMesh) -> TensorParallelAttention:
-    """Make `attn` (q/k/v already column-sharded over `tp_mesh`) see its local heads and shard its QK-norm gains.
-
-    Head counts must divide by the mesh size (`check_tp_degree` in parallel/tensor.py says so in one line)."""
-    n = tp_mesh.size()
-    attn.__class__ = TensorParallelAttention
-    attn.tp_mesh = tp_mesh
-    attn.n_heads, attn.n_kv_heads = attn.n_heads // n, attn.n_kv_heads // n
-    if attn.q_norm is not None:
-        placement = [Shard(0)] if attn.scope is QKNormScope.FULL else [Replicate()]
-        for norm in (attn.q_norm, attn.k_norm):
-            norm.register_parameter("weight", nn.Parameter(distribute_tensor(norm.weight.detach(), tp_mesh, placement)))
-    return attn

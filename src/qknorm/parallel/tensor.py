@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -54,9 +54,10 @@ from ..config import ModelConfig
 from ..config_variants import fused_kernel_serves, unfused_reason
 from ..errors import ConfigError
 from ..model import TransformerLM
-from .qk_norm_tp import TensorParallelAttention, shard_attention
+from ..nn.attention_probes import QKMaxNormProbe, probing
+from .qk_norm_tp import TensorParallelAttention
 
-__all__ = ["check_tp_degree", "parallelize_tp", "TensorParallelLM", "TP_DIVISIBLE_FIELDS"]
+__all__ = ["check_tp_degree", "parallelize_tp", "TensorParallelPlan", "TP_DIVISIBLE_FIELDS"]
 
 # config fields that tensor parallelism splits evenly over the ranks
 TP_DIVISIBLE_FIELDS = ("n_heads", "n_kv_heads", "d_ff", "vocab_size")
@@ -90,34 +91,38 @@ def check_tp_degree(config: ModelConfig, tp, *, world_size: Optional[int] = None
                               f"evenly over the ranks; choose a tp that divides it{pad}")
 
 
-class TensorParallelLM(TransformerLM):
-    """A `TransformerLM` after `parallelize_tp`: the LM head is vocab-parallel. Made in place, not constructed."""
+class TensorParallelPlan:
+    """A `TransformerLM`'s parallel plan after `parallelize_tp` (model.py `ParallelPlan`): the LM head is
+    vocab-parallel, and attention statistics are combined over the TP group."""
 
-    tp_mesh: DeviceMesh
-    loss_parallel: bool
+    def __init__(self, tp_mesh: DeviceMesh, loss_parallel: bool):
+        self.tp_mesh, self.loss_parallel = tp_mesh, bool(loss_parallel)
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, d) replicated -> (B, T, vocab)
-        h = DTensor.from_local(h, self.tp_mesh, [Replicate()], run_check=False)
-        out = super().logits(h)  # head weight Shard(0) -> logits Shard(-1): each rank its vocabulary slice
-        return out if self.loss_parallel else out.full_tensor()
+    def head_input(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, d) replicated, as one DTensor
+        return DTensor.from_local(h, self.tp_mesh, [Replicate()], run_check=False)
+
+    def head_output(self, logits: torch.Tensor) -> torch.Tensor:
+        # head weight Shard(0) -> logits Shard(-1): each rank its vocabulary slice; gathered unless loss_parallel
+        return logits if self.loss_parallel else logits.full_tensor()
 
     @contextmanager
-    def recording_attention_stats(self) -> Iterator[List[Dict[str, torch.Tensor]]]:
-        """As `TransformerLM`'s, with each layer's statistics combined over the TP group (collective: every rank
-        of the group runs the same forward): the whole layer's, as one process computes them."""
-        with super().recording_attention_stats() as stats:
-            yield stats
+    def combining_attention_stats(self, attns: Sequence[nn.Module], stats: List[Dict[str, torch.Tensor]]):
+        """Around `TransformerLM.recording_attention_stats`: each layer's statistics combined over the TP group
+        (collective: every rank of the group runs the same forward) into the whole layer's, as one process
+        computes them. Each rank's largest q and k norms come from a QKMaxNormProbe per layer."""
+        with probing(attns, [QKMaxNormProbe() for _ in attns]) as probes:
+            yield
         if stats and all(stats):  # a forward ran
-            _combine_attention_stats(stats, [b.attn for b in self.layers], self.tp_mesh.get_group())
+            _combine_attention_stats(stats, attns, [p.max_norm for p in probes], self.tp_mesh.get_group())
 
 
 @torch.no_grad()
-def _combine_attention_stats(stats: List[Dict[str, torch.Tensor]], attns, group) -> None:
+def _combine_attention_stats(stats: List[Dict[str, torch.Tensor]], attns, max_norms, group) -> None:
     """In place: each rank's stats cover its heads (nn/attention.py `attention_stats`). The layer's max logit is
     the max over ranks; its bound scale * max|q| * max|k| takes the largest q and k norms of any rank; the RMS
     is the root of the mean of the ranks' mean squares (every rank holds the same number of elements); the mean
     attention entropy is the mean of the ranks' means (every rank holds the same number of heads)."""
-    maxes = torch.stack([torch.cat([s["max_logit"].float().reshape(1), a.qk_max_norm]) for s, a in zip(stats, attns)])
+    maxes = torch.stack([torch.cat([s["max_logit"].float().reshape(1), m]) for s, m in zip(stats, max_norms)])
     maxes = torch.nan_to_num(maxes, nan=math.inf)  # (L, 3): a non-finite logit stays beyond every bound
     sums = torch.stack([torch.stack([s["q_rms"].float().pow(2), s["k_rms"].float().pow(2), s["entropy"].float()])
                         for s in stats])  # (L, 3): mean squares of q and k, mean entropy
@@ -167,35 +172,36 @@ _BLOCK_PLAN = {
 }
 
 
-def parallelize_tp(model: TransformerLM, tp_mesh: DeviceMesh, *, loss_parallel: bool = False) -> TensorParallelLM:
+def parallelize_tp(model: TransformerLM, tp_mesh: DeviceMesh, *, loss_parallel: bool = False) -> TransformerLM:
     """Shard `model` in place over the 1-D `tp_mesh` (see the module docstring); returns it.
 
     Every rank must hold the same weights (the shards are cut from rank 0's). `model(ids)` then takes the same
     (B, T) ids on every rank of the mesh and returns the full (B, T, vocab) logits on each, or with
-    `loss_parallel=True` a vocab-sharded DTensor for `loss_parallel()`. Raises ConfigError in one line when
-    the mesh is not 1-D, the model is not a TransformerLM, is already parallelized, or its shape does not split.
+    `loss_parallel=True` a vocab-sharded DTensor for `loss_parallel()`. Each block's attention becomes a
+    `TensorParallelAttention` (parallel/qk_norm_tp.py) and the model gets a `TensorParallelPlan`. Raises
+    ConfigError in one line when the mesh is not 1-D, the model is not a TransformerLM, is already parallelized,
+    or its shape does not split.
     """
     if not isinstance(model, TransformerLM):
         raise ConfigError(f"parallelize_tp expects a TransformerLM, got {type(model).__name__}")
-    if isinstance(model, TensorParallelLM):
+    if model.parallel_plan is not None:
         raise ConfigError("parallelize_tp: this model is already tensor-parallel")
     if not isinstance(tp_mesh, DeviceMesh) or tp_mesh.ndim != 1:
         raise ConfigError(f"tp_mesh must be a 1-D DeviceMesh (the tensor-parallel dimension); got {tp_mesh!r}")
     check_tp_degree(model.config, tp_mesh.size())
-    for block in model.layers:
+    for i, block in enumerate(model.layers):
         for norm in (block.attn_norm_in, block.attn_norm_out, block.mlp_norm_in, block.mlp_norm_out):
             _replicate(norm, tp_mesh)
         parallelize_module(block, tp_mesh, _BLOCK_PLAN)
+        block.attn = TensorParallelAttention(model.config, i, tp_mesh, block.attn)  # the sharded modules, local heads
         for sub in (block.attn, block.mlp):
             sub.register_forward_pre_hook(_first_input_replicated(tp_mesh))
-        shard_attention(block.attn, tp_mesh)
     parallelize_module(model.embed, tp_mesh, RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()))
     _replicate(model.norm, tp_mesh)
     if model.lm_head is not None:  # untied: the head's (V, d) weight sharded like the embedding's
         w = model.lm_head.weight
         model.lm_head.register_parameter("weight", nn.Parameter(distribute_tensor(w.detach(), tp_mesh, [Shard(0)])))
-    model.__class__ = TensorParallelLM
-    model.tp_mesh, model.loss_parallel = tp_mesh, bool(loss_parallel)
+    model.set_parallel_plan(TensorParallelPlan(tp_mesh, loss_parallel))
     _check_all_dtensor(model, tp_mesh)
     return model
 

@@ -43,6 +43,7 @@ from torch import nn
 from ..config import QKNormScope
 from ..errors import ConfigError
 from ..nn.attention import Attention
+from ..nn.attention_probes import HeadMaxProbe
 from ..nn.norm import RMSNorm
 from ..nn.qk_norm import QKL2Norm, QKLayerNorm
 from ..nn.sigma_reparam import SigmaReparamLinear
@@ -65,13 +66,12 @@ class QKClip:
             if any(isinstance(p, DTensor) for p in a.parameters()):
                 raise ConfigError(f"qk_clip={tau:g} needs whole q/k weights on every rank: it does not run on FSDP- "
                                   "or tensor-parallel-sharded parameters; use parallel='ddp'")
-            a.track_head_max, a.head_max = True, None
+        self.probes = [HeadMaxProbe() for _ in self.attns]  # each layer's running max, owned here
+        self.handles = [a.add_qk_probe(p) for a, p in zip(self.attns, self.probes)]
 
     def after_step(self, applied: bool) -> Dict[str, Any]:
         """Clip with this step's maxima (when the update was `applied`), reset them; the step's metrics."""
-        maxima = [a.head_max for a in self.attns]
-        for a in self.attns:
-            a.head_max = None
+        maxima = [p.take() for p in self.probes]
         if any(m is None for m in maxima):
             return {}
         m = self.rt.all_reduce_max(torch.nan_to_num(torch.stack(maxima), nan=math.inf))  # (L, H)

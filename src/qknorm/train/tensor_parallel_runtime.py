@@ -18,8 +18,8 @@ only the `Runtime` interface. What differs:
   cross-entropy (and z-loss's logsumexp, step.py) reduce over the vocabulary shards and the backward runs.
 * gradient clipping (inherited): `clip_grad_norm_` over DTensor gradients is the global norm (a sharded
   gradient's squares summed over its shards, a replicated one counted once).
-* diagnostics: each rank computes attention statistics of its own heads; `TensorParallelLM` combines them
-  over the TP group (parallel/tensor.py), so the metrics equal the one-process run's.
+* diagnostics: each rank computes attention statistics of its own heads; the model's `TensorParallelPlan`
+  combines them over the TP group (parallel/tensor.py), so the metrics equal the one-process run's.
 * checkpoints (inherited): sharded DCP checkpoints of the DTensor state; torch.distributed.checkpoint
   reshards on load, so a run resumes at another TP degree, process count or `parallel` (tp is free on resume).
 
