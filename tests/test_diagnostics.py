@@ -44,14 +44,14 @@ def test_stats_pass_matches_explicit_scores(preset):
     with torch.no_grad():
         want = _explicit_max_logits(model, ids)
         logits = model(ids)
-    assert stats["attn_logit_per_layer"] == pytest.approx(want, rel=1e-4)
-    assert stats["max_attn_logit"] == max(stats["attn_logit_per_layer"])
-    assert all(b >= m for b, m in zip(stats["attn_bound_per_layer"], stats["attn_logit_per_layer"]))
-    assert stats["logit_max"] == pytest.approx(logits.max().item())
-    assert stats["logit_std"] == pytest.approx(logits.std().item(), rel=1e-5)
-    assert len(stats["q_rms"]) == len(stats["k_rms"]) == model.config.n_layers
+    assert stats.attn_logit_per_layer == pytest.approx(want, rel=1e-4)
+    assert stats.max_attn_logit == max(stats.attn_logit_per_layer)
+    assert all(b >= m for b, m in zip(stats.attn_bound_per_layer, stats.attn_logit_per_layer))
+    assert stats.logit_max == pytest.approx(logits.max().item())
+    assert stats.logit_std == pytest.approx(logits.std().item(), rel=1e-5)
+    assert len(stats.q_rms) == len(stats.k_rms) == model.config.n_layers
     if preset == "qwen3":  # unit QK-norm gains: RMS 1 after the norm, RoPE rotates without scaling
-        assert stats["q_rms"] == pytest.approx([1.0, 1.0], abs=1e-3)
+        assert stats.q_rms == pytest.approx([1.0, 1.0], abs=1e-3)
     assert not any(layer.attn._qk_probes for layer in model.layers)  # the recording probes removed again
 
 
@@ -95,9 +95,9 @@ def test_stats_pass_entropy_and_log_z_match_explicit_float64(overrides):
     with torch.no_grad():
         want = _explicit_entropies(model, ids)
         log_z = torch.logsumexp(model(ids).double(), dim=-1).mean().item()
-    assert stats["attn_entropy_per_layer"] == pytest.approx(want, rel=1e-4)
-    assert stats["attn_entropy"] == pytest.approx(sum(want) / len(want), rel=1e-4)
-    assert stats["log_z"] == pytest.approx(log_z, rel=1e-6)
+    assert stats.attn_entropy_per_layer == pytest.approx(want, rel=1e-4)
+    assert stats.attn_entropy == pytest.approx(sum(want) / len(want), rel=1e-4)
+    assert stats.log_z == pytest.approx(log_z, rel=1e-6)
     uniform = sum(math.log(t + 1) for t in range(24)) / 24
     assert all(0 < e < uniform for e in want)  # peaked, not uniform: the check is not vacuous
 
@@ -107,7 +107,7 @@ def test_stats_pass_sliding_layers_and_rows():
     stats = D.stats_pass(model, torch.randint(0, 256, (1, 24)))
     rows = D.layer_rows(model, stats)
     assert [r["type"] for r in rows] == ["sliding", "sliding", "full"]
-    assert [r["max_attn_logit"] for r in rows] == stats["attn_logit_per_layer"]
+    assert tuple(r["max_attn_logit"] for r in rows) == stats.attn_logit_per_layer
 
 
 def test_logit_verdict_thresholds():
@@ -170,4 +170,4 @@ def test_stats_pass_under_bf16_autocast_computes_the_scores_in_fp32():
                 s = (q.double() @ k.double().transpose(2, 3)) * a.scale  # (B, H, T, T) float64
             want.append(s.masked_fill(~causal_mask(T, None, ids.device), -math.inf).amax().item())
             x = layer(x, (cos, sin))
-    assert stats["attn_logit_per_layer"] == pytest.approx(want, rel=1e-5)
+    assert stats.attn_logit_per_layer == pytest.approx(want, rel=1e-5)

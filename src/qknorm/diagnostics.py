@@ -17,22 +17,41 @@ to 1e-1 while the baseline grew past 100 from LR 1e-2 on.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["stats_pass", "nonfinite_to_none", "logit_verdict", "layer_rows", "BOUNDED", "GROWTH", "SEVERE"]
+__all__ = ["AttentionStats", "stats_pass", "nonfinite_to_none", "logit_verdict", "layer_rows", "BOUNDED", "GROWTH",
+           "SEVERE"]
 
 BOUNDED = 50.0  # at or below: bounded
 GROWTH = 100.0  # above: attention-logit growth
 SEVERE = 1e4  # above: Wortsman et al. saw every such run diverge
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AttentionStats:
+    """What one stats pass measured (`stats_pass`): per layer (a tuple, one value a layer) and over the model. The
+    training loop writes these fields into its StepRecord (train/step_record.py), under the same names."""
+
+    max_attn_logit: float  # max over layers; NaN counts as +inf
+    attn_logit_per_layer: Tuple[float, ...]  # exact max attention logit over allowed (query, key) pairs
+    attn_bound_per_layer: Tuple[float, ...]  # Cauchy-Schwarz bound scale * max|q| * max|k|
+    q_rms: Tuple[float, ...]  # after QK-norm and RoPE
+    k_rms: Tuple[float, ...]
+    attn_entropy: float  # nats, mean over layers
+    attn_entropy_per_layer: Tuple[float, ...]
+    logit_max: float  # output logits
+    logit_std: float
+    log_z: float  # mean logsumexp of the output logits
+
+
 @torch.no_grad()
 def stats_pass(model: nn.Module, input_ids: torch.Tensor, *, forward: Optional[nn.Module] = None,
-               autocast=None, runtime=None) -> Dict[str, Any]:
+               autocast=None, runtime=None) -> AttentionStats:
     """Per-layer attention diagnostics and output-logit stats of `model` on `input_ids` (B, T).
 
     `model` is the plain `TransformerLM` (its layers record); `forward` the module to call (a DDP/FSDP
@@ -41,8 +60,7 @@ def stats_pass(model: nn.Module, input_ids: torch.Tensor, *, forward: Optional[n
     `runtime` (train.runtime.Runtime) combines the ranks of a data-parallel run: max over ranks of the max
     logits and bounds, mean of the RMS values, entropies, logit std and log Z (each rank's sequences weigh the
     same), so rank 0's record describes every rank's data. NaN (a non-finite logit) is kept as +inf through
-    the max. Returns python floats: max_attn_logit, attn_entropy (mean over layers), logit_max, logit_std,
-    log_z, and per-layer lists attn_logit_per_layer, attn_bound_per_layer, q_rms, k_rms, attn_entropy_per_layer.
+    the max. Returns an `AttentionStats` of python floats.
     """
     fwd = forward if forward is not None else model
     with model.recording_attention_stats() as stats:
@@ -70,18 +88,11 @@ def stats_pass(model: nn.Module, input_ids: torch.Tensor, *, forward: Optional[n
     rows = [flat[5 * i: 5 * i + 5] for i in range(n)]
     per_max = [r[0] for r in rows]
     per_entropy = [r[4] for r in rows]
-    return {
-        "max_attn_logit": _max(per_max),
-        "attn_logit_per_layer": per_max,
-        "attn_bound_per_layer": [r[1] for r in rows],
-        "q_rms": [r[2] for r in rows],
-        "k_rms": [r[3] for r in rows],
-        "attn_entropy": sum(per_entropy) / n if n else math.nan,
-        "attn_entropy_per_layer": per_entropy,
-        "logit_max": flat[-3],
-        "logit_std": flat[-2],
-        "log_z": flat[-1],
-    }
+    return AttentionStats(
+        max_attn_logit=_max(per_max), attn_logit_per_layer=tuple(per_max),
+        attn_bound_per_layer=tuple(r[1] for r in rows), q_rms=tuple(r[2] for r in rows),
+        k_rms=tuple(r[3] for r in rows), attn_entropy=sum(per_entropy) / n if n else math.nan,
+        attn_entropy_per_layer=tuple(per_entropy), logit_max=flat[-3], logit_std=flat[-2], log_z=flat[-1])
 
 
 def _max(values: Sequence[float]) -> float:
@@ -116,12 +127,13 @@ def logit_verdict(max_logit: float, *, qk_norm: bool = False) -> str:
     return f"{head}: bounded"
 
 
-def layer_rows(model: nn.Module, stats: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Per-layer table rows (layer, attention type, max logit, bound, q/k RMS) from a `stats_pass` result."""
+def layer_rows(model: nn.Module, stats: AttentionStats) -> List[Dict[str, Any]]:
+    """Per-layer table rows (layer, attention type, max logit, bound, q/k RMS) from a `stats_pass` result, as
+    `qknorm inspect` prints them and writes them as JSON."""
     types = model.config.resolved_layer_types()
     return [
         {"layer": i, "type": "sliding" if t.startswith("sliding") else "full",
-         "max_attn_logit": stats["attn_logit_per_layer"][i], "logit_bound": stats["attn_bound_per_layer"][i],
-         "q_rms": stats["q_rms"][i], "k_rms": stats["k_rms"][i]}
+         "max_attn_logit": stats.attn_logit_per_layer[i], "logit_bound": stats.attn_bound_per_layer[i],
+         "q_rms": stats.q_rms[i], "k_rms": stats.k_rms[i]}
         for i, t in enumerate(types)
     ]

@@ -39,8 +39,8 @@ def test_json_matches_a_direct_stats_pass(trained, capsys):
     assert main(["inspect", str(trained), "--ids", "1,2,3,4,5,6,7,8", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     want = stats_pass(qknorm.load_model(trained), torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]]))
-    assert [r["max_attn_logit"] for r in out["layers"]] == pytest.approx(want["attn_logit_per_layer"])
-    assert out["max_attn_logit"] == pytest.approx(want["max_attn_logit"]) and out["text"].startswith("8 ids")
+    assert [r["max_attn_logit"] for r in out["layers"]] == pytest.approx(want.attn_logit_per_layer)
+    assert out["max_attn_logit"] == pytest.approx(want.max_attn_logit) and out["text"].startswith("8 ids")
     assert out["qk_norm"] == "head" and out["verdict"].endswith("bounded")
 
 

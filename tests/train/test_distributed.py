@@ -132,12 +132,12 @@ def test_stats_pass_combines_the_ranks():
     model = qknorm.TransformerLM(MODEL)
     with torch.no_grad():
         alone = [stats_pass(model, x) for x in ids]
-    assert alone[0]["attn_logit_per_layer"] != alone[1]["attn_logit_per_layer"]  # the ranks do differ
+    assert alone[0].attn_logit_per_layer != alone[1].attn_logit_per_layer  # the ranks do differ
     got = run_ranks(_rank_stats, ids)
     assert got[0] == got[1]
     for key, combine in (("attn_logit_per_layer", max), ("attn_bound_per_layer", max), ("q_rms", np.mean),
                          ("k_rms", np.mean)):
-        want = [combine([a[key][i] for a in alone]) for i in range(MODEL.n_layers)]
-        np.testing.assert_allclose(got[0][key], want, rtol=1e-6, err_msg=key)
-    assert got[0]["max_attn_logit"] == pytest.approx(max(a["max_attn_logit"] for a in alone), rel=1e-6)
-    assert got[0]["logit_max"] == pytest.approx(max(a["logit_max"] for a in alone), rel=1e-6)
+        want = [combine([getattr(a, key)[i] for a in alone]) for i in range(MODEL.n_layers)]
+        np.testing.assert_allclose(getattr(got[0], key), want, rtol=1e-6, err_msg=key)
+    assert got[0].max_attn_logit == pytest.approx(max(a.max_attn_logit for a in alone), rel=1e-6)
+    assert got[0].logit_max == pytest.approx(max(a.logit_max for a in alone), rel=1e-6)

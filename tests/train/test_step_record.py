@@ -2,6 +2,7 @@
 loop writes is a field, every field is written by some step, each line reads back and writes out unchanged), and
 against metrics.jsonl lines it must refuse."""
 
+import dataclasses
 import json
 import math
 import pickle
@@ -11,6 +12,7 @@ import torch
 
 import qknorm
 from qknorm.data.tokens import load_tokens
+from qknorm.diagnostics import AttentionStats
 from qknorm.errors import CheckpointError
 from qknorm.train import TrainConfig
 from qknorm.train import step as L
@@ -69,6 +71,7 @@ def test_the_fields_are_the_keys_a_real_run_writes(run):
         assert keys == sorted(keys, key=fields.index)
     stats_line = json.loads(lines[0])
     assert {k for k in stats_line if k in STATS_FIELDS} == set(STATS_FIELDS)
+    assert STATS_FIELDS == tuple(f.name for f in dataclasses.fields(AttentionStats))  # what stats_pass returns
     assert "max_attn_logit" not in json.loads(lines[1]) and not StepRecord.from_json(json.loads(lines[1])).has_stats
 
 

@@ -114,11 +114,11 @@ def run(args) -> int:
     rows = layer_rows(model, stats)
     c = model.config
     has_qk = c.qk_norm.value != "none"
-    verdict = logit_verdict(stats["max_attn_logit"], qk_norm=has_qk)
+    verdict = logit_verdict(stats.max_attn_logit, qk_norm=has_qk)
     if args.json:
         out = {"path": str(path), "text": described, "qk_norm": c.qk_norm.value, "placement": c.placement.value,
-               "layers": rows, "max_attn_logit": stats["max_attn_logit"], "output_logit_max": stats["logit_max"],
-               "output_logit_std": stats["logit_std"], "verdict": verdict}
+               "layers": rows, "max_attn_logit": stats.max_attn_logit, "output_logit_max": stats.logit_max,
+               "output_logit_std": stats.logit_std, "verdict": verdict}
         print(json.dumps(nonfinite_to_none(out)))  # strict JSON: non-finite numbers as null
         return 0
     print(f"model: {path} ({c.n_layers} layers, {c.n_heads} heads x {c.head_dim}, qk_norm={c.qk_norm.value}, "
@@ -128,7 +128,7 @@ def run(args) -> int:
     for r in rows:
         print(f"{r['layer']:>5}  {r['type']:<7}  {r['max_attn_logit']:>10.4g}  {r['logit_bound']:>10.4g}  "
               f"{r['q_rms']:>8.4g}  {r['k_rms']:>8.4g}")
-    print(f"output logits: max {stats['logit_max']:.4g}, std {stats['logit_std']:.4g}")
+    print(f"output logits: max {stats.logit_max:.4g}, std {stats.logit_std:.4g}")
     print(f"verdict: {verdict}")
     sys.stdout.flush()
     return 0

@@ -359,7 +359,8 @@ def _one_step(s: _Session, step: int, autocast, resume: bool, tokens_per_step: i
     x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
     measured: Dict[str, Any] = {}
     if cfg.stats_every and (step % cfg.stats_every == 0 or step == cfg.steps - 1):
-        measured.update(stats_pass(s.model, x[:STATS_SEQS], forward=s.wrapped, autocast=autocast, runtime=s.rt))
+        stats = stats_pass(s.model, x[:STATS_SEQS], forward=s.wrapped, autocast=autocast, runtime=s.rt)
+        measured.update(dataclasses.asdict(stats))  # the StepRecord fields of the same names
     loss, gnorm, aux = forward_backward(s.train_forward, x, y, cfg, s.rt, autocast, s.objective)
     if step == 0 and not resume:
         s.init_loss = loss
