@@ -86,18 +86,33 @@ __all__ = ["TrainResult", "train", "STATS_SEQS"]
 class TrainResult:
     history: List[StepRecord]  # one record a step (train/step_record.py)
     init_loss: float  # loss at step 0, before any update
-    final_loss: float  # mean loss of the last max(1, steps // 20) steps (NaN/inf if diverged)
     val_loss: Optional[float]  # last validation loss; None without validation data
-    max_attn_logit: float  # max over recorded steps and layers (NaN if no stats were recorded)
-    diverged: bool  # verdict.diverged
     steps_done: int
     model: TransformerLM  # final model, on CPU
+    summary: RunSummary  # run_summary.summarize(history): final loss, divergence, spike scores, max logits
     stop_reason: Optional[StopReason] = None  # None = ran all steps; else why it stopped early (train/stop.py)
     tokens_per_s: float = 0.0  # training throughput of this process's run (global tokens / wall time)
-    summary: Optional[RunSummary] = None  # run_summary.summarize(history)
     muon_ns: Optional[NSPrecision] = None  # optimizer="muon": the Newton-Schulz dtype used and how it was chosen
-    verdict: Optional[DivergenceVerdict] = None  # metrics.judge_divergence of the losses (also divergence.json)
     compile_report: Optional[CompileReport] = None  # compile=True: graphs, graph breaks, recompiles of this run
+
+    @property
+    def final_loss(self) -> float:
+        """Mean loss of the last max(1, steps // 20) steps (NaN/inf if diverged)."""
+        return self.summary.final_loss
+
+    @property
+    def max_attn_logit(self) -> float:
+        """Max over the recorded steps and layers (NaN if no stats were recorded)."""
+        return self.summary.max_attn_logit
+
+    @property
+    def verdict(self) -> DivergenceVerdict:
+        """metrics.judge_divergence of the losses (also divergence.json)."""
+        return self.summary.divergence
+
+    @property
+    def diverged(self) -> bool:
+        return self.summary.diverged
 
 
 @dataclasses.dataclass
@@ -343,10 +358,9 @@ def _run(s: _Session, callback, resume: bool) -> TrainResult:
     vals = [r.val_loss for r in history if r.val_loss is not None]
     done_tokens = (steps_done - s.start) * tokens_per_step
     return TrainResult(
-        history=history, init_loss=s.init_loss, final_loss=summary.final_loss,
-        val_loss=vals[-1] if vals else None, max_attn_logit=summary.max_attn_logit, diverged=summary.diverged,
-        steps_done=steps_done, model=rt.unwrap(s.wrapped).to("cpu"), stop_reason=stop_reason,
-        tokens_per_s=done_tokens / train_time if train_time > 0 else 0.0, summary=summary, verdict=verdict,
+        history=history, init_loss=s.init_loss, val_loss=vals[-1] if vals else None, steps_done=steps_done,
+        model=rt.unwrap(s.wrapped).to("cpu"), summary=summary, stop_reason=stop_reason,
+        tokens_per_s=done_tokens / train_time if train_time > 0 else 0.0,
         muon_ns=getattr(s.optimizer, "precision", None), compile_report=watch.report() if watch else None)
 
 
