@@ -52,7 +52,7 @@ def test_stats_pass_matches_explicit_scores(preset):
     assert len(stats.q_rms) == len(stats.k_rms) == model.config.n_layers
     if preset == "qwen3":  # unit QK-norm gains: RMS 1 after the norm, RoPE rotates without scaling
         assert stats.q_rms == pytest.approx([1.0, 1.0], abs=1e-3)
-    assert not any(layer.attn._qk_probes for layer in model.layers)  # the recording probes removed again
+    assert not any(layer.attn.qk_probes() for layer in model.layers)  # the recording probes removed again
 
 
 def _explicit_entropies(model, ids):

@@ -188,7 +188,7 @@ def test_recorded_max_logit_is_exact_and_bound_holds():
     s = s.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
     assert abs(probe.stats["max_logit"].item() - s.max().item()) < 1e-3 * max(1.0, s.max().abs().item())
     assert probe.stats["logit_bound"].item() >= s.max().item()
-    assert not attn._qk_probes  # removed
+    assert attn.qk_probes() == ()  # removed
 
 
 @pytest.mark.parametrize("window", [None, 5])

@@ -65,14 +65,18 @@ class Attention(nn.Module):
         self.o_proj = linear(c.n_heads * c.head_dim, c.d_model, bias=c.o_proj_bias, device=device, dtype=dtype)
         # rms | layernorm | l2 (weightless, shared or per-head gains), or None where the layer has no QK-norm
         self.q_norm, self.k_norm = build_qk_norms(c, layer_idx, device=device, dtype=dtype)
-        # the fused op (RMSNorm before rotate-half RoPE, or RoPE alone), else composed in PyTorch (nn/qk_path.py)
-        # q (B, T, H, D), k (B, T, Hkv, D) -> (B, H, T, D), (B, Hkv, T, D)
-        self.qk_path: nn.Module = QKFused(fused_numerics(self.q_norm, c.qk_norm), c.qk_backend) if fused_layer(
-            c, layer_idx) else QKComposed(
-            has_rope=layer_has_rope(c, layer_idx), after_rope=c.qk_norm_after_rope, interleaved=c.rope_interleaved,
-            temperature=None if c.nope_attn_scale is None else (c.nope_attn_scale, c.nope_floor_scale),
-            backend=c.qk_backend, clip=c.clip_qkv if clip_between(c, layer_idx) else None)
-        # clip_qkv: v always clamped here; q and k here too unless the QK-norm comes first (then in `composed`)
+        # the QK step, q (B, T, H, D), k (B, T, Hkv, D) -> (B, H, T, D), (B, Hkv, T, D): the fused op (RMSNorm
+        # before rotate-half RoPE, or RoPE alone; numerics resolved here, once), else composed in PyTorch
+        self.qk_path: nn.Module
+        if fused_layer(c, layer_idx):
+            self.qk_path = QKFused(fused_numerics(self.q_norm, c.qk_norm), c.qk_backend)
+        else:
+            self.qk_path = QKComposed(
+                has_rope=layer_has_rope(c, layer_idx), after_rope=c.qk_norm_after_rope,
+                interleaved=c.rope_interleaved,
+                temperature=None if c.nope_attn_scale is None else (c.nope_attn_scale, c.nope_floor_scale),
+                backend=c.qk_backend, clip=c.clip_qkv if clip_between(c, layer_idx) else None)
+        # clip_qkv: v always clamped here; q and k here too unless the QK-norm comes first (then in the QKComposed)
         self.clip_v = c.clip_qkv
         self.clip_qk = None if clip_between(c, layer_idx) else c.clip_qkv
         self._qk_probes: Dict[int, QKProbe] = OrderedDict()  # add_qk_probe's, by handle id
@@ -118,6 +122,10 @@ class Attention(nn.Module):
         handle = RemovableHandle(self._qk_probes)
         self._qk_probes[handle.id] = probe
         return handle
+
+    def qk_probes(self) -> tuple:
+        """The probes registered now, in registration order."""
+        return tuple(self._qk_probes.values())
 
     def _attend_sdpa(self, q, k, v):
         gqa = self.n_heads != self.n_kv_heads
