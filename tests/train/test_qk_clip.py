@@ -80,12 +80,12 @@ def test_clip_tracks_training_forwards_only_and_resets():
     ids = torch.randint(0, 256, (2, 12))
     with torch.no_grad():
         model(ids)  # a diagnostics / validation pass does not count
-    assert all(p.head_max is None for p in clip.probes) and clip.after_step(applied=True) == {}
+    assert all(p.head_max is None for p in clip.probes) and clip.after_step(applied=True) is None
     w0 = model.layers[0].attn.q_proj.weight.detach().clone()
     model(ids)
     model(ids)  # two micro-batches: the max over both
     rec = clip.after_step(applied=False)  # a skipped (non-finite) step: reported, not applied
-    assert rec["qk_clip_heads"] == cfg.n_layers * cfg.n_heads and rec["qk_clip_max_logit"] > 0
+    assert rec.qk_clip_heads == cfg.n_layers * cfg.n_heads and rec.qk_clip_max_logit > 0
     assert torch.equal(model.layers[0].attn.q_proj.weight, w0) and clip.probes[0].head_max is None
     model(ids)
     clip.after_step(applied=True)

@@ -18,6 +18,7 @@ from qknorm.train import TrainConfig
 from qknorm.train import step as L
 from qknorm.train.loop import train
 from qknorm.train.metrics_log import MetricsLog
+from qknorm.train.qk_clip import ClipStep
 from qknorm.train.step_record import STATS_FIELDS, StepRecord
 
 torch.set_num_threads(1)
@@ -72,6 +73,8 @@ def test_the_fields_are_the_keys_a_real_run_writes(run):
     stats_line = json.loads(lines[0])
     assert {k for k in stats_line if k in STATS_FIELDS} == set(STATS_FIELDS)
     assert STATS_FIELDS == tuple(f.name for f in dataclasses.fields(AttentionStats))  # what stats_pass returns
+    clip_fields = tuple(f.name for f in dataclasses.fields(ClipStep))  # what QK-clip returns
+    assert all(f in fields for f in clip_fields) and clip_fields == tuple(k for k in fields if k.startswith("qk_clip"))
     assert "max_attn_logit" not in json.loads(lines[1]) and not StepRecord.from_json(json.loads(lines[1])).has_stats
 
 

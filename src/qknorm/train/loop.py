@@ -382,7 +382,8 @@ def _one_step(s: _Session, step: int, autocast, resume: bool, tokens_per_step: i
     if finite:
         s.optimizer.step()
     if s.qk_clip is not None:
-        measured.update(s.qk_clip.after_step(applied=finite))
+        clipped = s.qk_clip.after_step(applied=finite)
+        measured.update(dataclasses.asdict(clipped) if clipped is not None else {})  # StepRecord's qk_clip_* fields
     s.optimizer.zero_grad(set_to_none=True)
     return StepRecord(step=step, **measured, loss=loss, lr=lr, grad_norm=gnorm, tokens=(step + 1) * tokens_per_step,
                       router_aux_loss=aux, skipped=not finite)

@@ -34,8 +34,9 @@ more than needed.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Dict, List
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -50,7 +51,15 @@ from ..nn.sigma_reparam import SigmaReparamLinear
 from .muon import DTensor
 from .runtime import Runtime
 
-__all__ = ["QKClip", "clip_attention"]
+__all__ = ["QKClip", "ClipStep", "clip_attention"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClipStep:
+    """What QK-clip saw in one step; the training loop writes these fields into its StepRecord (same names)."""
+
+    qk_clip_max_logit: float  # the largest per-head max logit (over the ranks)
+    qk_clip_heads: int  # heads above tau (clipped when the update was applied)
 
 
 class QKClip:
@@ -69,11 +78,12 @@ class QKClip:
         self.probes = [HeadMaxProbe() for _ in self.attns]  # each layer's running max, owned here
         self.handles = [a.add_qk_probe(p) for a, p in zip(self.attns, self.probes)]
 
-    def after_step(self, applied: bool) -> Dict[str, Any]:
-        """Clip with this step's maxima (when the update was `applied`), reset them; the step's metrics."""
+    def after_step(self, applied: bool) -> Optional[ClipStep]:
+        """Clip with this step's maxima (when the update was `applied`), reset them; what the step saw (None when no
+        training forward ran since the last step)."""
         maxima = [p.take() for p in self.probes]
         if any(m is None for m in maxima):
-            return {}
+            return None
         m = self.rt.all_reduce_max(torch.nan_to_num(torch.stack(maxima), nan=math.inf))  # (L, H)
         if applied:
             finite = torch.isfinite(m)
@@ -81,7 +91,7 @@ class QKClip:
             for a, f_layer in zip(self.attns, f):
                 clip_attention(a, f_layer)
         top, n = torch.stack([m.max(), (m > self.tau).sum().float()]).tolist()  # one sync
-        return {"qk_clip_max_logit": top, "qk_clip_heads": int(n)}
+        return ClipStep(qk_clip_max_logit=top, qk_clip_heads=int(n))
 
 
 @torch.no_grad()
