@@ -123,6 +123,32 @@ def test_a_failure_inside_a_stage_is_one_line_naming_it(trained, tmp_path, capsy
     assert not any("Traceback" in line for line in err)
 
 
+def test_sigterm_during_healing_finishes_the_step_and_exits_143_writing_nothing(trained, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """SIGTERM arrives during healing step 3 (of 50): the training loop finishes that step and stops; one line,
+    exit 128 + SIGTERM, nothing written, and the signal's handler is given back."""
+    import os
+    import signal
+
+    import qknorm.retrofit.pipeline as pipeline
+
+    real = pipeline.heal
+
+    def heal(*a, tick=None, **k):
+        calls = []
+        return real(*a, tick=lambda n: calls.append(n) or (os.kill(os.getpid(), signal.SIGTERM)
+                                                           if len(calls) == 3 else None), **k)
+
+    monkeypatch.setattr(pipeline, "heal", heal)
+    old = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    code, stdout, err = _run(["--from", str(trained / "run"), "--scope", "head", "--out", str(out), "--no-progress",
+                              "--heal-steps", "50", *SMALL], capsys)
+    assert code == 128 + signal.SIGTERM and not stdout and not out.exists(), err
+    assert err[-1] == "qknorm retrofit: healing stopped by SIGTERM after 3 of 50 steps; nothing written", err
+    assert not any("Traceback" in line for line in err) and signal.getsignal(signal.SIGTERM) is old
+
+
 def _ids_file(tmp_path: Path) -> Path:
     path = tmp_path / "ids.bin"
     (np.arange(40_000) % 300).astype(np.uint16).tofile(path)  # ids up to 299: more than the byte vocabulary

@@ -109,7 +109,7 @@ def run(args) -> int:
             prog.note(f"error: {e}; nothing written")
             return 1
         except HealStopped as e:  # SIGTERM/SIGINT: the step in flight finished, then stopped
-            prog.note(f"qknorm retrofit: {e}; nothing written")
+            prog.note(f"{e}; nothing written")
             return e.reason.exit_code
         except (RuntimeError, MemoryError) as e:  # out of memory, a backend failure: one line, never a traceback
             stage = prog.failed or "retrofit"
