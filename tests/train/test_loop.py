@@ -194,7 +194,7 @@ def _lines(path: Path):
 
 def _crash_at(step):
     def callback(record):
-        if record.step == step:
+        if record["step"] == step:
             raise RuntimeError("simulated crash")
 
     return callback

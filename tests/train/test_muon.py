@@ -121,7 +121,7 @@ def test_resume_is_bit_identical_with_muon_and_sigma_reparam(tmp_path, data):
     full = train(model_cfg, cfg, data, out_dir=tmp_path / "full")
 
     def crash(record):
-        if record.step == 4:
+        if record["step"] == 4:
             raise RuntimeError("simulated crash")
 
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -188,7 +188,7 @@ def test_a_resumed_run_keeps_the_newton_schulz_dtype_its_run_recorded(tmp_path, 
     full = train(model_cfg, cfg, data, out_dir=tmp_path / "full")
 
     def crash(record):
-        if record.step == 4:
+        if record["step"] == 4:
             raise RuntimeError("simulated crash")
 
     with pytest.raises(RuntimeError, match="simulated crash"):

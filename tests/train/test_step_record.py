@@ -115,3 +115,29 @@ def test_non_finite_values_round_trip_and_the_record_pickles():
     assert math.isnan(back.loss) and math.isnan(back.q_rms[1]) and back.q_rms[0] == 1.0 and back.skipped
     again = pickle.loads(pickle.dumps(rec))
     assert again.to_json() == j and again.step == 3
+
+
+def test_a_callback_written_for_the_dict_records_reads_the_same_values(run):
+    """Before StepRecord the loop's records were dicts: `record["loss"]`, `"val_loss" in record` and
+    `record.get("skipped")` in a user's callback keep working, and read what metrics.jsonl holds (the line's keys,
+    NaN in memory where the file has null)."""
+    res, lines = run
+    for line, rec in zip(lines, res.history):
+        d = json.loads(line)
+        assert [k for k in d] == [k for k in rec.present()]
+        for k, v in d.items():
+            assert k in rec
+            got = rec[k]
+            if v is None:
+                assert math.isnan(got)
+            elif isinstance(v, list):
+                assert got == pytest.approx([math.nan if x is None else x for x in v], nan_ok=True)
+            else:
+                assert got == v and rec.get(k) == v
+        absent = [f.name for f in dataclasses.fields(StepRecord) if f.name not in d]
+        for k in absent:
+            assert k not in rec and rec.get(k, "none") == "none"
+            with pytest.raises(KeyError):
+                rec[k]
+    assert "val_loss" not in res.history[0] and "val_loss" in res.history[-1]
+    assert res.history[NAN_STEP].get("skipped") is True and not res.history[0].get("skipped")

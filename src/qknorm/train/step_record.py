@@ -69,6 +69,21 @@ class StepRecord:
         """The stats pass ran on this step."""
         return self.max_attn_logit is not None
 
+    # Read access by key, as the loop's records were dicts before StepRecord: a callback or script written
+    # against them (`record["step"]`, `"val_loss" in record`, `record.get("skipped")`) keeps working. Keys are the
+    # measured fields (`present()`); new code reads attributes.
+    def __getitem__(self, key: str) -> Any:
+        value = self.present().get(key, _ABSENT)
+        if value is _ABSENT:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self.present()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.present().get(key, default)
+
     def present(self) -> Dict[str, Any]:
         """The measured fields, in metrics.jsonl's order, with their values as in memory (NaN kept)."""
         out: Dict[str, Any] = {}
@@ -96,6 +111,9 @@ class StepRecord:
         if missing:
             raise ValueError(f"metrics record without {', '.join(missing)}")
         return cls(**{k: _from_json_value(k, v) for k, v in d.items()})
+
+
+_ABSENT = object()
 
 
 def _finite_or_none(v: Any) -> Any:
