@@ -13,14 +13,17 @@ Face Hub (repo named in the comment); a test writes each size's HF config and re
   mistral  pre-norm, no QK-norm, sliding window on every layer
   qwen2    pre-norm, no QK-norm, bias on q/k/v (not o): the family people retrofit QK-norm into
   postln   classic post-LN with LayerNorm, no QK-norm (the unstable baseline; GPT-2-small-like, not a checkpoint)
+and, read from the published configs bundled in the catalogue (presets_families.py): olmo, olmo3, cohere,
+stablelm, exaone4, hunyuan, llama4, olmoe, qwen3_moe.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Union
 
 from .config import ModelConfig, check_field_names
 from .errors import ConfigError
+from .presets_families import FAMILY_PRESETS, FamilyPreset
 
 _DEBUG = dict(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=256)
 
@@ -125,7 +128,9 @@ POSTLN = Preset("postln", dict(placement="post", qk_norm="none", norm_type="laye
                  tie_embeddings=True),
 })
 
-PRESETS: Dict[str, Preset] = {p.name: p for p in (LLAMA, QWEN3, OLMO2, GEMMA3, POSTLN, MISTRAL, QWEN2)}
+PRESETS: Dict[str, Union[Preset, FamilyPreset]] = {p.name: p for p in (LLAMA, QWEN3, OLMO2, GEMMA3, POSTLN, MISTRAL,
+                                                                         QWEN2)}
+PRESETS.update(FAMILY_PRESETS)  # the other QK-norm families, from their bundled published configs
 
 # sizes per preset, for help texts and tests
 SIZES: Dict[str, tuple] = {name: tuple(p.sizes) for name, p in PRESETS.items()}
