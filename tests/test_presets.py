@@ -125,6 +125,6 @@ def test_family_presets_are_what_from_hf_builds_of_the_published_configs():
                       "rope_interleaved", "clip_qkv", "moe_router", "moe_shared_expert", "layernorm_weight"):
             assert getattr(debug, field) == getattr(published, field), (name, field)
         assert debug.n_layers == 4 and debug.vocab_size == 256 and (debug.n_experts > 0) == (published.n_experts > 0)
-    assert get_config("olmo", "7b").clip_qkv == 8.0 and get_config("llama4", "debug", n_layers=2).n_layers == 2
+    assert get_config("olmo", "7b").clip_qkv == 8.0 and get_config("olmoe", "debug", n_layers=2).n_layers == 2
     with pytest.raises(qknorm.ConfigError, match="unknown size 'x' for preset 'olmoe'; choose one of: debug, 1b-7b"):
         get_config("olmoe", "x")

@@ -60,17 +60,10 @@ class FamilyPreset:
         return (small_config(config, **_DEBUG) if size == "debug" else config).to_dict()
 
     def __call__(self, size: str = "debug", **overrides: Any) -> ModelConfig:
-        """The config of `size` with `overrides`; fewer n_layers keep the first layers' pattern (layer types, NoPE
-        and dense layers) unless those fields are given too."""
+        """The config of `size` with `overrides`, built from scratch as every preset's (presets.py); the per-layer
+        fields are explicit, so a different n_layers needs its layer_types (and NoPE / dense layers) too."""
         check_field_names(overrides)
-        fields = self.fields(size)
-        n = overrides.get("n_layers")
-        if isinstance(n, int) and n < fields["n_layers"]:
-            if fields.get("layer_types") is not None:
-                fields["layer_types"] = fields["layer_types"][:n]
-            for name in ("nope_layers", "dense_layers"):
-                fields[name] = [i for i in fields[name] if i < n]
-        return ModelConfig(**{**fields, **overrides})
+        return ModelConfig(**{**self.fields(size), **overrides})
 
 
 FAMILY_PRESETS: Dict[str, FamilyPreset] = {p.name: p for p in (
