@@ -12,6 +12,8 @@ import torch
 import qknorm
 from qknorm import ConfigError
 from qknorm.interop.hf_config import hf_config_from_ours
+from qknorm.nn.qk_fused import QKFused
+from qknorm.nn.qk_path import QKComposed
 
 from helpers.hf_models import input_ids, make_hf, rel_err
 
@@ -95,7 +97,8 @@ def test_full_width_qk_norm_outside_the_fused_op_is_the_fused_function():
                 p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
     composed = qknorm.TransformerLM(cfg.replace(clip_qkv=1e9))
     composed.load_state_dict(fused.state_dict())
-    assert fused.layers[0].attn.composed is None and composed.layers[0].attn.composed is not None
+    assert isinstance(fused.layers[0].attn.qk_path, QKFused)
+    assert isinstance(composed.layers[0].attn.qk_path, QKComposed)
     ids = input_ids()
     with torch.no_grad():
         torch.testing.assert_close(composed(ids), fused(ids), rtol=1e-5, atol=1e-5)
