@@ -7,8 +7,9 @@ Inserts QK-norm before RoPE, fits the gains so every layer's attention stays as 
 original's on calibration tokens, optionally heals with a short continued training (by default distillation:
 the KL to the original's next-token distributions, --distill; or --lm-loss: the next-token loss on the data,
 which moves a model that was not trained to convergence onward, away from the original), and measures each
-stage on held-out tokens.
-Writes OUT/retrofit_report.json (kl_naive, kl_calibrated, kl_healed, the validation losses; nats per token),
+stage on held-out tokens. The model written is the better of the calibrated and the healed one (by the held-out
+KL; by the loss for --lm-loss; --keep-healed: the healed one regardless), said on stdout and as `kept` in the
+report. Writes OUT/retrofit_report.json (kl_naive, kl_calibrated, kl_healed, the validation losses; nats per token),
 OUT/retrofit_report.html with the healing curve (OUT/healing_curve.png), and the model with its tokenizer:
 a transformers directory when a family has the new numerics (llama + --scope head = Qwen3:
 AutoModelForCausalLM.from_pretrained(OUT) or qknorm.from_hf(OUT) load it), else qknorm's format
@@ -33,12 +34,14 @@ from ._common import non_negative_int, one_line_warnings, positive_float, positi
 
 # the frozen public flags (tests/cli/test_retrofit_cli.py checks the parser against this list)
 FLAGS = ("--from", "--scope", "--out", "--data", "--calib-tokens", "--calib-steps", "--heal-steps", "--distill",
-         "--lm-loss", "--lr", "--batch-size", "--seq-len", "--eval-tokens", "--seed", "--device", "--no-progress")
+         "--lm-loss", "--lr", "--batch-size", "--seq-len", "--eval-tokens", "--seed", "--device", "--no-progress",
+         "--keep-healed")
 
 # RetrofitConfig field -> flag (library errors name fields; the user typed flags)
 FIELD_FLAGS = {"scope": "--scope", "calib_tokens": "--calib-tokens", "calib_steps": "--calib-steps",
                "heal_steps": "--heal-steps", "lr": "--lr", "batch_size": "--batch-size", "seq_len": "--seq-len",
                "eval_tokens": "--eval-tokens", "seed": "--seed", "device": "--device", "out_dir": "--out",
+               "keep_healed": "--keep-healed",
                "from_dir": "--from"}
 
 
@@ -71,6 +74,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     obj.add_argument("--lm-loss", dest="objective", action="store_const", const="lm",
                      help="heal by the next-token loss on the data instead")
     p.add_argument("--lr", type=positive_float, metavar="X", help=f"peak healing learning rate (default {d.lr:g})")
+    p.add_argument("--keep-healed", action="store_true",
+                   help="write the healed model even where it measured worse than the calibrated one (by default "
+                        "the better of the two by the healing objective's held-out measure is written)")
     p.add_argument("--batch-size", type=positive_int, metavar="B",
                    help=f"healing and evaluation batch (default {d.batch_size})")
     p.add_argument("--seq-len", type=positive_int, metavar="T", help=f"window length (default {d.seq_len})")
@@ -90,6 +96,8 @@ def _config(args) -> RetrofitConfig:
     fields = {k: v for k, v in given.items() if v is not None}
     if args.objective is not None:
         fields["objective"] = args.objective
+    if args.keep_healed:
+        fields["keep_healed"] = True
     if args.device != "auto":
         fields["device"] = args.device
     else:
@@ -121,6 +129,6 @@ def run(args) -> int:
     healed = "" if r.kl_healed is None else f", healed {r.kl_healed:.4f} (val loss {r.val_loss_healed:.4f})"
     print_line(f"qknorm retrofit: scope {r.scope}: next-token KL to the original (nats/token) naive "
                f"{r.kl_naive:.4f}, calibrated {r.kl_calibrated:.4f}{healed}; val loss original "
-               f"{r.val_loss_original:.4f}, retrofitted {r.val_loss_retrofitted:.4f} -> {args.out} ({where}); "
-               "report: retrofit_report.json, retrofit_report.html")
+               f"{r.val_loss_original:.4f}, retrofitted {r.val_loss_retrofitted:.4f}; wrote the {r.kept} model -> "
+               f"{args.out} ({where}); report: retrofit_report.json, retrofit_report.html")
     return 0

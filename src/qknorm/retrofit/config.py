@@ -39,6 +39,9 @@ class RetrofitConfig:
     # held-out evaluation every N healing steps and after the last; 0 = about 10 points over the healing, fewer
     # where one evaluation costs more than the steps between (eval_steps): the curve costs no more than the healing
     eval_every: int = 0
+    # which model is written after healing: the better of the calibrated and the healed model by the healing
+    # objective's held-out measure (distill: the KL to the original; lm: the loss), unless keep_healed: the healed
+    keep_healed: bool = False
     seed: int = 0
     device: str = "cpu"
 
@@ -51,6 +54,8 @@ class RetrofitConfig:
                 raise ConfigError(f"{name}={v!r} must be an integer >= {lo}")
         if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
             raise ConfigError(f"eval_every={self.eval_every!r} must be an integer >= 0")
+        if not isinstance(self.keep_healed, bool):
+            raise ConfigError(f"keep_healed={self.keep_healed!r} must be true or false")
         for name in ("calib_lr", "lr"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):

@@ -12,8 +12,11 @@ write.
 3. The gains are fitted per layer to the original's attention distributions on `calib_tokens` training
    tokens (calibrate.py). Fitted gains that do worse end to end than gains 1 on the first CHECK_TOKENS of
    those calibration tokens are not kept (`calibration_kept`): `kl_calibrated`.
-4. Optionally healed (heal.py): `kl_healed`.
-5. Written: the model (in the source's dtype), its tokenizer, retrofit_report.json/.html and the healing
+4. Optionally healed (heal.py): `kl_healed`. The better of the calibrated and the healed model is kept (`kept`):
+   by the held-out measure the healing objective minimises (distill: the KL; lm: the loss), on the same windows;
+   healing can make it worse (a model calibration already matches, a large LR), and then the model written is
+   the calibrated one, unless `keep_healed`.
+5. Written: the kept model (in the source's dtype), its tokenizer, retrofit_report.json/.html and the healing
    curve (report.py).
 Every KL and loss is measured on the same held-out windows of the validation split (measure.py).
 
@@ -167,12 +170,16 @@ def retrofit(source: Union[str, Path], out: Union[str, Path], cfg: RetrofitConfi
     with prog.stage("held-out KL: calibrated", ex.shape[0], "windows") as st:
         kl_cal, val_cal = ref.measure(model, st.advance)
     say(f"calibrated ({kept} gains kept): KL {kl_cal:.4f}, loss {val_cal:.4f}")
-    healed = None
+    healed, kept, because = None, "calibrated", "no healing"
     if cfg.heal_steps:
         with prog.stage("healing", cfg.heal_steps, "steps") as st:  # a copy trained: the original's untouched
-            model, healed = heal(model, original, p.data.train, cfg.heal_config(), objective=cfg.objective,
-                                 evaluate=ref.measure, eval_at=cfg.eval_steps, first=(kl_cal, val_cal), log=say,
-                                 tick=st.advance)
+            healed_model, healed = heal(model, original, p.data.train, cfg.heal_config(), objective=cfg.objective,
+                                        evaluate=ref.measure, eval_at=cfg.eval_steps, first=(kl_cal, val_cal),
+                                        log=say, tick=st.advance)
+        kept, because = _choose(cfg, (kl_cal, val_cal), healed.evals[-1])
+        say(f"kept the {kept} model: {because}")
+        if kept == "healed":
+            model = healed_model
     last = healed.evals[-1] if healed is not None else None
     with prog.stage("writing"):
         report = RetrofitReport(
@@ -180,12 +187,27 @@ def retrofit(source: Union[str, Path], out: Union[str, Path], cfg: RetrofitConfi
             eval_tokens=int(ey.numel()), kl_naive=kl_naive, kl_calibrated=kl_cal,
             kl_healed=last.kl if last else None, val_loss_original=ref.loss, val_loss_naive=val_naive,
             val_loss_retrofitted=val_cal, val_loss_healed=last.val_loss if last else None, calibration_kept=kept,
-            calib_kl_naive=calib_naive, calib_kl_fitted=calib_fitted, layers=fits, heal=healed,
+            calib_kl_naive=calib_naive, calib_kl_fitted=calib_fitted, layers=fits, heal=healed, kept=kept,
+            kept_because=because,
             seconds={"calibrate": sum(prog.seconds(n) for n in _CALIB_STAGES), "heal": healed.seconds if healed else
                      0.0, "total": time.perf_counter() - t_start},
             stages=list(prog.stages), peak_rss_mb=peak_rss_mb())
         _write(Path(out), model.to("cpu", dtype), p, report)
     return report
+
+
+def _choose(cfg: RetrofitConfig, calibrated: tuple, last) -> tuple:
+    """("healed" | "calibrated", why): the model to write, by the healing objective's held-out measure (distill:
+    the KL to the original, what it minimises; lm: the loss), on the same windows; a tie keeps the calibrated one.
+    `keep_healed` writes the healed model whatever it measured."""
+    kl_cal, val_cal = calibrated
+    by, cal, new = ("KL", kl_cal, last.kl) if cfg.objective == "distill" else ("loss", val_cal, last.val_loss)
+    numbers = f"held-out {by} calibrated {cal:.6g}, healed {new:.6g}"
+    if cfg.keep_healed:
+        return "healed", f"keep_healed asked for it ({numbers})"
+    if new < cal:
+        return "healed", f"it measured better ({numbers})"
+    return "calibrated", f"healing did not improve it ({numbers}); keep_healed (--keep-healed) writes the healed one"
 
 
 _CALIB_STAGES = ("calibration: q and k of every layer", "calibration KL: gains 1", "calibration: fitting the gains",

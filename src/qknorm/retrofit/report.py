@@ -51,6 +51,9 @@ class RetrofitReport:
     layers: List[LayerFit]
     heal: Optional[HealResult]
     seconds: Dict[str, float]  # calibrate (its four stages), heal (the updates alone), total
+    # the model written: "calibrated" (no healing, or healing measured worse) or "healed"; and in words, why
+    kept: str = "calibrated"
+    kept_because: str = "no healing"
     stages: List[StageTime] = dataclasses.field(default_factory=list)  # every stage's wall and CPU seconds
     peak_rss_mb: Optional[float] = None  # the process's peak resident memory when the report was made, MiB
 
@@ -137,10 +140,13 @@ def _f(x: Optional[float], spec: str = ".4f") -> str:
 
 
 def _html(r: RetrofitReport, png: Optional[Path]) -> str:
+    mark = {k: " (written)" if r.kept == k else "" for k in ("calibrated", "healed")}
     rows = [("original", "0", r.val_loss_original), ("QK-norm, gains 1 (naive)", _f(r.kl_naive), r.val_loss_naive),
-            (f"QK-norm, calibrated gains ({r.calibration_kept})", _f(r.kl_calibrated), r.val_loss_retrofitted)]
+            (f"QK-norm, calibrated gains ({r.calibration_kept}){mark['calibrated']}", _f(r.kl_calibrated),
+             r.val_loss_retrofitted)]
     if r.heal is not None:
-        rows.append((f"healed ({len(r.heal.steps)} steps, {r.heal.objective})", _f(r.kl_healed), r.val_loss_healed))
+        rows.append((f"healed ({len(r.heal.steps)} steps, {r.heal.objective}){mark['healed']}", _f(r.kl_healed),
+                     r.val_loss_healed))
     table = "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{_f(c)}</td></tr>" for a, b, c in rows)
     layers = "".join(f"<tr><td>{f.layer}</td><td>{_f(f.kl_naive)}</td><td>{_f(f.kl_rms_matched)}</td>"
                      f"<td>{_f(f.kl_fitted)}</td><td>{float(f.q_scale.mean()):.3g}</td>"
@@ -161,6 +167,7 @@ Data: {html.escape(r.data)}; {r.eval_tokens:,} held-out tokens. Output in {html.
 <p>KL = mean over held-out positions of KL(P<sub>original</sub> || P<sub>model</sub>) of the next token; loss =
 cross-entropy; both in nats per token.</p>
 <table><tr><th>model</th><th>KL to original</th><th>held-out loss</th></tr>{table}</table>
+<p>Written: the {html.escape(r.kept)} model ({html.escape(r.kept_because)}).</p>
 <h2>Healing</h2>{img or "<p>No healing steps were run.</p>"}
 <h2>Calibration, per layer</h2><p>Mean attention KL (nats per query) between the original's attention
 distributions and the retrofitted layer's, on the original's q and k; gains: mean scale of q and k.</p>
