@@ -53,7 +53,9 @@ def test_gemma3_multimodal_text_part():
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen3", "olmo2", "gemma3", "qwen3_yarn", "olmo3", "cohere", "stablelm",
-                                  "exaone4", "hunyuan_v1_dense", "llama4_text"])
+                                  "exaone4", "hunyuan_v1_dense", "llama4_text", "olmo"])
+# (not the mixture-of-experts models: in bf16 near-tied router logits pick other experts, in transformers and in
+# ours alike, so both errors are dominated by which tokens flipped: measured 5-6% each, a coin toss to compare)
 def test_bf16_within_hf_own_bf16_error(name):
     hf = make_hf(name, attn="sdpa")
     ids = input_ids()
