@@ -24,7 +24,12 @@ def test_next_token_kl_and_val_loss_against_torch_distributions():
     x, y = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
     ref = Reference.build(a, x, y, rows=2)  # the original once: its hidden states kept, its head rerun per batch
     assert ref.loss is None  # no LM head in the reference pass: the original's loss comes with the first measure
-    kl, loss = ref.measure(b)
+    # two models in one pass (the original's head once for both): each gets its own numbers, the original 0
+    (kl, loss), (kl_a, loss_a) = ref.measure_all([b, a])
+    assert kl_a == pytest.approx(0.0, abs=1e-6) and loss_a == pytest.approx(float(
+        -Categorical(logits=a(x).detach().double()).log_prob(y).mean()), rel=1e-5)
+    ref.loss = None
+    assert ref.measure(b) == pytest.approx((kl, loss), rel=1e-6)
     assert kl == pytest.approx(float(torch.cat(kls).mean()), rel=1e-5)
     assert loss == pytest.approx(float(torch.cat(ces).mean()), rel=1e-5)
     own = -Categorical(logits=a(x).detach().double()).log_prob(y).mean()

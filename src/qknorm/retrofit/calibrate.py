@@ -41,7 +41,7 @@ _MASKED = -1e30
 # the fit gives up when its first 8 steps got nowhere: none below the starting (rms-matched) KL by 0.1% (a model
 # whose attention that init already matches; stopping a fit that is moving loses: on a small trained llama a
 # stall-based stop at 16 of 30 steps left a layer's KL 4% higher)
-FIT_TOL, FIT_PATIENCE = 1e-3, 8
+FIT_TOL, FIT_PATIENCE = 1e-3, 4
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,10 +8,11 @@ write.
    vocabulary and hold a held-out window; the output directory must be absent or empty; where the result
    will be written is decided here: as a transformers directory when a family has the new numerics (llama +
    per-head QK-norm is Qwen3), else in qknorm's format.
-2. QK-norm is inserted with gains 1 (insert.py): `kl_naive`.
+2. QK-norm is inserted with gains 1 (insert.py): the naive model.
 3. The gains are fitted per layer to the original's attention distributions on `calib_tokens` training
-   tokens (calibrate.py). Fitted gains that do worse end to end than gains 1 on the first CHECK_TOKENS of
-   those calibration tokens are not kept (`calibration_kept`): `kl_calibrated`.
+   tokens (calibrate.py). The naive and the fitted model are measured on the held-out windows in one pass
+   (`kl_naive`, and `kl_calibrated`); fitted gains that do worse end to end than gains 1 are not kept
+   (`calibration_kept`: "naive", and the calibrated model is the naive one).
 4. Optionally healed (heal.py): `kl_healed`. The better of the calibrated and the healed model is kept (`kept`):
    by the held-out measure the healing objective minimises (distill: the KL; lm: the loss), on the same windows;
    healing can make it worse (a model calibration already matches, a large LR), and then the model written is
@@ -23,15 +24,14 @@ Every KL and loss is measured on the same held-out windows of the validation spl
 What each stage costs, in forward passes of the model (what dominates at real size): the original once over
 the held-out windows (its hidden states kept: the reference every later KL streams from, through the LM head
 alone) and once over the calibration windows (q and k of every layer captured in that same pass); the
-retrofitted model once per measurement (held-out: naive, calibrated, each point of the healing curve;
-the first CHECK_TOKENS calibration tokens: gains 1 and fitted, for the keep-or-not decision). The retrofitted
-model shares the original's weights until it is healed, so memory holds one copy of the model until then. Each
-stage is shown on `progress` and timed (wall and CPU) in the report's `stages`, with the peak resident memory.
-
-The keep-or-not check measures CHECK_TOKENS of the calibration windows, not all: it decides between two gain
-settings whose end-to-end KLs differ by orders of magnitude where calibration works (0.0141 vs 0.0000175 on the
-135M llama of bench/results/retrofit_135m_2026-12-07.md), and there two passes over all 8,192 calibration
-tokens cost ~85 CPU-s, over 2,048 ~20.
+retrofitted model once per measurement (held-out: naive and calibrated in one pass, which runs the original's LM
+head once for both; each point of the healing curve). The retrofitted models share the original's weights until
+healing, so memory holds one copy of the model until then. Each stage is shown on `progress` and timed (wall and
+CPU) in the report's `stages`, with the peak resident memory. The naive-or-fitted and the calibrated-or-healed
+choices are made on the held-out windows the report gives: a choice between two models on 16k tokens, whose
+KLs differ by orders of magnitude where calibration works (0.0135 vs 0.0000165 on the 135M llama of
+bench/results/retrofit_135m_2026-12-07.md); the separate check on calibration tokens this replaced cost two
+more passes (~19 CPU-s there).
 """
 from __future__ import annotations
 
@@ -59,13 +59,11 @@ from ..train.preflight import check_vocab
 from .calibrate import QKCapture, calibrate
 from .config import RetrofitConfig
 from .heal import heal
-from .insert import check_retrofittable, gains, insert_qk_norm, set_gains
+from .insert import check_retrofittable, insert_qk_norm, set_gains
 from .measure import Reference
 from .report import RetrofitReport, write_report
 
-__all__ = ["Prepared", "prepare", "retrofit", "CHECK_TOKENS"]
-
-CHECK_TOKENS = 2048  # calibration tokens (whole windows, at least one) the keep-or-not check measures on
+__all__ = ["Prepared", "prepare", "retrofit"]
 
 Log = Optional[Callable[[str], None]]
 
@@ -141,34 +139,26 @@ def retrofit(source: Union[str, Path], out: Union[str, Path], cfg: RetrofitConfi
     dev = torch.device(cfg.device)
     dtype = p.src.model.embed.weight.dtype
     original = p.src.model.float().to(dev).eval().requires_grad_(False)
-    model = insert_qk_norm(original, cfg.scope, share=True).eval()  # the original's weights, not a copy
+    naive = insert_qk_norm(original, cfg.scope, share=True).eval()  # the original's weights, not a copy
+    model = insert_qk_norm(original, cfg.scope, share=True).eval()  # ... the same weights, the fitted gains
     ex, ey = (t.to(dev) for t in _stack(p.eval_batches))
     with prog.stage("held-out reference: the original", ex.shape[0], "windows") as st:
         ref = Reference.build(original, ex, ey, tick=st.advance)
-    with prog.stage("held-out KL: gains 1 (naive)", ex.shape[0], "windows") as st:
-        kl_naive, val_naive = ref.measure(model, st.advance)
-    say(f"original: held-out loss {ref.loss:.4f}; QK-norm with gains 1: KL {kl_naive:.4f}, loss {val_naive:.4f}")
-
     calib = p.calib_ids.to(dev)
-    ones = gains(model)
     with prog.stage("calibration: q and k of every layer", calib.shape[0], "windows") as st:
         with QKCapture(original, *calib.shape, dev) as captured:
-            cref = Reference.build(original, calib, tick=st.advance, hook=captured)
-    cref = cref.first(max(1, CHECK_TOKENS // calib.shape[1]))
-    with prog.stage("calibration KL: gains 1", cref.windows, "windows") as st:
-        calib_naive = cref.measure(model, st.advance)[0]
+            Reference.build(original, calib, tick=st.advance, hook=captured)
     with prog.stage("calibration: fitting the gains", len(model.layers), "layers") as st:
         fits = calibrate(model, captured, steps=cfg.calib_steps, lr=cfg.calib_lr, tick=st.advance, log=say)
     del captured  # the q and k of every layer: the largest thing calibration holds
     set_gains(model, [(f.q_scale, f.k_scale) for f in fits])
-    with prog.stage("calibration KL: fitted gains", cref.windows, "windows") as st:
-        calib_fitted = cref.measure(model, st.advance)[0]
+    with prog.stage("held-out KL: gains 1 and fitted gains", ex.shape[0], "windows") as st:
+        (kl_naive, val_naive), (kl_cal, val_cal) = ref.measure_all([naive, model], st.advance)
+    say(f"original: held-out loss {ref.loss:.4f}; QK-norm with gains 1: KL {kl_naive:.4f}, loss {val_naive:.4f}")
     kept = "fitted"
-    if not calib_fitted <= calib_naive:
-        set_gains(model, ones)
-        kept = "naive"
-    with prog.stage("held-out KL: calibrated", ex.shape[0], "windows") as st:
-        kl_cal, val_cal = ref.measure(model, st.advance)
+    if not kl_cal <= kl_naive:  # the fitted gains did worse end to end: gains 1 are the calibrated model
+        model, kl_cal, val_cal, kept = naive, kl_naive, val_naive, "naive"
+    del naive
     say(f"calibrated ({kept} gains kept): KL {kl_cal:.4f}, loss {val_cal:.4f}")
     healed, kept, because = None, "calibrated", "no healing"
     if cfg.heal_steps:
@@ -187,7 +177,7 @@ def retrofit(source: Union[str, Path], out: Union[str, Path], cfg: RetrofitConfi
             eval_tokens=int(ey.numel()), kl_naive=kl_naive, kl_calibrated=kl_cal,
             kl_healed=last.kl if last else None, val_loss_original=ref.loss, val_loss_naive=val_naive,
             val_loss_retrofitted=val_cal, val_loss_healed=last.val_loss if last else None, calibration_kept=kept,
-            calib_kl_naive=calib_naive, calib_kl_fitted=calib_fitted, layers=fits, heal=healed, kept=kept,
+            layers=fits, heal=healed, kept=kept,
             kept_because=because,
             seconds={"calibrate": sum(prog.seconds(n) for n in _CALIB_STAGES), "heal": healed.seconds if healed else
                      0.0, "total": time.perf_counter() - t_start},
@@ -210,8 +200,7 @@ def _choose(cfg: RetrofitConfig, calibrated: tuple, last) -> tuple:
     return "calibrated", f"healing did not improve it ({numbers}); keep_healed (--keep-healed) writes the healed one"
 
 
-_CALIB_STAGES = ("calibration: q and k of every layer", "calibration KL: gains 1", "calibration: fitting the gains",
-                 "calibration KL: fitted gains")
+_CALIB_STAGES = ("calibration: q and k of every layer", "calibration: fitting the gains")
 
 
 def _write(out: Path, model: TransformerLM, p: Prepared, report: RetrofitReport) -> List[Path]:

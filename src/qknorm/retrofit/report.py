@@ -45,9 +45,7 @@ class RetrofitReport:
     val_loss_naive: float
     val_loss_retrofitted: float
     val_loss_healed: Optional[float]
-    calibration_kept: str  # "fitted", or "naive" when the fitted gains did worse end to end on calibration tokens
-    calib_kl_naive: float  # end-to-end next-token KL on the first pipeline.CHECK_TOKENS calibration tokens, gains 1
-    calib_kl_fitted: float  # ... with the fitted gains
+    calibration_kept: str  # "fitted", or "naive" when the fitted gains did worse end to end (held-out KL)
     layers: List[LayerFit]
     heal: Optional[HealResult]
     seconds: Dict[str, float]  # calibrate (its four stages), heal (the updates alone), total
