@@ -13,6 +13,7 @@ from qknorm.study.plan import make_plan, run_specs
 from qknorm.study.records import RunHistory, RunRecord
 
 STEP = {"baseline": 0.050, "qknorm": 0.052, "sigma_reparam": 0.058}  # s a step with AdamW
+INDUCTOR_IMPORT = 1.5  # s a worker spends importing inductor before its first compile
 MUON_EXTRA = 0.015  # s a step more with Muon, whatever the variant
 FIXED = {"adamw": 0.4, "muon": 0.6}
 COLD, WARM = {"baseline": 9.0, "qknorm": 9.5, "sigma_reparam": 12.0}, {"baseline": 2.0, "qknorm": 2.5,
@@ -47,6 +48,7 @@ def fake(monkeypatch):
     monkeypatch.setattr(est_mod, "run_one", f)
     monkeypatch.setattr(torch._dynamo, "reset", f.reset)
     monkeypatch.setattr(est_mod, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(est_mod, "_inductor_import_s", lambda: INDUCTOR_IMPORT)
     return f
 
 
@@ -99,6 +101,7 @@ def test_compile_is_measured_and_counted_per_variant(fake):
     eager = estimate_study(_specs(False), workers=2)
     assert est.cpu_s - eager.cpu_s == pytest.approx(2 * sum(WARM.values()), abs=0.1)
     assert "compile 2 x 3.5 s" in est.breakdown()[2]
+    assert est.startup_s - eager.startup_s == pytest.approx(INDUCTOR_IMPORT, abs=0.2)  # once per worker
     # one worker is this process, which holds every compiled graph after the calibration: no compile is counted
     one = estimate_study(_specs(True), workers=1)
     assert all(c.compiles == 0 for c in one.compiles) and one.cpu_s == pytest.approx(eager.cpu_s, abs=0.1)

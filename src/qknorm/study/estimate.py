@@ -19,7 +19,8 @@ What is measured (process CPU time on CPU, wall time on a GPU, through the study
   worker, which is this process). The probes run on the
   already-compiled graph, so arms' costs hold no compile.
 - a worker's start-up: the CPU this process spent importing Python, torch and qknorm, plus a first 1-step run of
-  each optimizer (reading the data, torch's first-call set-up, Muon's dtype probe).
+  each optimizer (reading the data, torch's first-call set-up, Muon's dtype probe), and with compile the import
+  of dynamo and inductor (measured here before the first compile).
 
 Runs are spread over min(workers, usable CPUs): the wall time is start-up + ceil(runs / parallel) runs of the mean
 cost + the workers' compiles / parallel. It assumes quiet cores: other jobs make the wall time longer, not the
@@ -82,7 +83,7 @@ class Estimate:
     parallel: int  # runs at once: min(workers, usable CPUs, runs)
     arms: Tuple[ArmCost, ...]
     compiles: Tuple[CompileCost, ...]  # empty without compile
-    startup_s: float  # a worker's start-up: importing torch and qknorm, first-call set-up, reading the data
+    startup_s: float  # a worker's start-up: importing torch, qknorm (and inductor), first-call set-up, the data
     calibration_s: float  # what measuring cost, before the study
 
     @property
@@ -178,6 +179,17 @@ def _cost(rec: RunRecord, spec: RunSpec) -> Tuple[Optional[float], Optional[floa
     return (ms / 1e3 if rec.status.measured and ms else None), spent
 
 
+def _inductor_import_s() -> float:
+    """The CPU this process spends importing dynamo and inductor (a worker's one-off before its first compile,
+    ~1.5 s here); 0 when they are already imported."""
+    t0 = time.process_time()
+    import torch._dynamo  # noqa: F401
+    import torch._inductor.codecache  # noqa: F401
+    import torch._inductor.compile_fx  # noqa: F401
+
+    return time.process_time() - t0
+
+
 def _compile_cost(spec: RunSpec, workers: int, runs: int) -> Optional[CompileCost]:
     """Compile `spec`'s variant here (first: cold unless cached), reset dynamo and compile it again from the warm
     cache, then run once on the compiled graph: 1-step runs, a compile's cost = its run's minus the last one's.
@@ -215,6 +227,8 @@ def estimate_study(specs: Sequence[RunSpec], workers: int) -> Optional[Estimate]
             first = next(s for (v, o), ss in by_arm.items() if o == opt for s in ss)
             run_one(_shortened(dataclasses.replace(first, train=first.train.replace(compile=False)), 1))
         startup = 0.0 if workers == 1 else IMPORT_CPU_S + time.process_time() - t0
+        if compile_on and workers > 1:  # a worker also imports inductor before its first compile
+            startup += _inductor_import_s()
         compiles: List[CompileCost] = []
         steps: Dict[Arm, float] = {}
         fixed: Dict[Arm, float] = {}
