@@ -65,7 +65,7 @@ def test_head_scope_on_a_transformers_llama_gives_a_qwen3_that_transformers_load
                 "val_loss_retrofitted", "val_loss_healed"):
         assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] >= 0, key
     assert r["kl_calibrated"] <= r["kl_naive"] and r["kl_healed"] < r["kl_calibrated"], r
-    assert r["kept"] == "healed" and "wrote the healed model" in stdout[0]  # healing helped: the healed is written
+    assert r["kept"] == "healed" and r["calibration_kept"] == "fitted" and "wrote the healed model" in stdout[0]  # healing helped: the healed is written
     assert r["export"] == "hf/qwen3" and r["heal"]["objective"] == "distill" and len(r["heal"]["curve"]["loss"]) == 30
     # every stage timed (wall and CPU) in the report, and told on stderr (not a terminal: one line each)
     names = [t["name"] for t in r["stages"]]

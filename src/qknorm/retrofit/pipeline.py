@@ -155,11 +155,11 @@ def retrofit(source: Union[str, Path], out: Union[str, Path], cfg: RetrofitConfi
     with prog.stage("held-out KL: gains 1 and fitted gains", ex.shape[0], "windows") as st:
         (kl_naive, val_naive), (kl_cal, val_cal) = ref.measure_all([naive, model], st.advance)
     say(f"original: held-out loss {ref.loss:.4f}; QK-norm with gains 1: KL {kl_naive:.4f}, loss {val_naive:.4f}")
-    kept = "fitted"
+    gains_kept = "fitted"
     if not kl_cal <= kl_naive:  # the fitted gains did worse end to end: gains 1 are the calibrated model
-        model, kl_cal, val_cal, kept = naive, kl_naive, val_naive, "naive"
+        model, kl_cal, val_cal, gains_kept = naive, kl_naive, val_naive, "naive"
     del naive
-    say(f"calibrated ({kept} gains kept): KL {kl_cal:.4f}, loss {val_cal:.4f}")
+    say(f"calibrated ({gains_kept} gains kept): KL {kl_cal:.4f}, loss {val_cal:.4f}")
     healed, kept, because = None, "calibrated", "no healing"
     if cfg.heal_steps:
         with prog.stage("healing", cfg.heal_steps, "steps") as st:  # a copy trained: the original's untouched
@@ -176,7 +176,7 @@ def retrofit(source: Union[str, Path], out: Union[str, Path], cfg: RetrofitConfi
             source=p.src.record(), scope=cfg.scope, export=p.export, data=p.data.source, settings=cfg.to_dict(),
             eval_tokens=int(ey.numel()), kl_naive=kl_naive, kl_calibrated=kl_cal,
             kl_healed=last.kl if last else None, val_loss_original=ref.loss, val_loss_naive=val_naive,
-            val_loss_retrofitted=val_cal, val_loss_healed=last.val_loss if last else None, calibration_kept=kept,
+            val_loss_retrofitted=val_cal, val_loss_healed=last.val_loss if last else None, calibration_kept=gains_kept,
             layers=fits, heal=healed, kept=kept,
             kept_because=because,
             seconds={"calibrate": sum(prog.seconds(n) for n in _CALIB_STAGES), "heal": healed.seconds if healed else
