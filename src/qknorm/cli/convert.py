@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, ConfigError
+from ..interop.hf_families import SUPPORTED_MODEL_TYPES
 from ..progress import for_model
 from ._common import one_line_warnings, positive_float, positive_int
 
@@ -35,9 +36,9 @@ FIELD_FLAGS = {"overwrite=True": "--overwrite", "allow_folded=True": "--allow-fo
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "convert", help="convert Hugging Face checkpoints to our format and back",
-        description="Convert an HF OLMo 2 / Gemma 3 / Qwen3 / Llama checkpoint directory (--from-hf) or an OLMo-core "
-                    "trainer checkpoint (--from-olmo-core) to a qknorm model directory, or a qknorm model "
-                    "directory to one transformers loads (--to-hf).")
+        description="Convert an HF checkpoint directory of a supported model type (--from-hf: "
+                    f"{', '.join(SUPPORTED_MODEL_TYPES)}) or an OLMo-core trainer checkpoint (--from-olmo-core) to a "
+                    "qknorm model directory, or a qknorm model directory to one transformers loads (--to-hf).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-hf", metavar="DIR", help="HF checkpoint directory (config.json + *.safetensors)")
     src.add_argument("--to-hf", metavar="DIR", help="qknorm model directory (config.json + model.safetensors), a "
