@@ -13,7 +13,8 @@ import torch
 
 import qknorm
 import qknorm.ops as ops
-from qknorm.choice import Choice
+
+from helpers.op_counts import count_parses_and_checks
 
 pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
 
@@ -25,20 +26,7 @@ CASES = [("qwen3", {}), ("gemma3", {}), ("olmo2", {}), ("llama", {}),
 
 @pytest.fixture
 def counted(monkeypatch):
-    counts = {"parse": 0, "check": 0}
-    parse, check = Choice.parse.__func__, ops._check
-
-    def counting_parse(cls, field, value):
-        counts["parse"] += 1
-        return parse(cls, field, value)
-
-    def counting_check(*args, **kw):
-        counts["check"] += 1
-        return check(*args, **kw)
-
-    monkeypatch.setattr(Choice, "parse", classmethod(counting_parse))
-    monkeypatch.setattr(ops, "_check", counting_check)
-    return counts
+    return count_parses_and_checks(monkeypatch.setattr)
 
 
 @pytest.mark.parametrize("preset, over", CASES)

@@ -13,11 +13,10 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
 import qknorm
-import qknorm.ops as ops
 from qknorm import ConfigError
-from qknorm.choice import Choice
 from qknorm.parallel import TensorParallelAttention, TensorParallelPlan, TensorParallelQKPath, parallelize_tp
 
+from helpers.op_counts import count_parses_and_checks
 from helpers.ranks import run_ranks
 
 pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU kernels
@@ -25,18 +24,7 @@ pytestmark = pytest.mark.numerics  # .ci/run runs these again under other CPU ke
 
 def _rank(rank):
     dist.init_process_group("gloo")
-    counts = {"parse": 0, "check": 0}
-    parse, check = Choice.parse.__func__, ops._check
-
-    def counting_parse(cls, field, value):
-        counts["parse"] += 1
-        return parse(cls, field, value)
-
-    def counting_check(*args, **kw):
-        counts["check"] += 1
-        return check(*args, **kw)
-
-    Choice.parse, ops._check = classmethod(counting_parse), counting_check  # forked child: dies with it
+    counts = count_parses_and_checks()  # forked child: the wrappers die with it
     out = {}
     for preset in ("qwen3", "olmo2"):
         model = qknorm.TransformerLM(qknorm.get_config(preset, "debug"))
